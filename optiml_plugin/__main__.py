@@ -1,0 +1,5 @@
+import sys
+
+from optiml_plugin.cli import main
+
+sys.exit(main())

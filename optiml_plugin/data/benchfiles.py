@@ -1,0 +1,206 @@
+"""The bench directory's on-disk format: JSONL split files with byte-offset indexes, atomically written.
+
+Why: every consumer (stream, metaseq task, evaluator) must read any example in O(1) without loading
+a file, and a half-written bench must never look complete. Layout (docs/ARCHITECTURE.md):
+
+    BENCH/manifest.json
+    BENCH/<split>/00/<benchmark>__<category>__<task>.jsonl
+    BENCH/<split>/00/<benchmark>__<category>__<task>.jsonl.idx   (uint64 LE, n+1 offsets)
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Union
+
+from optiml_plugin.errors import OptimlError
+
+FORMAT_NAME = "optiml-bench"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TRAIN_SPLIT = "train"
+LEVELS = ("heldout_instances", "heldout_tasks", "heldout_categories")
+EVAL_SPLITS = tuple(f"{kind}_{level}" for level in LEVELS for kind in ("valid", "test"))
+SPLITS = (TRAIN_SPLIT,) + EVAL_SPLITS
+SHARD = "00"
+_STEM_PART = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def normalize_name(name: str) -> str:
+    """A file-name-safe, lower-case form of a benchmark/category/task name (no '__' inside)."""
+    out = _STEM_PART.sub("_", name.strip().lower())
+    out = re.sub(r"_+", "_", out).strip("_.")
+    return out or "unnamed"
+
+
+def file_stem(benchmark: str, category: str, task: str) -> str:
+    """`<benchmark>__<category>__<task>`: metaseq reads the benchmark from split('__')[0]."""
+    return "__".join(normalize_name(p) for p in (benchmark, category, task))
+
+
+def split_path(bench: Union[str, Path], split: str, stem: str) -> Path:
+    return Path(bench) / split / SHARD / f"{stem}.jsonl"
+
+
+def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
+    """Write via a temp file in the same directory and rename: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def dumps_line(obj: Dict[str, Any]) -> bytes:
+    """Canonical JSONL line: insertion-ordered keys, UTF-8, no NaN; same input -> same bytes."""
+    return (json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode(
+        "utf-8")
+
+
+def write_jsonl_with_index(path: Union[str, Path], rows: Iterable[Dict[str, Any]]) -> int:
+    """Write rows as JSONL plus its `.idx` offsets, both atomically; returns the row count."""
+    chunks: List[bytes] = []
+    offsets = array("Q", [0])
+    for row in rows:
+        line = dumps_line(row)
+        chunks.append(line)
+        offsets.append(offsets[-1] + len(line))
+    if offsets.itemsize != 8:  # pragma: no cover - platforms without 8-byte 'Q'
+        raise OptimlError("this platform has no 8-byte unsigned array type")
+    if not _little_endian():
+        offsets.byteswap()
+    atomic_write_bytes(path, b"".join(chunks))
+    atomic_write_bytes(f"{path}.idx", offsets.tobytes())
+    return len(chunks)
+
+
+def _little_endian() -> bool:
+    import sys
+    return sys.byteorder == "little"
+
+
+class IndexedJsonl:
+    """Random access to one JSONL file through its `.idx`; memory is O(rows) offsets, never the text."""
+
+    def __init__(self, path: Union[str, Path]) -> None:
+        self.path = Path(path)
+        idx = Path(f"{self.path}.idx")
+        if not idx.exists():
+            raise OptimlError(f"{idx}: offset index missing (rebuild the bench with `optiml bench build`)")
+        offsets = array("Q")
+        offsets.frombytes(idx.read_bytes())
+        if not _little_endian():
+            offsets.byteswap()
+        size = self.path.stat().st_size
+        if len(offsets) == 0 or offsets[-1] != size:
+            raise OptimlError(f"{idx}: index does not match {self.path.name} "
+                              f"(index ends at {offsets[-1] if offsets else 'nothing'}, file has {size} bytes)")
+        self._offsets = offsets
+        self._fh = None
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def read_bytes(self, i: int) -> bytes:
+        if not 0 <= i < len(self):
+            raise IndexError(f"{self.path}: row {i} out of range 0..{len(self) - 1}")
+        if self._fh is None:
+            self._fh = open(self.path, "rb")
+        start, end = self._offsets[i], self._offsets[i + 1]
+        self._fh.seek(start)
+        return self._fh.read(end - start)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        return json.loads(self.read_bytes(i))
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __getstate__(self) -> Dict[str, Any]:  # picklable for DataLoader workers
+        state = dict(self.__dict__)
+        state["_fh"] = None
+        return state
+
+
+@dataclass(frozen=True)
+class TaskFile:
+    """One task's file in one split, as the manifest lists it."""
+
+    split: str
+    task: str
+    benchmark: str
+    category: str
+    level: str
+    path: Path
+    count: int
+
+
+class Bench:
+    """Read side of a bench directory: the manifest and O(1) example access."""
+
+    def __init__(self, root: Union[str, Path]) -> None:
+        self.root = Path(root)
+        mpath = self.root / MANIFEST
+        if not mpath.exists():
+            raise OptimlError(f"{self.root}: not a bench directory ({MANIFEST} missing; "
+                              f"build one with `optiml bench build CONFIG --out DIR`)")
+        try:
+            self.manifest: Dict[str, Any] = json.loads(mpath.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise OptimlError(f"{mpath}:{e.lineno}: invalid JSON: {e.msg}") from None
+        if self.manifest.get("format") != FORMAT_NAME:
+            raise OptimlError(f"{mpath}: field 'format' is {self.manifest.get('format')!r}, "
+                              f"expected {FORMAT_NAME!r}")
+        self._open: Dict[Path, IndexedJsonl] = {}
+
+    def task_files(self, split: str) -> List[TaskFile]:
+        """Every task file of `split`, in manifest order (sorted by file stem at build time)."""
+        out = []
+        for t in self.manifest["tasks"]:
+            rel = t["files"].get(split)
+            if rel is None:
+                continue
+            out.append(TaskFile(split=split, task=t["task"], benchmark=t["benchmark"],
+                                category=t["category"], level=t["level"], path=self.root / rel,
+                                count=int(t["counts"][split])))
+        return out
+
+    def splits(self) -> List[str]:
+        return [s for s in SPLITS if any(s in t["files"] for t in self.manifest["tasks"])]
+
+    def reader(self, task_file: TaskFile) -> IndexedJsonl:
+        r = self._open.get(task_file.path)
+        if r is None:
+            r = self._open[task_file.path] = IndexedJsonl(task_file.path)
+        return r
+
+    def read(self, task_file: TaskFile, i: int) -> Dict[str, Any]:
+        return self.reader(task_file)[i]
+
+    def close(self) -> None:
+        for r in self._open.values():
+            r.close()
+        self._open.clear()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_open"] = {}
+        return state
+

@@ -1,0 +1,1 @@
+"""Source loaders: each turns one on-disk format into validated `Record`s."""

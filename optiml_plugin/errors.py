@@ -1,0 +1,67 @@
+"""User-facing errors and the bad-record policy shared by every reader.
+
+Why: the house rule is that bad input either stops the run with an error naming the file, the line
+(or instance id) and the field, or is skipped and counted by reason when the user asked to skip.
+Every loader funnels its problems through `BadRecordPolicy` so that rule holds in one place.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Dict, List, Optional, Union
+
+
+class OptimlError(Exception):
+    """An error the CLI prints as one readable line (no traceback)."""
+
+
+class ConfigError(OptimlError):
+    """A configuration value is invalid; the message says which and what to change."""
+
+
+class BadRecordError(OptimlError):
+    """One input record is unusable.
+
+    `where` is a 1-based line number for line-oriented files or an instance id for JSON task files;
+    `reason` is a short slug used as the counter key when records are skipped.
+    """
+
+    def __init__(self, path: str, where: Union[int, str, None], field: Optional[str], reason: str,
+                 detail: str) -> None:
+        self.path = str(path)
+        self.where = where
+        self.field = field
+        self.reason = reason
+        self.detail = detail
+        loc = self.path
+        if isinstance(where, int):
+            loc += f":{where}"
+        elif where:
+            loc += f" (instance {where})"
+        fld = f" field '{field}':" if field else ""
+        super().__init__(f"{loc}:{fld} {detail} [{reason}]")
+
+
+ON_BAD_CHOICES = ("error", "skip")
+
+
+class BadRecordPolicy:
+    """Raise on the first bad record (`error`), or count it by reason and go on (`skip`)."""
+
+    def __init__(self, mode: str = "error", keep_messages: int = 20) -> None:
+        if mode not in ON_BAD_CHOICES:
+            raise ConfigError(f"on_bad_record must be one of {ON_BAD_CHOICES}, got {mode!r}")
+        self.mode = mode
+        self.skipped: Counter = Counter()
+        self.messages: List[str] = []
+        self._keep = keep_messages
+
+    def handle(self, err: BadRecordError) -> None:
+        if self.mode == "error":
+            raise err
+        self.skipped[err.reason] += 1
+        if len(self.messages) < self._keep:
+            self.messages.append(str(err))
+
+    def to_dict(self) -> Dict[str, object]:
+        return {"mode": self.mode, "skipped": dict(sorted(self.skipped.items())),
+                "examples": list(self.messages)}

@@ -1,0 +1,36 @@
+"""optiml: OPT-IML instruction meta-learning as a metaseq plugin, with a local trainer and evaluator."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    # the single-machine trainer and `optiml demo` (transformers' OPT)
+    "local": ["transformers>=4.36", "tensorboard>=2.10"],
+    # metrics for `optiml eval`
+    "eval": ["rouge-score>=0.1.2", "sacrebleu>=2.0", "transformers>=4.36"],
+    # Parquet sources for `optiml bench build`
+    "parquet": ["pyarrow>=10"],
+    "dev": ["pytest>=7", "hypothesis>=6", "pyarrow>=10"],
+}
+EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
+
+setup(
+    name="optiml",
+    version="0.1.0",
+    description=__doc__,
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["optiml_plugin", "optiml_plugin.*"]),
+    install_requires=[
+        "torch>=2.0",
+        "numpy>=1.21",
+        "tokenizers>=0.13",
+        "pyyaml>=5.4",
+        "tqdm>=4.60",
+        "matplotlib>=3.5",
+    ],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["optiml=optiml_plugin.cli:main"]},
+    license="MIT",
+)
