@@ -45,15 +45,23 @@ ON_BAD_CHOICES = ("error", "skip")
 
 
 class BadRecordPolicy:
-    """Raise on the first bad record (`error`), or count it by reason and go on (`skip`)."""
+    """Raise on the first bad record (`error`), or count it by reason and go on (`skip`).
+
+    Loaders call `count_read()` once per record they attempt (good or bad), so the builder can
+    check that read = kept + skipped + removed.
+    """
 
     def __init__(self, mode: str = "error", keep_messages: int = 20) -> None:
         if mode not in ON_BAD_CHOICES:
             raise ConfigError(f"on_bad_record must be one of {ON_BAD_CHOICES}, got {mode!r}")
         self.mode = mode
+        self.read = 0
         self.skipped: Counter = Counter()
         self.messages: List[str] = []
         self._keep = keep_messages
+
+    def count_read(self, n: int = 1) -> None:
+        self.read += n
 
     def handle(self, err: BadRecordError) -> None:
         if self.mode == "error":
@@ -63,5 +71,5 @@ class BadRecordPolicy:
             self.messages.append(str(err))
 
     def to_dict(self) -> Dict[str, object]:
-        return {"mode": self.mode, "skipped": dict(sorted(self.skipped.items())),
+        return {"mode": self.mode, "read": self.read, "skipped": dict(sorted(self.skipped.items())),
                 "examples": list(self.messages)}
