@@ -1,0 +1,240 @@
+"""What every loader shares: the parsed `sources:` entry, path resolution, and the record gate.
+
+Why: all loaders must resolve paths the same way, validate records with `Record.problems()`, refuse
+duplicate ids and report through the `BadRecordPolicy`; doing it once keeps the error messages and the
+read = kept + skipped accounting identical across formats.
+"""
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Sequence, Set, Tuple, Union
+
+from optiml_plugin.data.records import Record
+from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
+
+#: keys every `sources:` entry accepts; loaders add their own (`KEYS` in each module).
+COMMON_KEYS = ("type", "path", "benchmark", "tasks", "category", "language")
+_GLOB_CHARS = set("*?[")
+_SPLIT_STEMS = {"train", "training", "validation", "valid", "dev", "test", "data"}
+
+Where = Union[int, str, None]
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One validated entry of the build config's `sources:` list, paths already resolved."""
+
+    type: str
+    path: str
+    files: Tuple[Path, ...]
+    benchmark: Optional[str] = None
+    tasks: Optional[FrozenSet[str]] = None
+    category: Optional[str] = None
+    language: Optional[str] = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return self.options.get(key, default)
+
+
+def _str_option(spec: Mapping[str, Any], key: str) -> Optional[str]:
+    value = spec.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"source '{spec.get('path')}': '{key}' must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def parse_spec(spec: Mapping[str, Any], base_dir: Path, extra_keys: Sequence[str],
+               suffixes: Sequence[str]) -> SourceSpec:
+    """Check keys and types of one `sources:` entry and resolve its `path` to a sorted file list."""
+    allowed = tuple(COMMON_KEYS) + tuple(extra_keys)
+    for key in spec:
+        if key not in allowed:
+            raise ConfigError(f"source entry {dict(spec)!r}: unknown key '{key}' for type "
+                              f"'{spec.get('type')}' (allowed: {', '.join(allowed)})")
+    path = spec.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(f"source entry {dict(spec)!r}: 'path' is required (a file, directory or glob)")
+    tasks = spec.get("tasks")
+    if tasks is not None:
+        if (not isinstance(tasks, (list, tuple)) or not tasks
+                or not all(isinstance(t, str) and t.strip() for t in tasks)):
+            raise ConfigError(f"source '{path}': 'tasks' must be a non-empty list of task names, got {tasks!r}")
+        tasks = frozenset(t.strip() for t in tasks)
+    return SourceSpec(
+        type=str(spec.get("type")), path=path, files=resolve_paths(path, base_dir, suffixes),
+        benchmark=_str_option(spec, "benchmark"), tasks=tasks, category=_str_option(spec, "category"),
+        language=_str_option(spec, "language"),
+        options={k: v for k, v in spec.items() if k in extra_keys})
+
+
+def resolve_paths(path: str, base_dir: Path, suffixes: Sequence[str]) -> Tuple[Path, ...]:
+    """A file, a directory (files with one of `suffixes`, recursively) or a glob; sorted, never empty.
+
+    Sorting makes the record order, and so every seeded step after it, independent of the file system.
+    """
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = Path(base_dir) / p
+    if _GLOB_CHARS & set(str(p)):
+        found = [Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file()]
+    elif p.is_dir():
+        found = [f for f in p.rglob("*") if f.is_file() and has_suffix(f, suffixes)]
+    elif p.is_file():
+        found = [p]
+    else:
+        raise ConfigError(f"source path '{path}' does not exist (resolved to {p})")
+    if not found:
+        raise ConfigError(f"source path '{path}' matches no {'/'.join(suffixes)} files (resolved to {p})")
+    return tuple(sorted(found))
+
+
+def has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
+class RecordGate:
+    """Validates records, refuses duplicate ids, applies the `tasks` filter, and reports problems.
+
+    One gate serves one `load_source` call, so ids must be unique across all files of a source.
+    """
+
+    def __init__(self, spec: SourceSpec, policy: BadRecordPolicy) -> None:
+        self.spec = spec
+        self.policy = policy
+        self._ids: Dict[str, str] = {}
+        self._tasks_seen: Set[str] = set()
+
+    def wanted(self, task: str) -> bool:
+        """Whether the spec's `tasks` filter keeps `task` (rows of other tasks are not read)."""
+        if self.spec.tasks is None:
+            return True
+        if task in self.spec.tasks:
+            self._tasks_seen.add(task)
+            return True
+        return False
+
+    def bad(self, path: Path, where: Where, fld: Optional[str], reason: str, detail: str) -> None:
+        self.policy.handle(BadRecordError(str(path), where, fld, reason, detail))
+
+    def admit(self, record: Record, path: Path, where: Where) -> Optional[Record]:
+        """The record if valid and its id is new; otherwise report it and return None.
+
+        Kept records carry `meta["path"]` and `meta["where"]`, so later stages (taxonomy, splits)
+        can name the file and line of a record they reject.
+        """
+        problems = record.problems()
+        if problems:
+            fld, reason, detail = problems[0]
+            self.bad(path, where, fld, reason, detail)
+            return None
+        here = f"{path}:{where}" if isinstance(where, int) else f"{path} ({where})"
+        first = self._ids.get(record.id)
+        if first is not None:
+            self.bad(path, where, "id", "duplicate_id", f"id '{record.id}' was already used at {first}")
+            return None
+        self._ids[record.id] = here
+        record.meta["path"] = str(path)
+        record.meta["where"] = where
+        return record
+
+    def finish(self) -> None:
+        """After the last file: a task named in `tasks` that never appeared is a config error."""
+        if self.spec.tasks is None:
+            return
+        missing = sorted(self.spec.tasks - self._tasks_seen)
+        if missing:
+            raise ConfigError(f"source '{self.spec.path}': tasks not found: {', '.join(missing)}")
+
+
+def str_or_none(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) else None
+
+
+def first_present(row: Mapping[str, Any], names: Sequence[str]) -> Tuple[Optional[str], Any]:
+    """(name, value) of the first of `names` whose value in `row` is not None; (None, None) if none."""
+    for name in names:
+        value = row.get(name)
+        if value is not None:
+            return name, value
+    return None, None
+
+
+def outputs_value(value: Any) -> Any:
+    """A string or a list of strings as a tuple; anything else unchanged so validation names it."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return value
+
+
+def candidates_value(value: Any) -> Any:
+    """A list of strings as a tuple; None or [] as None (no options); anything else unchanged."""
+    if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
+        return None
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return value
+
+
+def sources_value(row: Mapping[str, Any], default: str) -> Any:
+    """`sources` (list) or `source`/`dataset` (str) of a row; the task name when none is given."""
+    name, value = first_present(row, ("sources", "source", "dataset"))
+    if name is None:
+        return (default,)
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return value
+
+
+def default_id(task: str, path: Path, line: int) -> str:
+    """`<task>-<line>`, or `<task>-<file stem>-<line>` when the file is not named after the task."""
+    stem = file_stem(path)
+    return f"{task}-{line}" if stem == task else f"{task}-{stem}-{line}"
+
+
+def file_stem(path: Path) -> str:
+    """`a.jsonl` -> `a`; generic split file names (`train.jsonl`) -> the parent folder's name."""
+    stem = path.name.split(".")[0]
+    return path.parent.name if stem.lower() in _SPLIT_STEMS and path.parent.name else stem
+
+
+def task_name(row: Mapping[str, Any], spec: SourceSpec, path: Path, keys: Sequence[str]) -> Any:
+    """The row's task (first of `keys`), else the source's `task` option, else the file's name."""
+    name, value = first_present(row, keys)
+    if name is not None:
+        return value.strip() if isinstance(value, str) else value
+    return spec.option("task") or file_stem(path)
+
+
+def row_fields(row: Mapping[str, Any], spec: SourceSpec, path: Path, line: int, task: Any) -> Dict[str, Any]:
+    """id, category, language, sources and template of a table row, with the source's defaults.
+
+    A string `id` is kept; an integer `id`/`idx` (per-dataset counters, as in P3) is prefixed with the
+    task so tasks sharing a file cannot collide; without one the id is `default_id`.
+    """
+    task_str = task if isinstance(task, str) else str(task)
+    _, raw_id = first_present(row, ("id", "idx"))
+    if raw_id is None:
+        rid: Any = default_id(task_str, path, line)
+    elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        rid = f"{task_str}-{raw_id}"
+    else:
+        rid = raw_id
+    _, category = first_present(row, ("category", "cluster"))
+    _, template = first_present(row, ("template", "template_name", "template_type"))
+    return {
+        "id": rid,
+        "category": category if category is not None else (spec.category or ""),
+        "language": row.get("language") or spec.language or "en",
+        "sources": sources_value(row, task_str),
+        "template": template if template is not None else "",
+    }

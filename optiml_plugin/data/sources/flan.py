@@ -1,0 +1,48 @@
+"""FLAN-collection-style rows: `inputs`, `targets`, `task_name`, `template_type`, `task_source`.
+
+Why: the Flan Collection exports one row per (example, template) with the instruction already in
+`inputs`, so the prompt becomes `input` and `instruction` stays empty. `task_name` may carry a
+TFDS version suffix (`anli_r1:0.1.0`), which is dropped so all versions form one task;
+`template_type` (zsopt, fsnoopt, ...) is kept as the record's template, `task_source` in meta.
+Options are taken from an explicit `candidates`/`options` list; options written into `inputs` stay
+part of the prompt text.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
+
+from optiml_plugin.data.records import Record
+from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, candidates_value, first_present,
+                                             outputs_value, row_fields, task_name)
+from optiml_plugin.data.sources.tabular import TABLE_SUFFIXES, load_rows, required_text
+from optiml_plugin.errors import BadRecordPolicy
+
+KEYS = ("task",)
+SUFFIXES = TABLE_SUFFIXES
+DEFAULT_BENCHMARK = "flan"
+TASK_KEYS = ("task_name", "task")
+_VERSION = re.compile(r":\d+(\.\d+)*$")
+
+
+def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
+    def build(row: Dict[str, Any], path: Path, line: int, task: Any, gate: RecordGate) -> Optional[Record]:
+        ok, inputs = required_text(row, ("inputs",), path, line, gate)
+        if not ok:
+            return None
+        ok, targets = required_text(row, ("targets",), path, line, gate)
+        if not ok:
+            return None
+        _, options = first_present(row, ("candidates", "options"))
+        meta = {"task_source": row["task_source"]} if isinstance(row.get("task_source"), str) else {}
+        return Record(benchmark=spec.benchmark or DEFAULT_BENCHMARK, task=task, instruction="",
+                      input=inputs, outputs=outputs_value(targets), candidates=candidates_value(options),
+                      meta=meta, **row_fields(row, spec, path, line, task))
+
+    return load_rows(spec, policy, _flan_task, build)
+
+
+def _flan_task(row: Dict[str, Any], spec: SourceSpec, path: Path) -> Any:
+    task = task_name(row, spec, path, TASK_KEYS)
+    return _VERSION.sub("", task) if isinstance(task, str) else task

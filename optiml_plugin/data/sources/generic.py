@@ -1,0 +1,59 @@
+"""The generic JSONL (or Parquet) schema: CrossFit, ExMix, T5, UnifiedSKG, CoT data and users' tasks.
+
+Why: those benchmarks have no common release format, so users convert them to one documented row
+shape (docs/sources.md) instead of us guessing each layout. Per row:
+
+    {"task": str, "benchmark": str, "instruction": str, "input": str,
+     "output": str | "outputs": [str, ...], "candidates": [str, ...] (optional),
+     "category": str, "sources": [str], "id": str, "language": str, "template": str}
+
+`task`, `benchmark`, `instruction` and `category` may come from the source entry instead (the paper
+hand-wrote one instruction per keyword-style task); a row with neither instruction nor input is
+refused, because an empty prompt would silently turn it into pretraining text.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
+
+from optiml_plugin.data.records import Record
+from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, candidates_value, first_present,
+                                             outputs_value, row_fields, task_name)
+from optiml_plugin.data.sources.tabular import TABLE_SUFFIXES, load_rows
+from optiml_plugin.errors import BadRecordPolicy
+
+KEYS = ("task", "instruction")
+SUFFIXES = TABLE_SUFFIXES
+DEFAULT_BENCHMARK = None  # required per row or in the source entry
+TASK_KEYS = ("task",)
+
+
+def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
+    def build(row: Dict[str, Any], path: Path, line: int, task: Any, gate: RecordGate) -> Optional[Record]:
+        benchmark = row.get("benchmark", spec.benchmark)
+        if benchmark is None:
+            gate.bad(path, line, "benchmark", "missing_field",
+                     "row has no 'benchmark' and the source entry sets none")
+            return None
+        if "input" not in row:
+            gate.bad(path, line, "input", "missing_field", "row has no 'input'")
+            return None
+        out_key, outputs = first_present(row, ("outputs", "output"))
+        if out_key is None:
+            gate.bad(path, line, "outputs", "missing_field", "row has neither 'output' nor 'outputs'")
+            return None
+        if out_key == "outputs" and not isinstance(outputs, list):
+            gate.bad(path, line, "outputs", "outputs_not_list",
+                     f"'outputs' must be a list of strings, got {type(outputs).__name__}")
+            return None
+        instruction = row.get("instruction", spec.option("instruction", ""))
+        if instruction == "" and row["input"] == "":
+            gate.bad(path, line, "input", "empty_field", "both 'instruction' and 'input' are empty")
+            return None
+        _, candidates = first_present(row, ("candidates", "options"))
+        return Record(benchmark=benchmark, task=task, instruction=instruction, input=row["input"],
+                      outputs=outputs_value(outputs), candidates=candidates_value(candidates),
+                      **row_fields(row, spec, path, line, task))
+
+    return load_rows(spec, policy, partial(task_name, keys=TASK_KEYS), build)

@@ -1,0 +1,126 @@
+"""Rows of JSON Lines and Parquet files, with 1-based line (row) numbers and bad lines reported.
+
+Why: P3, FLAN, generic and text-JSONL sources are all "one JSON object per row"; reading them in one
+place gives every format the same handling of malformed JSON, invalid UTF-8 and non-object rows.
+pyarrow is imported only when a Parquet file is read, so JSONL users do not need it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+
+from optiml_plugin.data.records import Record
+from optiml_plugin.data.sources.base import RecordGate, SourceSpec
+from optiml_plugin.errors import BadRecordError, BadRecordPolicy, OptimlError
+
+#: suffixes read as JSON Lines (`.json` too: `datasets.Dataset.to_json` writes JSON Lines) or Parquet
+JSONL_SUFFIXES = (".jsonl", ".json")
+PARQUET_SUFFIXES = (".parquet",)
+TABLE_SUFFIXES = JSONL_SUFFIXES + PARQUET_SUFFIXES
+_PARQUET_BATCH = 4096
+
+TaskOf = Callable[[Dict[str, Any], SourceSpec, Path], Any]
+Build = Callable[[Dict[str, Any], Path, int, Any, RecordGate], Optional[Record]]
+
+
+def iter_rows(path: Path, policy: BadRecordPolicy) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """Yield (line or row number, object) for each row that parses to a JSON object.
+
+    Blank lines are not records. A row that cannot be parsed is counted as read here and reported
+    through `policy` (it never reaches the caller); the caller counts the rows it receives, after
+    applying its task filter, so every attempted record is counted exactly once.
+    """
+    if path.name.lower().endswith(PARQUET_SUFFIXES):
+        yield from _parquet_rows(path)
+    else:
+        yield from _jsonl_rows(path, policy)
+
+
+def _jsonl_rows(path: Path, policy: BadRecordPolicy) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                policy.count_read()
+                policy.handle(BadRecordError(str(path), lineno, None, "invalid_utf8",
+                                             f"invalid UTF-8 at byte {e.start + 1} of the line"))
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                policy.count_read()
+                policy.handle(BadRecordError(str(path), lineno, None, "malformed_json",
+                                             f"malformed JSON at column {e.colno}: {e.msg}"))
+                continue
+            if not isinstance(obj, dict):
+                policy.count_read()
+                policy.handle(BadRecordError(str(path), lineno, None, "wrong_type",
+                                             f"each line must be a JSON object, got {type(obj).__name__}"))
+                continue
+            yield lineno, obj
+
+
+def _parquet_rows(path: Path) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise OptimlError(f"{path}: reading Parquet needs pyarrow (pip install 'optiml[parquet]' "
+                          f"or pip install pyarrow)") from e
+    try:
+        table = pq.ParquetFile(str(path))
+    except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+        raise OptimlError(f"{path}: not a readable Parquet file ({e})") from e
+    row = 0
+    for batch in table.iter_batches(batch_size=_PARQUET_BATCH):
+        for obj in batch.to_pylist():
+            row += 1
+            yield row, obj
+
+
+def load_rows(spec: SourceSpec, policy: BadRecordPolicy, task_of: TaskOf, build: Build) -> Iterator[Record]:
+    """Records from every row of every file of `spec`, through one record gate."""
+    gate = RecordGate(spec, policy)
+    for path in spec.files:
+        yield from file_records(gate, path, task_of, build)
+    gate.finish()
+
+
+def file_records(gate: RecordGate, path: Path, task_of: TaskOf, build: Build) -> Iterator[Record]:
+    """Records from the rows of one file, through the task filter and `gate`.
+
+    `task_of(row, spec, path)` names the row's task (see `base.task_name`) before the row is
+    counted, so rows of tasks outside the `tasks` filter are not read.
+    `build(row, path, line, task, gate)` makes the Record (or reports a missing field via
+    `gate.bad` and returns None); the gate then validates it and refuses duplicate ids.
+    """
+    for line, row in iter_rows(path, gate.policy):
+        task = task_of(row, gate.spec, path)
+        if isinstance(task, str) and task and not gate.wanted(task):
+            continue
+        gate.policy.count_read()
+        record = build(row, path, line, task, gate)
+        if record is not None:
+            kept = gate.admit(record, path, line)
+            if kept is not None:
+                yield kept
+
+
+def required_text(row: Mapping[str, Any], names: Sequence[str], path: Path, line: int,
+                  gate: RecordGate) -> Tuple[bool, Any]:
+    """(True, value) of the first of `names` present in `row`; else report missing_field, (False, None).
+
+    Also accepts `<name>_pretokenized` (P3's string twin of a token-id column) when `<name>` is absent
+    or not a string.
+    """
+    for name in names:
+        value = row.get(name)
+        if not isinstance(value, str) and isinstance(row.get(f"{name}_pretokenized"), str):
+            return True, row[f"{name}_pretokenized"]
+        if value is not None:
+            return True, value
+    gate.bad(path, line, names[0], "missing_field", f"row has no '{names[0]}'")
+    return False, None
