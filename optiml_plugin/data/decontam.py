@@ -1,0 +1,214 @@
+"""Decontamination between training and evaluation tasks (OPT-IML §2.3).
+
+Why: held-out results mean nothing if the model saw the evaluation data. Three checks, cheapest first:
+(a) training tasks that share a source dataset with an evaluation task are dropped (or moved to
+evaluation); (b) training instances whose normalized input equals an evaluation instance's are
+dropped; (c) for every (training task, evaluation task) pair, the fraction of evaluation instances
+that share any n-gram (13 by default) with the training task is reported, optionally dropping the
+flagged training tasks. (c) hashes every n-gram once (numpy rolling hash over interned token ids)
+and joins all evaluation n-grams against one sorted array of all training n-grams, so the cost is
+linear in the text, not in the number of task pairs.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Hashable, Iterable, List, Mapping, Sequence, Set, Tuple
+
+import numpy as np
+
+_NON_WORD = re.compile(r"[^\w\s]+|_")
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_BASE = np.uint64(0x100000001B3)
+
+
+@dataclass(frozen=True)
+class DecontamConfig:
+    """`source_overlap`: what to do with a training task sharing a source with an eval task
+    ("drop" or "move" it to evaluation); `allowed_shared_sources`: broad resources (e.g. wikipedia)
+    whose sharing is not a conflict, as the paper kept such pairs; `ngram`/`threshold`: the overlap
+    report (paper: 13-grams, 1%); `drop_flagged`: drop training tasks above the threshold."""
+
+    ngram: int = 13
+    threshold: float = 0.01
+    drop_flagged: bool = False
+    source_overlap: str = "drop"
+    allowed_shared_sources: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OverlapPair:
+    train_task: Hashable
+    eval_task: Hashable
+    overlapping: int
+    eval_instances: int
+
+    @property
+    def fraction(self) -> float:
+        return self.overlapping / self.eval_instances if self.eval_instances else 0.0
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, punctuation to spaces, whitespace collapsed: the form every comparison uses."""
+    return " ".join(_NON_WORD.sub(" ", text.lower()).split())
+
+
+def source_conflicts(train_sources: Mapping[Hashable, Iterable[str]],
+                     eval_sources: Mapping[Hashable, Iterable[str]],
+                     allowed: Iterable[str] = ()) -> Dict[Hashable, List[str]]:
+    """Training tasks that share a source dataset with any eval task -> the shared sources (sorted).
+
+    Source names are compared normalized, so "SQuAD v1" and "squad_v1" are the same dataset."""
+    ok = {normalize_text(s) for s in allowed}
+    eval_names: Set[str] = set()
+    for sources in eval_sources.values():
+        eval_names.update(normalize_text(s) for s in sources)
+    eval_names -= ok
+    out: Dict[Hashable, List[str]] = {}
+    for task, sources in train_sources.items():
+        shared = sorted({s for s in sources if normalize_text(s) in eval_names})
+        if shared:
+            out[task] = shared
+    return out
+
+
+class NgramHasher:
+    """Hashes of the whitespace-token n-grams of normalized texts.
+
+    Tokens are interned to ids (a dict lookup each), ids are mixed and combined by a polynomial
+    rolling hash in numpy. A text shorter than n tokens contributes one hash of all its tokens, so
+    short exact duplicates still count as overlap."""
+
+    def __init__(self, n: int = 13) -> None:
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        self.n = n
+        self._vocab: Dict[str, int] = {}
+        self._powers = np.array([pow(int(_BASE), n - 1 - j, 1 << 64) for j in range(n)], dtype=np.uint64)
+
+    def _ids(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        vocab = self._vocab
+        ids: List[int] = []
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        for i, text in enumerate(texts):
+            toks = normalize_text(text).split()
+            lengths[i] = len(toks)
+            for t in toks:
+                v = vocab.get(t)
+                if v is None:
+                    v = vocab[t] = len(vocab) + 1
+                ids.append(v)
+        return _mix(np.asarray(ids, dtype=np.uint64)), lengths
+
+    def hashes(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """(hash, text index) pairs, unique, for every n-gram of every text."""
+        mixed, lengths = self._ids(texts)
+        n = self.n
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        owner = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
+        out_h: List[np.ndarray] = []
+        out_i: List[np.ndarray] = []
+        if len(mixed) >= n:
+            m = len(mixed) - n + 1
+            h = np.zeros(m, dtype=np.uint64)
+            with np.errstate(over="ignore"):
+                for j in range(n):
+                    h += mixed[j:j + m] * self._powers[j]
+            pos = np.arange(m)
+            ok = owner[pos] == owner[pos + n - 1]
+            out_h.append(h[ok])
+            out_i.append(owner[pos[ok]])
+        short = np.nonzero((lengths > 0) & (lengths < n))[0]
+        if len(short):
+            with np.errstate(over="ignore"):
+                hs = np.array([_fold(mixed[starts[i]:ends[i]]) for i in short], dtype=np.uint64)
+            out_h.append(hs)
+            out_i.append(short.astype(np.int64))
+        if not out_h:
+            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+        h_all = np.concatenate(out_h)
+        i_all = np.concatenate(out_i)
+        order = np.lexsort((h_all, i_all))
+        h_all, i_all = h_all[order], i_all[order]
+        keep = np.ones(len(h_all), dtype=bool)
+        keep[1:] = (h_all[1:] != h_all[:-1]) | (i_all[1:] != i_all[:-1])
+        return h_all[keep], i_all[keep]
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finalizer: spreads small token ids over 64 bits before the rolling hash."""
+    with np.errstate(over="ignore"):
+        x = x * np.uint64(0x9E3779B97F4A7C15)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x & _MASK64
+
+
+def _fold(x: np.ndarray) -> np.uint64:
+    h = np.uint64(len(x))
+    for v in x:
+        h = h * _BASE + v
+    return h
+
+
+def ngram_overlap(train_texts: Mapping[Hashable, Sequence[str]],
+                  eval_texts: Mapping[Hashable, Sequence[str]],
+                  n: int = 13, min_fraction: float = 0.0) -> List[OverlapPair]:
+    """Every (train task, eval task) pair whose share of eval instances with an n-gram in the
+    training task exceeds `min_fraction`, sorted by (eval task, train task) order of the inputs."""
+    hasher = NgramHasher(n)
+    train_keys = list(train_texts)
+    parts_h, parts_o = [], []
+    for t, key in enumerate(train_keys):
+        h, _ = hasher.hashes(train_texts[key])
+        h = np.unique(h)
+        parts_h.append(h)
+        parts_o.append(np.full(len(h), t, dtype=np.int64))
+    if parts_h:
+        all_h = np.concatenate(parts_h)
+        all_o = np.concatenate(parts_o)
+        order = np.argsort(all_h, kind="stable")
+        all_h, all_o = all_h[order], all_o[order]
+    else:
+        all_h, all_o = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+    pairs: List[OverlapPair] = []
+    for ekey, texts in eval_texts.items():
+        if not texts or not len(all_h):
+            continue
+        h, inst = hasher.hashes(texts)
+        left = np.searchsorted(all_h, h, side="left")
+        right = np.searchsorted(all_h, h, side="right")
+        cnt = right - left
+        total = int(cnt.sum())
+        if total == 0:
+            continue
+        first = np.repeat(left - (np.cumsum(cnt) - cnt), cnt)
+        owners = all_o[first + np.arange(total)]
+        insts = np.repeat(inst, cnt)
+        uniq = np.unique(owners * len(texts) + insts)
+        per_train = np.bincount(uniq // len(texts), minlength=len(train_keys))
+        for t in np.nonzero(per_train)[0]:
+            pair = OverlapPair(train_keys[t], ekey, int(per_train[t]), len(texts))
+            if pair.fraction > min_fraction:
+                pairs.append(pair)
+    return pairs
+
+
+@dataclass
+class ExactInputFilter:
+    """Normalized inputs of every evaluation instance; `matches(text)` says a training input collides."""
+
+    inputs: Set[str] = field(default_factory=set)
+
+    def add(self, text: str) -> None:
+        norm = normalize_text(text)
+        if norm:
+            self.inputs.add(norm)
+
+    def matches(self, text: str) -> bool:
+        norm = normalize_text(text)
+        return bool(norm) and norm in self.inputs

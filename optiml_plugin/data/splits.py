@@ -1,0 +1,182 @@
+"""The three-level split planner (OPT-IML §2.3): which tasks train, which evaluate, at which level,
+and which instances of each task go to which split.
+
+Why: the paper's generalization levels are a property of the whole task set (a held-out task's level
+depends on whether any training task of its category remains), so the plan is computed here, from
+task metadata only, and re-evaluated after decontamination removes training tasks. Every random
+choice comes from a generator seeded by (seed, task key), so the plan does not depend on the order
+tasks were read in.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from optiml_plugin.data.benchfiles import normalize_name
+from optiml_plugin.errors import BadRecordError, BadRecordPolicy
+
+TRAIN, EVAL = "train", "eval"
+LEVEL_TRAIN = "train"
+LEVEL_TASKS = "heldout_tasks"
+LEVEL_CATEGORIES = "heldout_categories"
+TaskKey = Tuple[str, str]  # (benchmark, task)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """The split plan. `sni_split_dir` holds SNI's train/test/excluded lists (test -> eval tasks,
+    excluded -> dropped); `heldout_categories`/`heldout_tasks` add eval tasks; `valid_tasks` are eval
+    tasks that go wholly to the valid splits (the paper's dev tasks were disjoint from its test tasks);
+    other eval tasks give their first `eval_test` instances to test (SNI: first 100) and up to
+    `eval_valid` more to valid (paper: 250). Training tasks hold out `heldout_valid`/`heldout_test`
+    random instances each (at most a quarter of the task each, so training keeps the rest).
+    `sni_lists_complete`: the data should hold every task SNI's lists name (a full checkout); a
+    partial copy (the default) only counts the absent ones. `origins` names the split file a task
+    list was read from, for error messages."""
+
+    sni_split_dir: Optional[str] = None
+    heldout_categories: Tuple[str, ...] = ()
+    heldout_tasks: Tuple[str, ...] = ()
+    valid_tasks: Tuple[str, ...] = ()
+    eval_valid: int = 250
+    eval_test: int = 100
+    heldout_valid: int = 50
+    heldout_test: int = 50
+    sni_lists_complete: bool = False
+    origins: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    key: TaskKey
+    category: str
+    sources: Tuple[str, ...]
+    size: int
+
+
+@dataclass
+class RolePlan:
+    """Task roles before decontamination; `dropped` maps a task to the reason it left the bench."""
+
+    roles: Dict[TaskKey, str]
+    dropped: Dict[TaskKey, str]
+    unlisted: List[TaskKey]
+
+
+def task_rng(seed: int, key: TaskKey, purpose: str) -> np.random.Generator:
+    """A generator that depends only on (seed, task, purpose): reproducible and order-free."""
+    tag = zlib.crc32("\x1f".join((purpose,) + tuple(key)).encode("utf-8"))
+    return np.random.default_rng([int(seed), tag])
+
+
+def assign_roles(tasks: Mapping[TaskKey, TaskInfo], cfg: SplitConfig,
+                 sni_lists: Optional[Mapping[str, Sequence[str]]],
+                 problems: BadRecordPolicy) -> RolePlan:
+    """Train or eval for every task. A task or category the config names but the data lacks is a
+    bad input (`problems` raises it, or counts it when skipping); SNI's own lists cover the whole
+    release, so their tasks missing from a partial copy are only counted (see `absent_from_lists`)."""
+    names = {key[1] for key in tasks}
+    for listed, fld in ((cfg.heldout_tasks, "heldout_tasks"), (cfg.valid_tasks, "valid_tasks")):
+        for name in listed:
+            if name not in names:
+                problems.handle(BadRecordError(cfg.origins.get(fld, "build config"), name, fld, "listed_task_absent",
+                                               f"task '{name}' is listed but no source has it"))
+    categories = {normalize_name(t.category) for t in tasks.values()}
+    held_cats = set()
+    for cat in cfg.heldout_categories:
+        if normalize_name(cat) not in categories:
+            problems.handle(BadRecordError("build config", cat, "heldout_categories", "unknown_category",
+                                           f"category '{cat}' is held out but no task has it"))
+        held_cats.add(normalize_name(cat))
+    sni = _sni_membership(sni_lists)
+    held_tasks = set(cfg.heldout_tasks) | set(cfg.valid_tasks)
+    sni_benchmarks = {key[0] for key in tasks if key[1] in sni}
+    roles: Dict[TaskKey, str] = {}
+    dropped: Dict[TaskKey, str] = {}
+    unlisted: List[TaskKey] = []
+    for key in sorted(tasks):
+        name = key[1]
+        listed = sni.get(name)
+        if listed == "excluded":
+            dropped[key] = "sni_excluded"
+        elif (name in held_tasks or normalize_name(tasks[key].category) in held_cats
+              or listed == "test"):
+            roles[key] = EVAL
+        else:
+            roles[key] = TRAIN
+            if listed is None and key[0] in sni_benchmarks:
+                unlisted.append(key)
+    return RolePlan(roles=roles, dropped=dropped, unlisted=unlisted)
+
+
+def _sni_membership(sni_lists: Optional[Mapping[str, Sequence[str]]]) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for which in ("train", "test", "excluded"):
+        for name in (sni_lists or {}).get(which, ()):
+            out[name] = which
+    return out
+
+
+def absent_from_lists(sni_lists: Optional[Mapping[str, Sequence[str]]],
+                      present: Iterable[str]) -> Dict[str, int]:
+    """How many tasks of each SNI list have no data here (normal for a partial copy)."""
+    have = set(present)
+    return {which: sum(1 for n in names if n not in have)
+            for which, names in sorted((sni_lists or {}).items())}
+
+
+def assign_levels(roles: Mapping[TaskKey, str], categories: Mapping[TaskKey, str],
+                  heldout_categories: Iterable[str]) -> Dict[TaskKey, str]:
+    """An eval task is at `heldout_categories` when its category is held out or no training task of
+    it remains, else at `heldout_tasks`; training tasks are at `train`."""
+    held = {normalize_name(c) for c in heldout_categories}
+    trained = {normalize_name(categories[k]) for k, r in roles.items() if r == TRAIN}
+    out: Dict[TaskKey, str] = {}
+    for key, role in roles.items():
+        cat = normalize_name(categories[key])
+        if role == TRAIN:
+            out[key] = LEVEL_TRAIN
+        elif cat in held or cat not in trained:
+            out[key] = LEVEL_CATEGORIES
+        else:
+            out[key] = LEVEL_TASKS
+    return out
+
+
+def split_eval_instances(size: int, cfg: SplitConfig, valid_only: bool) -> Tuple[List[int], List[int]]:
+    """(valid, test) instance indices of an eval task; file order, as SNI's "first 100" rule."""
+    if valid_only:
+        return list(range(min(size, cfg.eval_valid))), []
+    n_test = min(size, cfg.eval_test)
+    n_valid = min(size - n_test, cfg.eval_valid)
+    return list(range(n_test, n_test + n_valid)), list(range(n_test))
+
+
+def split_train_instances(size: int, cfg: SplitConfig, seed: int,
+                          key: TaskKey) -> Tuple[List[int], List[int], List[int]]:
+    """(train, valid, test) indices of a training task: a seeded random hold-out, each split sorted."""
+    n_valid = min(cfg.heldout_valid, size // 4)
+    n_test = min(cfg.heldout_test, size // 4)
+    perm = task_rng(seed, key, "heldout_instances").permutation(size)
+    test = sorted(int(i) for i in perm[:n_test])
+    valid = sorted(int(i) for i in perm[n_test:n_test + n_valid])
+    train = sorted(int(i) for i in perm[n_test + n_valid:])
+    return train, valid, test
+
+
+def cap_indices(indices: Sequence[int], cap: int, seed: int, key: TaskKey) -> List[int]:
+    """At most `cap` of `indices`, a seeded random subset in the original order (paper: 100k/task)."""
+    if len(indices) <= cap:
+        return list(indices)
+    pick = task_rng(seed, key, "train_cap").choice(len(indices), size=cap, replace=False)
+    return [indices[i] for i in sorted(int(p) for p in pick)]
+
+
+def read_task_list(path: Path) -> Tuple[str, ...]:
+    """A split file: one task name per line, blank lines and '#' comments ignored."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return tuple(s.strip() for s in lines if s.strip() and not s.strip().startswith("#"))

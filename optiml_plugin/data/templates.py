@@ -1,0 +1,63 @@
+"""Render a `Record` into the (src, tgt) pair training reads, the way OPT-IML did.
+
+Why: the paper (§2.2, §2.4) puts the instruction before the input, appends FLAN's `OPTIONS:` block
+for tasks with candidates, and adds an output delimiter drawn at random per example unless the prompt
+already ends with ':'. The draw is a pure function of (seed, task, id), so a bench is byte-identical for
+a seed whatever order records arrive in. Eval imports `render_prompt` to rebuild k-shot prompts from
+the raw fields kept in each line.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple
+
+from optiml_plugin.data.records import Record
+
+# The paper's eight delimiters (P §2.4). The PDF prints the last one as "\output:", which is almost
+# certainly "\noutput:" with the "n" lost; we use "\noutput:" (documented in docs/bench.md).
+DELIMITERS: Tuple[str, ...] = ("\nAnswer:", " Answer:", "\nA:", " A:", "\nOutput:", " Output:",
+                               "\nanswer:", "\noutput:")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered example; `delimiter` is "" when the prompt already ended with ':' (or is text)."""
+
+    src: str
+    tgt: str
+    delimiter: str
+
+
+def format_options(candidates: Sequence[str]) -> str:
+    """FLAN's `format_options`: 'OPTIONS:\\n- a\\n- b'."""
+    return "OPTIONS:\n- " + "\n- ".join(candidates)
+
+
+def draw_delimiter(seed: int, task: str, instance_id: str) -> str:
+    """One of `DELIMITERS`, a deterministic function of (seed, task, instance id)."""
+    key = f"{seed}\x1f{task}\x1f{instance_id}".encode("utf-8")
+    return DELIMITERS[zlib.crc32(key) % len(DELIMITERS)]
+
+
+def render_prompt(instruction: str, input: str, candidates: Optional[Sequence[str]],
+                  delimiter: str) -> str:
+    """Instruction, blank line, input, blank line, OPTIONS block; `delimiter` unless it ends with ':'."""
+    prompt = _body(instruction, input, candidates)
+    return prompt if prompt.endswith(":") else prompt + delimiter
+
+
+def _body(instruction: str, input: str, candidates: Optional[Sequence[str]]) -> str:
+    parts = [p for p in (instruction.strip(), input.strip()) if p]
+    if candidates:
+        parts.append(format_options(candidates))
+    return "\n\n".join(parts)
+
+
+def render(record: Record, seed: int) -> Rendered:
+    """The (src, tgt) of one record: tgt is outputs[0]; pretraining text has an empty src."""
+    if record.is_text:
+        return Rendered(src="", tgt=record.outputs[0], delimiter="")
+    body = _body(record.instruction, record.input, record.candidates)
+    delimiter = "" if body.endswith(":") else draw_delimiter(seed, record.task, record.id)
+    return Rendered(src=body + delimiter, tgt=record.outputs[0], delimiter=delimiter)
