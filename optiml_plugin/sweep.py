@@ -1,0 +1,535 @@
+"""Paper presets -> a hyperparameter grid -> `metaseq-train` command lines and SLURM scripts.
+
+Why: reproducing OPT-IML at 1.3B/30B/175B is a cluster job driven by metaseq's launcher
+conventions (a grid of hyperparameters, run directories named from the swept values, one sbatch
+job per grid point). This module renders those jobs from the YAML presets in
+`projects/opt_iml/presets/` without importing metaseq, so a dry run works on any machine and the
+exact command lines can be reviewed (and tested) before anything is submitted.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import shlex
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import yaml
+
+from optiml_plugin.data.mixture import validate_proportions
+from optiml_plugin.errors import ConfigError
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "projects" / "opt_iml" / "presets"
+MODEL_PRESETS = ("1.3b", "30b", "175b")
+
+# Metaseq flags of the instruction_meta_learning task (optiml_plugin/metaseq/task.py).
+TASK = "instruction_meta_learning"
+CRITERION = "target_only_cross_entropy"
+VALID_SUBSETS = ("valid_heldout_instances", "valid_heldout_tasks", "valid_heldout_categories")
+
+# Fixed metaseq settings for fine-tuning an OPT checkpoint (FSDP + Megatron tensor parallelism, as
+# OPT was trained; metaseq/launcher/opt_baselines.py). They are not hyperparameters of the recipe.
+FIXED_FLAGS: Tuple[str, ...] = (
+    "--ddp-backend", "fully_sharded", "--use-sharded-state", "--checkpoint-activations",
+    "--distribute-checkpointed-activations", "--tensor-parallel-init-model-on-gpu",
+    "--memory-efficient-fp16", "--arch", "transformer_lm_megatron", "--activation-fn", "relu",
+    "--decoder-learned-pos", "--no-scale-embedding", "--share-decoder-input-output-embed",
+    "--train-subset", "train", "--ignore-unused-valid-subsets", "--required-batch-size-multiple", "1",
+    "--log-format", "json", "--log-interval", "10",
+)
+RESET_FLAGS: Tuple[str, ...] = ("--reset-optimizer", "--reset-dataloader", "--reset-meters")
+
+
+def _fmt(value: Any) -> str:
+    """A value as metaseq's argparse and the released checkpoint names spell it (5e-05, 1.0)."""
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_fmt(v) for v in value) + ")"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One recipe hyperparameter: its metaseq flag and its run-directory key.
+
+    `in_name`: always part of the run-directory name (the keys of the released checkpoint names);
+    any other hyperparameter enters the name only when a grid sweeps it over several values.
+    """
+
+    key: str
+    kind: type
+    flag: str
+    name_key: Callable[[Any, Mapping[str, Any]], str]
+    in_name: bool = False
+    binary: bool = False          # a store_true flag: present when the value is true
+    choices: Tuple[str, ...] = ()
+
+
+def _k(fmt: str) -> Callable[[Any, Mapping[str, Any]], str]:
+    return lambda v, cfg: fmt.format(_fmt(v))
+
+
+# Order matters twice: command lines list flags in this order, and run-directory names list their
+# keys in this order, which is the released checkpoints' order (eps_4096.docsep_2.mu4000.wu60.bsz8.
+# clip1.0.fp32adam.rs1234.lr5e-05).
+HPARAMS: Tuple[HParam, ...] = (
+    HParam("eps", int, "--eps", _k("eps_{}"), in_name=True),
+    HParam("self_attn_doc_sep", int, "--self-attn-doc-sep", _k("docsep_{}"), in_name=True),
+    HParam("max_update", int, "--max-update", _k("mu{}"), in_name=True),
+    HParam("warmup_updates", int, "--warmup-updates", _k("wu{}"), in_name=True),
+    HParam("batch_size", int, "--batch-size", _k("bsz{}"), in_name=True),
+    HParam("clip_norm", float, "--clip-norm", _k("clip{}"), in_name=True),
+    HParam("optimizer", str, "--optimizer",
+           lambda v, cfg: f"{'fp16' if cfg.get('fp16_adam_stats') else 'fp32'}{v}", in_name=True,
+           choices=("adam",)),
+    HParam("seed", int, "--seed", _k("rs{}"), in_name=True),
+    HParam("lr", float, "--lr", _k("lr{}"), in_name=True),
+    HParam("tokens_per_sample", int, "--tokens-per-sample", _k("tps{}")),
+    HParam("adam_betas", list, "--adam-betas", lambda v, cfg: f"b2_{v[1]}"),
+    HParam("fp16_adam_stats", bool, "--fp16-adam-stats", _k("fp16stats{}"), binary=True),
+    HParam("adam_eps", float, "--adam-eps", _k("adameps{}")),
+    HParam("weight_decay", float, "--weight-decay", _k("wd{}")),
+    HParam("lr_scheduler", str, "--lr-scheduler", _k("{}"), choices=("polynomial_decay",)),
+    HParam("power", float, "--power", _k("pow{}")),
+    HParam("end_learning_rate", float, "--end-learning-rate", _k("endlr{}")),
+    HParam("dropout", float, "--dropout", _k("dr{}")),
+    HParam("attention_dropout", float, "--attention-dropout", _k("atdr{}")),
+    HParam("update_freq", int, "--update-freq", _k("uf{}")),
+    HParam("fp16_init_scale", int, "--fp16-init-scale", _k("initscale{}")),
+    HParam("packing", str, "--packing", _k("pack_{}"), choices=("sequential", "best_fit")),
+    HParam("save_interval_updates", int, "--save-interval-updates", _k("si{}")),
+    HParam("validate_interval_updates", int, "--validate-interval-updates", _k("vi{}")),
+    HParam("max_valid_examples_per_task", int, "--max-valid-examples-per-task", _k("mve{}")),
+)
+HPARAM_BY_KEY: Dict[str, HParam] = {h.key: h for h in HPARAMS}
+# Short names accepted by --grid: the run-directory keys of the released checkpoints.
+ALIASES = {"bsz": "batch_size", "mu": "max_update", "wu": "warmup_updates", "rs": "seed",
+           "clip": "clip_norm", "docsep": "self_attn_doc_sep", "tps": "tokens_per_sample",
+           "uf": "update_freq", "wd": "weight_decay", "dr": "dropout"}
+
+
+def coerce(key: str, value: Any, where: str) -> Any:
+    """Check and convert one hyperparameter value (YAML reads `5e-5` as a string, so parse it)."""
+    spec = HPARAM_BY_KEY.get(key)
+    if spec is None:
+        raise ConfigError(f"{where}: unknown hyperparameter {key!r}; known: {sorted(HPARAM_BY_KEY)}")
+    bad = ConfigError(f"{where}: {key} must be {spec.kind.__name__}, got {value!r}")
+    if spec.kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise bad
+    if spec.kind is list:
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise bad
+        return [float(v) for v in value]
+    if isinstance(value, bool):
+        raise bad
+    if spec.kind is str:
+        if not isinstance(value, str) or (spec.choices and value not in spec.choices):
+            raise ConfigError(f"{where}: {key} must be one of {list(spec.choices)}, got {value!r}")
+        return value
+    try:
+        out = spec.kind(value)
+    except (TypeError, ValueError):
+        raise bad from None
+    if spec.kind is int and isinstance(value, float) and value != out:
+        raise bad
+    if out < 0:
+        raise ConfigError(f"{where}: {key} must not be negative, got {value!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------- presets
+@dataclass(frozen=True)
+class MixturePreset:
+    name: str
+    tag: str
+    eps: int
+    proportions: Dict[str, float]
+    path: Path
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """A model size with its cluster shape, merged with the recipe and the mixture it names."""
+
+    name: str
+    path: Path
+    layers: int
+    embed_dim: int
+    ffn_embed_dim: int
+    attention_heads: int
+    model_parallel: int
+    restore_file: str
+    gpus: int
+    gpus_per_node: int
+    time_minutes: int
+    train: Dict[str, Any]
+    max_train: Dict[str, Any]
+    global_batch: Optional[int]
+    mixture: MixturePreset
+    recipe: str = ""
+
+    @property
+    def nodes(self) -> int:
+        return self.gpus // self.gpus_per_node
+
+    @property
+    def data_parallel(self) -> int:
+        return self.gpus // self.model_parallel
+
+    def sequences_per_step(self, cfg: Mapping[str, Any]) -> int:
+        return int(cfg["batch_size"]) * self.data_parallel * int(cfg.get("update_freq", 1))
+
+
+def preset_dir() -> Path:
+    if not PRESET_DIR.is_dir():
+        raise ConfigError(
+            f"preset directory {PRESET_DIR} not found: optiml finds the paper presets in the source "
+            f"checkout (install it with `pip install -e .`), or pass --preset-file PATH")
+    return PRESET_DIR
+
+
+def _read_yaml(path: Path, kind: str) -> Dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: preset file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a preset must be a YAML mapping, got {type(data).__name__}")
+    if data.get("kind") != kind:
+        raise ConfigError(f"{path}: field 'kind' must be {kind!r}, got {data.get('kind')!r}")
+    return data
+
+
+def _require(data: Mapping[str, Any], key: str, kind: type, path: Path, section: str = "") -> Any:
+    where = f"{path}: field '{section}{key}'"
+    if key not in data:
+        raise ConfigError(f"{where} is missing")
+    value = data[key]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
+    if kind is str and (not isinstance(value, str) or not value):
+        raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
+    if kind is dict and not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping, got {value!r}")
+    return value
+
+
+def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], path: Path, section: str = "") -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{path}: unknown field(s) {[section + k for k in unknown]}; "
+                          f"allowed: {sorted(allowed)}")
+
+
+def _train_section(data: Any, path: Path, section: str) -> Dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: field '{section}' must be a mapping, got {data!r}")
+    return {k: coerce(k, v, f"{path}: field '{section}.{k}'") for k, v in data.items()}
+
+
+def load_mixture_preset(path: Union[str, Path]) -> MixturePreset:
+    """A mixture preset; its shares must cover every benchmark it names and sum to 1."""
+    path = Path(path)
+    data = _read_yaml(path, "mixture")
+    _check_keys(data, ("kind", "name", "tag", "eps", "proportions"), path)
+    props = _require(data, "proportions", dict, path)
+    try:
+        validate_proportions(props, benchmarks=list(props))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: field 'proportions': {e}") from None
+    return MixturePreset(name=_require(data, "name", str, path), tag=_require(data, "tag", str, path),
+                         eps=_require(data, "eps", int, path),
+                         proportions={str(k): float(v) for k, v in props.items()}, path=path)
+
+
+def load_recipe(path: Union[str, Path]) -> Tuple[str, Dict[str, Any]]:
+    path = Path(path)
+    data = _read_yaml(path, "recipe")
+    _check_keys(data, ("kind", "name", "train"), path)
+    return _require(data, "name", str, path), _train_section(data.get("train"), path, "train")
+
+
+def resolve_preset_path(name_or_path: Union[str, Path]) -> Path:
+    """A preset name (`30b`) in the preset directory, or a path to a YAML file."""
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or "/" in text:
+        return Path(text)
+    path = preset_dir() / f"{text}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {text!r}; {preset_dir()} has "
+                          f"{sorted(p.stem for p in preset_dir().glob('*.yaml'))}")
+    return path
+
+
+def load_model_preset(name_or_path: Union[str, Path],
+                      mixture_path: Union[str, Path, None] = None) -> ModelPreset:
+    """Load a model preset with the recipe and mixture it names (paths relative to the preset)."""
+    path = resolve_preset_path(name_or_path)
+    data = _read_yaml(path, "model")
+    _check_keys(data, ("kind", "name", "recipe", "mixture", "model", "restore_file", "cluster",
+                       "train", "global_batch", "max"), path)
+    recipe_name, train = load_recipe(path.parent / _require(data, "recipe", str, path))
+    train.update(_train_section(data.get("train"), path, "train"))
+    missing = [h.key for h in HPARAMS if h.key not in train and h.key != "eps"]
+    if missing:
+        raise ConfigError(f"{path}: the recipe and 'train' leave {missing} unset")
+    mixture = load_mixture_preset(Path(mixture_path) if mixture_path is not None
+                                  else path.parent / _require(data, "mixture", str, path))
+    train["eps"] = mixture.eps
+    model = _require(data, "model", dict, path)
+    _check_keys(model, ("layers", "embed_dim", "ffn_embed_dim", "attention_heads", "model_parallel"),
+                path, "model.")
+    arch = {k: _require(model, k, int, path, "model.") for k in model}
+    cluster = _require(data, "cluster", dict, path)
+    _check_keys(cluster, ("gpus", "gpus_per_node", "time_minutes"), path, "cluster.")
+    max_section = data.get("max") or {}
+    if not isinstance(max_section, dict):
+        raise ConfigError(f"{path}: field 'max' must be a mapping, got {max_section!r}")
+    _check_keys(max_section, ("train",), path, "max.")
+    global_batch = data.get("global_batch")
+    if global_batch is not None:
+        _require(data, "global_batch", int, path)
+    preset = ModelPreset(
+        name=_require(data, "name", str, path), path=path, recipe=recipe_name,
+        layers=arch["layers"], embed_dim=arch["embed_dim"], ffn_embed_dim=arch["ffn_embed_dim"],
+        attention_heads=arch["attention_heads"], model_parallel=arch["model_parallel"],
+        restore_file=_require(data, "restore_file", str, path),
+        gpus=_require(cluster, "gpus", int, path, "cluster."),
+        gpus_per_node=_require(cluster, "gpus_per_node", int, path, "cluster."),
+        time_minutes=_require(cluster, "time_minutes", int, path, "cluster."),
+        train=train, max_train=_train_section(max_section.get("train"), path, "max.train"),
+        global_batch=global_batch, mixture=mixture)
+    _check_shapes(preset)
+    return preset
+
+
+def _check_shapes(p: ModelPreset) -> None:
+    """Cluster and architecture numbers must divide evenly, and the batch must be the paper's."""
+    checks = [
+        (p.gpus % p.gpus_per_node == 0, f"cluster.gpus {p.gpus} is not a multiple of "
+                                         f"cluster.gpus_per_node {p.gpus_per_node}"),
+        (p.gpus % p.model_parallel == 0, f"cluster.gpus {p.gpus} is not a multiple of "
+                                          f"model.model_parallel {p.model_parallel}"),
+        (p.embed_dim % p.attention_heads == 0, f"model.embed_dim {p.embed_dim} is not a multiple of "
+                                                f"model.attention_heads {p.attention_heads}"),
+        (p.attention_heads % p.model_parallel == 0, f"model.attention_heads {p.attention_heads} is "
+                                                     f"not a multiple of model.model_parallel "
+                                                     f"{p.model_parallel}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(f"{p.path}: {msg}")
+    got = p.sequences_per_step(p.train)
+    if p.global_batch is not None and got != p.global_batch:
+        raise ConfigError(
+            f"{p.path}: field 'global_batch' is {p.global_batch} but batch_size {p.train['batch_size']}"
+            f" x {p.data_parallel} data-parallel ranks x update_freq {p.train['update_freq']} = {got}")
+
+
+# -------------------------------------------------------------------------------------------- grid
+def parse_grid(specs: Sequence[str]) -> Dict[str, List[Any]]:
+    """`["lr=1e-5,5e-5", "bsz=4"]` -> {"lr": [1e-05, 5e-05], "batch_size": [4]}, values checked."""
+    grid: Dict[str, List[Any]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        key = ALIASES.get(key.strip().lstrip("-").replace("-", "_"),
+                          key.strip().lstrip("-").replace("-", "_"))
+        if not sep or not values.strip():
+            raise ConfigError(f"--grid {spec!r}: expected KEY=V1,V2,... (e.g. lr=1e-5,5e-5)")
+        if key == "eps":
+            raise ConfigError(f"--grid {spec!r}: EPS belongs to the mixture preset; "
+                              f"pass --mixture-file with another eps")
+        if key in grid:
+            raise ConfigError(f"--grid {spec!r}: {key} is given twice")
+        if key in HPARAM_BY_KEY and HPARAM_BY_KEY[key].kind is list:
+            raise ConfigError(f"--grid {spec!r}: {key} cannot be swept from the command line; "
+                              f"edit the recipe or pass --preset-file")
+        grid[key] = [coerce(key, v.strip(), f"--grid {spec!r}") for v in values.split(",")]
+    return grid
+
+
+@dataclass(frozen=True)
+class Run:
+    """One grid point: its full hyperparameter config, the swept keys and its run-directory name."""
+
+    config: Dict[str, Any]
+    swept: Tuple[str, ...]
+    name: str
+
+
+def expand(preset: ModelPreset, grid: Optional[Mapping[str, Sequence[Any]]] = None,
+           max_variant: bool = False, prefix: str = "optiml") -> List[Run]:
+    """The grid's cartesian product over the preset's values (metaseq launcher semantics)."""
+    base = dict(preset.train)
+    if max_variant:
+        base.update(preset.max_train)
+    grid = dict(grid or {})
+    swept = tuple(k for k in (h.key for h in HPARAMS) if len(grid.get(k, ())) > 1)
+    keys = [k for k in (h.key for h in HPARAMS) if k in grid]
+    runs = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        cfg = dict(base)
+        cfg.update(zip(keys, values))
+        cfg["total_num_update"] = cfg["max_update"]   # linear decay reaches 0 at the last step
+        runs.append(Run(config=cfg, swept=swept,
+                        name=run_name(preset, cfg, swept, max_variant=max_variant, prefix=prefix)))
+    return runs
+
+
+def run_name(preset: ModelPreset, cfg: Mapping[str, Any], swept: Sequence[str] = (),
+             max_variant: bool = False, prefix: str = "optiml") -> str:
+    """`{prefix}[.max].{mixture tag}.{size}.{keys}.ngpu{N}`, as metaseq's launcher names save dirs."""
+    keys = [h.name_key(cfg[h.key], cfg) for h in HPARAMS
+            if (h.in_name or h.key in swept) and h.key in cfg]
+    head = [prefix] + (["max"] if max_variant else []) + [preset.mixture.tag, preset.name]
+    return ".".join(head + keys + [f"ngpu{preset.gpus}"]).replace(",", "_").replace(" ", "")
+
+
+# ----------------------------------------------------------------------------------- command lines
+@dataclass
+class Paths:
+    """Where things are on the cluster. None renders a placeholder (dry runs only)."""
+
+    data: Optional[str] = None              # the bench directory (`optiml bench build`)
+    bpe_dir: Optional[str] = None           # gpt2-vocab.json + gpt2-merges.txt
+    opt_checkpoints: Optional[str] = None   # OPT checkpoints, resharded for model parallelism
+    checkpoints_dir: Optional[str] = None   # run directories go here
+    user_dir: Optional[str] = None          # optiml_plugin as seen from the cluster
+
+    placeholders: Dict[str, str] = field(default_factory=lambda: {
+        "data": "<BENCH>", "bpe_dir": "<BPE_DIR>", "opt_checkpoints": "<OPT_CHECKPOINTS>",
+        "checkpoints_dir": "<CHECKPOINTS_DIR>"})
+
+    def get(self, name: str, dry_run: bool) -> str:
+        value = getattr(self, name)
+        if value:
+            return str(value)
+        if dry_run:
+            return self.placeholders[name]
+        raise ConfigError(f"--{name.replace('_', '-')} is required to launch (or use --dry-run)")
+
+
+def save_dir(run: Run, paths: Paths, dry_run: bool) -> str:
+    return f"{paths.get('checkpoints_dir', dry_run).rstrip('/')}/{run.name}"
+
+
+def distributed_port(run_name_: str) -> int:
+    """A port derived from the run name, so re-rendering a sweep gives identical scripts."""
+    return 15000 + zlib.crc32(run_name_.encode("utf-8")) % 40000
+
+
+def hparam_args(cfg: Mapping[str, Any]) -> List[str]:
+    out: List[str] = []
+    for h in HPARAMS:
+        if h.key not in cfg:
+            continue
+        value = cfg[h.key]
+        if h.binary:
+            out += [h.flag] if value else []
+        else:
+            out += [h.flag, _fmt(value)]
+        if h.key == "max_update":
+            out += ["--total-num-update", _fmt(cfg["total_num_update"])]
+    return out
+
+
+def train_command(preset: ModelPreset, run: Run, paths: Paths, launcher: str = "metaseq-train",
+                  dry_run: bool = False, resume_args: bool = True) -> List[str]:
+    """The full `metaseq-train` argv of one grid point (first launch: restore OPT and reset)."""
+    cmd = [launcher]
+    if launcher == "metaseq-train":
+        cmd += ["--user-dir", paths.user_dir or str(Path(__file__).resolve().parent)]
+    bpe = paths.get("bpe_dir", dry_run).rstrip("/")
+    cmd += [paths.get("data", dry_run),
+            "--task", TASK, "--criterion", CRITERION,
+            "--vocab-filename", f"{bpe}/gpt2-vocab.json", "--merges-filename", f"{bpe}/gpt2-merges.txt",
+            "--proportions", json.dumps(preset.mixture.proportions, separators=(",", ":")),
+            "--valid-subset", ",".join(VALID_SUBSETS),
+            "--model-parallel-size", str(preset.model_parallel),
+            "--decoder-layers", str(preset.layers), "--decoder-embed-dim", str(preset.embed_dim),
+            "--decoder-ffn-embed-dim", str(preset.ffn_embed_dim),
+            "--decoder-attention-heads", str(preset.attention_heads)]
+    cmd += list(FIXED_FLAGS)
+    cmd += hparam_args(run.config)
+    cmd += ["--distributed-world-size", str(preset.gpus),
+            "--distributed-port", str(distributed_port(run.name)),
+            "--save-dir", save_dir(run, paths, dry_run)]
+    if resume_args:
+        cmd += restore_args(preset, paths, dry_run)
+    return cmd
+
+
+def restore_args(preset: ModelPreset, paths: Paths, dry_run: bool) -> List[str]:
+    restore = f"{paths.get('opt_checkpoints', dry_run).rstrip('/')}/{preset.restore_file}"
+    return ["--restore-file", restore] + list(RESET_FLAGS)
+
+
+def shell_join(argv: Sequence[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def render_sbatch(preset: ModelPreset, run: Run, paths: Paths, launcher: str = "metaseq-train",
+                  dry_run: bool = False, partition: Optional[str] = None,
+                  cpus_per_task: int = 12, account: Optional[str] = None) -> str:
+    """An sbatch script for one run: one task per GPU, requeued on preemption.
+
+    The OPT checkpoint and the resets apply only to the first launch; once the run has written
+    `checkpoint_last`, a requeued job resumes from it (metaseq's default restore file) instead of
+    starting over from OPT with fresh optimizer and data state.
+    """
+    sdir = save_dir(run, paths, dry_run)
+    base = shell_join(train_command(preset, run, paths, launcher, dry_run, resume_args=False))
+    restore = shell_join(restore_args(preset, paths, dry_run))
+    header = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={run.name}",
+        f"#SBATCH --nodes={preset.nodes}",
+        f"#SBATCH --ntasks-per-node={preset.gpus_per_node}",
+        f"#SBATCH --gpus-per-node={preset.gpus_per_node}",
+        f"#SBATCH --cpus-per-task={cpus_per_task}",
+        "#SBATCH --mem=0",
+        f"#SBATCH --time={preset.time_minutes}",
+        f"#SBATCH --output={sdir}/train.log",
+        f"#SBATCH --error={sdir}/train.stderr.%j",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --signal=B:USR1@180",
+    ]
+    if partition:
+        header.append(f"#SBATCH --partition={partition}")
+    if account:
+        header.append(f"#SBATCH --account={account}")
+    seqs = preset.sequences_per_step(run.config)
+    body = [
+        "",
+        f"# {preset.name}: {preset.gpus} GPUs = {preset.nodes} nodes x {preset.gpus_per_node}; "
+        f"model parallel {preset.model_parallel}, {preset.data_parallel} data-parallel ranks",
+        f"# {seqs} sequences x {run.config['tokens_per_sample']} tokens per step, "
+        f"{run.config['max_update']} steps",
+        "export OMP_NUM_THREADS=2",
+        "export NCCL_ASYNC_ERROR_HANDLING=1",
+        "trap 'scontrol requeue $SLURM_JOB_ID' USR1",
+        "",
+        f"SAVE_DIR={shlex.quote(sdir)}",
+        'mkdir -p "$SAVE_DIR"',
+        'if ls "$SAVE_DIR"/checkpoint_last*.pt >/dev/null 2>&1; then',
+        "  RESTORE=()   # resume this run from its own checkpoint_last",
+        "else",
+        f"  RESTORE=({restore})",
+        "fi",
+        f'srun --label {base} "${{RESTORE[@]}}" &',
+        "wait $!",
+        "",
+    ]
+    return "\n".join(header + body)

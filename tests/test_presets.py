@@ -1,0 +1,107 @@
+"""The paper presets in projects/opt_iml/presets load, validate, and say the paper's numbers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from optiml_plugin import sweep
+from optiml_plugin.errors import ConfigError
+
+PRESETS = sweep.PRESET_DIR
+
+
+def copy_presets(tmp_path, **edits):
+    """The preset folder in tmp_path, with `name -> (old, new)` text replacements."""
+    for path in PRESETS.glob("*.yaml"):
+        text = path.read_text()
+        if path.name in edits:
+            old, new = edits[path.name]
+            assert old in text
+            text = text.replace(old, new)
+        (tmp_path / path.name).write_text(text)
+    return tmp_path
+
+
+def test_every_preset_file_loads_and_validates():
+    kinds = {}
+    for path in sorted(PRESETS.glob("*.yaml")):
+        kind = yaml.safe_load(path.read_text())["kind"]
+        kinds[path.name] = kind
+        if kind == "model":
+            sweep.load_model_preset(str(path))
+        elif kind == "mixture":
+            sweep.load_mixture_preset(path)
+        elif kind == "recipe":
+            sweep.load_recipe(path)
+    assert {"1.3b.yaml", "30b.yaml", "175b.yaml"} <= {n for n, k in kinds.items() if k == "model"}
+    assert "mixture" in kinds.values() and "recipe" in kinds.values()
+
+
+@pytest.mark.parametrize("name, arch, mp, gpus, global_batch, steps, max_steps", [
+    ("1.3b", (24, 2048, 32), 2, 32, 256, 4000, 6000),
+    ("30b", (48, 7168, 56), 2, 64, 256, 4000, 6000),
+    ("175b", (96, 12288, 96), 8, 128, 128, 8000, 12000),
+])
+def test_model_presets(name, arch, mp, gpus, global_batch, steps, max_steps):
+    p = sweep.load_model_preset(name)
+    assert (p.layers, p.embed_dim, p.attention_heads) == arch
+    assert p.ffn_embed_dim == 4 * p.embed_dim
+    assert (p.model_parallel, p.gpus) == (mp, gpus)
+    assert p.sequences_per_step(p.train) == global_batch
+    assert p.train["max_update"] == steps and p.max_train["max_update"] == max_steps
+    t = p.train
+    assert (t["tokens_per_sample"], t["self_attn_doc_sep"], t["lr"], t["warmup_updates"]) == (2048, 2, 5e-5, 60)
+    assert (t["adam_betas"], t["fp16_adam_stats"], t["clip_norm"], t["dropout"], t["seed"]) == (
+        [0.9, 0.95], False, 1.0, 0.1, 1234)
+    assert (t["lr_scheduler"], t["power"], t["end_learning_rate"]) == ("polynomial_decay", 1.0, 0.0)
+
+
+def test_mixture_preset_is_the_papers():
+    m = sweep.load_mixture_preset(PRESETS / "mixture.yaml")
+    assert m.eps == 4096
+    assert math.isclose(sum(m.proportions.values()), 1.0)
+    p = m.proportions
+    assert (p["pretrain_text"], p["reasoning"]) == (0.05, 0.01)
+    # the seven benchmarks keep 4/2/20/25/45/2/2 except the largest, which gives up the 6%
+    assert [p[b] for b in ("crossfit", "exmix", "flan", "niv2", "t5", "unifiedskg")] == [
+        0.04, 0.02, 0.20, 0.25, 0.02, 0.02]
+    assert math.isclose(p["promptsource"], 0.45 - 0.06)
+
+
+def test_mixture_not_summing_to_one_fails_clearly(tmp_path):
+    copy_presets(tmp_path, **{"mixture.yaml": ("promptsource: 0.39", "promptsource: 0.45")})
+    with pytest.raises(ConfigError, match=r"mixture\.yaml: field 'proportions'.*sum to 1\.06"):
+        sweep.load_mixture_preset(tmp_path / "mixture.yaml")
+    copy_presets(tmp_path, **{"mixture.yaml": ("promptsource: 0.39", "promptsource: 0.30")})
+    with pytest.raises(ConfigError, match=r"sum to 0\.91.*not 1"):
+        sweep.load_model_preset(str(tmp_path / "30b.yaml"))
+
+
+@pytest.mark.parametrize("file, old, new, message", [
+    ("30b.yaml", "global_batch: 256", "global_batch: 512", "'global_batch' is 512 but batch_size 8"),
+    ("30b.yaml", "model_parallel: 2", "model_parallel: 3", "not a multiple of model.model_parallel 3"),
+    ("30b.yaml", "  gpus: 64", "  gpus: 60", "cluster.gpus 60 is not a multiple"),
+    ("30b.yaml", "  layers: 48", "  layer: 48", r"unknown field\(s\) \['model.layer'\]"),
+    ("recipe.yaml", "lr: 5.0e-5", "lr: fast", "field 'train.lr': lr must be float"),
+    ("recipe.yaml", "  seed: 1234 ", "  # seed: 1234 ", r"leave \['seed'\] unset"),
+    ("30b.yaml", "kind: model", "kind: mixture", "field 'kind' must be 'model'"),
+])
+def test_bad_presets_fail_clearly(tmp_path, file, old, new, message):
+    copy_presets(tmp_path, **{file: (old, new)})
+    with pytest.raises(ConfigError, match=message):
+        sweep.load_model_preset(str(tmp_path / "30b.yaml"))
+
+
+def test_lr_written_without_a_dot_still_parses(tmp_path):
+    copy_presets(tmp_path, **{"recipe.yaml": ("lr: 5.0e-5", "lr: 5e-5")})   # YAML reads a string
+    assert sweep.load_model_preset(str(tmp_path / "30b.yaml")).train["lr"] == 5e-5
+
+
+def test_unknown_preset_and_missing_preset_dir(monkeypatch, tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown preset '7b'.*'30b'"):
+        sweep.load_model_preset("7b")
+    monkeypatch.setattr(sweep, "PRESET_DIR", tmp_path / "absent")
+    with pytest.raises(ConfigError, match="preset directory .* not found.*--preset-file"):
+        sweep.load_model_preset("30b")

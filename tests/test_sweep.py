@@ -1,0 +1,155 @@
+"""`optiml sweep`: grid -> metaseq-train command lines, run names, sbatch scripts (no metaseq needed)."""
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from optiml_plugin import sweep
+from optiml_plugin.cli import main
+from optiml_plugin.errors import ConfigError
+
+# The released OPT-IML 30B checkpoint directory (metaseq projects/OPT-IML/README.md).
+RELEASED_30B = ("aws.v7.prop10.30b.eps_4096.docsep_2.mu4000.wu60.bsz8.clip1.0.fp32adam.rs1234."
+                "lr5e-05.pat_8000.ngpu64")
+
+
+def flag_values(argv, flag):
+    """Every value given to `flag` in an argv list."""
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def one(argv, flag):
+    values = flag_values(argv, flag)
+    assert len(values) == 1, f"{flag} appears {len(values)} times"
+    return values[0]
+
+
+def dry_run(capsys, *args):
+    assert main(["sweep", "--dry-run", *args]) == 0
+    return capsys.readouterr().out
+
+
+def commands_of(out):
+    return [shlex.split(line) for line in out.splitlines()
+            if line.startswith(("metaseq-train", "optiml-metaseq-train"))]
+
+
+def test_30b_run_name_follows_released_key_order():
+    preset = sweep.load_model_preset("30b")
+    (run,) = sweep.expand(preset)
+    ours = run.name.split(".")
+    released = RELEASED_30B.split(".")
+    # after the size key, the released keys we emit appear in the same order with the same values
+    tail = released[released.index("30b") + 1:]
+    assert [k for k in tail if k in ours] == ours[ours.index("30b") + 1:]
+    assert run.name.endswith(".30b.eps_4096.docsep_2.mu4000.wu60.bsz8.clip1.0.fp32adam.rs1234."
+                             "lr5e-05.ngpu64")
+
+
+def test_dry_run_30b_has_the_papers_settings(capsys):
+    out = dry_run(capsys, "--preset", "30b")
+    (cmd,) = commands_of(out)
+    assert cmd[0] == "metaseq-train"
+    expected = {
+        "--task": "instruction_meta_learning", "--criterion": "target_only_cross_entropy",
+        "--model-parallel-size": "2", "--distributed-world-size": "64", "--batch-size": "8",
+        "--max-update": "4000", "--total-num-update": "4000", "--warmup-updates": "60",
+        "--lr": "5e-05", "--lr-scheduler": "polynomial_decay", "--power": "1.0",
+        "--end-learning-rate": "0.0", "--clip-norm": "1.0", "--dropout": "0.1",
+        "--seed": "1234", "--optimizer": "adam", "--adam-betas": "(0.9, 0.95)",
+        "--tokens-per-sample": "2048", "--self-attn-doc-sep": "2", "--eps": "4096",
+        "--decoder-layers": "48", "--decoder-embed-dim": "7168", "--decoder-attention-heads": "56",
+    }
+    for flag, value in expected.items():
+        assert one(cmd, flag) == value, flag
+    assert "--fp16-adam-stats" not in cmd          # fp32 Adam state
+    assert one(cmd, "--restore-file").endswith("/30b/reshard.pt")
+    for flag in ("--reset-optimizer", "--reset-dataloader", "--reset-meters"):
+        assert cmd.count(flag) == 1
+    assert one(cmd, "--save-dir").endswith(
+        "eps_4096.docsep_2.mu4000.wu60.bsz8.clip1.0.fp32adam.rs1234.lr5e-05.ngpu64")
+
+
+def test_dry_run_max_and_grid(capsys):
+    out = dry_run(capsys, "--preset", "30b", "--max", "--grid", "lr=1e-5,5e-5", "--grid", "bsz=4,8")
+    cmds = commands_of(out)
+    assert len(cmds) == 4
+    assert {(one(c, "--lr"), one(c, "--batch-size")) for c in cmds} == {
+        ("1e-05", "4"), ("1e-05", "8"), ("5e-05", "4"), ("5e-05", "8")}
+    assert {one(c, "--max-update") for c in cmds} == {"6000"}
+    assert {one(c, "--total-num-update") for c in cmds} == {"6000"}
+    names = {one(c, "--save-dir").rsplit("/", 1)[1] for c in cmds}
+    assert len(names) == 4 and all(".max." in n and ".mu6000." in n for n in names)
+
+
+def test_175b_settings_and_sbatch(capsys):
+    preset = sweep.load_model_preset("175b")
+    assert (preset.model_parallel, preset.gpus, preset.sequences_per_step(preset.train)) == (8, 128, 128)
+    (run,) = sweep.expand(preset, max_variant=True)
+    assert run.config["max_update"] == 12000
+    script = sweep.render_sbatch(preset, run, sweep.Paths(), dry_run=True, partition="a100")
+    lines = script.splitlines()
+    assert "#SBATCH --nodes=16" in lines
+    assert "#SBATCH --ntasks-per-node=8" in lines and "#SBATCH --gpus-per-node=8" in lines
+    assert "#SBATCH --partition=a100" in lines
+    srun = next(line for line in lines if line.startswith("srun "))
+    argv = shlex.split(srun)
+    assert one(argv, "--model-parallel-size") == "8"
+    assert one(argv, "--distributed-world-size") == "128"
+    # the OPT checkpoint and resets only on first launch; a requeued job resumes its own run
+    assert "--restore-file" not in argv and '"${RESTORE[@]}"' in srun
+    assert any(line.strip().startswith("RESTORE=(--restore-file") for line in lines)
+
+
+def test_sbatch_node_count_follows_cluster_shape(tmp_path):
+    text = (sweep.PRESET_DIR / "30b.yaml").read_text().replace("gpus_per_node: 8", "gpus_per_node: 4")
+    path = tmp_path / "30b.yaml"
+    path.write_text(text)
+    for name in ("recipe.yaml", "mixture.yaml"):
+        (tmp_path / name).write_text((sweep.PRESET_DIR / name).read_text())
+    preset = sweep.load_model_preset(str(path))
+    (run,) = sweep.expand(preset)
+    script = sweep.render_sbatch(preset, run, sweep.Paths(), dry_run=True)
+    assert "#SBATCH --nodes=16" in script and "#SBATCH --gpus-per-node=4" in script
+
+
+def test_launch_writes_scripts_without_submitting(tmp_path, capsys):
+    argv = ["sweep", "--preset", "1.3b", "--no-submit", "--data", str(tmp_path / "bench"),
+            "--bpe-dir", "/bpe", "--opt-checkpoints", "/opt", "--checkpoints-dir", str(tmp_path / "runs"),
+            "--launcher", "optiml-metaseq-train"]
+    assert main(argv) == 0
+    (script,) = list((tmp_path / "runs").glob("*/train.sbatch"))
+    text = script.read_text()
+    assert "--user-dir" not in text and "srun --label optiml-metaseq-train " in text
+    assert "RESTORE=(--restore-file /opt/1.3b/reshard.pt" in text
+    assert f"#SBATCH --output={script.parent}/train.log" in text
+
+
+def test_launch_without_paths_is_a_clear_error(capsys):
+    assert main(["sweep", "--preset", "30b", "--no-submit"]) == 2
+    assert "--checkpoints-dir is required to launch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("lr", "expected KEY=V1,V2"),
+    ("nope=1", "unknown hyperparameter 'nope'"),
+    ("lr=fast", "lr must be float"),
+    ("bsz=2.5", "batch_size must be int"),
+    ("eps=128,4096", "EPS belongs to the mixture preset"),
+    ("packing=greedy", "packing must be one of"),
+])
+def test_bad_grid_is_a_clear_error(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        sweep.parse_grid([spec])
+
+
+def test_grid_aliases_and_number_parsing():
+    assert sweep.parse_grid(["lr=1e-5,6e-5", "mu=100", "--warmup-updates=10"]) == {
+        "lr": [1e-05, 6e-05], "max_update": [100], "warmup_updates": [10]}
+
+
+def test_swept_key_without_default_name_key_enters_the_name():
+    preset = sweep.load_model_preset("30b")
+    runs = sweep.expand(preset, sweep.parse_grid(["dropout=0.0,0.1"]))
+    assert [r.name.endswith(f".lr5e-05.dr{d}.ngpu64") for r, d in zip(runs, ("0.0", "0.1"))] == [True, True]
