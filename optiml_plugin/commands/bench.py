@@ -1,0 +1,60 @@
+"""`optiml bench build|stats`: thin wrapper over `data.build` and `data.stats`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from optiml_plugin.errors import ON_BAD_CHOICES, ConfigError
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    bench = sub.add_parser("bench", help="build or inspect an instruction benchmark directory")
+    bsub = bench.add_subparsers(dest="bench_command", metavar="ACTION")
+    bsub.required = True
+
+    build = bsub.add_parser("build", help="build a bench from a YAML config (or the built-in one)")
+    build.add_argument("config", nargs="?", help="build config YAML (see docs/bench.md)")
+    build.add_argument("--builtin", action="store_true", help="build the built-in synthetic benchmark")
+    build.add_argument("--out", required=True, help="bench directory to write")
+    build.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    build.add_argument("--on-bad-record", choices=ON_BAD_CHOICES, default=None,
+                       help="error (default) or skip and count bad records")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing bench at --out")
+    build.set_defaults(func=_build)
+
+    stats = bsub.add_parser("stats", help="print a bench's composition; optionally plot it")
+    stats.add_argument("bench", help="bench directory")
+    stats.add_argument("--png", default=None, help="write a composition chart to this PNG file")
+    stats.set_defaults(func=_stats)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from optiml_plugin.data.build import build_bench, load_build_config
+    from optiml_plugin.data.builtin import builtin_config
+
+    if args.builtin == bool(args.config):
+        raise ConfigError("give either a build CONFIG or --builtin")
+    config = load_build_config(builtin_config() if args.builtin else args.config)
+    if args.seed is not None:
+        if args.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+        config = dataclasses.replace(config, seed=args.seed)
+    if args.on_bad_record is not None:
+        config = dataclasses.replace(config, on_bad_record=args.on_bad_record)
+    manifest = build_bench(config, args.out, overwrite=args.overwrite)
+    acc = manifest["accounting"]
+    splits = ", ".join(f"{s}={v['examples']}" for s, v in manifest["splits"].items() if v["examples"])
+    print(f"wrote {args.out}: {len(manifest['tasks'])} tasks; {splits}")
+    print(f"read={acc['read']} kept={acc['kept']} skipped={acc['skipped']} removed={acc['removed']}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from optiml_plugin.data.benchfiles import Bench
+    from optiml_plugin.data.stats import format_stats, plot_composition
+
+    bench = Bench(args.bench)
+    print(format_stats(bench))
+    if args.png:
+        print(f"wrote {plot_composition(bench, args.png)}")
+    return 0

@@ -1,0 +1,87 @@
+"""`optiml bench stats`: what a bench holds, per benchmark, category and level, as text and a PNG.
+
+Why: before training on a bench a user needs to see its composition (how much of each benchmark,
+which categories are held out, how the decontamination changed it) without opening the manifest.
+Reads only the manifest, so it is instant on any bench size.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Tuple, Union
+
+from optiml_plugin.data.benchfiles import SPLITS, Bench
+
+LEVEL_ORDER = ("train", "heldout_tasks", "heldout_categories")
+
+
+def composition(bench: Bench) -> List[Dict[str, Any]]:
+    """One row per (benchmark, category, level): task count and examples per split."""
+    rows: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
+    for t in bench.manifest["tasks"]:
+        key = (t["benchmark"], t["category"], t["level"])
+        row = rows.setdefault(key, {"benchmark": key[0], "category": key[1], "level": key[2],
+                                    "tasks": 0, "counts": defaultdict(int)})
+        row["tasks"] += 1
+        for split, n in t["counts"].items():
+            row["counts"][split] += int(n)
+    out = []
+    for key in sorted(rows, key=lambda k: (k[0], LEVEL_ORDER.index(k[2]) if k[2] in LEVEL_ORDER else 9, k[1])):
+        row = rows[key]
+        row["counts"] = {s: row["counts"].get(s, 0) for s in SPLITS}
+        out.append(row)
+    return out
+
+
+def format_stats(bench: Bench) -> str:
+    """A fixed-width table of `composition` plus split totals and the build accounting."""
+    rows = composition(bench)
+    short = {s: s.replace("heldout_", "").replace("instances", "inst").replace("categories", "cats")
+             for s in SPLITS}
+    head = ["benchmark", "category", "level", "tasks"] + [short[s] for s in SPLITS]
+    table = [head] + [[r["benchmark"], r["category"], r["level"], str(r["tasks"])]
+                      + [str(r["counts"][s]) for s in SPLITS] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+             for line in table]
+    lines.insert(1, "-" * len(lines[0]))
+    m = bench.manifest
+    lines.append("")
+    lines.append("splits: " + ", ".join(f"{s}={v['examples']} ({v['tasks']} tasks)"
+                                        for s, v in m["splits"].items() if v["tasks"]))
+    acc = m.get("accounting", {})
+    lines.append(f"accounting: read={acc.get('read')} kept={acc.get('kept')} skipped={acc.get('skipped')} "
+                 f"removed={acc.get('removed')} balanced={acc.get('balanced')}")
+    flagged = m.get("decontamination", {}).get("ngram", {}).get("flagged", [])
+    lines.append(f"n-gram overlap pairs above threshold: {len(flagged)}")
+    return "\n".join(lines)
+
+
+def plot_composition(bench: Bench, png: Union[str, Path]) -> Path:
+    """Horizontal stacked bars: examples per category, one color per split (Agg backend, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = composition(bench)
+    labels = [f"{r['benchmark']} / {r['category']} [{r['level']}]" for r in rows]
+    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.28 * len(rows) + 1.5)))
+    left = [0] * len(rows)
+    for split in SPLITS:
+        values = [r["counts"][split] for r in rows]
+        if any(values):
+            ax.barh(range(len(rows)), values, left=left, label=split)
+            left = [a + b for a, b in zip(left, values)]
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("examples")
+    ax.set_title(f"bench composition: {bench.root.name}")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    png = Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
