@@ -7,6 +7,8 @@ import pytest
 import yaml
 
 from optiml_plugin import sweep
+from optiml_plugin.data.build import load_build_config
+from optiml_plugin.data.sources import DEFAULT_BENCHMARKS
 from optiml_plugin.errors import ConfigError
 
 PRESETS = sweep.PRESET_DIR
@@ -27,16 +29,45 @@ def copy_presets(tmp_path, **edits):
 def test_every_preset_file_loads_and_validates():
     kinds = {}
     for path in sorted(PRESETS.glob("*.yaml")):
-        kind = yaml.safe_load(path.read_text())["kind"]
+        kind = yaml.safe_load(path.read_text()).get("kind", "build")
         kinds[path.name] = kind
-        if kind == "model":
+        if kind == "build":
+            load_build_config(path)
+        elif kind == "model":
             sweep.load_model_preset(str(path))
         elif kind == "mixture":
             sweep.load_mixture_preset(path)
         elif kind == "recipe":
             sweep.load_recipe(path)
     assert {"1.3b.yaml", "30b.yaml", "175b.yaml"} <= {n for n, k in kinds.items() if k == "model"}
-    assert "mixture" in kinds.values() and "recipe" in kinds.values()
+    assert {"mixture", "recipe", "build"} <= set(kinds.values())
+
+
+def test_bench_preset_is_the_papers_split_plan_and_feeds_the_mixture():
+    cfg = load_build_config(PRESETS / "bench.yaml")
+    assert set(cfg.split.heldout_categories) == {
+        "Textual Entailment", "Coreference Resolution", "Dialogue Act Recognition",
+        "Cause Effect Classification", "Grammar Error Correction", "Stereotype Detection", "Word Analogy"}
+    valid = set(cfg.split.valid_tasks)
+    assert sum(1 for t in valid if "_mmmlu_answer_generation_" in t) == 57
+    assert {"task1664_winobias_text_generation", "task1557_jfleg_answer_generation", "newsroom",
+            "strategyqa", "gsm8k", "task309_race_answer_generation"} <= valid
+    assert any("civil_comments" in t for t in valid)
+    assert not valid & set(cfg.split.heldout_tasks)
+    assert (cfg.cap_for("flan"), cfg.cap_for("niv2"), cfg.split.eval_valid) == (30000, 100000, 250)
+    # every benchmark the bench produces has a share in the mixture, and nothing else does
+    names = {s.get("benchmark") or DEFAULT_BENCHMARKS[s["type"]] for s in cfg.sources}
+    mixture = sweep.load_mixture_preset(PRESETS / "mixture.yaml")
+    assert names == set(mixture.proportions)
+
+
+def test_bench_preset_sni_names_are_real_sni_tasks(sni_dir):
+    lists = set()
+    for path in (sni_dir / "splits" / "default").glob("*.txt"):
+        lists.update(path.read_text().split())
+    cfg = load_build_config(PRESETS / "bench.yaml")
+    sni_names = [t for t in cfg.split.valid_tasks if t.startswith("task")]
+    assert len(sni_names) > 70 and set(sni_names) <= lists
 
 
 @pytest.mark.parametrize("name, arch, mp, gpus, global_batch, steps, max_steps", [
@@ -63,7 +94,7 @@ def test_mixture_preset_is_the_papers():
     assert m.eps == 4096
     assert math.isclose(sum(m.proportions.values()), 1.0)
     p = m.proportions
-    assert (p["pretrain_text"], p["reasoning"]) == (0.05, 0.01)
+    assert (p["pretrain"], p["reasoning"]) == (0.05, 0.01)
     # the seven benchmarks keep 4/2/20/25/45/2/2 except the largest, which gives up the 6%
     assert [p[b] for b in ("crossfit", "exmix", "flan", "niv2", "t5", "unifiedskg")] == [
         0.04, 0.02, 0.20, 0.25, 0.02, 0.02]
