@@ -97,7 +97,7 @@ HPARAMS: Tuple[HParam, ...] = (
     HParam("attention_dropout", float, "--attention-dropout", _k("atdr{}")),
     HParam("update_freq", int, "--update-freq", _k("uf{}")),
     HParam("fp16_init_scale", int, "--fp16-init-scale", _k("initscale{}")),
-    HParam("packing", str, "--packing", _k("pack_{}"), choices=("sequential", "best_fit")),
+    HParam("packing", str, "--packing-strategy", _k("pack_{}"), choices=("sequential", "best_fit")),
     HParam("save_interval_updates", int, "--save-interval-updates", _k("si{}")),
     HParam("validate_interval_updates", int, "--validate-interval-updates", _k("vi{}")),
     HParam("max_valid_examples_per_task", int, "--max-valid-examples-per-task", _k("mve{}")),
@@ -382,6 +382,10 @@ def expand(preset: ModelPreset, grid: Optional[Mapping[str, Sequence[Any]]] = No
     for values in itertools.product(*(grid[k] for k in keys)):
         cfg = dict(base)
         cfg.update(zip(keys, values))
+        if cfg["update_freq"] != 1:
+            raise ConfigError(
+                f"update_freq {cfg['update_freq']}: the instruction_meta_learning task streams "
+                f"endlessly and supports only update_freq 1; raise batch_size or the GPU count instead")
         cfg["total_num_update"] = cfg["max_update"]   # linear decay reaches 0 at the last step
         runs.append(Run(config=cfg, swept=swept,
                         name=run_name(preset, cfg, swept, max_variant=max_variant, prefix=prefix)))
@@ -455,7 +459,7 @@ def train_command(preset: ModelPreset, run: Run, paths: Paths, launcher: str = "
     cmd += [paths.get("data", dry_run),
             "--task", TASK, "--criterion", CRITERION,
             "--vocab-filename", f"{bpe}/gpt2-vocab.json", "--merges-filename", f"{bpe}/gpt2-merges.txt",
-            "--proportions", json.dumps(preset.mixture.proportions, separators=(",", ":")),
+            "--benchmark-proportions", json.dumps(preset.mixture.proportions, separators=(",", ":")),
             "--valid-subset", ",".join(VALID_SUBSETS),
             "--model-parallel-size", str(preset.model_parallel),
             "--decoder-layers", str(preset.layers), "--decoder-embed-dim", str(preset.embed_dim),

@@ -1,6 +1,7 @@
 """`optiml sweep`: grid -> metaseq-train command lines, run names, sbatch scripts (no metaseq needed)."""
 from __future__ import annotations
 
+import json
 import shlex
 
 import pytest
@@ -59,11 +60,14 @@ def test_dry_run_30b_has_the_papers_settings(capsys):
         "--end-learning-rate": "0.0", "--clip-norm": "1.0", "--dropout": "0.1",
         "--seed": "1234", "--optimizer": "adam", "--adam-betas": "(0.9, 0.95)",
         "--tokens-per-sample": "2048", "--self-attn-doc-sep": "2", "--eps": "4096",
+        "--packing-strategy": "sequential", "--max-valid-examples-per-task": "250",
         "--decoder-layers": "48", "--decoder-embed-dim": "7168", "--decoder-attention-heads": "56",
     }
     for flag, value in expected.items():
         assert one(cmd, flag) == value, flag
     assert "--fp16-adam-stats" not in cmd          # fp32 Adam state
+    assert json.loads(one(cmd, "--benchmark-proportions")) == sweep.load_mixture_preset(
+        sweep.PRESET_DIR / "mixture.yaml").proportions
     assert one(cmd, "--restore-file").endswith("/30b/reshard.pt")
     for flag in ("--reset-optimizer", "--reset-dataloader", "--reset-meters"):
         assert cmd.count(flag) == 1
@@ -142,6 +146,12 @@ def test_launch_without_paths_is_a_clear_error(capsys):
 def test_bad_grid_is_a_clear_error(spec, message):
     with pytest.raises(ConfigError, match=message):
         sweep.parse_grid([spec])
+
+
+def test_update_freq_above_one_is_refused():
+    preset = sweep.load_model_preset("30b")
+    with pytest.raises(ConfigError, match="supports only update_freq 1"):
+        sweep.expand(preset, sweep.parse_grid(["uf=1,2"]))
 
 
 def test_grid_aliases_and_number_parsing():
