@@ -1,0 +1,60 @@
+"""metaseq criterion `target_only_cross_entropy`: the OPT-IML loss, normalized by target tokens.
+
+Why: metaseq's `cross_entropy` uses `sample_size = ntokens` (all input tokens), which under-weights
+short targets; the loss here covers target tokens (and `</s>`) only and `sample_size` is their
+count, summed over workers by metaseq before dividing. With model parallel size > 1 the logits
+are vocab-sharded, so metaseq's vocab-parallel cross entropy computes per-token NLL (on a clone:
+it writes into its input). The arithmetic lives in `lossmath` (no metaseq import).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+from metaseq import metrics, utils
+from metaseq.criterions import BaseCriterion, register_criterion
+from metaseq.distributed import utils as distributed_utils
+
+from optiml_plugin.metaseq.lossmath import (loss_and_logging, reduced_scalars, sums_by_benchmark,
+                                            sums_from_token_nll)
+
+CRITERION_NAME = "target_only_cross_entropy"
+
+
+@register_criterion(CRITERION_NAME)
+class TargetOnlyCrossEntropyCriterion(BaseCriterion):
+    def __init__(self, task: Any) -> None:
+        super().__init__(task)
+        settings = getattr(task, "settings", None)
+        self.normalize = settings.loss_normalization if settings is not None else "token"
+        self.benchmarks: List[str] = list(getattr(task, "benchmarks", []))
+
+    def forward(self, model: Any, sample: Dict[str, Any], reduce: bool = True) -> Tuple[Any, Any, Dict[str, Any]]:
+        net_output = model(**sample["net_input"])
+        logits = net_output[0]
+        target = sample["target"]
+        mask = target.ne(self.padding_idx)
+        bench_ids = sample.get("benchmark_ids")
+        if distributed_utils.get_model_parallel_world_size() > 1:
+            from metaseq.modules.megatron.mpu import vocab_parallel_cross_entropy
+
+            # it modifies its input logits in place: give it a copy
+            token_nll = vocab_parallel_cross_entropy(logits.float().clone(), target)
+            sums, bnll, bcount = sums_from_token_nll(token_nll, mask, bench_ids, len(self.benchmarks),
+                                                     self.normalize)
+        else:
+            sums, bnll, bcount = sums_by_benchmark(logits, target, mask, sample.get("segment_ids"),
+                                                   bench_ids, len(self.benchmarks), self.normalize)
+        return loss_and_logging(sums, self.normalize, sample, bnll, bcount, self.benchmarks)
+
+    @staticmethod
+    def reduce_metrics(logging_outputs: List[Dict[str, Any]]) -> None:
+        """Loss and per-benchmark loss in bits per target token (metaseq's units), ppl = 2 ** nll_loss,
+        packing efficiency (non-pad share of the rows) and examples per row."""
+        for key, value, weight, rnd in reduced_scalars(logging_outputs):
+            metrics.log_scalar(key, value, weight, round=rnd)
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(
+            meters["nll_loss"].avg if "nll_loss" in meters else None))
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

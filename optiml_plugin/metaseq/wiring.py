@@ -1,0 +1,78 @@
+"""Wire the core (bench, mixture, stream, tokenizer, pipeline) for one data-parallel rank.
+
+Why: the metaseq task only knows its config and its rank; everything between is the core's, put
+together here without metaseq so the same wiring is tested everywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+
+from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.data.mixture import Mixture
+from optiml_plugin.data.pipeline import PackedBatches
+from optiml_plugin.data.stream import ExampleStream
+from optiml_plugin.data.tokenizer import OptTokenizer
+from optiml_plugin.errors import ConfigError
+from optiml_plugin.metaseq.batches import shard_validation, to_metaseq_sample, validation_blocks
+from optiml_plugin.metaseq.options import AdapterSettings, resolve_valid_subset
+
+
+def load_tokenizer(vocab: Optional[str], merges: Optional[str], hf_json: Optional[str]) -> OptTokenizer:
+    """OPT's BPE from `--hf-tokenizer` or `--vocab-filename` + `--merges-filename`."""
+    if hf_json:
+        return OptTokenizer.from_json(hf_json)
+    if vocab and merges:
+        return OptTokenizer.from_files(vocab, merges)
+    raise ConfigError("give the OPT tokenizer: --vocab-filename gpt2-vocab.json --merges-filename "
+                      "gpt2-merges.txt (or --hf-tokenizer tokenizer.json)")
+
+
+def open_bench(settings: AdapterSettings) -> Bench:
+    if not settings.data.is_dir():
+        raise ConfigError(f"--data {settings.data}: not a directory (expected a bench built by "
+                          "`optiml bench build`)")
+    return Bench(settings.data)
+
+
+@dataclass
+class TrainData:
+    """One rank's training pipeline plus the mixture it samples (benchmark names for logging)."""
+
+    mixture: Mixture
+    stream: ExampleStream
+    batches: PackedBatches
+    rank: int
+    batch_size: int
+
+    def samples(self, pad: int, check_sep: Optional[int]) -> Iterator[Dict[str, Any]]:
+        """metaseq samples, endlessly; `id` numbers this rank's rows."""
+        step = 0
+        for batch in self.batches:
+            rows = int(batch["input_ids"].shape[0])
+            ids = torch.arange(step * rows, (step + 1) * rows, dtype=torch.long)
+            step += 1
+            yield to_metaseq_sample(batch, ids, pad=pad, check_sep=check_sep)
+
+
+def build_train_data(settings: AdapterSettings, bench: Bench, tokenizer: OptTokenizer, batch_size: int,
+                     seed: int, rank: int = 0, world_size: int = 1) -> TrainData:
+    if not batch_size or batch_size < 1:
+        raise ConfigError("--batch-size is required (rows of tokens_per_sample tokens per rank and step)")
+    mixture = Mixture.from_bench(bench, settings.mixture, split="train")
+    stream = ExampleStream(bench, mixture, seed=seed, rank=rank, world_size=world_size)
+    batches = PackedBatches(stream, tokenizer, settings.packing, batch_size, seed)
+    return TrainData(mixture, stream, batches, rank, batch_size)
+
+
+def build_valid_samples(settings: AdapterSettings, bench: Bench, tokenizer: OptTokenizer, subset: str,
+                        batch_size: int, rank: int, world_size: int, benchmarks: List[str],
+                        check_sep: Optional[int]) -> List[Dict[str, Any]]:
+    """This rank's samples of one `--valid-subset` (in order, first N examples per task)."""
+    splits = resolve_valid_subset(subset, settings, bench.splits())
+    blocks = validation_blocks(bench, splits, tokenizer, settings.packing,
+                               settings.max_valid_examples_per_task, benchmarks)
+    return shard_validation(blocks, batch_size, rank, world_size, settings.packing.block_size,
+                            check_sep=check_sep)

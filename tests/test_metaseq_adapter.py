@@ -1,0 +1,275 @@
+"""The metaseq adapter's pure parts: config -> core objects, checks, batches, criterion arithmetic, resume."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from argparse import Namespace
+
+import pytest
+import torch
+
+from bench_factory import make_bench
+from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.data.tokenizer import OptTokenizer
+from optiml_plugin.errors import ConfigError, OptimlError
+from optiml_plugin.loss import target_cross_entropy
+from optiml_plugin.metaseq import batches, iterator, lossmath, options, train_cli
+
+HAS_METASEQ = importlib.util.find_spec("metaseq") is not None and \
+    importlib.util.find_spec("metaseq.tasks") is not None
+
+
+def cfg(**kw):
+    base = dict(data="/bench", tokens_per_sample=64, benchmark_proportions='{"niv2": 0.5}', eps=128,
+                benchmark_caps='{"flan": 16}', packing_strategy="sequential", packing_window=8,
+                truncation="left", loss_normalization="token", no_document_masking=False,
+                valid_splits="valid_heldout_tasks", max_valid_examples_per_task=250, shuffle_buffer=0)
+    base.update(kw)
+    return Namespace(**base)
+
+
+# ---- options ---------------------------------------------------------------------------------
+
+def test_settings_map_every_field_to_core_objects():
+    s = options.settings_from_cfg(cfg())
+    assert s.mixture.proportions == {"niv2": 0.5} and s.mixture.eps == 128 and s.mixture.caps == {"flan": 16}
+    assert (s.packing.tokens_per_sample, s.packing.strategy, s.packing.window, s.packing.truncation) == \
+        (64, "sequential", 8, "left")
+    assert s.document_masking and s.valid_splits == ["valid_heldout_tasks"]
+    assert s.max_valid_examples_per_task == 250
+    none = options.settings_from_cfg(cfg(eps=0, benchmark_proportions="", benchmark_caps="",
+                                         max_valid_examples_per_task=0, no_document_masking=True))
+    assert none.mixture.eps is None and none.mixture.proportions is None and none.mixture.caps is None
+    assert none.max_valid_examples_per_task is None and not none.document_masking
+
+
+def test_proportions_from_yaml_file(tmp_path):
+    path = tmp_path / "mix.yaml"
+    path.write_text("niv2: 0.25\nflan: 0.75\n")
+    assert options.settings_from_cfg(cfg(benchmark_proportions=str(path))).mixture.proportions == \
+        {"niv2": 0.25, "flan": 0.75}
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(data=""), "--data is required"),
+    (dict(benchmark_caps="{bad"), "--benchmark-caps"),
+    (dict(benchmark_caps='{"flan": 0}'), "positive integer"),
+    (dict(valid_splits="train"), "not an evaluation split"),
+    (dict(loss_normalization="row"), "--loss-normalization"),
+    (dict(packing_strategy="first_fit"), "packing strategy"),
+])
+def test_bad_settings_say_what_to_change(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        options.settings_from_cfg(cfg(**kw))
+
+
+def test_valid_alias_and_missing_split():
+    s = options.settings_from_cfg(cfg(valid_splits="valid_heldout_tasks,valid_heldout_instances"))
+    have = ["train", "valid_heldout_tasks", "valid_heldout_instances"]
+    assert options.resolve_valid_subset("valid", s, have) == ["valid_heldout_tasks", "valid_heldout_instances"]
+    assert options.resolve_valid_subset("valid_heldout_tasks", s, have) == ["valid_heldout_tasks"]
+    with pytest.raises(ConfigError, match="has no 'valid_heldout_categories'"):
+        options.resolve_valid_subset("valid_heldout_categories", s, have)
+
+
+def test_update_freq_above_one_is_refused_clearly():
+    options.check_update_freq([1])
+    with pytest.raises(ConfigError, match="--update-freq 4 is not supported.*--batch-size"):
+        options.check_update_freq([4])
+
+
+def test_model_checks_for_document_masking():
+    options.check_model_cfg(Namespace(self_attn_doc_sep=2, attn_variant="default"), True)
+    with pytest.raises(ConfigError, match="--self-attn-doc-sep 2"):
+        options.check_model_cfg(Namespace(self_attn_doc_sep=-1, attn_variant="default"), True)
+    with pytest.raises(ConfigError, match="--attn-variant default"):
+        options.check_model_cfg(Namespace(self_attn_doc_sep=2, attn_variant="xformers_default"), True)
+    options.check_model_cfg(Namespace(self_attn_doc_sep=-1, attn_variant="xformers_default"), False)
+
+
+# ---- batches ---------------------------------------------------------------------------------
+
+def core_batch():
+    # row 0: example [5 6 | 7 2] then [8 | 9 2], then pad; row 1: empty-source example [2 | 4 2]
+    tokens = torch.tensor([[5, 6, 7, 2, 8, 9, 2, 1, 1], [2, 4, 2, 1, 1, 1, 1, 1, 1]])
+    target_flag = torch.tensor([[0, 0, 1, 1, 0, 1, 1, 0, 0], [0, 1, 1, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    seg = torch.tensor([[1, 1, 1, 1, 2, 2, 2, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0, 0]])
+    bench = torch.tensor([[0, 0, 0, 0, 1, 1, 1, -1, -1], [1, 1, 1, -1, -1, -1, -1, -1, -1]])
+    return {"input_ids": tokens[:, :-1], "target_ids": tokens[:, 1:], "loss_mask": target_flag[:, 1:],
+            "segment_ids": seg[:, :-1], "benchmark_ids": bench[:, :-1]}
+
+
+def test_metaseq_sample_format():
+    b = core_batch()
+    s = batches.to_metaseq_sample(b, torch.arange(2))
+    assert s["net_input"]["src_tokens"].equal(b["input_ids"])
+    assert s["target"].equal(torch.where(b["loss_mask"], b["target_ids"], torch.tensor(1)))
+    assert s["ntokens_target"] == int(b["loss_mask"].sum()) == 6
+    assert s["ntokens"] == int(b["input_ids"].ne(1).sum()) and s["nsentences"] == 2
+    assert s["segment_ids"].equal(b["segment_ids"]) and s["benchmark_ids"].equal(b["benchmark_ids"])
+
+
+def test_doc_separator_check_catches_stray_and_missing_separators():
+    b = core_batch()
+    batches.check_doc_separators(b["input_ids"], b["segment_ids"])  # BOS-start and ends are fine
+    stray = b["input_ids"].clone()
+    stray[0, 1] = 2
+    with pytest.raises(OptimlError, match="row 0, position 1: token id 2 inside an example"):
+        batches.check_doc_separators(stray, b["segment_ids"])
+    missing = b["input_ids"].clone()
+    missing[0, 3] = 11
+    with pytest.raises(OptimlError, match="boundary without a separator"):
+        batches.check_doc_separators(missing, b["segment_ids"])
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = make_bench(tmp_path_factory.mktemp("bench"), [
+        {"benchmark": "niv2", "category": "qa", "task": "a", "n": 40},
+        {"benchmark": "flan", "category": "nli", "task": "b", "n": 30},
+        {"benchmark": "niv2", "category": "qa", "task": "c", "n": 7, "split": "valid_heldout_tasks",
+         "level": "heldout_tasks"},
+        {"benchmark": "flan", "category": "sum", "task": "d", "n": 9, "split": "valid_heldout_tasks",
+         "level": "heldout_tasks"},
+    ])
+    return Bench(root)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(opt_bpe_dir):
+    return OptTokenizer.from_files(opt_bpe_dir / "gpt2-vocab.json", opt_bpe_dir / "gpt2-merges.txt")
+
+
+def test_validation_is_in_order_capped_and_equal_on_every_rank(bench, tokenizer):
+    s = options.settings_from_cfg(cfg(max_valid_examples_per_task=5, tokens_per_sample=128))
+    blocks = batches.validation_blocks(bench, ["valid_heldout_tasks"], tokenizer, s.packing, 5, ["niv2", "flan"])
+    indices = [i for blk in blocks for i in blk.indices]
+    assert sorted(indices) == list(range(10))  # first 5 of each of the two tasks, each once
+    assert {bid for blk in blocks for bid in blk.benchmark_ids} == {0, 1}
+    world, bsz = 3, 2
+    per_rank = [batches.shard_validation(blocks, bsz, r, world, s.packing.block_size) for r in range(world)]
+    assert len({len(p) for p in per_rank}) == 1
+    total_targets = sum(smp["ntokens_target"] for p in per_rank for smp in p)
+    assert total_targets == sum(blk.target_tokens for blk in blocks)
+    again = batches.shard_validation(blocks, bsz, 0, world, s.packing.block_size)
+    assert all(a["net_input"]["src_tokens"].equal(b["net_input"]["src_tokens"]) for a, b in zip(again, per_rank[0]))
+
+
+# ---- criterion arithmetic ------------------------------------------------------------------------
+
+def test_loss_sums_match_core_and_split_by_benchmark():
+    torch.manual_seed(0)
+    b = core_batch()
+    sample = batches.to_metaseq_sample(b, torch.arange(2))
+    logits = torch.randn(2, 8, 16)
+    mask = sample["target"].ne(1)
+    core = target_cross_entropy(logits, sample["target"], mask, sample["segment_ids"])
+    sums, bnll, bcount = lossmath.sums_by_benchmark(logits, sample["target"], mask, sample["segment_ids"],
+                                                    sample["benchmark_ids"], 2, "token")
+    assert torch.allclose(sums.nll_sum, core.nll_sum) and int(sums.target_tokens) == 6
+    assert torch.allclose(sums.example_nll_sum, core.example_nll_sum) and int(sums.examples) == 3
+    assert bcount.tolist() == [2.0, 4.0] and torch.allclose(bnll.sum(), core.nll_sum)
+    token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), sample["target"], reduction="none")
+    sums2, bnll2, bcount2 = lossmath.sums_from_token_nll(token_nll, mask, sample["benchmark_ids"], 2, "token")
+    assert torch.allclose(sums2.nll_sum, core.nll_sum) and torch.allclose(bnll2, bnll) and bcount2.equal(bcount)
+    with pytest.raises(ConfigError, match="model parallel"):
+        lossmath.sums_from_token_nll(token_nll, mask, None, 0, "example")
+
+
+def test_sample_size_is_target_tokens_and_logs_are_in_bits():
+    torch.manual_seed(1)
+    sample = batches.to_metaseq_sample(core_batch(), torch.arange(2))
+    logits = torch.randn(2, 8, 16)
+    mask = sample["target"].ne(1)
+    sums, bnll, bcount = lossmath.sums_by_benchmark(logits, sample["target"], mask, sample["segment_ids"],
+                                                    sample["benchmark_ids"], 2, "token")
+    loss, size, log = lossmath.loss_and_logging(sums, "token", sample, bnll, bcount, ["niv2", "flan"])
+    assert int(size) == 6 and torch.allclose(loss, sums.nll_sum)
+    assert log["ncapacity"] == 16 and log["nexamples"] == 3
+    # two workers' outputs summed (what metaseq does) give the same per-token loss
+    summed = {k: (v + v if not isinstance(v, str) else v) for k, v in log.items()}
+    got = {k: v for k, v, _, _ in lossmath.reduced_scalars([summed])}
+    assert got["loss"] == pytest.approx(float(sums.nll_sum) / 6 / math.log(2))
+    assert got["nll_loss"] == pytest.approx(got["loss"])
+    assert got["loss_niv2"] == pytest.approx(float(bnll[0]) / 2 / math.log(2))
+    assert got["pack_eff"] == pytest.approx(sample["ntokens"] / 16)
+    assert got["docsperex"] == pytest.approx(1.5)
+    ex_loss, ex_size, _ = lossmath.loss_and_logging(sums, "example", sample, bnll, bcount, ["niv2", "flan"])
+    assert int(ex_size) == 3 and torch.allclose(ex_loss, sums.example_nll_sum)
+
+
+# ---- resume without replay -------------------------------------------------------------------
+
+class CounterPipeline:
+    """Stands in for PackedBatches: batch k is determined by its position; state = position."""
+
+    def __init__(self):
+        self.pos = 0
+
+    def __iter__(self):
+        while True:
+            self.pos += 1
+            yield {"k": self.pos}
+
+    def state_dict(self):
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state):
+        self.pos = state["pos"]
+
+
+def make_iter(pipe, world=1, rank=0, gather=None):
+    return iterator.PipelineEpochIterator(iterator.endless(lambda: iter(pipe)), get_state=pipe.state_dict,
+                                          set_state=pipe.load_state_dict, gather=gather, rank=rank,
+                                          world_size=world)
+
+
+def test_resume_continues_exactly_without_replay():
+    pipe = CounterPipeline()
+    it = make_iter(pipe)
+    itr = it.next_epoch_itr()
+    seen = [next(itr)["k"] for _ in range(5)]
+    assert itr.has_next() and not it.end_of_epoch()  # endless; has_next must not consume a batch
+    state = it.state_dict()
+    assert state["iterations_in_epoch"] == 5
+    rest = [next(itr)["k"] for _ in range(3)]
+    pipe2 = CounterPipeline()
+    it2 = make_iter(pipe2)
+    it2.load_state_dict(state)
+    itr2 = it2.next_epoch_itr()
+    assert [next(itr2)["k"] for _ in range(3)] == rest and seen == [1, 2, 3, 4, 5]
+    assert it2.iterations_in_epoch == 8
+
+
+def test_resume_refuses_what_it_cannot_do_exactly():
+    pipe = CounterPipeline()
+    ddp = make_iter(pipe, world=2, rank=0, gather=lambda s: None)  # DDP: only rank 0 saves
+    ddp.next_epoch_itr()
+    state = ddp.state_dict()
+    with pytest.raises(ConfigError, match="--reset-dataloader"):
+        make_iter(CounterPipeline(), world=2, rank=1, gather=lambda s: None).load_state_dict(state)
+    fsdp = make_iter(pipe, world=2, rank=0, gather=lambda s: [s, {"pos": 99}])
+    fsdp.next_epoch_itr()
+    saved = fsdp.state_dict()
+    rank1 = CounterPipeline()
+    make_iter(rank1, world=2, rank=1).load_state_dict(saved)
+    assert rank1.pos == 99
+    with pytest.raises(ConfigError, match="saved with 2 data-parallel ranks"):
+        make_iter(CounterPipeline(), world=4, rank=1).load_state_dict(saved)
+
+
+def test_validation_iterator_is_finite_and_restarts_in_order():
+    samples = [{"k": i} for i in range(3)]
+    it = iterator.PipelineEpochIterator.over(samples)
+    for _ in range(2):
+        itr = it.next_epoch_itr(shuffle=False, set_dataset_epoch=False)
+        assert len(itr) == 3 and [s["k"] for s in itr] == [0, 1, 2]
+    assert it.first_batch == samples[0]
+
+
+# ---- entry point -------------------------------------------------------------------------------
+
+@pytest.mark.skipif(HAS_METASEQ, reason="checks the message shown when metaseq is absent")
+def test_train_cli_without_metaseq_exits_with_a_clear_message(capsys):
+    assert train_cli.main(["--task", "instruction_meta_learning"]) == 2
+    assert "needs metaseq" in capsys.readouterr().err
