@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from optiml_plugin.data.decontam import (ExactInputFilter, NgramHasher, ngram_overlap, normalize_text,
+                                         source_conflicts)
+
+
+def words(rng: random.Random, n: int) -> str:
+    return " ".join(f"w{rng.randint(0, 10_000)}" for _ in range(n))
+
+
+def brute_force(train, evals, n):
+    def grams(text):
+        toks = normalize_text(text).split()
+        return {tuple(toks)} if 0 < len(toks) < n else {tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)}
+    out = {}
+    for tk, ttexts in train.items():
+        tg = set().union(*(grams(t) for t in ttexts)) if ttexts else set()
+        for ek, etexts in evals.items():
+            hit = sum(1 for e in etexts if grams(e) & tg)
+            if hit:
+                out[(tk, ek)] = hit
+    return out
+
+
+def test_normalize_text():
+    assert normalize_text("  Hello,   WORLD!\n(yes) ") == "hello world yes"
+
+
+def test_source_conflicts_normalized_and_allowed():
+    train = {"t1": ["SQuAD v1", "wiki"], "t2": ["copa"], "t3": ["wikipedia"]}
+    evals = {"e1": ["squad_v1"], "e2": ["wikipedia"]}
+    assert source_conflicts(train, evals) == {"t1": ["SQuAD v1"], "t3": ["wikipedia"]}
+    assert source_conflicts(train, evals, allowed=["Wikipedia"]) == {"t1": ["SQuAD v1"]}
+
+
+def test_exact_input_filter():
+    f = ExactInputFilter()
+    f.add("What is  2 + 2?")
+    assert f.matches("what is 2 2") and not f.matches("what is 2 3") and not f.matches("")
+
+
+def test_ngram_overlap_finds_shared_13gram_and_fraction():
+    rng = random.Random(0)
+    shared = words(rng, 13)
+    train = {"t": [f"{words(rng, 5)} {shared} {words(rng, 3)}", words(rng, 30)], "u": [words(rng, 40)]}
+    evals = {"e": [f"x {shared} y", words(rng, 20), words(rng, 20), words(rng, 20)]}
+    pairs = ngram_overlap(train, evals, n=13)
+    assert [(p.train_task, p.eval_task, p.overlapping, p.eval_instances) for p in pairs] == [("t", "e", 1, 4)]
+    assert pairs[0].fraction == 0.25
+    assert ngram_overlap(train, evals, n=13, min_fraction=0.25) == []
+    # 12 shared tokens are not a 13-gram
+    evals12 = {"e": [" ".join(shared.split()[:12]) + " zz"]}
+    assert ngram_overlap(train, evals12, n=13) == []
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.integers(2, 6))
+def test_ngram_overlap_matches_brute_force(seed, n):
+    rng = random.Random(seed)
+    vocab = [f"v{i}" for i in range(8)]  # small vocabulary: many real overlaps
+
+    def text():
+        return " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 12)))
+    train = {f"t{i}": [text() for _ in range(rng.randint(0, 4))] for i in range(3)}
+    evals = {f"e{i}": [text() for _ in range(rng.randint(1, 4))] for i in range(3)}
+    got = {(p.train_task, p.eval_task): p.overlapping for p in ngram_overlap(train, evals, n=n)}
+    assert got == brute_force(train, evals, n)
+
+
+def test_hasher_unique_pairs_and_short_texts():
+    h = NgramHasher(3)
+    hashes, owners = h.hashes(["a b c a b c", "a b", "", "a b c"])
+    assert sorted(set(owners.tolist())) == [0, 1, 3]
+    assert len(hashes[owners == 0]) == 3  # abc, bca, cab
+    assert set(hashes[owners == 3].tolist()) <= set(hashes[owners == 0].tolist())

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+
+from optiml_plugin.data.splits import (EVAL, LEVEL_CATEGORIES, LEVEL_TASKS, TRAIN, SplitConfig, TaskInfo,
+                                       assign_levels, assign_roles, cap_indices, split_eval_instances,
+                                       split_train_instances)
+from optiml_plugin.errors import BadRecordError, BadRecordPolicy
+
+TASKS = {
+    ("niv2", "qa1"): TaskInfo(("niv2", "qa1"), "Question Answering", ("squad",), 50),
+    ("niv2", "qa2"): TaskInfo(("niv2", "qa2"), "Question Answering", ("race",), 50),
+    ("niv2", "te1"): TaskInfo(("niv2", "te1"), "Textual Entailment", ("snli",), 50),
+    ("niv2", "te2"): TaskInfo(("niv2", "te2"), "Textual Entailment", ("mnli",), 50),
+    ("niv2", "sum1"): TaskInfo(("niv2", "sum1"), "Summarization", ("cnn",), 50),
+    ("niv2", "tr1"): TaskInfo(("niv2", "tr1"), "Translation", ("wmt",), 50),
+    ("p3", "gen"): TaskInfo(("p3", "gen"), "Summarization", ("xsum",), 50),
+    ("niv2", "misc"): TaskInfo(("niv2", "misc"), "Misc.", ("misc",), 50),
+}
+
+
+def plan(cfg, sni=None, mode="error"):
+    return assign_roles(TASKS, cfg, sni, BadRecordPolicy(mode))
+
+
+def test_roles_from_sni_lists_heldout_tasks_and_categories():
+    sni = {"train": ["qa1", "qa2", "te1"], "test": ["sum1"], "excluded": ["tr1"]}
+    cfg = SplitConfig(heldout_categories=("textual entailment",), heldout_tasks=("qa2",))
+    p = plan(cfg, sni)
+    assert p.dropped == {("niv2", "tr1"): "sni_excluded"}
+    assert p.roles == {("niv2", "qa1"): TRAIN, ("niv2", "qa2"): EVAL, ("niv2", "te1"): EVAL,
+                       ("niv2", "te2"): EVAL, ("niv2", "sum1"): EVAL, ("p3", "gen"): TRAIN,
+                       ("niv2", "misc"): TRAIN}
+    assert p.unlisted == [("niv2", "misc")]  # an SNI task in no list trains; p3 tasks are not SNI's
+    levels = assign_levels(p.roles, {k: v.category for k, v in TASKS.items()}, cfg.heldout_categories)
+    assert levels[("niv2", "qa2")] == LEVEL_TASKS          # QA still trained through qa1
+    assert levels[("niv2", "te1")] == LEVEL_CATEGORIES     # listed held-out category
+    assert levels[("niv2", "sum1")] == LEVEL_TASKS         # p3's summarization task trains
+    assert levels[("niv2", "qa1")] == "train"
+
+
+def test_category_without_training_task_is_fully_held_out():
+    roles = {("b", "x"): EVAL, ("b", "y"): TRAIN}
+    cats = {("b", "x"): "Rare", ("b", "y"): "Common"}
+    assert assign_levels(roles, cats, ())[("b", "x")] == LEVEL_CATEGORIES
+
+
+@pytest.mark.parametrize("cfg,reason", [
+    (SplitConfig(heldout_tasks=("nope",)), "listed_task_absent"),
+    (SplitConfig(valid_tasks=("nope",)), "listed_task_absent"),
+    (SplitConfig(heldout_categories=("Astrology",)), "unknown_category"),
+])
+def test_bad_plan_entries_error_or_count(cfg, reason):
+    with pytest.raises(BadRecordError) as e:
+        plan(cfg)
+    assert e.value.reason == reason and ("nope" in str(e.value) or "Astrology" in str(e.value))
+    problems = BadRecordPolicy("skip")
+    assign_roles(TASKS, cfg, None, problems)
+    assert problems.skipped == {reason: 1}
+
+
+def test_eval_instances_first_n_test_then_valid():
+    cfg = SplitConfig(eval_valid=5, eval_test=3)
+    assert split_eval_instances(10, cfg, valid_only=False) == ([3, 4, 5, 6, 7], [0, 1, 2])
+    assert split_eval_instances(2, cfg, valid_only=False) == ([], [0, 1])
+    assert split_eval_instances(10, cfg, valid_only=True) == ([0, 1, 2, 3, 4], [])
+
+
+def test_train_instances_seeded_disjoint_and_bounded():
+    cfg = SplitConfig(heldout_valid=10, heldout_test=10)
+    a = split_train_instances(100, cfg, 1, ("b", "t"))
+    assert a == split_train_instances(100, cfg, 1, ("b", "t"))
+    assert a != split_train_instances(100, cfg, 2, ("b", "t"))
+    train, valid, test = a
+    assert (len(valid), len(test)) == (10, 10)
+    assert sorted(train + valid + test) == list(range(100))
+    small = split_train_instances(12, cfg, 1, ("b", "t"))
+    assert [len(x) for x in small] == [6, 3, 3]  # at most a quarter each
+
+
+def test_cap_indices_seeded_subset_in_order():
+    idx = list(range(0, 200, 2))
+    kept = cap_indices(idx, 10, 5, ("b", "t"))
+    assert len(kept) == 10 and kept == sorted(kept) and set(kept) <= set(idx)
+    assert kept == cap_indices(idx, 10, 5, ("b", "t")) and kept != cap_indices(idx, 10, 6, ("b", "t"))
+    assert cap_indices(idx, 1000, 5, ("b", "t")) == idx
