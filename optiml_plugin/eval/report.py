@@ -1,0 +1,120 @@
+"""The run directory: results.json, predictions.jsonl, results.md and one PNG chart per level.
+
+Why files and not just stdout: checkpoints are compared after the fact, and the paper's tables are
+per level and category, so the markdown mirrors them and the JSON keeps every number and the config.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping
+
+from optiml_plugin.data.benchfiles import LEVELS, atomic_write_bytes, dumps_line
+
+RESULTS = "results.json"
+PREDICTIONS = "predictions.jsonl"
+TABLE = "results.md"
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN: undefined means become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _levels(rows: Iterable[Mapping[str, Any]]) -> List[str]:
+    """Levels present, in the paper's order (supervised -> fully held out)."""
+    order = {lv: i for i, lv in enumerate(LEVELS)}
+    return sorted({r["level"] for r in rows}, key=lambda lv: (order.get(lv, len(order)), lv))
+
+
+def _fmt(x: Any) -> str:
+    return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.2f}"
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    """Level x shots table, then categories per level, then tasks."""
+    agg = results["aggregate"]
+    shots = sorted({r["shots"] for r in agg["levels"]})
+    head = "| | " + " | ".join(f"{k}-shot" for k in shots) + " |\n|---|" + "---|" * len(shots) + "\n"
+    lines = [f"# Evaluation of `{results['model_id']}`", "",
+             f"bench `{results['config']['bench']}`, split `{results['config']['split']}`, "
+             f"{results['counts']['instances']} instances", "", "## Generalization levels", "", head.rstrip()]
+    lv = {(r["level"], r["shots"]): r["score"] for r in agg["levels"]}
+    for level in _levels(agg["levels"]):
+        lines.append(f"| {level} | " + " | ".join(_fmt(lv.get((level, k))) for k in shots) + " |")
+    sel = agg["model_selection"]
+    lines += ["", f"Model selection (mean over categories of all shot counts): **{_fmt(sel['overall'])}**", ""]
+    cat = {(r["level"], r["category"], r["shots"]): r["score"] for r in agg["categories"]}
+    for level in _levels(agg["categories"]):
+        lines += [f"## {level}: categories", "", head.rstrip()]
+        for c in sorted({r["category"] for r in agg["categories"] if r["level"] == level}):
+            lines.append(f"| {c} | " + " | ".join(_fmt(cat.get((level, c, k))) for k in shots) + " |")
+        lines.append("")
+    lines += ["## Tasks (per benchmark)", "",
+              "| level | benchmark | category | task | metric | n | " + " | ".join(f"{k}-shot" for k in shots)
+              + " | EM (0-shot) |", "|---" * (6 + len(shots) + 1) + "|"]
+    tasks: Dict[tuple, Dict[int, Mapping[str, Any]]] = {}
+    for t in agg["benchmark_tasks"]:
+        tasks.setdefault((t["level"], t["benchmark"], t["category"], t["task"]), {})[t["shots"]] = t
+    for key in sorted(tasks):
+        by_shot = tasks[key]
+        any_t = next(iter(by_shot.values()))
+        em = by_shot.get(shots[0], any_t)["metrics"].get("exact_match")
+        lines.append("| " + " | ".join(key) + f" | {any_t['metric']} | {any_t['n']} | "
+                     + " | ".join(_fmt(by_shot[k]["score"]) if k in by_shot else "–" for k in shots)
+                     + f" | {_fmt(em)} |")
+    return "\n".join(lines) + "\n"
+
+
+def charts(results: Mapping[str, Any], out_dir: Path) -> List[str]:
+    """One bar chart per level: category scores, one bar per shot count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = results["aggregate"]
+    shots = sorted({r["shots"] for r in agg["categories"]})
+    written = []
+    for level in _levels(agg["categories"]):
+        cats = sorted({r["category"] for r in agg["categories"] if r["level"] == level})
+        score = {(r["category"], r["shots"]): r["score"] for r in agg["categories"] if r["level"] == level}
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(cats) + 2), 3.5))
+        width = 0.8 / max(len(shots), 1)
+        for j, k in enumerate(shots):
+            xs = [i + j * width for i in range(len(cats))]
+            ys = [score.get((c, k)) or 0.0 for c in cats]
+            ax.bar(xs, ys, width=width, label=f"{k}-shot")
+        ax.set_xticks([i + width * (len(shots) - 1) / 2 for i in range(len(cats))])
+        ax.set_xticklabels(cats, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("score (accuracy / Rouge-L)")
+        ax.set_title(f"{results['model_id']}: {level}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"chart_{level}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path.name)
+    return written
+
+
+def write_run(results: Dict[str, Any], predictions: Iterable[Mapping[str, Any]], out_dir: Path,
+              with_charts: bool = True) -> Dict[str, str]:
+    """Write every report file atomically; returns {kind: file name}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / PREDICTIONS, b"".join(dumps_line(_finite(dict(p))) for p in predictions))
+    files = {"predictions": PREDICTIONS, "table": TABLE, "results": RESULTS}
+    if with_charts:
+        files["charts"] = ", ".join(charts(results, out_dir))
+    results["files"] = files
+    atomic_write_bytes(out_dir / TABLE, markdown(results).encode("utf-8"))
+    atomic_write_bytes(out_dir / RESULTS, (json.dumps(_finite(results), indent=1, ensure_ascii=False)
+                                           + "\n").encode("utf-8"))
+    return files

@@ -1,0 +1,241 @@
+"""`evaluate(config)`: one model on one bench, every requested level and shot count.
+
+Why one entry point: `optiml eval`, `optiml demo` and checkpoint selection all need the same
+numbers, so they call this and read the returned dict (also written to the run directory).
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from tqdm import tqdm
+
+from optiml_plugin import __version__
+from optiml_plugin.data.benchfiles import Bench, TaskFile, normalize_name
+from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
+from optiml_plugin.eval import metrics as M
+from optiml_plugin.eval.aggregate import aggregate
+from optiml_plugin.eval.backend import Backend
+from optiml_plugin.eval.config import EvalConfig
+from optiml_plugin.eval.prompts import Pool, build_prompt, demo_indices, is_task_level
+from optiml_plugin.eval.report import write_run
+from optiml_plugin.eval.scoring import Tree, cut_at_stops, generate_all, score_separately, score_trees
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One evaluated row with what was checked about it."""
+
+    file: TaskFile
+    index: int
+    row: Dict[str, Any]
+    references: Tuple[str, ...]
+    candidates: Optional[Tuple[str, ...]]
+    gold: Tuple[int, ...]
+
+
+@dataclass
+class Prepared:
+    inst: Instance
+    prompt_ids: List[int]
+    candidate_ids: List[List[int]]
+    demo_ids: Tuple[str, ...]
+    dropped: int
+    truncated: bool
+
+
+def load_backend(config: EvalConfig) -> Backend:
+    """The configured backend: a loaded one as is, else a transformers model directory."""
+    if isinstance(config.model, Backend):
+        return config.model
+    from optiml_plugin.eval.backends.hf import HFBackend
+
+    return HFBackend.from_dir(config.model, device=config.device, dtype=config.dtype)
+
+
+def _check_row(tf: TaskFile, i: int, row: Dict[str, Any]) -> Instance:
+    """Validate the fields eval reads; errors name the file, line and field."""
+    def bad(field: str, reason: str, detail: str) -> BadRecordError:
+        return BadRecordError(str(tf.path), i + 1, field, reason, detail)
+
+    if not isinstance(row.get("src"), str):
+        raise bad("src", "wrong_type", "'src' must be a string")
+    refs = row.get("references")
+    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
+        raise bad("references", "bad_references", "'references' must be a non-empty list of strings")
+    cands = row.get("candidates")
+    if cands is None:
+        return Instance(tf, i, row, tuple(refs), None, ())
+    if not isinstance(cands, list) or len(cands) < 2 or not all(isinstance(c, str) and c.strip()
+                                                               for c in cands):
+        raise bad("candidates", "bad_candidates", "'candidates' must be null or >= 2 non-empty strings")
+    gold = tuple(j for j, c in enumerate(cands) if c in refs)
+    if not gold:
+        norm = {M.normalize_answer(r) for r in refs}
+        gold = tuple(j for j, c in enumerate(cands) if M.normalize_answer(c) in norm)
+    if not gold:
+        raise bad("references", "no_gold_candidate", f"no candidate matches a reference {refs[:3]!r}")
+    if len(gold) == len(cands):
+        raise bad("candidates", "all_candidates_gold", "every candidate is a reference")
+    return Instance(tf, i, row, tuple(refs), tuple(cands), gold)
+
+
+def select_instances(bench: Bench, config: EvalConfig, policy: BadRecordPolicy
+                     ) -> List[Tuple[str, Instance]]:
+    """(level, instance) for the first `max_per_task` rows of every task file of each level."""
+    out = []
+    for level in config.levels:
+        split = f"{config.split}_{level}"
+        for tf in bench.task_files(split):
+            n = tf.count if config.max_per_task is None else min(tf.count, config.max_per_task)
+            for i in range(n):
+                policy.count_read()
+                try:
+                    out.append((level, _check_row(tf, i, bench.read(tf, i))))
+                except BadRecordError as err:
+                    policy.handle(err)
+    return out
+
+
+class _Prompter:
+    """Builds token ids of k-shot prompts for one backend within its context budget."""
+
+    def __init__(self, bench: Bench, backend: Backend, config: EvalConfig, max_len: int) -> None:
+        self.bench, self.backend, self.config, self.max_len = bench, backend, config, max_len
+        self.train = {(t.benchmark, t.category, t.task): t for t in bench.task_files("train")}
+        self.counts: Counter = Counter()
+
+    def _pool(self, tf: TaskFile) -> Pool:
+        train = self.train.get((tf.benchmark, tf.category, tf.task))
+        src = train if train is not None and train.count > 0 else tf
+        return Pool(size=src.count, get=lambda i, s=src: self.bench.read(s, i), same_file=src is tf)
+
+    def prepare(self, inst: Instance, shots: int) -> Prepared:
+        be, cfg, row = self.backend, self.config, inst.row
+        prefix = list(be.prefix_ids)
+        cand_ids = [be.encode_target(row["src"], c) + [be.eos_id] for c in (inst.candidates or ())]
+        reserve = max(len(c) for c in cand_ids) if cand_ids else cfg.max_new_tokens
+        budget = self.max_len - reserve - len(prefix)
+        if budget < 1:
+            raise ConfigError(f"max_length {self.max_len} leaves no room for a prompt when "
+                              f"{reserve} tokens are reserved for the answer "
+                              f"({inst.file.path}:{inst.index + 1}); lower --max-new-tokens")
+        demos = []
+        if shots:
+            pool = self._pool(inst.file)
+            idx = demo_indices(pool, shots, cfg.seed, f"{inst.file.benchmark}/{inst.file.task}",
+                               str(row.get("id", inst.index)), inst.index)
+            if len(idx) < shots:
+                self.counts["short_demo_pool"] += 1
+            demos = [pool.get(j) for j in idx]
+        cache: Dict[str, List[int]] = {}
+
+        def encode(text: str) -> List[int]:
+            if text not in cache:
+                cache[text] = be.encode(text.rstrip(" "))
+            return cache[text]
+
+        task_level = is_task_level(inst.file.benchmark, cfg.task_level_benchmarks)
+        prompt = build_prompt(row, demos, task_level, cfg.separator, lambda t: len(encode(t)) <= budget)
+        ids = encode(prompt.text)
+        truncated = len(ids) > budget
+        if truncated:  # left truncation, as the paper trained with
+            ids = ids[-budget:]
+            self.counts["prompts_truncated"] += 1
+        self.counts["demos_dropped"] += prompt.dropped
+        return Prepared(inst, prefix + ids, cand_ids, prompt.demo_ids, prompt.dropped, truncated)
+
+
+def _record(level: str, shots: int, p: Prepared, split: str) -> Dict[str, Any]:
+    tf, row = p.inst.file, p.inst.row
+    return {"id": row.get("id"), "benchmark": tf.benchmark, "category": tf.category, "task": tf.task,
+            "level": level, "split": split, "shots": shots, "demo_ids": list(p.demo_ids),
+            "demos_dropped": p.dropped, "prompt_tokens": len(p.prompt_ids), "truncated": p.truncated,
+            "references": list(p.inst.references)}
+
+
+def _rank_record(rec: Dict[str, Any], inst: Instance, sums, means) -> Dict[str, Any]:
+    def correct(scores) -> bool:
+        best_gold = max(scores[g] for g in inst.gold)
+        return all(best_gold > s for j, s in enumerate(scores) if j not in inst.gold)
+
+    pick = max(range(len(sums)), key=lambda j: sums[j])
+    pick_norm = max(range(len(means)), key=lambda j: means[j])
+    acc, acc_norm = 100.0 * correct(sums), 100.0 * correct(means)
+    rec.update(kind="rank", candidates=list(inst.candidates), loglik_sum=list(sums),
+               loglik_mean=list(means), prediction=inst.candidates[pick],
+               prediction_norm=inst.candidates[pick_norm], score=acc,
+               metrics={"accuracy": acc, "accuracy_norm": acc_norm})
+    return rec
+
+
+def evaluate(config: EvalConfig) -> Dict[str, Any]:
+    """Evaluate, write the run directory, and return results (see docs/evaluation.md)."""
+    config.validate()
+    started = time.time()
+    backend = load_backend(config)
+    bench = Bench(config.bench)
+    policy = BadRecordPolicy(config.on_bad_record)
+    chosen = select_instances(bench, config, policy)
+    if not chosen:
+        raise ConfigError(f"{config.bench}: no instances in the {config.split} splits of levels "
+                          f"{list(config.levels)}")
+    max_len = min(config.max_length or backend.max_positions, backend.max_positions)
+    prompter = _Prompter(bench, backend, config, max_len)
+    records: List[Dict[str, Any]] = []
+    bar = tqdm(total=len(chosen) * len(config.shots), desc="eval", unit="inst",
+               disable=not config.progress)
+    for shots in config.shots:
+        prepared = [(lv, prompter.prepare(inst, shots)) for lv, inst in chosen]
+        ranked = [(lv, p) for lv, p in prepared if p.inst.candidates]
+        generated = [(lv, p) for lv, p in prepared if not p.inst.candidates]
+        trees = [Tree(tuple(p.prompt_ids), tuple(tuple(c) for c in p.candidate_ids)) for _, p in ranked]
+        scorer = score_trees if config.scoring == "packed" else score_separately
+        scores = scorer(backend, trees, max_batch_tokens=config.max_batch_tokens,
+                        max_batch_size=config.batch_size,
+                        on_batch=(lambda n: None) if config.scoring == "separate" else bar.update)
+        if config.scoring == "separate":
+            bar.update(len(trees))
+        for (lv, p), s in zip(ranked, scores):
+            records.append(_rank_record(_record(lv, shots, p, config.split), p.inst, s.sums, s.means))
+        outs = generate_all(backend, [p.prompt_ids for _, p in generated], config.max_new_tokens,
+                            config.batch_size, on_batch=bar.update)
+        for (lv, p), ids in zip(generated, outs):
+            text = cut_at_stops(backend.decode(ids), config.stop_strings)
+            lang = p.inst.row.get("language")
+            m = {"rougeL": M.rouge_l(text, p.inst.references, lang),
+                 "exact_match": M.exact_match(text, p.inst.references)}
+            rec = _record(lv, shots, p, config.split)
+            rec.update(kind="generate", prediction=text, new_tokens=len(ids), score=m["rougeL"], metrics=m)
+            records.append(rec)
+    bar.close()
+    extra = _bleu(records)
+    counts = dict(prompter.counts)
+    counts.update(instances=len(chosen), evaluations=len(records),
+                  rank=sum(r["kind"] == "rank" for r in records),
+                  generate=sum(r["kind"] == "generate" for r in records),
+                  per_level=dict(Counter(lv for lv, _ in chosen)), bad_records=policy.to_dict())
+    results: Dict[str, Any] = {
+        "model_id": backend.model_id, "optiml_version": __version__, "config": config.to_dict(),
+        "max_length": max_len, "counts": counts,
+        "aggregate": aggregate(records, config.task_groups, extra),
+        "elapsed_s": round(time.time() - started, 3)}
+    out_dir = Path(config.out_dir) if config.out_dir else (
+        Path("eval_runs") / f"{normalize_name(backend.model_id)}_{config.split}")
+    results["out_dir"] = str(out_dir)
+    write_run(results, records, out_dir, with_charts=config.charts)
+    bench.close()
+    return results
+
+
+def _bleu(records: List[Dict[str, Any]]) -> Dict[Tuple[int, str, str, str], Dict[str, float]]:
+    """Corpus BLEU per (shots, level, benchmark, task) for generated translation tasks."""
+    groups: Dict[Tuple[int, str, str, str], List[Dict[str, Any]]] = {}
+    for r in records:
+        if r["kind"] == "generate" and M.is_translation(r["category"]):
+            groups.setdefault((r["shots"], r["level"], r["benchmark"], r["task"]), []).append(r)
+    return {k: {"bleu": M.corpus_bleu([r["prediction"] for r in rs], [r["references"] for r in rs])}
+            for k, rs in groups.items()}

@@ -1,0 +1,87 @@
+"""Shared builders for the evaluator tests: a tiny OPT built in code, a tokenizer, a small bench.
+
+Kept in a test module (no tests inside) so every tests/test_eval_*.py file can import it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from optiml_plugin.data.benchfiles import FORMAT_NAME, MANIFEST, file_stem, write_jsonl_with_index
+
+WORDS = ("yes no maybe red blue green cat dog bird the a is what color animal answer question "
+         "translate hello world sentence positive negative true false").split()
+
+
+def tokenizer():
+    from optiml_plugin.data.tokenizer import OptTokenizer
+
+    texts = [" ".join(WORDS[i:] + WORDS[:i]) for i in range(len(WORDS))] * 3
+    return OptTokenizer.builtin(texts, vocab_size=320)
+
+
+def tiny_opt(vocab_size: int, seed: int = 0, max_positions: int = 256, layers: int = 2):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = OPTConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, ffn_dim=64,
+                    num_attention_heads=4, max_position_embeddings=max_positions,
+                    word_embed_proj_dim=32, pad_token_id=1, bos_token_id=2, eos_token_id=2,
+                    dropout=0.0, attention_dropout=0.0)
+    model = OPTForCausalLM(cfg).eval()
+    with torch.no_grad():  # larger weights than the default init, so scores differ visibly
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return model
+
+
+def backend(seed: int = 0, max_positions: int = 256):
+    from optiml_plugin.eval.backends.hf import HFBackend
+
+    tok = tokenizer()
+    return HFBackend(tiny_opt(tok.vocab_size, seed, max_positions), tok, model_id=f"tiny-opt-{seed}")
+
+
+def row(benchmark: str, category: str, task: str, split: str, i: int, instruction: str, inp: str,
+        refs: List[str], candidates: Optional[List[str]] = None, language: str = "en") -> Dict[str, Any]:
+    src = f"{instruction}\n\n{inp}" + (("\n\nOPTIONS:\n- " + "\n- ".join(candidates)) if candidates else "")
+    return {"id": f"{task}-{split}-{i}", "benchmark": benchmark, "category": category, "task": task,
+            "split": split, "src": src + "\nAnswer:", "tgt": refs[0], "references": refs,
+            "candidates": candidates, "instruction": instruction, "input": inp, "template": "",
+            "language": language}
+
+
+def write_bench(root: Path, n: int = 6) -> Path:
+    """Three levels: a ranked training task (with train rows), a generated held-out task, a held-out
+    category with a translation task (BLEU) and a ranked task."""
+    specs = [  # benchmark, category, task, level, candidates?
+        ("flan", "Sentiment", "sst2", "train", ["positive", "negative"]),
+        ("niv2", "Question Answering", "task001_color", "heldout_tasks", None),
+        ("niv2", "Translation", "task002_translate", "heldout_categories", None),
+        ("flan", "Textual Entailment", "rte", "heldout_categories", ["yes", "no", "maybe", "true"]),
+    ]
+    tasks = []
+    for bench, cat, task, level, cands in specs:
+        splits = ["train", "test_heldout_instances", "valid_heldout_instances"] if level == "train" else \
+            [f"test_{level}", f"valid_{level}"]
+        files, counts = {}, {}
+        for split in splits:
+            rows = []
+            for i in range(n):
+                word = WORDS[(i * 3 + len(task)) % len(WORDS)]
+                refs = [cands[i % len(cands)]] if cands else [f"the {word} is {WORDS[i % 5]}", word]
+                rows.append(row(bench, cat, task, split, i, f"Answer the {cat.lower()} question.",
+                                f"what color is the {word} {i}", refs, cands))
+            rel = f"{split}/00/{file_stem(bench, cat, task)}.jsonl"
+            write_jsonl_with_index(root / rel, rows)
+            files[split], counts[split] = rel, n
+        tasks.append({"task": task, "benchmark": bench, "category": cat, "level": level,
+                      "sources": [task], "files": files, "counts": counts})
+    manifest = {"format": FORMAT_NAME, "version": 1, "seed": 0, "optiml_version": "test",
+                "config": {}, "tasks": tasks, "splits": {}, "decontamination": {}, "accounting": {}}
+    (root / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    return root
