@@ -136,9 +136,9 @@ def test_table_and_dict(bench):
     assert sum(t["probability"] for t in d["tasks"]) == pytest.approx(1.0)
 
 
-@settings(max_examples=25, deadline=None)
-@given(sizes=st.lists(st.integers(1, 2000), min_size=3, max_size=7),
-       eps=st.one_of(st.none(), st.integers(1, 1500)),
+@settings(max_examples=20, deadline=None)
+@given(sizes=st.lists(st.integers(1, 600), min_size=3, max_size=7),
+       eps=st.one_of(st.none(), st.integers(1, 400)),
        shares=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3))
 def test_probabilities_follow_the_rules(tmp_path_factory, sizes, eps, shares):
     names = ["b0", "b1", "b2"]

@@ -66,24 +66,27 @@ def permutation_keys(seed: int, task_ids: np.ndarray, passes: np.ndarray) -> np.
 def keyed_bijection(x: np.ndarray, n: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """pi_key(x) for x in [0, n): a bijection of [0, n) for each key, element-wise, in O(1) memory.
 
-    A balanced Feistel network permutes [0, 4^h) with 4^h >= n (so < 4n); cycle-walking (apply
-    again until the value falls inside [0, n)) restricts it to a bijection of [0, n).
+    An unbalanced Feistel network permutes [0, 2^bits) with 2^bits >= n (so < 2n): halves of
+    widths (a, b), a + b = bits, swap widths every round. Cycle-walking (apply it again until the
+    value falls inside [0, n)) restricts it to a bijection of [0, n); fewer than 2 rounds on average.
     """
     x = np.asarray(x, dtype=np.uint64).copy()
     n = np.asarray(n, dtype=np.uint64)
     keys = np.asarray(keys, dtype=np.uint64)
     sizes, inverse = np.unique(n, return_inverse=True)
     bits = np.array([max(int(v) - 1, 0).bit_length() for v in sizes], dtype=np.uint64)
-    half = ((bits + np.uint64(1)) // np.uint64(2))[inverse.reshape(n.shape)]
-    mask = (np.uint64(1) << half) - np.uint64(1)
+    high_bits = (bits // np.uint64(2))[inverse.reshape(n.shape)]
+    low_bits = bits[inverse.reshape(n.shape)] - high_bits
+    one = np.uint64(1)
     todo = np.ones(x.shape, dtype=bool)
     with np.errstate(over="ignore"):
         while todo.any():
-            h, m, k = half[todo], mask[todo], keys[todo]
-            left, right = x[todo] >> h, x[todo] & m
+            wl, wr, k = high_bits[todo], low_bits[todo], keys[todo]
+            left, right = x[todo] >> wr, x[todo] & ((one << wr) - one)
             for rk in _ROUND_KEYS:
-                left, right = right, left ^ (_mix64(k ^ _mix64(right + rk)) & m)
-            x[todo] = (left << h) | right
+                left, right = right, left ^ (_mix64(k ^ _mix64(right + rk)) & ((one << wl) - one))
+                wl, wr = wr, wl
+            x[todo] = (left << wr) | right
             todo = x >= n
     return x
 
