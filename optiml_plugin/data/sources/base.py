@@ -65,10 +65,10 @@ def parse_spec(spec: Mapping[str, Any], base_dir: Path, extra_keys: Sequence[str
                 or not all(isinstance(t, str) and t.strip() for t in tasks)):
             raise ConfigError(f"source '{path}': 'tasks' must be a non-empty list of task names, got {tasks!r}")
         tasks = frozenset(t.strip() for t in tasks)
+    benchmark, category, language = (_str_option(spec, k) for k in ("benchmark", "category", "language"))
     return SourceSpec(
         type=str(spec.get("type")), path=path, files=resolve_paths(path, base_dir, suffixes),
-        benchmark=_str_option(spec, "benchmark"), tasks=tasks, category=_str_option(spec, "category"),
-        language=_str_option(spec, "language"),
+        benchmark=benchmark, tasks=tasks, category=category, language=language,
         options={k: v for k, v in spec.items() if k in extra_keys})
 
 

@@ -31,7 +31,7 @@ TASK_KEYS = ("task",)
 
 def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
     def build(row: Dict[str, Any], path: Path, line: int, task: Any, gate: RecordGate) -> Optional[Record]:
-        benchmark = row.get("benchmark", spec.benchmark)
+        benchmark = _or(row.get("benchmark"), spec.benchmark)
         if benchmark is None:
             gate.bad(path, line, "benchmark", "missing_field",
                      "row has no 'benchmark' and the source entry sets none")
@@ -47,7 +47,7 @@ def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
             gate.bad(path, line, "outputs", "outputs_not_list",
                      f"'outputs' must be a list of strings, got {type(outputs).__name__}")
             return None
-        instruction = row.get("instruction", spec.option("instruction", ""))
+        instruction = _or(row.get("instruction"), spec.option("instruction", ""))
         if instruction == "" and row["input"] == "":
             gate.bad(path, line, "input", "empty_field", "both 'instruction' and 'input' are empty")
             return None
@@ -57,3 +57,8 @@ def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
                       **row_fields(row, spec, path, line, task))
 
     return load_rows(spec, policy, partial(task_name, keys=TASK_KEYS), build)
+
+
+def _or(value: Any, default: Any) -> Any:
+    """`value` unless it is None (a JSON null, or a Parquet column the row does not fill)."""
+    return default if value is None else value
