@@ -107,7 +107,7 @@ class RecordGate:
     def __init__(self, spec: SourceSpec, policy: BadRecordPolicy) -> None:
         self.spec = spec
         self.policy = policy
-        self._ids: Dict[str, str] = {}
+        self._ids: Dict[str, Tuple[Path, Where]] = {}
         self._tasks_seen: Set[str] = set()
 
     def wanted(self, task: str) -> bool:
@@ -133,12 +133,12 @@ class RecordGate:
             fld, reason, detail = problems[0]
             self.bad(path, where, fld, reason, detail)
             return None
-        here = f"{path}:{where}" if isinstance(where, int) else f"{path} ({where})"
         first = self._ids.get(record.id)
         if first is not None:
-            self.bad(path, where, "id", "duplicate_id", f"id '{record.id}' was already used at {first}")
+            self.bad(path, where, "id", "duplicate_id", f"id '{record.id}' was already used at "
+                     f"{_location(*first)}")
             return None
-        self._ids[record.id] = here
+        self._ids[record.id] = (path, where)
         record.meta["path"] = str(path)
         record.meta["where"] = where
         return record
@@ -152,8 +152,8 @@ class RecordGate:
             raise ConfigError(f"source '{self.spec.path}': tasks not found: {', '.join(missing)}")
 
 
-def str_or_none(value: Any) -> Optional[str]:
-    return value if isinstance(value, str) else None
+def _location(path: Path, where: Where) -> str:
+    return f"{path}:{where}" if isinstance(where, int) else f"{path} ({where})"
 
 
 def first_present(row: Mapping[str, Any], names: Sequence[str]) -> Tuple[Optional[str], Any]:
