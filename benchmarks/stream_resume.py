@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 
@@ -38,21 +39,24 @@ def synthetic_bench(root: Path, tasks: int, max_rows: int, seed: int) -> Path:
     return make_bench(root, specs)
 
 
-def resume_seconds(bench: Bench, mixture: Mixture, args: argparse.Namespace, index: int) -> float:
-    """Median wall time of: new stream, load a state saved at `index`, yield the first example."""
+def resume_seconds(bench: Bench, mixture: Mixture, args: argparse.Namespace, index: int) -> Tuple[float, float]:
+    """Median (wall, CPU) time of: new stream, load a state saved at `index`, yield the first example.
+
+    CPU time is printed beside wall time because a shared machine inflates wall time."""
     src = ExampleStream(bench, mixture, seed=args.seed, chunk_size=args.chunk_size, rank=args.partitions - 1,
                         world_size=args.partitions)
     src.seek(index)  # build the state at `index` (not timed: training gets it from a checkpoint)
     state = src.state_dict()
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         s = ExampleStream(bench, mixture, seed=args.seed, chunk_size=args.chunk_size, rank=args.partitions - 1,
                           world_size=args.partitions)
         s.load_state_dict(state)
         next(s)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(times), statistics.median(cpu)
 
 
 def main() -> None:
@@ -79,9 +83,14 @@ def main() -> None:
               f"{int(mixture.sizes.sum())} examples; chunk {args.chunk_size}; partitions {args.partitions}")
         near = resume_seconds(bench, mixture, args, args.near)
         far = resume_seconds(bench, mixture, args, args.far)
-        print(f"resume at index {args.near:>12,}: {near * 1e3:8.2f} ms")
-        print(f"resume at index {args.far:>12,}: {far * 1e3:8.2f} ms   (ratio {far / near:.2f})")
+        for index, (wall, cpu) in ((args.near, near), (args.far, far)):
+            print(f"resume at index {index:>13,}: {wall * 1e3:8.2f} ms wall, {cpu * 1e3:8.2f} ms CPU")
+        print(f"ratio far/near: {far[0] / near[0]:.2f} wall, {far[1] / near[1]:.2f} CPU")
 
+        t0 = time.perf_counter()
+        for task_file in mixture.tasks:  # load every offset index once, outside the steady state
+            bench.reader(task_file)
+        print(f"opening {len(mixture.tasks)} offset indexes: {time.perf_counter() - t0:.2f} s")
         s = ExampleStream(bench, mixture, seed=args.seed, chunk_size=args.chunk_size, world_size=args.partitions)
         t0 = time.perf_counter()
         for _ in range(args.examples):

@@ -217,7 +217,7 @@ class ExampleStream:
         n = self._sizes[tasks]
         passes, offsets = draw // n, draw % n
         rows = keyed_bijection(offsets, n, permutation_keys(self.seed, tasks, passes)).astype(np.int64)
-        if len(self._cache) >= 4:
+        if len(self._cache) >= 8:
             self._cache.pop(next(iter(self._cache)))
         self._cache[chunk] = (tasks, rows)
         return tasks, rows
@@ -254,9 +254,10 @@ class ExampleStream:
     def __next__(self) -> Example:
         i = self._next
         chunk, j = divmod(i, self.chunk_size)
-        if chunk not in self._cache:
-            self._chunk(chunk, self._chunk_counts)
-        ex = self.example(i)
+        tasks, rows = self._chunk(chunk, self._chunk_counts)
+        task_id = int(tasks[j])
+        ex = Example(index=i, task_id=task_id, benchmark_id=int(self.mixture.benchmark_of_task[task_id]),
+                     row=self.bench.read(self.mixture.tasks[task_id], int(rows[j])))
         self.counters.examples[ex.benchmark_id] += 1
         if j + 1 < self.chunk_size:
             self._next = i + 1
