@@ -31,6 +31,10 @@ setup(
         "matplotlib>=3.5",
     ],
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["optiml=optiml_plugin.cli:main"]},
+    package_data={"optiml_plugin.data": ["taxonomy.yaml"]},
+    entry_points={"console_scripts": [
+        "optiml=optiml_plugin.cli:main",
+        "optiml-metaseq-train=optiml_plugin.metaseq.train_cli:main",
+    ]},
     license="MIT",
 )
