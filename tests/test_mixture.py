@@ -139,7 +139,7 @@ def test_table_and_dict(bench):
 @settings(max_examples=20, deadline=None)
 @given(sizes=st.lists(st.integers(1, 600), min_size=3, max_size=7),
        eps=st.one_of(st.none(), st.integers(1, 400)),
-       shares=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3))
+       shares=st.lists(st.floats(0.0, 1.0, allow_subnormal=False), min_size=3, max_size=3))
 def test_probabilities_follow_the_rules(tmp_path_factory, sizes, eps, shares):
     names = ["b0", "b1", "b2"]
     specs = [{"benchmark": names[i % 3], "category": "c", "task": f"t{i}", "n": n} for i, n in enumerate(sizes)]
