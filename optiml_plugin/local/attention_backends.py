@@ -1,0 +1,131 @@
+"""Document-masked attention for packed rows on transformers' OPT, chosen per device.
+
+Why several backends: a packed row holds several examples that must not attend to each other.
+- "per_example": attention computed span by span (causal SDPA on each example's own tokens), so masked
+  blocks are never computed; the lengths come from the packer's segment ids. Fastest on CPU.
+- "dense": one block-diagonal causal bool mask [B,1,L,L] through SDPA (works everywhere; computes all pairs).
+- "flex": FlexAttention with a block mask (skips masked blocks with fused kernels); only where the installed
+  torch has it AND it has a backward on the device (torch 2.13 has none on CPU).
+- "causal": plain causal attention, NOT document-masked: the baseline for benchmarks and for rows that hold a
+  single right-padded example.
+The custom ones are registered in transformers' AttentionInterface (no monkey-patching); the model reads
+per-batch extras (spans, block mask) from keyword arguments transformers forwards to the attention function.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from optiml_plugin.errors import ConfigError
+
+BACKENDS = ("auto", "per_example", "dense", "flex", "causal")
+PER_EXAMPLE = "optiml_per_example"
+FLEX = "optiml_flex"
+Spans = List[List[Tuple[int, int]]]
+
+
+def row_spans(segment_ids: torch.Tensor) -> Spans:
+    """Maximal runs of equal segment id per row as (start, end): each example, and the trailing padding run
+    (padding attends causally within itself, so every query has a key and nothing is NaN)."""
+    seg = segment_ids.detach().cpu()
+    length = seg.shape[1]
+    spans: Spans = []
+    for row in seg:
+        cuts = (torch.nonzero(row[1:] != row[:-1]).flatten() + 1).tolist()
+        edges = [0] + cuts + [length]
+        spans.append([(edges[i], edges[i + 1]) for i in range(len(edges) - 1)])
+    return spans
+
+
+def per_example_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: Optional[torch.Tensor], scaling: Optional[float] = None,
+                          dropout: float = 0.0, optiml_spans: Optional[Spans] = None,
+                          **kwargs: Any) -> Tuple[torch.Tensor, None]:
+    """transformers attention function: q/k/v [B,H,L,D] -> ([B,L,H,D], None), causal within each span."""
+    if optiml_spans is None:
+        raise RuntimeError("per_example attention needs optiml_spans (call the model through DocumentAttention)")
+    rows = []
+    for b, spans in enumerate(optiml_spans):
+        q, k, v = query[b:b + 1], key[b:b + 1], value[b:b + 1]
+        parts = [F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
+                                                dropout_p=dropout, scale=scaling) for s, e in spans]
+        rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
+    out = torch.cat(rows, dim=0)
+    return out.transpose(1, 2).contiguous(), None
+
+
+_compiled_flex: Dict[str, Any] = {}
+
+
+def flex_attention_fn(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: Any, scaling: Optional[float] = None, dropout: float = 0.0,
+                      optiml_block_mask: Any = None, **kwargs: Any) -> Tuple[torch.Tensor, None]:
+    """transformers attention function over FlexAttention; compiled on accelerators (eager is slow there)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    fn = flex_attention
+    if query.device.type != "cpu":
+        fn = _compiled_flex.setdefault("fn", torch.compile(flex_attention, dynamic=False))
+    out = fn(query, key, value, block_mask=optiml_block_mask, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(PER_EXAMPLE, per_example_attention)
+    AttentionInterface.register(FLEX, flex_attention_fn)
+
+
+def flex_available(device: torch.device) -> bool:
+    """FlexAttention importable and trainable here: torch 2.13 has no FlexAttention backward on CPU."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return torch.device(device).type == "cuda"
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """'auto' -> flex on CUDA when available, else per_example; an explicit choice is checked, not changed."""
+    if name not in BACKENDS:
+        raise ConfigError(f"attention: unknown backend {name!r}; choose one of {BACKENDS}")
+    if name == "auto":
+        return "flex" if flex_available(device) else "per_example"
+    if name == "flex" and not flex_available(device):
+        raise ConfigError(f"attention: 'flex' needs torch.nn.attention.flex_attention with a backward on "
+                          f"{torch.device(device).type} (torch {torch.__version__}); use 'per_example' or 'dense'")
+    return name
+
+
+_IMPLEMENTATION = {"per_example": PER_EXAMPLE, "flex": FLEX, "dense": "sdpa", "causal": "sdpa"}
+
+
+class DocumentAttention:
+    """Turns a packed batch into model keyword arguments for one backend, and sets the model to use it."""
+
+    def __init__(self, backend: str, device: torch.device) -> None:
+        self.backend = resolve_backend(backend, device)
+        _register()
+
+    def configure(self, model: torch.nn.Module) -> torch.nn.Module:
+        model.config._attn_implementation = _IMPLEMENTATION[self.backend]
+        return model
+
+    def model_inputs(self, batch: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+        """input_ids + position_ids (restarting per example) + the backend's mask or spans."""
+        inputs: Dict[str, Any] = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+        seg = batch["segment_ids"]
+        if self.backend == "per_example":
+            inputs["optiml_spans"] = row_spans(seg)
+        elif self.backend == "dense":
+            from optiml_plugin.attention import document_causal_mask
+
+            inputs["attention_mask"] = document_causal_mask(seg)
+        elif self.backend == "flex":
+            from optiml_plugin.attention import flex_block_mask
+
+            inputs["optiml_block_mask"] = flex_block_mask(seg)
+        return inputs

@@ -1,0 +1,68 @@
+"""The trainer's data side: tokenizer, the core stream + packing pipeline for training, and fixed
+validation batches per evaluation split.
+
+Why validation is built once: the eval splits are read in file order (never sampled) and packed
+sequentially, so every validation pass scores exactly the same tokens and curves are comparable.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+from optiml_plugin.data.benchfiles import Bench, TRAIN_SPLIT
+from optiml_plugin.data.packing import PackingConfig, make_item, pack
+from optiml_plugin.data.tokenizer import OptTokenizer
+from optiml_plugin.errors import ConfigError
+from optiml_plugin.local.config import DataConfig
+
+TOKENIZER_SAMPLE_PER_TASK = 2000
+
+
+def training_texts(bench: Bench, per_task: int = TOKENIZER_SAMPLE_PER_TASK) -> Iterator[str]:
+    """The first `per_task` train rows of every task, source and target (the builtin tokenizer's corpus)."""
+    for tf in bench.task_files(TRAIN_SPLIT):
+        reader = bench.reader(tf)
+        for i in range(min(len(reader), per_task)):
+            row = reader[i]
+            yield row["src"]
+            yield row["tgt"]
+
+
+def load_tokenizer(cfg: DataConfig, bench: Bench, saved: Path) -> OptTokenizer:
+    """Reuse the run's saved tokenizer (resume, eval), else 'builtin' trains one on the bench, else a dir."""
+    if (saved / "tokenizer.json").is_file():
+        return OptTokenizer.from_dir(saved)
+    if cfg.tokenizer == "builtin":
+        return OptTokenizer.builtin(training_texts(bench), vocab_size=cfg.builtin_vocab_size)
+    if not Path(cfg.tokenizer).is_dir():
+        raise ConfigError(f"data.tokenizer: {cfg.tokenizer!r} is neither 'builtin' nor a directory")
+    return OptTokenizer.from_dir(cfg.tokenizer)
+
+
+def packing_config(cfg: DataConfig) -> PackingConfig:
+    return PackingConfig(tokens_per_sample=cfg.tokens_per_sample, strategy=cfg.packing, window=cfg.window,
+                         truncation=cfg.truncation)
+
+
+def validation_batches(bench: Bench, tokenizer: OptTokenizer, cfg: DataConfig) -> Dict[str, List[dict]]:
+    """Per eval split: its first `max_valid_examples` rows (tasks in manifest order), packed next-fit."""
+    from optiml_plugin.data.pipeline import collate_blocks
+
+    packing = PackingConfig(tokens_per_sample=cfg.tokens_per_sample, strategy="sequential",
+                            truncation=cfg.truncation)
+    out: Dict[str, List[dict]] = {}
+    for split in cfg.valid_splits:
+        files = bench.task_files(split)
+        if not files:
+            continue
+        rows = []
+        for task_id, tf in enumerate(files):
+            reader = bench.reader(tf)
+            rows.extend((task_id, reader[i]) for i in range(len(reader)))
+        rows = rows[:cfg.max_valid_examples]
+        pairs = tokenizer.encode_pairs([(r["src"], r["tgt"]) for _, r in rows])
+        items = [make_item(s, t, packing, index=i, task_id=task_id)
+                 for i, ((task_id, _), (s, t)) in enumerate(zip(rows, pairs))]
+        blocks = pack(items, packing)
+        out[split] = [collate_blocks(blocks[i:i + cfg.batch_size]) for i in range(0, len(blocks), cfg.batch_size)]
+    return out

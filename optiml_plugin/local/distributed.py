@@ -1,0 +1,107 @@
+"""Process-group setup for `torchrun` and model wrapping (DDP, or FSDP for models that do not fit one device).
+
+Why its own module: the train loop only sees `Dist` (rank, world size, reductions); world size 1 without a
+process group costs nothing, and DDP over gloo with one process is what the CPU tests exercise.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from optiml_plugin.errors import ConfigError
+
+
+@dataclass
+class Dist:
+    mode: str          # none | ddp | fsdp
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks (in place); a no-op without a process group."""
+        if self.mode != "none":
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.mode != "none":
+            dist.barrier()
+
+
+def init_distributed(mode: str, device: torch.device) -> Dist:
+    """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; 'auto' means DDP when more than one process runs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if mode == "auto":
+        mode = "ddp" if world > 1 else "none"
+    if mode == "none":
+        if world > 1:
+            raise ConfigError("run.distributed: 'none' with WORLD_SIZE > 1; use ddp or fsdp under torchrun")
+        return Dist("none")
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29511")
+        os.environ.setdefault("RANK", str(rank))
+        os.environ.setdefault("WORLD_SIZE", str(world))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(mode, dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def wrap_model(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.nn.Module:
+    if d.mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index if device.index is not None else d.local_rank] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+    if d.mode == "fsdp":
+        from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+        from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+        from transformers.models.opt.modeling_opt import OPTDecoderLayer
+        import functools
+
+        policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={OPTDecoderLayer})
+        return FullyShardedDataParallel(model, auto_wrap_policy=policy, use_orig_params=True,
+                                        sharding_strategy=ShardingStrategy.FULL_SHARD,
+                                        device_id=device if device.type == "cuda" else None)
+    return model
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def full_state_dict(model: torch.nn.Module, d: Dist) -> Any:
+    """The whole model's state dict on rank 0 (FSDP gathers it to CPU); other ranks get {} under FSDP."""
+    if d.mode == "fsdp":
+        from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
+
+        cfg = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+        with FullyShardedDataParallel.state_dict_type(model, StateDictType.FULL_STATE_DICT, cfg):
+            return model.state_dict()
+    return unwrap(model).state_dict()
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist) -> Any:
+    if d.mode == "fsdp":
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel.optim_state_dict(model, optimizer)
+    return optimizer.state_dict()
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: Any, d: Dist) -> None:
+    if d.mode == "fsdp":
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        state = FullyShardedDataParallel.optim_state_dict_to_load(model, optimizer, state)
+    optimizer.load_state_dict(state)

@@ -1,0 +1,338 @@
+"""The single-machine (or torchrun) training loop on transformers' OPT.
+
+Why these choices:
+- Loss: the core target-only loss as sums; with gradient accumulation and data parallelism the update's
+  loss is (sum of target NLL over every micro-batch of every rank) / (its total target tokens), exactly,
+  because micro-batches are fetched before the first backward and their token counts all-reduced.
+- Schedule: AdamW (0.9, 0.95), linear warmup then linear decay to 0, clip 1.0 (the paper's recipe).
+- Exact resume: a checkpoint holds model, optimizer, scheduler, the pipeline's state (stream cursor plus
+  examples held in the packer) and all RNG states, taken between updates; on CPU a resumed run sees the
+  same batches and produces the same loss curve as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import torch
+import yaml
+
+from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.data.mixture import Mixture, MixtureConfig
+from optiml_plugin.data.stream import ExampleStream
+from optiml_plugin.errors import ConfigError
+from optiml_plugin.local import checkpoint as ckpt
+from optiml_plugin.local.attention_backends import DocumentAttention
+from optiml_plugin.local.config import TrainConfig
+from optiml_plugin.local.data import load_tokenizer, packing_config, validation_batches
+from optiml_plugin.local.distributed import (Dist, full_state_dict, init_distributed, load_optimizer_state,
+                                             optimizer_state, unwrap, wrap_model)
+from optiml_plugin.local.model import build_model, count_parameters
+from optiml_plugin.loss import LossSums, target_cross_entropy
+
+BATCH_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "position_ids")
+
+
+def lr_lambda(warmup: int, total: int):
+    """Factor on the peak lr after `step` updates: (s+1)/warmup while warming up, then linear to 0 at `total`."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("run.device: cuda requested but torch sees no GPU")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    """None = fp32. 'auto' is bf16 on GPUs that support it, fp32 elsewhere (CPU autocast is slower)."""
+    if precision == "auto":
+        ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if ok else None
+    if precision != "fp32" and device.type != "cuda":
+        raise ConfigError(f"run.precision: {precision} autocast is for GPUs; use fp32 on {device.type}")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+class Trainer:
+    """Builds everything from a `TrainConfig`; `train()` runs to `optim.max_steps` and saves the final model."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+        self.cfg = config
+        run = config.run
+        self.out = Path(run.out_dir)
+        self.ckpt_root = self.out / "checkpoints"
+        world_local = int(__import__("os").environ.get("LOCAL_RANK", "0"))
+        self.device = pick_device(run.device, world_local)
+        self.dist: Dist = init_distributed(run.distributed, self.device)
+        self.dtype = autocast_dtype(run.precision, self.device)
+        torch.manual_seed(run.seed)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+        self.bench = Bench(config.data.bench)
+        self.tokenizer = load_tokenizer(config.data, self.bench, self.out / "tokenizer")
+        if self.dist.is_main:
+            self.tokenizer.save(self.out / "tokenizer")
+            (self.out / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        self.mixture = Mixture.from_bench(self.bench, MixtureConfig(proportions=config.data.proportions,
+                                                                    eps=config.data.eps))
+        self.stream = ExampleStream(self.bench, self.mixture, seed=run.seed, rank=self.dist.rank,
+                                    world_size=self.dist.world_size)
+        from optiml_plugin.data.pipeline import PackedBatches
+
+        self.batches = PackedBatches(self.stream, self.tokenizer, packing_config(config.data),
+                                     batch_size=config.data.batch_size, seed=run.seed)
+        self.valid = validation_batches(self.bench, self.tokenizer, config.data)
+
+        model = build_model(preset=config.model.preset if config.model.checkpoint is None else None,
+                            checkpoint=config.model.checkpoint, vocab_size=self.tokenizer.vocab_size,
+                            max_positions=max(2048, config.data.tokens_per_sample),
+                            dropout=config.model.dropout, overrides=config.model.overrides, seed=run.seed)
+        self.attention = DocumentAttention(run.attention, self.device)
+        self.attention.configure(model)
+        self.n_params = count_parameters(model)
+        self.model = wrap_model(model.to(self.device), self.dist, self.device)
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 else decay).append(p)
+        o = config.optim
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=o.lr, betas=tuple(o.betas), eps=o.adam_eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(o.warmup_steps, o.max_steps))
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        self.step = 0
+        self.log_path = self.out / "log.jsonl"
+        self._writer = None
+        if resume:
+            self.resume()
+        elif self.dist.is_main and self.log_path.exists():
+            self.log_path.unlink()
+
+    # ---- one update ----
+
+    def _forward_sums(self, batch: Dict[str, torch.Tensor]) -> LossSums:
+        batch = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS}
+        ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+        with ctx:
+            logits = self.model(**self.attention.model_inputs(batch), use_cache=False).logits
+        return target_cross_entropy(logits, batch["target_ids"], batch["loss_mask"], batch["segment_ids"],
+                                    normalize=self.cfg.optim.loss_normalize)
+
+    def train_step(self, micro: List[Dict[str, Any]]) -> Dict[str, float]:
+        """Forward/backward every micro-batch with the update's global normalizer, clip, step."""
+        self.model.train()
+        o = self.cfg.optim
+        key = "loss_mask"
+        if o.loss_normalize == "token":
+            local = sum(int(b[key].sum()) for b in micro)
+        else:  # examples with at least one target token
+            local = sum(int(_examples_with_targets(b)) for b in micro)
+        denom = self.dist.all_reduce_sum(torch.tensor([float(local)], device=self.device)).item()
+        denom = max(denom, 1.0)
+        total = None
+        for i, b in enumerate(micro):
+            sync = i == len(micro) - 1 or self.dist.mode == "none"
+            ctx = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else nullcontext()
+            with ctx:
+                sums = self._forward_sums(b)
+                num = sums.nll_sum if o.loss_normalize == "token" else sums.example_nll_sum
+                loss = num * (self.dist.world_size / denom)  # DDP/FSDP average gradients over ranks
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total = sums if total is None else total + sums
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.step += 1
+        num = total.nll_sum if o.loss_normalize == "token" else total.example_nll_sum
+        red = self.dist.all_reduce_sum(torch.stack([num.detach().float(), total.target_tokens.float()]))
+        return {"loss": float(red[0]) / denom, "target_tokens": float(red[1]), "lr": lr,
+                "grad_norm": float(grad_norm)}
+
+    # ---- validation ----
+
+    @torch.no_grad()
+    def validate(self) -> Dict[str, float]:
+        """Token-normalized target loss of every eval split (same tokens each time)."""
+        self.model.eval()
+        out = {}
+        for split, batches in self.valid.items():
+            total = None
+            for b in batches:
+                sums = self._forward_sums(b)
+                total = sums if total is None else total + sums
+            out[split] = float(total.nll_sum / total.target_tokens.clamp(min=1))
+        return out
+
+    # ---- loop ----
+
+    def _micro_batches(self, it: Iterator[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        return [next(it) for _ in range(self.cfg.optim.grad_accum)]
+
+    def train(self) -> Path:
+        """Run to max_steps (from the resumed step), validating/saving on schedule; returns the final dir."""
+        run, o = self.cfg.run, self.cfg.optim
+        bar = None
+        if run.progress and self.dist.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=o.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        it = iter(self.batches)
+        t0, window_tokens, window_targets, window_slots = time.perf_counter(), 0, 0, 0
+        while self.step < o.max_steps:
+            micro = self._micro_batches(it)
+            stats = self.train_step(micro)
+            window_tokens += sum(int((b["segment_ids"] > 0).sum()) for b in micro)
+            window_slots += sum(int(b["segment_ids"].numel()) for b in micro)
+            window_targets += stats["target_tokens"]
+            last = self.step == o.max_steps
+            if self.step % run.log_every == 0 or last:
+                dt = max(time.perf_counter() - t0, 1e-9)
+                record = {"step": self.step, "loss": stats["loss"], "lr": stats["lr"],
+                          "grad_norm": stats["grad_norm"],
+                          "target_tokens_per_s": window_targets / dt,
+                          "tokens_per_s": window_tokens * self.dist.world_size / dt,
+                          "packing_efficiency": window_tokens / max(window_slots, 1)}
+                self._log(record)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}",
+                                    pack=f"{record['packing_efficiency']:.2f}")
+                t0, window_tokens, window_targets, window_slots = time.perf_counter(), 0, 0, 0
+            if (run.valid_every and self.step % run.valid_every == 0) or last:
+                for split, value in self.validate().items():
+                    self._log({"step": self.step, "split": split, "valid_loss": value,
+                               "valid_ppl": math.exp(min(value, 50.0))})
+            if (run.save_every and self.step % run.save_every == 0) or last:
+                self.save_checkpoint()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return self.save_final()
+
+    # ---- logs ----
+
+    def _log(self, record: Dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        if writer is not None:
+            prefix = f"valid/{record['split']}/" if "split" in record else "train/"
+            for k, v in record.items():
+                if k not in ("step", "split") and isinstance(v, (int, float)):
+                    writer.add_scalar(prefix + k, v, record["step"])
+            writer.flush()
+
+    def _tensorboard(self) -> Any:
+        if self._writer is None and self.cfg.run.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self.cfg.run.tensorboard = False
+                return None
+            self._writer = SummaryWriter(str(self.out / "tensorboard"))
+        return self._writer
+
+    # ---- checkpoints ----
+
+    def save_checkpoint(self) -> Optional[Path]:
+        """All ranks write into one temp dir; rank 0 renames it into place once every rank is done."""
+        final = ckpt.step_dir(self.ckpt_root, self.step)
+        tmp = self.ckpt_root / f".tmp_step_{self.step:08d}"
+        if self.dist.is_main:
+            tmp = ckpt.temp_dir(self.ckpt_root, self.step)
+        self.dist.barrier()
+        model_state = full_state_dict(self.model, self.dist)
+        optim_state = optimizer_state(self.model, self.optimizer, self.dist)
+        rank_state = {"pipeline": self.batches.state_dict(), "rng": ckpt.rng_state()}
+        ckpt.save_rank_files(tmp, self.dist.rank, {f"rank{self.dist.rank}.pt": rank_state})
+        if self.dist.is_main:
+            ckpt.save_rank_files(tmp, 0, {
+                "model.pt": model_state, "optimizer.pt": optim_state,
+                ckpt.TRAINER_STATE: {"step": self.step, "scheduler": self.scheduler.state_dict(),
+                                     "scaler": self.scaler.state_dict() if self.scaler else None,
+                                     "world_size": self.dist.world_size, "config": self.cfg.to_dict()}})
+        self.dist.barrier()
+        if self.dist.is_main:
+            ckpt.commit(tmp, final, self.cfg.run.keep_last)
+        self.dist.barrier()
+        return final
+
+    def resume(self, directory: Optional[Path] = None) -> bool:
+        """Load the newest (or given) checkpoint; with none, start from scratch and say so."""
+        directory = directory or ckpt.latest_checkpoint(self.ckpt_root)
+        if directory is None:
+            if self.dist.is_main:
+                print(f"optiml train: no checkpoint under {self.ckpt_root}; starting from step 0")
+                if self.log_path.exists():
+                    self.log_path.unlink()
+            return False
+        state = ckpt.load_file(directory, ckpt.TRAINER_STATE)
+        if state["world_size"] != self.dist.world_size:
+            raise ConfigError(f"{directory}: saved with world size {state['world_size']}, now "
+                              f"{self.dist.world_size}: the stream partitions differ, resume needs the same")
+        model_state = ckpt.load_file(directory, "model.pt")
+        if self.dist.mode == "fsdp":
+            from torch.distributed.fsdp import FullyShardedDataParallel, StateDictType
+
+            with FullyShardedDataParallel.state_dict_type(self.model, StateDictType.FULL_STATE_DICT):
+                self.model.load_state_dict(model_state)
+        else:
+            unwrap(self.model).load_state_dict(model_state)
+        load_optimizer_state(self.model, self.optimizer, ckpt.load_file(directory, "optimizer.pt"), self.dist)
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        mine = ckpt.load_file(directory, f"rank{self.dist.rank}.pt")
+        self.batches.load_state_dict(mine["pipeline"])
+        ckpt.set_rng_state(mine["rng"])
+        self.step = int(state["step"])
+        if self.dist.is_main and self.log_path.exists():  # drop records written after this checkpoint
+            kept = [line for line in self.log_path.read_text().splitlines()
+                    if line and json.loads(line)["step"] <= self.step]
+            self.log_path.write_text("".join(line + "\n" for line in kept))
+        return True
+
+    def save_final(self) -> Path:
+        """transformers format + tokenizer, so `from_pretrained` and the evaluator load the directory."""
+        final = self.out / "final"
+        state = full_state_dict(self.model, self.dist)
+        if self.dist.is_main:
+            model = unwrap(self.model)
+            model.save_pretrained(str(final), state_dict=state)
+            self.tokenizer.save(final)
+        self.dist.barrier()
+        return final
+
+
+def _examples_with_targets(batch: Dict[str, torch.Tensor]) -> int:
+    seg, mask = batch["segment_ids"], batch["loss_mask"].bool()
+    width = int(seg.max()) + 1
+    rows = torch.arange(seg.shape[0])[:, None].expand_as(seg)
+    return int(torch.unique((rows * width + seg)[mask]).numel())
+
+
+def read_log(path: Path) -> List[Dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
