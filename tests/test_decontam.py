@@ -5,8 +5,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optiml_plugin.data.decontam import (ExactInputFilter, NgramHasher, ngram_overlap, normalize_text,
-                                         source_conflicts)
+from optiml_plugin.data.decontam import (ExactInputFilter, NgramHasher, ngram_overlap, normalize_many,
+                                         normalize_text, source_conflicts)
 
 
 def words(rng: random.Random, n: int) -> str:
@@ -40,8 +40,14 @@ def test_source_conflicts_normalized_and_allowed():
 
 def test_exact_input_filter():
     f = ExactInputFilter()
-    f.add("What is  2 + 2?")
-    assert f.matches("what is 2 2") and not f.matches("what is 2 3") and not f.matches("")
+    f.add_all(["What is  2 + 2?", "  "])
+    assert f.matches_all(["what is 2 2", "what is 2 3", "", "WHAT is 2+2"]) == [True, False, False, True]
+
+
+def test_normalize_many_equals_normalize_text():
+    texts = ["A\nb,  C!", "", "x\ue000y", "Ünïcode — dash_under"]
+    assert normalize_many(texts) == [normalize_text(t) for t in texts]
+    assert normalize_many(texts[:2] + texts[3:]) == [normalize_text(t) for t in texts[:2] + texts[3:]]
 
 
 def test_ngram_overlap_finds_shared_13gram_and_fraction():

@@ -385,15 +385,14 @@ def _exact_inputs(plan: _Plan, tasks: Dict[TaskKey, _Task], removed: Counter) ->
     filt = ExactInputFilter()
     for key in plan.roles:
         t = tasks[key]
-        for part in ("valid", "test"):
-            for i in t.parts[part]:
-                filt.add(t.records[i].input)
+        filt.add_all([t.records[i].input for part in ("valid", "test") for i in t.parts[part]])
     by_task: Dict[str, int] = {}
     for key, role in sorted(plan.roles.items()):
         if role != TRAIN:
             continue
         t = tasks[key]
-        kept = [i for i in t.parts["train"] if not filt.matches(t.records[i].input)]
+        hits = filt.matches_all([t.records[i].input for i in t.parts["train"]])
+        kept = [i for i, hit in zip(t.parts["train"], hits) if not hit]
         if len(kept) != len(t.parts["train"]):
             by_task[key[1]] = len(t.parts["train"]) - len(kept)
             t.parts["train"] = kept

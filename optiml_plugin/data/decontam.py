@@ -18,6 +18,11 @@ from typing import Dict, Hashable, Iterable, List, Mapping, Sequence, Set, Tuple
 import numpy as np
 
 _NON_WORD = re.compile(r"[^\w\s]+|_")
+_SEP = "\x00"  # joins a batch of texts so one C-level pass normalizes all of them
+# ASCII fast path: one bytes.translate lower-cases and blanks everything but letters, digits,
+# whitespace and the separator, exactly as `normalize_text` does for ASCII text
+_ASCII_TABLE = bytes(c if (chr(c).isalnum() or chr(c).isspace() or c == 0) and chr(c) != "_"
+                     else 32 for c in range(128)).lower() + bytes(range(128, 256))
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _BASE = np.uint64(0x100000001B3)
 
@@ -53,6 +58,21 @@ def normalize_text(text: str) -> str:
     return " ".join(_NON_WORD.sub(" ", text.lower()).split())
 
 
+def _normalize_joined(texts: Sequence[str]) -> str:
+    """The normalized texts joined by `_SEP` (one pass over the batch instead of one per text)."""
+    joined = _SEP.join(texts)
+    if joined.isascii() and joined.count(_SEP) == len(texts) - 1:
+        return joined.encode("ascii").translate(_ASCII_TABLE).decode("ascii")
+    return _SEP.join(normalize_text(t) for t in texts)
+
+
+def normalize_many(texts: Sequence[str]) -> List[str]:
+    """`normalize_text` of each text, computed in one batch."""
+    if not texts:
+        return []
+    return [" ".join(part.split()) for part in _normalize_joined(texts).split(_SEP)]
+
+
 def source_conflicts(train_sources: Mapping[Hashable, Iterable[str]],
                      eval_sources: Mapping[Hashable, Iterable[str]],
                      allowed: Iterable[str] = ()) -> Dict[Hashable, List[str]]:
@@ -75,33 +95,30 @@ def source_conflicts(train_sources: Mapping[Hashable, Iterable[str]],
 class NgramHasher:
     """Hashes of the whitespace-token n-grams of normalized texts.
 
-    Tokens are interned to ids (a dict lookup each), ids are mixed and combined by a polynomial
-    rolling hash in numpy. A text shorter than n tokens contributes one hash of all its tokens, so
-    short exact duplicates still count as overlap."""
+    Tokens are hashed with Python's string hash (computed in C, cached on the string), mixed, and
+    combined by a polynomial rolling hash in numpy. The string hash is salted per process, so only
+    64-bit collisions (negligible) could make two runs differ. A text shorter than n tokens
+    contributes one hash of all its tokens, so short exact duplicates still count as overlap."""
 
     def __init__(self, n: int = 13) -> None:
         if n < 1:
             raise ValueError("n must be >= 1")
         self.n = n
-        self._vocab: Dict[str, int] = {}
         self._powers = np.array([pow(int(_BASE), n - 1 - j, 1 << 64) for j in range(n)], dtype=np.uint64)
 
     def _ids(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
-        vocab = self._vocab
-        ids: List[int] = []
-        lengths = np.zeros(len(texts), dtype=np.int64)
-        for i, text in enumerate(texts):
-            toks = normalize_text(text).split()
-            lengths[i] = len(toks)
-            for t in toks:
-                v = vocab.get(t)
-                if v is None:
-                    v = vocab[t] = len(vocab) + 1
-                ids.append(v)
-        return _mix(np.asarray(ids, dtype=np.uint64)), lengths
+        """Mixed token hashes of all texts, concatenated, and each text's token count."""
+        if not texts:
+            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
+        tokens = _normalize_joined(texts).replace(_SEP, f" {_SEP} ").split()
+        hashed = np.fromiter(map(hash, tokens), dtype=np.int64, count=len(tokens))
+        is_sep = hashed == hash(_SEP)
+        owner = np.cumsum(is_sep)[~is_sep]
+        lengths = np.bincount(owner, minlength=len(texts)).astype(np.int64)
+        return _mix(hashed[~is_sep].view(np.uint64)), lengths
 
-    def hashes(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
-        """(hash, text index) pairs, unique, for every n-gram of every text."""
+    def hashes(self, texts: Sequence[str], unique: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+        """(hash, text index) pairs for every n-gram of every text; deduplicated when `unique`."""
         mixed, lengths = self._ids(texts)
         n = self.n
         ends = np.cumsum(lengths)
@@ -129,6 +146,8 @@ class NgramHasher:
             return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
         h_all = np.concatenate(out_h)
         i_all = np.concatenate(out_i)
+        if not unique:
+            return h_all, i_all
         order = np.lexsort((h_all, i_all))
         h_all, i_all = h_all[order], i_all[order]
         keep = np.ones(len(h_all), dtype=bool)
@@ -164,8 +183,7 @@ def ngram_overlap(train_texts: Mapping[Hashable, Sequence[str]],
     train_keys = list(train_texts)
     parts_h, parts_o = [], []
     for t, key in enumerate(train_keys):
-        h, _ = hasher.hashes(train_texts[key])
-        h = np.unique(h)
+        h = np.unique(hasher.hashes(train_texts[key], unique=False)[0])
         parts_h.append(h)
         parts_o.append(np.full(len(h), t, dtype=np.int64))
     if parts_h:
@@ -179,7 +197,7 @@ def ngram_overlap(train_texts: Mapping[Hashable, Sequence[str]],
     for ekey, texts in eval_texts.items():
         if not texts or not len(all_h):
             continue
-        h, inst = hasher.hashes(texts)
+        h, inst = hasher.hashes(texts, unique=False)  # repeats vanish in the np.unique below
         left = np.searchsorted(all_h, h, side="left")
         right = np.searchsorted(all_h, h, side="right")
         cnt = right - left
@@ -200,15 +218,12 @@ def ngram_overlap(train_texts: Mapping[Hashable, Sequence[str]],
 
 @dataclass
 class ExactInputFilter:
-    """Normalized inputs of every evaluation instance; `matches(text)` says a training input collides."""
+    """Normalized inputs of every evaluation instance; `matches_all` says which training inputs collide."""
 
     inputs: Set[str] = field(default_factory=set)
 
-    def add(self, text: str) -> None:
-        norm = normalize_text(text)
-        if norm:
-            self.inputs.add(norm)
+    def add_all(self, texts: Sequence[str]) -> None:
+        self.inputs.update(n for n in normalize_many(texts) if n)
 
-    def matches(self, text: str) -> bool:
-        norm = normalize_text(text)
-        return bool(norm) and norm in self.inputs
+    def matches_all(self, texts: Sequence[str]) -> List[bool]:
+        return [bool(n) and n in self.inputs for n in normalize_many(texts)]
