@@ -5,6 +5,7 @@ Kept in a test module (no tests inside) so every tests/test_eval_*.py file can i
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -16,6 +17,7 @@ WORDS = ("yes no maybe red blue green cat dog bird the a is what color animal an
          "translate hello world sentence positive negative true false").split()
 
 
+@lru_cache(maxsize=1)
 def tokenizer():
     from optiml_plugin.data.tokenizer import OptTokenizer
 

@@ -1,0 +1,109 @@
+"""`optiml eval` (evaluate a model on a bench) and `optiml eval convert-metaseq` (checkpoint converter)."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Dict, List, Tuple
+
+from optiml_plugin.errors import ConfigError
+
+
+def _ints(text: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _words(text: str) -> Tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _unescape(text: str) -> str:
+    """Lets shells pass separators and stop strings such as '\\n\\n' (only \\n and \\t)."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    from optiml_plugin.data.benchfiles import LEVELS
+
+    p = sub.add_parser("eval", help="evaluate a model on a bench's held-out levels",
+                       description="Evaluate a transformers causal LM on a bench (docs/evaluation.md).")
+    p.add_argument("--model", help="transformers model directory (OPT or any AutoModelForCausalLM)")
+    p.add_argument("--bench", help="bench directory (optiml bench build)")
+    p.add_argument("--out", default=None, help="run directory (default eval_runs/<model>_<split>)")
+    p.add_argument("--split", choices=("test", "valid"), default="test")
+    p.add_argument("--shots", type=_ints, default=(0, 5), help="comma-separated shot counts (0,5)")
+    p.add_argument("--levels", type=_words, default=LEVELS, help=f"comma-separated subset of {LEVELS}")
+    p.add_argument("--max-per-task", type=int, default=None, help="first N instances of each task")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-batch-tokens", type=int, default=8192, help="padded tokens per scoring batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the demonstration draw")
+    p.add_argument("--separator", default="\\n\\n", help="between demonstrations (escapes allowed)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable; escapes allowed)")
+    p.add_argument("--max-length", type=int, default=None, help="context length (default: model's)")
+    p.add_argument("--scoring", choices=("packed", "separate"), default="packed",
+                   help="candidates in one tree-masked row (packed) or one sequence each")
+    p.add_argument("--task-groups", default=None, help="JSON file: {sub-task: task} merged by mean")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
+    p.add_argument("--on-bad-record", choices=("error", "skip"), default="error")
+    p.add_argument("--no-charts", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_eval)
+
+    esub = p.add_subparsers(dest="eval_command", metavar="ACTION")
+    conv = esub.add_parser("convert-metaseq", help="metaseq checkpoint(s) -> transformers OPT directory")
+    conv.add_argument("checkpoints", nargs="+", help="singleton checkpoint, or every model-parallel part")
+    conv.add_argument("--out", required=True, help="output model directory")
+    conv.add_argument("--num-heads", type=int, default=None, help="when the checkpoint has no cfg")
+    conv.add_argument("--tokenizer-dir", default=None, help="copy OPT BPE files from here into --out")
+    conv.set_defaults(func=_convert)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from optiml_plugin.eval.config import EvalConfig
+    from optiml_plugin.eval.runner import evaluate
+
+    if not args.model or not args.bench:
+        raise ConfigError("optiml eval needs --model DIR and --bench DIR")
+    groups: Dict[str, str] = {}
+    if args.task_groups:
+        try:
+            with open(args.task_groups, encoding="utf-8") as f:
+                groups = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"--task-groups {args.task_groups}: {err}") from None
+        if not isinstance(groups, dict) or not all(isinstance(v, str) for v in groups.values()):
+            raise ConfigError(f"--task-groups {args.task_groups}: expected a JSON object of strings")
+    config = EvalConfig(model=args.model, bench=args.bench, out_dir=args.out, split=args.split,
+                        shots=args.shots, levels=args.levels, max_per_task=args.max_per_task,
+                        batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
+                        seed=args.seed, separator=_unescape(args.separator),
+                        max_new_tokens=args.max_new_tokens,
+                        stop_strings=tuple(_unescape(s) for s in args.stop), task_groups=groups,
+                        scoring=args.scoring, max_length=args.max_length, device=args.device,
+                        dtype=args.dtype, on_bad_record=args.on_bad_record,
+                        progress=not args.no_progress, charts=not args.no_charts)
+    results = evaluate(config)
+    print(_summary(results))
+    return 0
+
+
+def _summary(results: Dict) -> str:
+    agg = results["aggregate"]
+    lines: List[str] = [f"model {results['model_id']}: {results['counts']['instances']} instances"]
+    for r in agg["levels"]:
+        lines.append(f"  {r['level']:<20} {r['shots']}-shot  {r['score']:.2f}")
+    lines.append(f"  model selection      {agg['model_selection']['overall']:.2f}")
+    lines.append(f"wrote {results['out_dir']}")
+    return "\n".join(lines)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from optiml_plugin.eval.backends.metaseq_convert import convert
+
+    out = convert(args.checkpoints, args.out, num_heads=args.num_heads, tokenizer_dir=args.tokenizer_dir)
+    print(f"wrote {out}")
+    return 0
