@@ -206,3 +206,9 @@ def test_existing_output_is_refused_and_failed_build_leaves_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
     build_bench(cfg(), tmp_path / "full", records=records("t", 8), overwrite=True, progress=False)
     assert Bench(tmp_path / "full").manifest["accounting"]["kept"] == 8
+
+
+def test_example_config_validates():
+    config = load_build_config(Path(__file__).resolve().parents[1] / "examples" / "bench_sni.yaml")
+    assert config.split.sni_split_dir and config.decontamination.allowed_shared_sources == ("synthetic",)
+    assert config.cap_for("flan") == 30_000 and config.cap_for("niv2") == 100_000
