@@ -47,8 +47,9 @@ def test_index_mismatch_and_missing_index_are_clear(tmp_path):
     (tmp_path / "x.jsonl.idx").unlink()
     with pytest.raises(OptimlError, match="index missing"):
         IndexedJsonl(path)
+    write_jsonl_with_index(path, [{"a": 1}])
     with pytest.raises(IndexError):
-        write_jsonl_with_index(path, [{"a": 1}]) and IndexedJsonl(path)[1]
+        IndexedJsonl(path)[1]
 
 
 def test_bench_reader_errors(tmp_path):
