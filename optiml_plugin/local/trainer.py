@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -74,8 +75,7 @@ class Trainer:
         run = config.run
         self.out = Path(run.out_dir)
         self.ckpt_root = self.out / "checkpoints"
-        world_local = int(__import__("os").environ.get("LOCAL_RANK", "0"))
-        self.device = pick_device(run.device, world_local)
+        self.device = pick_device(run.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist: Dist = init_distributed(run.distributed, self.device)
         self.dtype = autocast_dtype(run.precision, self.device)
         torch.manual_seed(run.seed)
@@ -112,7 +112,7 @@ class Trainer:
                                             {"params": no_decay, "weight_decay": 0.0}],
                                            lr=o.lr, betas=tuple(o.betas), eps=o.adam_eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(o.warmup_steps, o.max_steps))
-        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        self.scaler = _grad_scaler() if self.dtype == torch.float16 else None
         self.step = 0
         self.log_path = self.out / "log.jsonl"
         self._writer = None
@@ -189,9 +189,12 @@ class Trainer:
     def _micro_batches(self, it: Iterator[Dict[str, Any]]) -> List[Dict[str, Any]]:
         return [next(it) for _ in range(self.cfg.optim.grad_accum)]
 
-    def train(self) -> Path:
-        """Run to max_steps (from the resumed step), validating/saving on schedule; returns the final dir."""
+    def train(self, until: Optional[int] = None) -> Optional[Path]:
+        """Run to max_steps (from the resumed step), validating/saving on schedule; returns the final dir.
+
+        `until` stops after that step with a checkpoint and no final model (time-limited jobs, tests)."""
         run, o = self.cfg.run, self.cfg.optim
+        stop = o.max_steps if until is None else min(until, o.max_steps)
         bar = None
         if run.progress and self.dist.is_main:
             from tqdm import tqdm
@@ -199,7 +202,7 @@ class Trainer:
             bar = tqdm(total=o.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         it = iter(self.batches)
         t0, window_tokens, window_targets, window_slots = time.perf_counter(), 0, 0, 0
-        while self.step < o.max_steps:
+        while self.step < stop:
             micro = self._micro_batches(it)
             stats = self.train_step(micro)
             window_tokens += sum(int((b["segment_ids"] > 0).sum()) for b in micro)
@@ -222,13 +225,13 @@ class Trainer:
                 for split, value in self.validate().items():
                     self._log({"step": self.step, "split": split, "valid_loss": value,
                                "valid_ppl": math.exp(min(value, 50.0))})
-            if (run.save_every and self.step % run.save_every == 0) or last:
+            if (run.save_every and self.step % run.save_every == 0) or last or self.step == stop:
                 self.save_checkpoint()
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
-        return self.save_final()
+        return self.save_final() if self.step >= o.max_steps else None
 
     # ---- logs ----
 
@@ -325,6 +328,13 @@ class Trainer:
             self.tokenizer.save(final)
         self.dist.barrier()
         return final
+
+
+def _grad_scaler() -> Any:
+    amp = getattr(torch, "amp", None)
+    if amp is not None and hasattr(amp, "GradScaler"):
+        return amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()  # torch < 2.3
 
 
 def _examples_with_targets(batch: Dict[str, torch.Tensor]) -> int:

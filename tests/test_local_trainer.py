@@ -1,0 +1,149 @@
+"""The local trainer on a micro OPT: learning, exact resume, checkpoints, gradient accumulation, DDP (gloo, 1)."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench_factory import make_bench
+from optiml_plugin.cli import main as cli_main
+from optiml_plugin.errors import ConfigError
+from optiml_plugin.local import checkpoint as ckpt
+from optiml_plugin.local.config import config_from_dict, load_config
+from optiml_plugin.local.trainer import Trainer, lr_lambda, read_log
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bench") / "bench"
+    return make_bench(root, [
+        dict(benchmark="b1", category="c1", task="t1", n=60),
+        dict(benchmark="b2", category="c2", task="t2", n=40),
+        dict(benchmark="b1", category="c1", task="t1", n=8, split="valid_heldout_instances"),
+        dict(benchmark="b1", category="c3", task="t3", n=8, split="valid_heldout_categories",
+             level="heldout_categories"),
+    ])
+
+
+def _config(bench: Path, out: Path, **sections):
+    values = {"model": {"preset": "micro", "dropout": 0.1},
+              "data": {"bench": str(bench), "tokens_per_sample": 64, "batch_size": 2, "builtin_vocab_size": 300,
+                       "max_valid_examples": 8},
+              "optim": {"lr": 3e-3, "warmup_steps": 2, "max_steps": 6},
+              "run": {"out_dir": str(out), "log_every": 1, "valid_every": 0, "save_every": 3, "progress": False,
+                      "tensorboard": False}}
+    for name, extra in sections.items():
+        values[name].update(extra)
+    return config_from_dict(values)
+
+
+def _train_losses(log):
+    return [r["loss"] for r in log if "split" not in r]
+
+
+def test_a_few_steps_lower_the_loss(bench, tmp_path):
+    trainer = Trainer(_config(bench, tmp_path / "run", optim={"lr": 1e-2, "max_steps": 12}))
+    before = trainer.validate()
+    final = trainer.train()
+    after = trainer.validate()
+    assert set(before) == {"valid_heldout_instances", "valid_heldout_categories"}
+    for split in before:
+        assert after[split] < before[split] - 0.3, split
+    losses = _train_losses(read_log(trainer.log_path))
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+    assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
+    from transformers import OPTForCausalLM
+    reloaded = OPTForCausalLM.from_pretrained(str(final))
+    assert torch.equal(reloaded.lm_head.weight, trainer.model.lm_head.weight.detach())
+
+
+def test_resume_continues_exactly(bench, tmp_path):
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    config_file = tmp_path / "train.yaml"
+    import yaml
+    config_file.write_text(yaml.safe_dump(_config(bench, full_dir).to_dict()))
+    assert cli_main(["train", str(config_file)]) == 0          # uninterrupted, through the CLI
+    first = Trainer(_config(bench, cut_dir))
+    assert first.train(until=3) is None                        # "killed" right after the step-3 checkpoint
+    del first
+    resumed = Trainer(_config(bench, cut_dir), resume=True)
+    assert resumed.step == 3
+    resumed.train()
+    full, cut = read_log(full_dir / "log.jsonl"), read_log(cut_dir / "log.jsonl")
+    assert [r["step"] for r in cut] == [r["step"] for r in full]
+    assert _train_losses(cut) == _train_losses(full)           # same batches, same dropout, same curve
+    from transformers import OPTForCausalLM
+    a = OPTForCausalLM.from_pretrained(str(full_dir / "final")).state_dict()
+    b = OPTForCausalLM.from_pretrained(str(cut_dir / "final")).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_round_trip_and_keep_last(bench, tmp_path):
+    cfg = _config(bench, tmp_path / "run", run={"save_every": 1, "keep_last": 2, "log_every": 1,
+                                                "progress": False, "tensorboard": False, "valid_every": 0})
+    trainer = Trainer(cfg)
+    trainer.train(until=4)
+    kept = ckpt.list_checkpoints(trainer.ckpt_root)
+    assert [p.name for p in kept] == ["step_00000003", "step_00000004"]
+    assert not [p for p in trainer.ckpt_root.iterdir() if p.name.startswith(".tmp")]
+    other = Trainer(cfg, resume=True)
+    assert other.step == 4
+    for (name, p), q in zip(trainer.model.named_parameters(), other.model.parameters()):
+        assert torch.equal(p, q), name
+    assert other.scheduler.state_dict() == trainer.scheduler.state_dict()
+    s1, s2 = trainer.optimizer.state_dict()["state"], other.optimizer.state_dict()["state"]
+    assert all(torch.equal(s1[k]["exp_avg"], s2[k]["exp_avg"]) for k in s1)
+    assert other.batches.state_dict() == trainer.batches.state_dict()
+
+
+def test_gradient_accumulation_is_exactly_token_normalized(bench, tmp_path):
+    """Two micro-batches of one update give the same step as one batch holding both."""
+    cfg = _config(bench, tmp_path / "a", model={"preset": "micro", "dropout": 0.0})
+    a = Trainer(cfg)
+    b = Trainer(_config(bench, tmp_path / "b", model={"preset": "micro", "dropout": 0.0}))
+    it = iter(a.batches)
+    m1, m2 = next(it), next(it)
+    assert int(m1["loss_mask"].sum()) != int(m2["loss_mask"].sum())  # uneven, so averaging would differ
+    joined = {k: torch.cat([m1[k], m2[k]]) for k in ("input_ids", "target_ids", "loss_mask", "segment_ids",
+                                                    "position_ids")}
+    sa, sb = a.train_step([m1, m2]), b.train_step([joined])
+    assert abs(sa["loss"] - sb["loss"]) < 1e-5
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+def test_ddp_world_of_one_matches_single_process(bench, tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    plain = Trainer(_config(bench, tmp_path / "plain", run={"save_every": 0, "progress": False,
+                                                            "tensorboard": False, "log_every": 1}))
+    plain.train(until=2)
+    monkeypatch.setenv("MASTER_PORT", "29533")
+    ddp = Trainer(_config(bench, tmp_path / "ddp", run={"distributed": "ddp", "save_every": 0, "progress": False,
+                                                        "tensorboard": False, "log_every": 1}))
+    try:
+        assert ddp.dist.mode == "ddp" and ddp.dist.world_size == 1
+        ddp.train(until=2)
+        assert _train_losses(read_log(ddp.log_path)) == pytest.approx(_train_losses(read_log(plain.log_path)),
+                                                                       abs=1e-6)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_config_errors_name_the_key(bench, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  lerning_rate: 1\n")
+    with pytest.raises(ConfigError, match="lerning_rate"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="data.bench"):
+        config_from_dict({})
+    with pytest.raises(ConfigError, match="attention"):
+        Trainer(_config(bench, tmp_path / "x", run={"attention": "flash"}))
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    f = lr_lambda(warmup=4, total=10)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == 1.0 and f(9) == pytest.approx(1 / 6) and f(10) == 0.0
