@@ -23,6 +23,9 @@ from optiml_plugin.data.build import build_bench, load_build_config  # noqa: E40
 from optiml_plugin.data.records import Record  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(5000)]
+CATEGORIES = ["Question Answering", "Summarization", "Sentiment Analysis", "Text Categorization",
+              "Question Generation", "Program Execution", "Named Entity Recognition", "Text Matching",
+              "Word Semantics", "Textual Entailment"]  # SNI names, so the taxonomy knows them
 
 
 def synthetic(n: int, tasks: int, seed: int):
@@ -32,7 +35,7 @@ def synthetic(n: int, tasks: int, seed: int):
         name = f"task{t:04d}"
         for i in range(per):
             text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 60)))
-            yield Record(benchmark=f"bench{t % 4}", task=name, category=f"cat{t % 20}", sources=(name,),
+            yield Record(benchmark=f"bench{t % 4}", task=name, category=CATEGORIES[t % len(CATEGORIES)], sources=(name,),
                          instruction=f"Instruction of {name}: answer the question about the text.",
                          input=text, outputs=(rng.choice(WORDS),), id=f"{name}-{i}")
 
@@ -45,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     heldout = [f"task{t:04d}" for t in range(0, args.tasks, 10)]
     raw = {"sources": [{"type": "builtin"}], "seed": 0,
-           "split": {"heldout_tasks": heldout, "heldout_categories": ["cat19"],
+           "split": {"heldout_tasks": heldout, "heldout_categories": ["Textual Entailment"],
                      "heldout_valid": 10, "heldout_test": 10, "eval_valid": 50, "eval_test": 50}}
     with tempfile.TemporaryDirectory() as tmp:
         records = None
