@@ -1,0 +1,70 @@
+"""`optiml eval` end to end on a saved tiny model: the run directory and readable bad-input errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import test_eval_support as S
+from optiml_plugin.cli import main
+from optiml_plugin.data.benchfiles import write_jsonl_with_index
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    tok = S.tokenizer()
+    S.tiny_opt(tok.vocab_size, seed=6).save_pretrained(str(d))
+    tok.save(d)
+    return d
+
+
+def _run(model_dir, bench, out, *extra):
+    return main(["eval", "--model", str(model_dir), "--bench", str(bench), "--out", str(out),
+                 "--shots", "0,1", "--max-per-task", "2", "--max-new-tokens", "4", "--no-progress",
+                 *extra])
+
+
+def test_cli_writes_the_run_directory(tmp_path, model_dir, capsys):
+    bench = S.write_bench(tmp_path / "bench", n=3)
+    assert _run(model_dir, bench, tmp_path / "run", "--stop", "\\n") == 0
+    assert "model selection" in capsys.readouterr().out
+    run = tmp_path / "run"
+    res = json.loads((run / "results.json").read_text())
+    assert res["model_id"] == model_dir.name and res["config"]["shots"] == [0, 1]
+    assert res["config"]["stop_strings"] == ["\n"] and res["counts"]["instances"] == 8
+    assert {r["level"] for r in res["aggregate"]["levels"]} == {
+        "heldout_instances", "heldout_tasks", "heldout_categories"}
+    preds = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 16 and {p["shots"] for p in preds} == {0, 1}
+    one_shot = [p for p in preds if p["shots"] == 1]
+    assert all(len(p["demo_ids"]) == 1 and p["id"] not in p["demo_ids"] for p in one_shot)
+    sst = [p for p in one_shot if p["task"] == "sst2"]
+    assert all("-train-" in p["demo_ids"][0] for p in sst)  # demonstrations from the training pool
+    assert all("\n" not in p["prediction"] for p in preds if p["kind"] == "generate")
+    bleu = [t for t in res["aggregate"]["benchmark_tasks"] if t["category"] == "Translation"]
+    assert bleu and all("bleu" in t["metrics"] for t in bleu)
+    table = (run / "results.md").read_text()
+    assert "| heldout_categories |" in table and "Textual Entailment" in table
+    for level in ("heldout_instances", "heldout_tasks", "heldout_categories"):
+        assert (run / f"chart_{level}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_rows_name_file_line_and_field(tmp_path, model_dir, capsys):
+    bench = S.write_bench(tmp_path / "bench", n=3)
+    path = bench / "test_heldout_categories/00/flan__textual_entailment__rte.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[1]["references"] = ["not an option"]
+    write_jsonl_with_index(path, rows)
+    assert _run(model_dir, bench, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "rte.jsonl:2" in err and "'references'" in err and "no_gold_candidate" in err
+    assert _run(model_dir, bench, tmp_path / "run", "--on-bad-record", "skip") == 0
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["counts"]["bad_records"]["skipped"] == {"no_gold_candidate": 1}
+    assert res["counts"]["instances"] == 7
+
+
+def test_cli_refuses_missing_arguments(capsys):
+    assert main(["eval", "--bench", "x"]) == 2
+    assert "--model" in capsys.readouterr().err
