@@ -15,18 +15,19 @@ import torch
 
 from optiml_plugin.errors import OptimlError
 
+# FlexAttention's default tile (queries and keys)
+FLEX_BLOCK = 128
+
 
 def document_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     """Bool [B, 1, L, L], True where query i may attend key j: same segment and j <= i.
 
-    Padding (segment 0) attends only to itself, so no softmax row is empty (no NaNs downstream).
+    Padding (segment 0) attends causally to padding only: every softmax row keeps its diagonal,
+    so nothing turns into NaN downstream, and no real token ever sees padding.
     """
-    seg = segment_ids
-    length = seg.shape[-1]
-    causal = torch.ones(length, length, dtype=torch.bool, device=seg.device).tril_()
-    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] > 0)
-    eye = torch.eye(length, dtype=torch.bool, device=seg.device)
-    return ((same & causal) | eye).unsqueeze(1)
+    length = segment_ids.shape[-1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril_()
+    return ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal).unsqueeze(1)
 
 
 def _segment_starts(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -66,25 +67,53 @@ def flex_attention_available() -> bool:
     return True
 
 
-def flex_block_mask(segment_ids: torch.Tensor, device: Optional[str] = None) -> Any:
-    """A FlexAttention `BlockMask` for document-causal attention (padding attends to itself).
+def flex_block_mask(segment_ids: torch.Tensor, device: Optional[str] = None,
+                    block_size: int = FLEX_BLOCK) -> Any:
+    """A FlexAttention `BlockMask` with the same rule as `document_causal_mask`.
 
-    Only O(B x L) metadata plus the block-sparse index is built; fully masked tiles are skipped.
+    For packer output (segment ids non-decreasing along a row, padding last) and L a multiple of
+    `block_size`, the tile index is computed directly from per-tile min/max segment ids in
+    O(B x (L / block_size)^2): no L x L evaluation at all (`create_block_mask` evaluates the
+    mask_mod on every pair, seconds on CPU). Otherwise it falls back to `create_block_mask`.
     Raises `OptimlError` when the installed torch has no `torch.nn.attention.flex_attention`.
     """
     if not flex_attention_available():
         raise OptimlError(f"FlexAttention needs torch >= 2.5 (torch.nn.attention.flex_attention); "
                           f"installed torch is {torch.__version__}: use the dense mask instead")
-    from torch.nn.attention.flex_attention import create_block_mask
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
     seg = segment_ids.to(device) if device is not None else segment_ids
     batch, length = seg.shape
+    # padding last: map it above every segment so a row's ids are non-decreasing
+    ordered = torch.where(seg > 0, seg, torch.full_like(seg, length + 1))
 
     def mask_mod(b: Any, h: Any, q: Any, kv: Any) -> Any:
-        same = (seg[b, q] == seg[b, kv]) & (seg[b, q] > 0) & (kv <= q)
-        return same | (q == kv)
+        return (ordered[b, q] == ordered[b, kv]) & (kv <= q)
 
-    return create_block_mask(mask_mod, batch, None, length, length, device=str(seg.device))
+    monotone = bool((ordered[:, 1:] >= ordered[:, :-1]).all())
+    if length % block_size or not monotone:
+        return create_block_mask(mask_mod, batch, None, length, length, device=str(seg.device),
+                                 BLOCK_SIZE=block_size)
+    n = length // block_size
+    tiles = ordered.view(batch, n, block_size)
+    lo, hi = tiles.amin(-1), tiles.amax(-1)
+    below = torch.ones(n, n, dtype=torch.bool, device=seg.device).tril_(-1)
+    diagonal = torch.eye(n, dtype=torch.bool, device=seg.device)
+    # kv tile k < q tile q: ids are sorted, so hi[k] <= lo[q]; they share a segment iff equal,
+    # and every pair is allowed iff both tiles hold that one segment only
+    touches = (hi[:, None, :] == lo[:, :, None]) & below
+    full = touches & (lo[:, None, :] == hi[:, :, None])
+    partial = (touches & ~full) | diagonal
+
+    def index(tiles_on: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        counts = tiles_on.sum(-1, dtype=torch.int32)
+        order = torch.sort((~tiles_on).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
+        return counts[:, None], order[:, None]
+
+    kv_num, kv_idx = index(partial)
+    full_num, full_idx = index(full)
+    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block_size,
+                                    mask_mod=mask_mod, seq_lengths=(length, length))
 
 
 def metaseq_doc_ids(tokens: torch.Tensor, sep: int = 2) -> torch.Tensor:

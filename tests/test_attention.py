@@ -37,7 +37,7 @@ def test_mask_positions_lengths(rows):
     for b in range(B):
         for i in range(L):
             for j in range(L):
-                want = (j <= i and seg[b, i] == seg[b, j] and seg[b, i] > 0) or i == j
+                want = j <= i and seg[b, i] == seg[b, j]
                 assert bool(mask[b, 0, i, j]) == want
             if seg[b, i] > 0:
                 first = next(k for k in range(L) if seg[b, k] == seg[b, i])
@@ -86,14 +86,30 @@ def test_metaseq_positions_documented_example():
 
 
 @pytest.mark.skipif(not flex_attention_available(), reason="torch has no flex_attention")
-def test_flex_block_mask_matches_dense():
-    seg = to_segments([[3, 5, 2], [8, 8, 8, 8, 8, 8, 8, 8], []], length=128)
+@pytest.mark.parametrize("rows,length", [
+    ([[3, 5, 2], [128, 128, 8], [300], [], [256, 1, 60]], 512),   # tile index built directly
+    ([[3, 5, 2], [100]], 200),                                     # not a tile multiple: fallback
+])
+def test_flex_block_mask_matches_dense(rows, length):
+    seg = to_segments(rows, length=length)
     block_mask = flex_block_mask(seg)
-    dense = block_mask.to_dense()  # [B, H, q_blocks, kv_blocks]: tile-level sparsity
-    assert dense.shape[0] == 3
-    # evaluate the mask_mod elementwise against the dense mask
-    b = torch.arange(3)[:, None, None]
-    q = torch.arange(128)[None, :, None]
-    kv = torch.arange(128)[None, None, :]
-    got = block_mask.mask_mod(b, torch.zeros(1, dtype=torch.long), q, kv)
-    assert torch.equal(got, document_causal_mask(seg)[:, 0])
+    dense = document_causal_mask(seg)[:, 0]
+    B = seg.shape[0]
+    b = torch.arange(B)[:, None, None]
+    q = torch.arange(length)[None, :, None]
+    kv = torch.arange(length)[None, None, :]
+    assert torch.equal(block_mask.mask_mod(b, torch.zeros(1, dtype=torch.long), q, kv), dense)
+    # tile level: a tile is visited iff it holds an allowed pair; "full" tiles hold only allowed pairs
+    n = -(-length // 128)
+    padded = torch.zeros(B, n * 128, n * 128, dtype=torch.bool)
+    padded[:, :length, :length] = dense
+    tiles = padded.view(B, n, 128, n, 128)
+    any_tile, all_tile = tiles.any(4).any(2), tiles.all(4).all(2)
+    assert torch.equal(block_mask.to_dense()[:, 0].bool(), any_tile)
+    if length % 128 == 0:
+        full = torch.zeros(B, n, n, dtype=torch.bool)
+        for r in range(B):
+            for qb in range(n):
+                cnt = int(block_mask.full_kv_num_blocks[r, 0, qb])
+                full[r, qb, block_mask.full_kv_indices[r, 0, qb, :cnt].long()] = True
+        assert torch.equal(full, all_tile & ~torch.eye(n, dtype=torch.bool))
