@@ -6,6 +6,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from optiml_plugin.data.benchfiles import LEVELS
 from optiml_plugin.errors import ConfigError
+from optiml_plugin.eval.backend import Backend
 from optiml_plugin.eval.prompts import TASK_LEVEL_BENCHMARKS
 
 SPLIT_KINDS = ("valid", "test")
@@ -71,9 +72,9 @@ class EvalConfig:
     def to_dict(self) -> Dict[str, Any]:
         """JSON-safe view (a loaded backend is recorded by its model id)."""
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        if not isinstance(self.model, str):
-            out["model"] = getattr(self.model, "model_id", type(self.model).__name__)
+        out["model"] = (self.model.model_id if isinstance(self.model, Backend) else str(self.model))
         out["bench"] = str(self.bench)
+        out["out_dir"] = None if self.out_dir is None else str(self.out_dir)
         out["shots"] = list(self.shots)
         out["levels"] = list(self.levels)
         out["stop_strings"] = list(self.stop_strings)
