@@ -16,7 +16,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from optiml_plugin.data.benchfiles import Bench
-from optiml_plugin.data.packing import Block, PackingConfig, make_item, pack
+from optiml_plugin.data.packing import Block, PackingConfig, build_block, make_item, pack
+from optiml_plugin.data.pipeline import collate_blocks
 from optiml_plugin.data.tokenizer import EOS_ID, PAD_ID, OptTokenizer
 from optiml_plugin.errors import OptimlError
 
@@ -95,38 +96,26 @@ def validation_blocks(bench: Bench, splits: Sequence[str], tokenizer: OptTokeniz
             pairs = tokenizer.encode_pairs([(r["src"], r["tgt"]) for r in rows])
             for src_ids, tgt_ids in pairs:
                 items.append(make_item(src_ids, tgt_ids, packing, index=index, task_id=task_id,
-                                       benchmark_id=bench_id.get(tf.benchmark, -1)))
+                                       benchmark_id=bench_id.get(tf.benchmark, -1),
+                                       eos_id=tokenizer.eos_id))
                 index += 1
-    return pack(items, packing, pad_id=PAD_ID)
-
-
-def blocks_to_batch(blocks: Sequence[Block], rows: int, block_size: int) -> Dict[str, torch.Tensor]:
-    """Blocks as a core-format batch of exactly `rows` rows (all-pad rows after the blocks)."""
-    tokens = torch.full((rows, block_size), PAD_ID, dtype=torch.long)
-    is_target = torch.zeros((rows, block_size), dtype=torch.bool)
-    segments = torch.zeros((rows, block_size), dtype=torch.long)
-    bench = torch.full((rows, block_size), -1, dtype=torch.long)
-    for r, block in enumerate(blocks):
-        tokens[r] = torch.from_numpy(block.tokens)
-        is_target[r] = torch.from_numpy(block.is_target)
-        segments[r] = torch.from_numpy(block.segment_ids)
-        seg_bench = torch.tensor([-1] + list(block.benchmark_ids), dtype=torch.long)
-        bench[r] = seg_bench[segments[r]]
-    return {"input_ids": tokens[:, :-1], "target_ids": tokens[:, 1:], "loss_mask": is_target[:, 1:],
-            "segment_ids": segments[:, :-1], "benchmark_ids": bench[:, :-1]}
+    return pack(items, packing, pad_id=tokenizer.pad_id)
 
 
 def shard_validation(blocks: Sequence[Block], batch_size: int, rank: int, world_size: int,
-                     block_size: int, check_sep: Optional[int] = EOS_ID) -> List[Dict[str, Any]]:
+                     block_size: int, check_sep: Optional[int] = EOS_ID,
+                     pad: int = PAD_ID) -> List[Dict[str, Any]]:
     """This rank's validation samples: global batch k holds blocks [k*B*W, (k+1)*B*W), rank r takes
-    its B rows; every rank gets the same number of samples of shape [B, L]."""
+    its B rows; every rank gets the same number of samples of shape [B, L] (empty blocks, all
+    pad and no loss, fill the last rows)."""
     per_step = batch_size * world_size
     steps = -(-len(blocks) // per_step)
+    empty = build_block([], block_size, pad)
     out = []
     for k in range(steps):
         lo = k * per_step + rank * batch_size
         mine = list(blocks[lo:lo + batch_size])
+        mine += [empty] * (batch_size - len(mine))
         ids = torch.arange(lo, lo + batch_size, dtype=torch.long)
-        out.append(to_metaseq_sample(blocks_to_batch(mine, batch_size, block_size), ids,
-                                     check_sep=check_sep))
+        out.append(to_metaseq_sample(collate_blocks(mine, pad_id=pad), ids, pad=pad, check_sep=check_sep))
     return out

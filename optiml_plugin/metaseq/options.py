@@ -39,7 +39,7 @@ class AdapterSettings:
     document_masking: bool
     valid_splits: List[str]
     max_valid_examples_per_task: Optional[int]
-    shuffle_buffer: int
+    shuffle_buffer: Optional[int]   # blocks; None = the pipeline's default (10 x batch size)
 
 
 def _get(cfg: Any, name: str, default: Any = None) -> Any:
@@ -98,14 +98,13 @@ def settings_from_cfg(cfg: Any) -> AdapterSettings:
     if normalization not in NORMALIZE:
         raise ConfigError(f"--loss-normalization must be one of {NORMALIZE}, got {normalization!r}")
     max_valid = int(_get(cfg, "max_valid_examples_per_task", 250))
-    shuffle = int(_get(cfg, "shuffle_buffer", 0))
-    if shuffle < 0:
-        raise ConfigError(f"--shuffle-buffer must be >= 0, got {shuffle}")
+    shuffle = int(_get(cfg, "shuffle_buffer", -1))
     return AdapterSettings(
         data=Path(str(data)), mixture=mixture, packing=packing, loss_normalization=normalization,
         document_masking=not bool(_get(cfg, "no_document_masking", False)),
         valid_splits=parse_split_list(_get(cfg, "valid_splits", DEFAULT_VALID_SPLITS)),
-        max_valid_examples_per_task=max_valid if max_valid > 0 else None, shuffle_buffer=shuffle)
+        max_valid_examples_per_task=max_valid if max_valid > 0 else None,
+        shuffle_buffer=shuffle if shuffle >= 0 else None)
 
 
 def resolve_valid_subset(name: str, settings: AdapterSettings, available: Sequence[str]) -> List[str]:

@@ -23,10 +23,11 @@ from metaseq.tasks import LegacyTask, register_task
 from optiml_plugin.data.packing import STRATEGIES, TRUNCATIONS
 from optiml_plugin.data.tokenizer import EOS_ID
 from optiml_plugin.loss import NORMALIZE
-from optiml_plugin.metaseq.iterator import PipelineEpochIterator, endless
+from optiml_plugin.metaseq.iterator import PipelineEpochIterator
 from optiml_plugin.metaseq.options import (DEFAULT_VALID_SPLITS, check_model_cfg, check_update_freq,
                                            settings_from_cfg)
-from optiml_plugin.metaseq.wiring import build_train_data, build_valid_samples, load_tokenizer, open_bench
+from optiml_plugin.metaseq.wiring import (TrainData, benchmark_names, build_train_data, build_valid_samples,
+                                          load_tokenizer, open_bench, train_iterator, valid_iterator)
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class InstructionMetaLearningConfig(MetaseqDataclass):
     packing_strategy: ChoiceEnum(list(STRATEGIES)) = field(  # type: ignore[valid-type]
         default="best_fit", metadata={"help": "best_fit (bounded window) or sequential (next-fit, as OPT-IML)"})
     packing_window: int = field(default=64, metadata={"help": "open blocks for best_fit"})
+    shuffle_buffer: int = field(
+        default=-1, metadata={"help": "packed rows held for shuffling (0: none; < 0: 10 x --batch-size)"})
     truncation: ChoiceEnum(list(TRUNCATIONS)) = field(  # type: ignore[valid-type]
         default="left", metadata={"help": "too-long examples: cut the source from the left (paper)"})
     loss_normalization: ChoiceEnum(list(NORMALIZE)) = field(  # type: ignore[valid-type]
@@ -89,10 +92,9 @@ class InstructionMetaLearningTask(LegacyTask):
         self.dictionary = build_dictionary(self.tokenizer.vocab_size)
         self.eod = EOS_ID
         self.bench = open_bench(self.settings)
-        self._train = None
-        # benchmark names (logging keys), fixed from the start so every worker logs the same keys
-        from optiml_plugin.data.mixture import Mixture
-        self.benchmarks: List[str] = list(Mixture.from_bench(self.bench, self.settings.mixture).benchmarks)
+        self._train: Optional[TrainData] = None
+        # logging keys, fixed from the start so every worker logs the same keys
+        self.benchmarks: List[str] = benchmark_names(self.settings, self.bench)
 
     @classmethod
     def setup_task(cls, args: Any, **kwargs: Any) -> "InstructionMetaLearningTask":
@@ -145,13 +147,11 @@ class InstructionMetaLearningTask(LegacyTask):
             logger.warning("--num-workers %d ignored: batches are produced in order in the training "
                            "process so the pipeline state in checkpoints is exact", num_workers)
         if isinstance(dataset, list):  # validation: prepared, in order, same count on every rank
-            return PipelineEpochIterator.over(dataset, dataset=dataset)
-        train = dataset
-        pad = self.dictionary.pad()
-        return PipelineEpochIterator(
-            endless(lambda: train.samples(pad, self._check_sep)), length=0,
-            get_state=train.batches.state_dict, set_state=train.batches.load_state_dict,
-            gather=self._gather, rank=shard_id, world_size=num_shards, epoch=epoch, dataset=train)
+            return valid_iterator(dataset)
+        if (num_shards, shard_id) != (dataset.stream.world_size, dataset.rank):
+            raise ValueError(f"batch iterator shard {shard_id}/{num_shards} differs from the data-parallel "
+                             f"rank {dataset.rank}/{dataset.stream.world_size} the stream was built for")
+        return train_iterator(dataset, self.dictionary.pad(), self._check_sep, epoch=epoch, gather=self._gather)
 
     def max_positions(self) -> int:
         return int(self.args.tokens_per_sample)

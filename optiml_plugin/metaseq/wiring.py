@@ -6,7 +6,7 @@ together here without metaseq so the same wiring is tested everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
@@ -17,6 +17,7 @@ from optiml_plugin.data.stream import ExampleStream
 from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.metaseq.batches import shard_validation, to_metaseq_sample, validation_blocks
+from optiml_plugin.metaseq.iterator import PipelineEpochIterator, endless
 from optiml_plugin.metaseq.options import AdapterSettings, resolve_valid_subset
 
 
@@ -48,12 +49,12 @@ class TrainData:
     batch_size: int
 
     def samples(self, pad: int, check_sep: Optional[int]) -> Iterator[Dict[str, Any]]:
-        """metaseq samples, endlessly; `id` numbers this rank's rows."""
-        step = 0
+        """metaseq samples, endlessly; `id` numbers this rank's rows (continued across a resume:
+        the pipeline's block count is part of its state)."""
         for batch in self.batches:
             rows = int(batch["input_ids"].shape[0])
-            ids = torch.arange(step * rows, (step + 1) * rows, dtype=torch.long)
-            step += 1
+            end = int(self.batches.stats.blocks)
+            ids = torch.arange(end - rows, end, dtype=torch.long)
             yield to_metaseq_sample(batch, ids, pad=pad, check_sep=check_sep)
 
 
@@ -63,8 +64,29 @@ def build_train_data(settings: AdapterSettings, bench: Bench, tokenizer: OptToke
         raise ConfigError("--batch-size is required (rows of tokens_per_sample tokens per rank and step)")
     mixture = Mixture.from_bench(bench, settings.mixture, split="train")
     stream = ExampleStream(bench, mixture, seed=seed, rank=rank, world_size=world_size)
-    batches = PackedBatches(stream, tokenizer, settings.packing, batch_size, seed)
+    batches = PackedBatches(stream, tokenizer, settings.packing, batch_size, seed,
+                            shuffle_buffer=settings.shuffle_buffer)
     return TrainData(mixture, stream, batches, rank, batch_size)
+
+
+def benchmark_names(settings: AdapterSettings, bench: Bench) -> List[str]:
+    """The training mixture's benchmarks: the per-benchmark logging keys, the same on every worker."""
+    return list(Mixture.from_bench(bench, settings.mixture, split="train").benchmarks)
+
+
+def train_iterator(train: TrainData, pad: int, check_sep: Optional[int], epoch: int = 1,
+                   gather: Optional[Callable[[Dict[str, Any]], Optional[List[Dict[str, Any]]]]] = None
+                   ) -> PipelineEpochIterator:
+    """metaseq's epoch iterator over the endless training pipeline; its state is the pipeline's."""
+    return PipelineEpochIterator(
+        endless(lambda: train.samples(pad, check_sep)), length=0, get_state=train.batches.state_dict,
+        set_state=train.batches.load_state_dict, gather=gather, rank=train.rank,
+        world_size=train.stream.world_size, epoch=epoch, dataset=train)
+
+
+def valid_iterator(samples: List[Dict[str, Any]]) -> PipelineEpochIterator:
+    """A validation subset: the same prepared samples, in order, on every pass."""
+    return PipelineEpochIterator.over(samples, dataset=samples)
 
 
 def build_valid_samples(settings: AdapterSettings, bench: Bench, tokenizer: OptTokenizer, subset: str,
@@ -75,4 +97,4 @@ def build_valid_samples(settings: AdapterSettings, bench: Bench, tokenizer: OptT
     blocks = validation_blocks(bench, splits, tokenizer, settings.packing,
                                settings.max_valid_examples_per_task, benchmarks)
     return shard_validation(blocks, batch_size, rank, world_size, settings.packing.block_size,
-                            check_sep=check_sep)
+                            check_sep=check_sep, pad=tokenizer.pad_id)
