@@ -33,7 +33,7 @@ def _config(bench: Path, out: Path, **sections):
                        "max_valid_examples": 8},
               "optim": {"lr": 3e-3, "warmup_steps": 2, "max_steps": 6},
               "run": {"out_dir": str(out), "log_every": 1, "valid_every": 0, "save_every": 3, "progress": False,
-                      "tensorboard": False}}
+                      "tensorboard": False, "threads": 1}}
     for name, extra in sections.items():
         values[name].update(extra)
     return config_from_dict(values)

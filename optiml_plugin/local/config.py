@@ -62,6 +62,7 @@ class RunConfig:
     precision: str = "auto"                # auto (bf16 on CUDA when supported, else fp32) | fp32 | bf16 | fp16
     attention: str = "auto"                # auto | per_example | dense | flex | causal (no document mask)
     distributed: str = "auto"              # auto (ddp when WORLD_SIZE > 1) | none | ddp | fsdp
+    threads: int = 0                       # CPU threads for torch; 0 keeps torch's default
     log_every: int = 10
     valid_every: int = 100                 # 0: only at the end
     save_every: int = 100                  # 0: only at the end
@@ -90,6 +91,7 @@ class TrainConfig:
             (self.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
             (len(self.optim.betas) == 2, "optim.betas must be two numbers"),
             (self.optim.lr > 0, "optim.lr must be > 0"),
+            (self.run.threads >= 0, "run.threads must be >= 0"),
             (self.run.keep_last >= 1, "run.keep_last must be >= 1"),
             (self.run.precision in ("auto", "fp32", "bf16", "fp16"), "run.precision: auto|fp32|bf16|fp16"),
             (self.run.distributed in ("auto", "none", "ddp", "fsdp"), "run.distributed: auto|none|ddp|fsdp"),

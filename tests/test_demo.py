@@ -1,0 +1,32 @@
+"""`optiml demo` end to end in a reduced size: bench, training, evaluation, report files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from optiml_plugin.cli import main as cli_main
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli_main(["demo", "--quick", "--steps", "12", "--out", str(out), "--no-progress"]) == 0
+    assert str(out / "report.md") in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 12 and len(report["train"]) >= 2
+    assert report["train"][-1]["loss"] < report["train"][0]["loss"]
+    valid_splits = {r["split"] for r in report["valid"]}
+    assert valid_splits == {"valid_heldout_instances", "valid_heldout_tasks", "valid_heldout_categories"}
+    levels = {r["level"] for r in report["evaluation"]["levels"]}
+    assert levels == {"heldout_instances", "heldout_tasks", "heldout_categories"}
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    assert (out / "train" / "final" / "config.json").is_file()
+    assert (out / "eval" / "results.json").is_file()
+    md = (out / "report.md").read_text()
+    assert "Validation loss per generalization level" in md and "heldout_categories" in md
+
+
+def test_demo_rejects_bad_steps(capsys):
+    assert cli_main(["demo", "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err
