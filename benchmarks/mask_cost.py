@@ -86,7 +86,9 @@ def main() -> None:
     sizes = {"dense bool mask [B,1,L,L]": B * L * L / 2 ** 20,
              "vectorized metaseq doc-sep mask + positions": B * L * L / 2 ** 20,
              "metaseq per-batch loop (float mask + positions)": B * L * L * 4 / 2 ** 20,
-             "segment ids -> positions (O(B x L))": B * L * 8 / 2 ** 20}
+             "segment ids -> positions (O(B x L))": B * L * 8 / 2 ** 20,
+             # kv/full counts and indices, plus the transposed q-side copies: int32 [B, 1, n, n]
+             "FlexAttention block mask": 8 * B * (L // 128) ** 2 * 4 / 2 ** 20}
     for name, fn in rows:
         size = sizes.get(name)
         print(f"{name:<50} {timed(fn, args.repeats):>9.2f} {size if size is not None else float('nan'):>8.1f}")

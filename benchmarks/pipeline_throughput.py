@@ -96,13 +96,25 @@ def main() -> None:
               f"{read} examples read, {tokens} tokens in {wall:.2f} s (cpu {cpu:.2f} s): "
               f"{tokens / wall:,.0f} tokens/s; packing non-pad {pipe.stats.non_pad_fraction:.2%}")
 
+        state = pipe.state_dict()
+        fresh = PackedBatches(ExampleStream(bench, mixture, seed=args.seed), tokenizer, packing,
+                              args.batch_size, args.seed, encode_chunk=args.encode_chunk)
+        start = time.perf_counter()
+        fresh.load_state_dict(state)
+        next(fresh)
+        print(f"resume after {args.batches} batches: re-read {pipe.held_examples} held examples "
+              f"(packer window + shuffle buffer + pending), load + first batch "
+              f"{time.perf_counter() - start:.2f} s; bounded by the buffers, not by the index")
+
         pairs = [join_texts(s, t) for s, t in consumed_texts(stream, read)]
         flat = [x for pair in pairs for x in pair]
         step = 2 * args.encode_chunk
-        start = time.perf_counter()
-        raw_tokens = sum(len(ids) for k in range(0, len(flat), step)
-                         for ids in tokenizer.encode_batch(flat[k:k + step]))
-        raw_wall = time.perf_counter() - start
+        raw_wall = float("inf")
+        for _ in range(2):  # best of two: a conservative (high) baseline on a noisy machine
+            start = time.perf_counter()
+            raw_tokens = sum(len(ids) for k in range(0, len(flat), step)
+                             for ids in tokenizer.encode_batch(flat[k:k + step]))
+            raw_wall = min(raw_wall, time.perf_counter() - start)
         # the pipeline's count also has one </s> per example (and BOS for empty sources)
         raw_rate = (raw_tokens + read) / raw_wall
         print(f"raw tokenizers encode_batch on the same text: {raw_tokens} tokens in {raw_wall:.2f} s: "
