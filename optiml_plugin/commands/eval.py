@@ -92,9 +92,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _summary(results: Dict) -> str:
+    from optiml_plugin.data.benchfiles import LEVELS
+
     agg = results["aggregate"]
     lines: List[str] = [f"model {results['model_id']}: {results['counts']['instances']} instances"]
-    for r in agg["levels"]:
+    order = {lv: i for i, lv in enumerate(LEVELS)}
+    for r in sorted(agg["levels"], key=lambda r: (order.get(r["level"], len(order)), r["shots"])):
         lines.append(f"  {r['level']:<20} {r['shots']}-shot  {r['score']:.2f}")
     lines.append(f"  model selection      {agg['model_selection']['overall']:.2f}")
     lines.append(f"wrote {results['out_dir']}")
