@@ -89,6 +89,7 @@ def main() -> None:
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(args.batches):
             next(pipe)
+        state = pipe.state_dict()  # waits for the chunk the prefetch thread is tokenizing
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         read = stream.next_index
         tokens = int(stream.counters.tokens.sum())
@@ -96,7 +97,6 @@ def main() -> None:
               f"{read} examples read, {tokens} tokens in {wall:.2f} s (cpu {cpu:.2f} s): "
               f"{tokens / wall:,.0f} tokens/s; packing non-pad {pipe.stats.non_pad_fraction:.2%}")
 
-        state = pipe.state_dict()
         fresh = PackedBatches(ExampleStream(bench, mixture, seed=args.seed), tokenizer, packing,
                               args.batch_size, args.seed, encode_chunk=args.encode_chunk)
         start = time.perf_counter()

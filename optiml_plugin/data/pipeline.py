@@ -13,7 +13,9 @@ between two batches nothing is hidden in a suspended frame.
 """
 from __future__ import annotations
 
+import itertools
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -97,7 +99,7 @@ class PackedBatches:
 
     def __init__(self, stream: Any, tokenizer: OptTokenizer, packing: PackingConfig, batch_size: int,
                  seed: int, shuffle_buffer: Optional[int] = None, drop_last: bool = True,
-                 encode_chunk: int = DEFAULT_ENCODE_CHUNK) -> None:
+                 encode_chunk: int = DEFAULT_ENCODE_CHUNK, prefetch: bool = True) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         buffer = 10 * batch_size if shuffle_buffer is None else shuffle_buffer
@@ -113,6 +115,9 @@ class PackedBatches:
         self.shuffle_buffer = int(buffer)
         self.drop_last = drop_last
         self.encode_chunk = int(encode_chunk)
+        self.prefetch = prefetch
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._future: Optional["Future[List[PackItem]]"] = None
         self.stats = PackingStats()   # over every block yielded so far
         self._reset()
 
@@ -138,17 +143,33 @@ class PackedBatches:
             items.append(item)
         return items
 
-    def _read_more(self) -> bool:
-        """Read and tokenize up to `encode_chunk` examples into the pending queue."""
+    def _read_chunk(self) -> List[PackItem]:
+        """Read and tokenize the next `encode_chunk` examples (runs on the prefetch thread)."""
         if self._iter is None:
             self._iter = iter(self.stream)
-        examples = []
-        for ex in self._iter:
-            examples.append(ex)
-            if len(examples) >= self.encode_chunk:
-                break
-        self._pending.extend(self._items(examples, record=True))
-        return bool(examples)
+        examples = list(itertools.islice(self._iter, self.encode_chunk))
+        return self._items(examples, record=True)
+
+    def _read_more(self) -> bool:
+        """Move the next tokenized chunk into the pending queue; start reading the one after.
+
+        With `prefetch`, one chunk is read and tokenized on a background thread (`tokenizers`
+        releases the GIL) while this thread packs; chunks are still read strictly in order.
+        """
+        items = self._future.result() if self._future is not None else self._read_chunk()
+        self._future = None
+        if items and self.prefetch:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optiml-tokenize")
+            self._future = self._executor.submit(self._read_chunk)
+        self._pending.extend(items)
+        return bool(items)
+
+    def _settle(self) -> None:
+        """Finish the chunk in flight and queue it, so stream state and held indices agree."""
+        if self._future is not None:
+            self._pending.extend(self._future.result())
+            self._future = None
 
     # ---- the state machine --------------------------------------------------------------------
     def _shuffle_in(self, block: Block) -> None:
@@ -215,6 +236,7 @@ class PackedBatches:
 
     def state_dict(self) -> Dict[str, Any]:
         """JSON-serializable: the stream's state plus the stream indices of every held example."""
+        self._settle()
         return {"version": STATE_VERSION, **self._identity(), "stream": self.stream.state_dict(),
                 "pending": [it.index for it in self._pending],
                 "open_blocks": self._packer.held(),
@@ -230,6 +252,7 @@ class PackedBatches:
         diff = {k: (state.get(k), v) for k, v in self._identity().items() if state.get(k) != v}
         if diff:
             raise ConfigError(f"pipeline state does not match this pipeline (saved, current): {diff}")
+        self._settle()
         self.stream.load_state_dict(state["stream"])
         self._reset()
         groups = [[list(state["pending"])], state["open_blocks"], state["incoming"], state["buffer"],
@@ -256,5 +279,6 @@ class PackedBatches:
     @property
     def held_examples(self) -> int:
         """How many examples a resume re-reads (pending, open blocks, blocks in flight)."""
+        self._settle()
         in_blocks = sum(len(b.indices) for q in (self._incoming, self._buffer, self._ready) for b in q)
         return len(self._pending) + sum(len(x) for x in self._packer.held()) + in_blocks

@@ -131,8 +131,10 @@ class OptTokenizer:
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
-        """Batch encoding (parallel inside `tokenizers`)."""
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        """Batch encoding (parallel inside `tokenizers`; without offsets where the installed
+        version has `encode_batch_fast`, which we never need)."""
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        return [e.ids for e in encode(list(texts), add_special_tokens=False)]
 
     def encode_pair(self, src: str, tgt: str) -> Tuple[List[int], List[int]]:
         """`(src_ids, tgt_ids)`, encoded separately so the boundary is exact."""
