@@ -84,23 +84,22 @@ class PackItem:
 def make_item(src_ids: Sequence[int], tgt_ids: Sequence[int], config: PackingConfig, index: int = 0,
               task_id: int = 0, benchmark_id: int = 0, eos_id: int = EOS_ID) -> PackItem:
     """Build the example `src + tgt + </s>` (BOS-sourced when `src` is empty) and fit it to a block."""
+    block = config.block_size
+    n_src = len(src_ids) or 1
+    if n_src + len(tgt_ids) + 1 <= block:  # the common case: one conversion, no truncation
+        tokens = np.array([*(src_ids if len(src_ids) else (eos_id,)), *tgt_ids, eos_id], dtype=np.int64)
+        return PackItem(index, task_id, benchmark_id, tokens, n_src)
     src = np.asarray(src_ids, dtype=np.int64) if len(src_ids) else np.array([eos_id], dtype=np.int64)
     tgt = np.concatenate([np.asarray(tgt_ids, dtype=np.int64), np.array([eos_id], dtype=np.int64)])
-    block = config.block_size
-    cut_left = cut_right = 0
-    if len(src) + len(tgt) > block:
-        if config.truncation == "left":
-            keep_src = max(1, block - len(tgt))
-            cut_left = len(src) - keep_src
-            src = src[cut_left:]
-            if len(src) + len(tgt) > block:
-                cut_right = len(src) + len(tgt) - block
-                tgt = tgt[:len(tgt) - cut_right]
-        else:
-            whole = np.concatenate([src, tgt])
-            cut_right = len(whole) - block
-            n_src = min(len(src), block)
-            return PackItem(index, task_id, benchmark_id, whole[:block], n_src, 0, cut_right)
+    if config.truncation == "right":
+        whole = np.concatenate([src, tgt])
+        return PackItem(index, task_id, benchmark_id, whole[:block], min(len(src), block), 0,
+                        len(whole) - block)
+    keep_src = max(1, block - len(tgt))
+    cut_left = len(src) - keep_src
+    src = src[cut_left:]
+    cut_right = max(0, len(src) + len(tgt) - block)
+    tgt = tgt[:len(tgt) - cut_right]
     tokens = np.concatenate([src, tgt])
     return PackItem(index, task_id, benchmark_id, tokens, len(src), cut_left, cut_right)
 

@@ -26,6 +26,7 @@ from optiml_plugin.data.tokenizer import PAD_ID, OptTokenizer
 from optiml_plugin.errors import BadRecordError, ConfigError
 
 STATE_VERSION = 1
+_MASK64 = (1 << 64) - 1
 DEFAULT_ENCODE_CHUNK = 256
 
 
@@ -184,10 +185,15 @@ class PackedBatches:
         self._buffer[j] = block
 
     def _draw(self, n: int) -> int:
-        """A uniform index in [0, n): a pure function of (seed, draw number), so resume is exact."""
-        rng = np.random.Generator(np.random.PCG64([self.seed, self._draws, 0x5B0FF]))
+        """An index in [0, n): a pure function of (seed, draw number), so resume is exact.
+
+        splitmix64 of the pair; the modulo bias (n / 2^64) is nil for buffer-sized n.
+        """
+        x = (self.seed * 0x9E3779B97F4A7C15 + self._draws * 0xD1B54A32D192ED03 + 0x5B0FF) & _MASK64
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
         self._draws += 1
-        return int(rng.integers(n))
+        return (x ^ (x >> 31)) % n
 
     def _step(self) -> bool:
         """Advance by one unit of work; False when a finite stream is fully drained."""
