@@ -5,9 +5,9 @@ from setuptools import find_packages, setup
 
 EXTRAS = {
     # the single-machine trainer and `optiml demo` (transformers' OPT)
-    "local": ["transformers>=4.36", "tensorboard>=2.10"],
+    "local": ["transformers>=4.45", "tensorboard>=2.10"],
     # metrics for `optiml eval`
-    "eval": ["rouge-score>=0.1.2", "sacrebleu>=2.0", "transformers>=4.36"],
+    "eval": ["rouge-score>=0.1.2", "sacrebleu>=2.0", "transformers>=4.45"],
     # Parquet sources for `optiml bench build`
     "parquet": ["pyarrow>=10"],
     "dev": ["pytest>=7", "hypothesis>=6", "pyarrow>=10"],
