@@ -51,7 +51,7 @@ def test_proportions_from_yaml_file(tmp_path):
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(data=""), "--data is required"),
+    (dict(data=""), "data argument is required"),
     (dict(benchmark_caps="{bad"), "--benchmark-caps"),
     (dict(benchmark_caps='{"flan": 0}'), "positive integer"),
     (dict(valid_splits="train"), "not an evaluation split"),

@@ -50,7 +50,7 @@ def check_doc_separators(src_tokens: torch.Tensor, segment_ids: torch.Tensor, se
         what = "an example boundary without a separator" if bool(missing.any()) else \
             f"token id {sep} inside an example"
         raise OptimlError(f"batch row {bad[0]}, position {bad[1]}: {what}; metaseq's "
-                          f"--self-attn-doc-sep {sep} would mask documents wrongly. Check that --data and "
+                          f"--self-attn-doc-sep {sep} would mask documents wrongly. Check that the data directory and "
                           f"the tokenizer files are the ones the bench was built with.")
 
 

@@ -84,7 +84,8 @@ def settings_from_cfg(cfg: Any) -> AdapterSettings:
     """Build the mixture, packing and loss settings from the task config (omegaconf or Namespace)."""
     data = _get(cfg, "data", "")
     if not data:
-        raise ConfigError("--data is required: the bench directory written by `optiml bench build`")
+        raise ConfigError("the data argument is required: metaseq-train BENCH_DIR ..., the bench directory "
+                          "written by `optiml bench build`")
     proportions_text = _get(cfg, "benchmark_proportions", "")
     proportions = parse_proportions(proportions_text) if str(proportions_text).strip() else None
     eps = int(_get(cfg, "eps", 4096))
@@ -123,7 +124,9 @@ def resolve_valid_subset(name: str, settings: AdapterSettings, available: Sequen
 def check_update_freq(update_freq: Any) -> None:
     """metaseq groups batches for `--update-freq > 1` with `GroupedIterator`, which needs the
     length of an epoch; an endless stream has none, so refuse with what to do instead."""
-    values = list(update_freq) if isinstance(update_freq, (list, tuple)) else [update_freq]
+    # a list, or omegaconf's ListConfig when metaseq passes its config
+    single = update_freq is None or isinstance(update_freq, (int, str))
+    values = [update_freq] if single else list(update_freq)
     values = [int(v) for v in values if v is not None]
     if values and max(values) > 1:
         raise ConfigError(

@@ -9,7 +9,8 @@ interfaces. Everything that can be is in the metaseq-free modules next to this o
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -34,6 +35,16 @@ logger = logging.getLogger(__name__)
 TASK_NAME = "instruction_meta_learning"
 
 
+def resolved_field_types(cls: Any) -> Any:
+    """metaseq builds its argparse options from dataclass field types and refuses the strings that
+    `from __future__ import annotations` leaves there: evaluate them into real types."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        f.type = hints[f.name]
+    return cls
+
+
+@resolved_field_types
 @dataclass
 class InstructionMetaLearningConfig(MetaseqDataclass):
     data: Optional[str] = field(default=None, metadata={"help": "bench directory (optiml bench build)"})
@@ -41,6 +52,12 @@ class InstructionMetaLearningConfig(MetaseqDataclass):
     merges_filename: Optional[str] = field(default="", metadata={"help": "OPT gpt2-merges.txt"})
     hf_tokenizer: Optional[str] = field(default="", metadata={"help": "tokenizer.json (instead of vocab+merges)"})
     tokens_per_sample: int = field(default=2048, metadata={"help": "tokens per packed row"})
+    # read by metaseq's transformer_lm config (II("task.max_target_positions"), II("task.add_bos_token"))
+    max_target_positions: Optional[int] = field(
+        default=None, metadata={"help": "model positions (default: --tokens-per-sample)"})
+    add_bos_token: bool = field(
+        default=False, metadata={"help": "must stay off: every example already starts with its source "
+                                         "(or `</s>` as BOS when the source is empty)"})
     benchmark_proportions: Optional[str] = field(
         default="", metadata={"help": "benchmark shares: JSON object or .json/.yaml file; unlisted "
                                       "benchmarks share the rest by capped size"})
@@ -134,7 +151,10 @@ class InstructionMetaLearningTask(LegacyTask):
         backend = str(getattr(self.args.ddp_backend, "value", self.args.ddp_backend))
         if backend != "fully_sharded":
             return None
-        out: List[Any] = [None] * distributed_utils.get_data_parallel_world_size()
+        world = distributed_utils.get_data_parallel_world_size()
+        if world == 1:
+            return [state]
+        out: List[Any] = [None] * world
         torch.distributed.all_gather_object(out, state, group=distributed_utils.get_data_parallel_group())
         return out
 

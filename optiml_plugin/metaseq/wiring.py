@@ -33,7 +33,7 @@ def load_tokenizer(vocab: Optional[str], merges: Optional[str], hf_json: Optiona
 
 def open_bench(settings: AdapterSettings) -> Bench:
     if not settings.data.is_dir():
-        raise ConfigError(f"--data {settings.data}: not a directory (expected a bench built by "
+        raise ConfigError(f"data {settings.data}: not a directory (expected a bench built by "
                           "`optiml bench build`)")
     return Bench(settings.data)
 
