@@ -32,7 +32,7 @@ from optiml_plugin.data.stream import ExampleStream  # noqa: E402
 from optiml_plugin.data.tokenizer import OptTokenizer  # noqa: E402
 from optiml_plugin.local.attention_backends import DocumentAttention  # noqa: E402
 from optiml_plugin.local.data import training_texts  # noqa: E402
-from optiml_plugin.local.model import build_model  # noqa: E402
+from optiml_plugin.local.model import TargetLM, build_model, flat_targets  # noqa: E402
 from optiml_plugin.loss import target_cross_entropy  # noqa: E402
 
 SHARED = Path(os.environ.get("OPTIML_SHARED", REPO.parent / "shared"))
@@ -84,9 +84,11 @@ def padded_batches(bench: Bench, tok: OptTokenizer, tokens: int, rows: int) -> I
 
 def measure(model: torch.nn.Module, backend: str, batches: Iterator[Dict[str, torch.Tensor]], steps: int,
             warmup: int = 1) -> Dict[str, float]:
-    """Forward + backward + AdamW step per batch; target tokens/s and tokens/s over the timed steps."""
+    """Forward + backward + AdamW step per batch (as the trainer does it: logits only at target positions);
+    target tokens/s and tokens/s over the timed steps."""
     da = DocumentAttention(backend, torch.device("cpu"))
     da.configure(model)
+    model = TargetLM(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
     targets = slots = real = 0
     elapsed = 0.0
@@ -94,8 +96,9 @@ def measure(model: torch.nn.Module, backend: str, batches: Iterator[Dict[str, to
         b = next(batches)
         b = {k: b[k] for k in KEYS}
         t = time.perf_counter()
-        logits = model(**da.model_inputs(b), use_cache=False).logits
-        target_cross_entropy(logits, b["target_ids"], b["loss_mask"]).loss().backward()
+        logits = model(b["loss_mask"], **da.model_inputs(b))
+        flat = flat_targets(b)
+        target_cross_entropy(logits, flat["target_ids"], flat["loss_mask"]).loss().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if i >= warmup:

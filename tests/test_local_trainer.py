@@ -56,7 +56,7 @@ def test_a_few_steps_lower_the_loss(bench, tmp_path):
     assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
     from transformers import OPTForCausalLM
     reloaded = OPTForCausalLM.from_pretrained(str(final))
-    assert torch.equal(reloaded.lm_head.weight, trainer.model.lm_head.weight.detach())
+    assert torch.equal(reloaded.lm_head.weight, trainer.lm.lm_head.weight.detach())
 
 
 def test_resume_continues_exactly(bench, tmp_path):

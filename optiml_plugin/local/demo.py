@@ -30,7 +30,7 @@ class DemoSize:
     max_new_tokens: int
 
 
-FULL = DemoSize("tiny", 256, 8, 300, 2e-3, 30, 20, (0, 2), 12)
+FULL = DemoSize("tiny", 256, 4, 300, 2e-3, 30, 20, (0, 2), 12)
 QUICK = DemoSize("micro", 128, 4, 30, 5e-3, 5, 2, (0,), 6)
 
 

@@ -32,7 +32,7 @@ from optiml_plugin.local.config import TrainConfig
 from optiml_plugin.local.data import load_tokenizer, packing_config, validation_batches
 from optiml_plugin.local.distributed import (Dist, full_state_dict, init_distributed, load_optimizer_state,
                                              optimizer_state, unwrap, wrap_model)
-from optiml_plugin.local.model import build_model, count_parameters
+from optiml_plugin.local.model import TargetLM, build_model, count_parameters, flat_targets
 from optiml_plugin.loss import LossSums, target_cross_entropy
 
 BATCH_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "position_ids")
@@ -105,7 +105,8 @@ class Trainer:
         self.attention = DocumentAttention(run.attention, self.device)
         self.attention.configure(model)
         self.n_params = count_parameters(model)
-        self.model = wrap_model(model.to(self.device), self.dist, self.device)
+        self.lm = model
+        self.model = wrap_model(TargetLM(model).to(self.device), self.dist, self.device)
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 else decay).append(p)
@@ -129,8 +130,9 @@ class Trainer:
         batch = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS}
         ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
         with ctx:
-            logits = self.model(**self.attention.model_inputs(batch), use_cache=False).logits
-        return target_cross_entropy(logits, batch["target_ids"], batch["loss_mask"], batch["segment_ids"],
+            logits = self.model(batch["loss_mask"], **self.attention.model_inputs(batch))
+        flat = flat_targets(batch)
+        return target_cross_entropy(logits, flat["target_ids"], flat["loss_mask"], flat["segment_ids"],
                                     normalize=self.cfg.optim.loss_normalize)
 
     def train_step(self, micro: List[Dict[str, Any]]) -> Dict[str, float]:
@@ -325,8 +327,8 @@ class Trainer:
         final = self.out / "final"
         state = full_state_dict(self.model, self.dist)
         if self.dist.is_main:
-            model = unwrap(self.model)
-            model.save_pretrained(str(final), state_dict=state)
+            state = {k[len("lm."):]: v for k, v in state.items()}
+            self.lm.save_pretrained(str(final), state_dict=state)
             self.tokenizer.save(final)
         self.dist.barrier()
         return final
