@@ -5,6 +5,7 @@ together here without metaseq so the same wiring is tested everywhere.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -19,6 +20,8 @@ from optiml_plugin.errors import ConfigError
 from optiml_plugin.metaseq.batches import shard_validation, to_metaseq_sample, validation_blocks
 from optiml_plugin.metaseq.iterator import PipelineEpochIterator, endless
 from optiml_plugin.metaseq.options import AdapterSettings, resolve_valid_subset
+
+logger = logging.getLogger(__name__)
 
 
 def load_tokenizer(vocab: Optional[str], merges: Optional[str], hf_json: Optional[str]) -> OptTokenizer:
@@ -47,6 +50,13 @@ class TrainData:
     batches: PackedBatches
     rank: int
     batch_size: int
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        """Set the pipeline to a saved state (no replay) and say so in the log."""
+        self.batches.load_state_dict(state)
+        logger.info("rank %d: data stream restored at example index %d, %d rows trained so far; re-read "
+                    "%d held examples, no replay", self.rank, self.stream.next_index,
+                    int(self.batches.stats.blocks), self.batches.held_examples)
 
     def samples(self, pad: int, check_sep: Optional[int]) -> Iterator[Dict[str, Any]]:
         """metaseq samples, endlessly; `id` numbers this rank's rows (continued across a resume:
@@ -80,7 +90,7 @@ def train_iterator(train: TrainData, pad: int, check_sep: Optional[int], epoch: 
     """metaseq's epoch iterator over the endless training pipeline; its state is the pipeline's."""
     return PipelineEpochIterator(
         endless(lambda: train.samples(pad, check_sep)), length=0, get_state=train.batches.state_dict,
-        set_state=train.batches.load_state_dict, gather=gather, rank=train.rank,
+        set_state=train.restore, gather=gather, rank=train.rank,
         world_size=train.stream.world_size, epoch=epoch, dataset=train)
 
 
