@@ -57,6 +57,7 @@ def test_proportions_from_yaml_file(tmp_path):
     (dict(valid_splits="train"), "not an evaluation split"),
     (dict(loss_normalization="row"), "--loss-normalization"),
     (dict(packing_strategy="first_fit"), "packing strategy"),
+    (dict(add_bos_token=True), "--add-bos-token is not supported"),
 ])
 def test_bad_settings_say_what_to_change(kw, message):
     with pytest.raises(ConfigError, match=message):

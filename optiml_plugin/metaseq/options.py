@@ -86,6 +86,10 @@ def settings_from_cfg(cfg: Any) -> AdapterSettings:
     if not data:
         raise ConfigError("the data argument is required: metaseq-train BENCH_DIR ..., the bench directory "
                           "written by `optiml bench build`")
+    if bool(_get(cfg, "add_bos_token", False)):
+        raise ConfigError("--add-bos-token is not supported by instruction_meta_learning: every example "
+                          "already starts with its source (or `</s>` as BOS when the source is empty); "
+                          "drop the flag")
     proportions_text = _get(cfg, "benchmark_proportions", "")
     proportions = parse_proportions(proportions_text) if str(proportions_text).strip() else None
     eps = int(_get(cfg, "eps", 4096))

@@ -56,7 +56,7 @@ class InstructionMetaLearningConfig(MetaseqDataclass):
     max_target_positions: Optional[int] = field(
         default=None, metadata={"help": "model positions (default: --tokens-per-sample)"})
     add_bos_token: bool = field(
-        default=False, metadata={"help": "must stay off: every example already starts with its source "
+        default=False, metadata={"help": "refused: every example already starts with its source "
                                          "(or `</s>` as BOS when the source is empty)"})
     benchmark_proportions: Optional[str] = field(
         default="", metadata={"help": "benchmark shares: JSON object or .json/.yaml file; unlisted "
