@@ -188,6 +188,11 @@ class Trainer:
             out[split] = float(total.nll_sum / total.target_tokens.clamp(min=1))
         return out
 
+    def _validate_and_log(self) -> None:
+        for split, value in self.validate().items():
+            self._log({"step": self.step, "split": split, "valid_loss": value,
+                       "valid_ppl": math.exp(min(value, 50.0))})
+
     # ---- loop ----
 
     def _micro_batches(self, it: Iterator[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -204,6 +209,8 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=o.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        if self.step == 0 and run.valid_every:  # the starting point of every validation curve
+            self._validate_and_log()
         it = iter(self.batches)
         t0, window_tokens, window_targets, window_slots = time.perf_counter(), 0, 0, 0
         while self.step < stop:
@@ -226,9 +233,7 @@ class Trainer:
                                     pack=f"{record['packing_efficiency']:.2f}")
                 t0, window_tokens, window_targets, window_slots = time.perf_counter(), 0, 0, 0
             if (run.valid_every and self.step % run.valid_every == 0) or last:
-                for split, value in self.validate().items():
-                    self._log({"step": self.step, "split": split, "valid_loss": value,
-                               "valid_ppl": math.exp(min(value, 50.0))})
+                self._validate_and_log()
             if (run.save_every and self.step % run.save_every == 0) or last or self.step == stop:
                 self.save_checkpoint()
             if bar is not None:
