@@ -2,7 +2,7 @@
 plain causal attention (which leaks across examples: the speed floor of a dense kernel).
 Aim: <= 1.3x on CPU, below 1x where masked blocks are skipped (per_example; flex on GPUs).
 
-    python benchmarks/mask_cost_training.py                        # tiny OPT, 4 rows x 512 tokens, 6 steps
+    python benchmarks/mask_cost_training.py                        # tiny OPT, 8 rows x 1024 tokens, 4 steps
     python benchmarks/mask_cost_training.py --tokens-per-sample 2048 --rows 8 --steps 10
 
 Same SNI bench, tokenizer and batches as benchmarks/train_throughput.py; forward + backward + AdamW.

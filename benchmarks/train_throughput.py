@@ -2,7 +2,7 @@
 vs one example per row padded to the longest in its batch (the unpacked baseline, given the same token
 budget per step: rows x tokens_per_sample). Aim: >= 2x.
 
-    python benchmarks/train_throughput.py                       # tiny OPT, 512-token rows, 6 steps each
+    python benchmarks/train_throughput.py                       # tiny OPT, 8 rows x 1024 tokens, 4 steps each
     python benchmarks/train_throughput.py --tokens-per-sample 2048 --rows 8 --steps 20 --preset small
 
 The bench is built from ../shared/data/sni (skipped with a message when absent) with the OPT BPE files
@@ -123,9 +123,9 @@ def measure(model: torch.nn.Module, backend: str, batches: Iterator[Dict[str, to
 def parse(description: str) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
-    ap.add_argument("--tokens-per-sample", type=int, default=512)
-    ap.add_argument("--rows", type=int, default=4, help="rows per packed batch")
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--tokens-per-sample", type=int, default=1024)
+    ap.add_argument("--rows", type=int, default=8, help="rows per packed batch")
+    ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
     ap.add_argument("--cache", default=None, help="where to build/keep the SNI bench (default: a temp dir)")
     return ap.parse_args()
