@@ -143,6 +143,12 @@ def test_config_errors_name_the_key(bench, tmp_path):
         Trainer(_config(bench, tmp_path / "x", run={"attention": "flash"}))
 
 
+def test_fresh_run_refuses_a_directory_with_checkpoints(bench, tmp_path):
+    Trainer(_config(bench, tmp_path / "run", optim={"max_steps": 1})).train()
+    with pytest.raises(ConfigError, match="--resume"):
+        Trainer(_config(bench, tmp_path / "run", optim={"max_steps": 1}))
+
+
 def test_schedule_warms_up_then_decays_to_zero():
     f = lr_lambda(warmup=4, total=10)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]

@@ -7,7 +7,7 @@ sequentially, so every validation pass scores exactly the same tokens and curves
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 from optiml_plugin.data.benchfiles import Bench, TRAIN_SPLIT
 from optiml_plugin.data.packing import PackingConfig, make_item, pack
@@ -28,9 +28,9 @@ def training_texts(bench: Bench, per_task: int = TOKENIZER_SAMPLE_PER_TASK) -> I
             yield row["tgt"]
 
 
-def load_tokenizer(cfg: DataConfig, bench: Bench, saved: Path) -> OptTokenizer:
-    """Reuse the run's saved tokenizer (resume, eval), else 'builtin' trains one on the bench, else a dir."""
-    if (saved / "tokenizer.json").is_file():
+def load_tokenizer(cfg: DataConfig, bench: Bench, saved: Optional[Path] = None) -> OptTokenizer:
+    """Reuse the run's saved tokenizer (resume), else 'builtin' trains one on the bench, else a dir."""
+    if saved is not None and (saved / "tokenizer.json").is_file():
         return OptTokenizer.from_dir(saved)
     if cfg.tokenizer == "builtin":
         return OptTokenizer.builtin(training_texts(bench), vocab_size=cfg.builtin_vocab_size)

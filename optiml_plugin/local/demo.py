@@ -7,6 +7,7 @@ minutes on two CPU cores. Everything lands in one run directory.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ def run_demo(out: Optional[Path] = None, steps: Optional[int] = None, quick: boo
                 "valid_every": max(1, n_steps // 3), "save_every": n_steps, "keep_last": 1, "progress": progress,
                 "threads": threads}})
     t = time.perf_counter()
+    if (out / "train").exists():  # the demo's own previous output in this run directory
+        shutil.rmtree(out / "train")
     trainer = Trainer(config)
     final = trainer.train()
     timings["train_s"] = time.perf_counter() - t

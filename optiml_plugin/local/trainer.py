@@ -82,9 +82,12 @@ class Trainer:
             torch.set_num_threads(run.threads)
         torch.manual_seed(run.seed)
         self.out.mkdir(parents=True, exist_ok=True)
+        if not resume and ckpt.latest_checkpoint(self.ckpt_root) is not None:
+            raise ConfigError(f"{self.ckpt_root} already holds checkpoints: pass --resume to continue, "
+                              f"or choose another run.out_dir")
 
         self.bench = Bench(config.data.bench)
-        self.tokenizer = load_tokenizer(config.data, self.bench, self.out / "tokenizer")
+        self.tokenizer = load_tokenizer(config.data, self.bench, self.out / "tokenizer" if resume else None)
         if self.dist.is_main:
             self.tokenizer.save(self.out / "tokenizer")
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
