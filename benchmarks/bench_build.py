@@ -35,7 +35,8 @@ def synthetic(n: int, tasks: int, seed: int):
         name = f"task{t:04d}"
         for i in range(per):
             text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(10, 60)))
-            yield Record(benchmark=f"bench{t % 4}", task=name, category=CATEGORIES[t % len(CATEGORIES)], sources=(name,),
+            yield Record(benchmark=f"bench{t % 4}", task=name, category=CATEGORIES[t % len(CATEGORIES)],
+                         sources=(name,),
                          instruction=f"Instruction of {name}: answer the question about the text.",
                          input=text, outputs=(rng.choice(WORDS),), id=f"{name}-{i}")
 

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Callable, Tuple
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]

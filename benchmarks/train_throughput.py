@@ -151,7 +151,8 @@ def main() -> None:
     packed = measure(fresh(), "auto", packed_batches(bench, tok, args.tokens_per_sample, args.rows), args.steps)
     padded = measure(fresh(), "causal", padded_batches(bench, tok, args.tokens_per_sample, args.rows), args.steps)
     print(f"tiny OPT preset {args.preset}, rows of {args.tokens_per_sample} tokens, threads "
-          f"{torch.get_num_threads()}, tokenizer {tok.origin}; the padded baseline fills the same {args.rows} x {args.tokens_per_sample} token budget")
+          f"{torch.get_num_threads()}, tokenizer {tok.origin}; the padded baseline fills the same "
+          f"{args.rows} x {args.tokens_per_sample} token budget")
     for name, r in (("packed + document mask", packed), ("one example per row, padded", padded)):
         print(f"{name:<30} {r['target_tokens_per_s']:>10.0f} target tok/s {r['tokens_per_s']:>10.0f} tok/s "
               f"non-pad {r['non_pad']:.2f}  {r['s_per_step']:.3f} s/step")

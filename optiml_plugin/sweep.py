@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-import yaml
 
 from optiml_plugin.data.mixture import validate_proportions
 from optiml_plugin.errors import ConfigError
+from optiml_plugin.yamlio import read_yaml_mapping
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "projects" / "opt_iml" / "presets"
 MODEL_PRESETS = ("1.3b", "30b", "175b")
@@ -195,16 +195,7 @@ def preset_dir() -> Path:
 
 
 def _read_yaml(path: Path, kind: str) -> Dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: preset file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a preset must be a YAML mapping, got {type(data).__name__}")
+    data = read_yaml_mapping(path, "preset")
     if data.get("kind") != kind:
         raise ConfigError(f"{path}: field 'kind' must be {kind!r}, got {data.get('kind')!r}")
     return data

@@ -1,7 +1,6 @@
 """The local trainer on a micro OPT: learning, exact resume, checkpoints, gradient accumulation, DDP (gloo, 1)."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest

@@ -84,7 +84,8 @@ def test_split_check_names_file_and_line(tmp_path):
     assert str(e.value).startswith(f"{tmp_path / 'train_tasks.txt'}:4: field 'task'")
     assert read_split_lists(tmp_path)["excluded"] == []
     (tmp_path / "test_tasks.txt").write_text("task9_z\ntask2_b\n")
-    with pytest.raises(ConfigError, match=r"test_tasks\.txt:2: task 'task2_b' is already listed at .*train_tasks\.txt:2"):
+    with pytest.raises(ConfigError,
+                       match=r"test_tasks\.txt:2: task 'task2_b' is already listed at .*train_tasks\.txt:2"):
         read_split_lists(tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no train_tasks.txt"):

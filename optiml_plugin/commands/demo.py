@@ -25,5 +25,6 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     out = run_demo(args.out, steps=args.steps, quick=args.quick, seed=args.seed, progress=not args.no_progress,
                    threads=args.threads)
-    print(f"optiml demo: report in {out / 'report.md'} (also report.json, loss_curve.png; model in {out / 'train' / 'final'})")
+    print(f"optiml demo: report in {out / 'report.md'} "
+          f"(also report.json, loss_curve.png; model in {out / 'train' / 'final'})")
     return 0

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-import yaml
 from tqdm import tqdm
 
 from optiml_plugin import __version__
@@ -28,6 +27,7 @@ from optiml_plugin.data.splits import (EVAL, TRAIN, SplitConfig, TaskInfo, TaskK
                                        split_eval_instances, split_train_instances)
 from optiml_plugin.data.templates import Rendered, render
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError, OptimlError
+from optiml_plugin.yamlio import read_yaml
 
 DEFAULT_CAP = 100_000
 DEFAULT_BENCHMARK_CAPS = {"flan": 30_000}  # the paper's per-task caps (§2.1)
@@ -70,12 +70,7 @@ def load_build_config(source: Union[str, Path, Mapping[str, Any]],
         base = Path(base_dir) if base_dir is not None else Path(".")
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"build config '{path}' does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raw = read_yaml(path, "build config")
         origin = str(path)
         base = Path(base_dir) if base_dir is not None else path.parent
     if not isinstance(raw, Mapping):

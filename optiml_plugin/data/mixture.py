@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 import numpy as np
-import yaml
 
 from optiml_plugin.data.benchfiles import Bench, TaskFile, file_stem, normalize_name
 from optiml_plugin.errors import ConfigError
+from optiml_plugin.yamlio import read_yaml
 
 TOLERANCE = 1e-6
 
@@ -82,15 +82,8 @@ def parse_proportions(text_or_path: Union[str, Path, Mapping[str, float]]) -> Di
         path = Path(text)
         if not text.lstrip().startswith("{") and (path.suffix.lower() in (".json", ".yaml", ".yml")
                                                   or path.is_file()):
-            if not path.is_file():
-                raise ConfigError(f"{path}: benchmark proportions file not found")
             where = str(path)
-            try:
-                props = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except yaml.YAMLError as e:
-                mark = getattr(e, "problem_mark", None)
-                line = f":{mark.line + 1}" if mark is not None else ""
-                raise ConfigError(f"{path}{line}: invalid YAML/JSON: {getattr(e, 'problem', e)}") from None
+            props = read_yaml(path, "benchmark proportions")
         else:
             where = "benchmark proportions"
             try:

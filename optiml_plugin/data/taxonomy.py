@@ -13,10 +13,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
-import yaml
 
 from optiml_plugin.data.records import Record
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
+from optiml_plugin.yamlio import read_yaml_mapping
 
 DEFAULT_PATH = Path(__file__).with_name("taxonomy.yaml")
 ALL = "all"
@@ -145,14 +145,7 @@ class Taxonomy:
 
 def _merged(path: Path) -> Dict[str, Any]:
     """The YAML at `path`; with `extends: default`, laid over the packaged taxonomy."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as e:
-        raise ConfigError(f"taxonomy file '{path}' does not exist") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"taxonomy file '{path}' is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"taxonomy file '{path}' must hold a mapping")
+    data = read_yaml_mapping(path, "taxonomy")
     for key in data:
         if key not in _KEYS:
             raise ConfigError(f"{path}: unknown key '{key}' (allowed: {', '.join(_KEYS)})")

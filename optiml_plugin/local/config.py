@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Union
 import yaml
 
 from optiml_plugin.errors import ConfigError
+from optiml_plugin.yamlio import read_yaml_mapping
 
 EVAL_SPLITS = ["valid_heldout_instances", "valid_heldout_tasks", "valid_heldout_categories"]
 
@@ -128,11 +129,7 @@ def config_from_dict(values: Dict[str, Any], where: str = "config") -> TrainConf
 
 def load_config(path: Union[str, Path], overrides: Optional[List[str]] = None) -> TrainConfig:
     """Read a YAML file; `overrides` are `section.key=value` strings (values parsed as YAML)."""
-    path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read config: {e}") from e
+    values = read_yaml_mapping(path, "train config")
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         parts = key.split(".")

@@ -74,7 +74,8 @@ def run_demo(out: Optional[Path] = None, steps: Optional[int] = None, quick: boo
     timings["eval_s"] = time.perf_counter() - t
 
     log = read_log(trainer.log_path)
-    summary = {"run_dir": str(out), "bench": str(bench), "model_dir": str(final), "attention": trainer.attention.backend,
+    summary = {"run_dir": str(out), "bench": str(bench), "model_dir": str(final),
+               "attention": trainer.attention.backend,
                "parameters": trainer.n_params, "steps": n_steps, "config": config.to_dict(), "timings": timings,
                "train": [r for r in log if "split" not in r], "valid": [r for r in log if "split" in r],
                "evaluation": evaluation}

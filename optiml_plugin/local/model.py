@@ -44,8 +44,8 @@ def build_model(preset: Optional[str] = None, checkpoint: Optional[str] = None, 
         if checkpoint.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(checkpoint)):
             raise ConfigError(f"model.checkpoint: directory {checkpoint!r} does not exist")
         try:
-            model = OPTForCausalLM.from_pretrained(os.path.expanduser(checkpoint), attn_implementation=attn_implementation,
-                                                   dtype=torch.float32)
+            model = OPTForCausalLM.from_pretrained(os.path.expanduser(checkpoint),
+                                                   attn_implementation=attn_implementation, dtype=torch.float32)
         except OSError as e:
             raise ConfigError(f"model.checkpoint: cannot load {checkpoint!r}: {e}") from e
         if model.config.vocab_size < vocab_size:

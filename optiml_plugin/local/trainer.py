@@ -111,7 +111,7 @@ class Trainer:
         self.lm = model
         self.model = wrap_model(TargetLM(model).to(self.device), self.dist, self.device)
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        for p in self.model.parameters():
             (no_decay if p.ndim < 2 else decay).append(p)
         o = config.optim
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
