@@ -29,7 +29,7 @@ def bench(tmp_path_factory) -> Path:
 def _config(bench: Path, out: Path, **sections):
     values = {"model": {"preset": "micro", "dropout": 0.1},
               "data": {"bench": str(bench), "tokens_per_sample": 64, "batch_size": 2, "builtin_vocab_size": 300,
-                       "max_valid_examples": 8},
+                       "max_valid_examples_per_task": 8},
               "optim": {"lr": 3e-3, "warmup_steps": 2, "max_steps": 6},
               "run": {"out_dir": str(out), "log_every": 1, "valid_every": 0, "save_every": 3, "progress": False,
                       "tensorboard": False, "threads": 1}}
@@ -152,3 +152,51 @@ def test_schedule_warms_up_then_decays_to_zero():
     f = lr_lambda(warmup=4, total=10)
     assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert f(4) == 1.0 and f(9) == pytest.approx(1 / 6) and f(10) == 0.0
+
+
+def test_validation_cap_is_per_task_so_later_tasks_count(tmp_path):
+    """A split whose first tasks are large: every task still gets its first N rows, in order."""
+    import json
+
+    from optiml_plugin.data.packing import PackingConfig
+    from optiml_plugin.data.validation import validation_set
+
+    root = make_bench(tmp_path / "bench", [
+        dict(benchmark="b1", category="c1", task="t1", n=30),
+        dict(benchmark="b1", category="c1", task="t1", n=20, split="valid_heldout_tasks", level="heldout_tasks"),
+        dict(benchmark="b2", category="c2", task="t2", n=20, split="valid_heldout_tasks", level="heldout_tasks"),
+        dict(benchmark="b3", category="c2", task="t3", n=2, split="valid_heldout_tasks", level="heldout_tasks"),
+    ])
+    cfg = _config(root, tmp_path / "run", data={"max_valid_examples_per_task": 3,
+                                                "valid_splits": ["valid_heldout_tasks"]})
+    trainer = Trainer(cfg)
+    vset, batches = trainer.valid["valid_heldout_tasks"]
+    assert [t.task for t in vset.tasks] == ["t1", "t2", "t3"]
+    assert vset.taken == [3, 3, 2] and vset.available == [20, 20, 2]
+    assert [it.task_id for it in vset.items] == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert [it.index for it in vset.items] == list(range(8))
+    first_t2 = trainer.bench.reader(vset.tasks[1])[0]                 # read in order, never resampled
+    src, tgt = trainer.tokenizer.encode_pairs([(first_t2["src"], first_t2["tgt"])])[0]
+    assert list(vset.items[3].tokens[-len(tgt) - 1:-1]) == list(tgt)
+    seen_tasks = set(torch.cat([b["task_ids"][b["loss_mask"]] for b in batches]).tolist())
+    assert seen_tasks == {0, 1, 2}
+
+    record = trainer.validate_detailed()["valid_heldout_tasks"]
+    assert set(record["valid_loss_by_benchmark"]) == {"b1", "b2", "b3"}
+    assert set(record["valid_loss_by_category"]) == {"c1", "c2"}
+    assert record["valid_target_tokens"] == sum(len(it) - it.n_src for it in vset.items)
+    counts = json.loads((tmp_path / "run" / "validation_sets.json").read_text())
+    assert counts[0]["examples"] == 8 and counts[0]["available"] == 42
+    assert [t["examples"] for t in counts[0]["tasks"]] == [3, 3, 2]
+
+    # the same core helper packs several splits without index clashes (the metaseq adapter's use)
+    packing = PackingConfig(tokens_per_sample=64, strategy="sequential")
+    later = validation_set(trainer.bench, "valid_heldout_tasks", trainer.tokenizer, packing, None,
+                           benchmarks=["b2"], first_index=100)
+    assert later.taken == [20, 20, 2] and later.items[0].index == 100
+    assert {it.benchmark_id for it in later.items} == {-1, 0}
+
+
+def test_old_split_cap_key_names_its_replacement(bench, tmp_path):
+    with pytest.raises(ConfigError, match="max_valid_examples_per_task"):
+        config_from_dict({"data": {"bench": str(bench), "max_valid_examples": 10}})

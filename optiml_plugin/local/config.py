@@ -39,7 +39,7 @@ class DataConfig:
     proportions: Optional[Dict[str, float]] = None
     eps: Optional[int] = 4096
     valid_splits: List[str] = field(default_factory=lambda: list(EVAL_SPLITS))
-    max_valid_examples: int = 512          # per split, read in order (never resampled)
+    max_valid_examples_per_task: int = 250  # first N rows of every task (paper §4.1), never resampled; 0 = all
 
 
 @dataclass
@@ -87,6 +87,7 @@ class TrainConfig:
             (self.data.bench != "", "data.bench: give the bench directory"),
             (self.data.tokens_per_sample >= 2, "data.tokens_per_sample must be >= 2"),
             (self.data.batch_size >= 1, "data.batch_size must be >= 1"),
+            (self.data.max_valid_examples_per_task >= 0, "data.max_valid_examples_per_task must be >= 0"),
             (self.optim.max_steps >= 1, "optim.max_steps must be >= 1"),
             (0 <= self.optim.warmup_steps, "optim.warmup_steps must be >= 0"),
             (self.optim.grad_accum >= 1, "optim.grad_accum must be >= 1"),
@@ -104,6 +105,10 @@ class TrainConfig:
         return self
 
 
+# keys that changed meaning, so an old config fails with the new name instead of a bare "unknown"
+RENAMED = {"max_valid_examples": "max_valid_examples_per_task (the validation cap is per task, not per split)"}
+
+
 def _build(cls: Any, values: Any, where: str) -> Any:
     if values is None:
         return cls()
@@ -112,7 +117,8 @@ def _build(cls: Any, values: Any, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+        hints = "".join(f"; {k} is now {RENAMED[k]}" for k in unknown if k in RENAMED)
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}{hints}")
     kwargs = {}
     for name, value in values.items():
         sub = _SECTIONS.get(name) if cls is TrainConfig else None

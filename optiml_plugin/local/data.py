@@ -1,17 +1,19 @@
 """The trainer's data side: tokenizer, the core stream + packing pipeline for training, and fixed
 validation batches per evaluation split.
 
-Why validation is built once: the eval splits are read in file order (never sampled) and packed
-sequentially, so every validation pass scores exactly the same tokens and curves are comparable.
+Why validation is built once: the eval splits are read in file order (never sampled, capped per task by
+the core's `validation_set`) and packed sequentially, so every validation pass scores exactly the same
+tokens and curves are comparable.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from optiml_plugin.data.benchfiles import Bench, TRAIN_SPLIT
-from optiml_plugin.data.packing import PackingConfig, make_item, pack
+from optiml_plugin.data.packing import PackingConfig, pack
 from optiml_plugin.data.tokenizer import OptTokenizer
+from optiml_plugin.data.validation import ValidationSet, validation_set
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.local.config import DataConfig
 
@@ -44,25 +46,19 @@ def packing_config(cfg: DataConfig) -> PackingConfig:
                          truncation=cfg.truncation)
 
 
-def validation_batches(bench: Bench, tokenizer: OptTokenizer, cfg: DataConfig) -> Dict[str, List[dict]]:
-    """Per eval split: its first `max_valid_examples` rows (tasks in manifest order), packed next-fit."""
+def validation_batches(bench: Bench, tokenizer: OptTokenizer,
+                       cfg: DataConfig) -> Dict[str, Tuple[ValidationSet, List[dict]]]:
+    """Per eval split: the first `max_valid_examples_per_task` rows of every task, packed next-fit once."""
     from optiml_plugin.data.pipeline import collate_blocks
 
     packing = PackingConfig(tokens_per_sample=cfg.tokens_per_sample, strategy="sequential",
                             truncation=cfg.truncation)
-    out: Dict[str, List[dict]] = {}
+    out: Dict[str, Tuple[ValidationSet, List[dict]]] = {}
     for split in cfg.valid_splits:
-        files = bench.task_files(split)
-        if not files:
+        vset = validation_set(bench, split, tokenizer, packing, cfg.max_valid_examples_per_task or None)
+        if not vset.items:
             continue
-        rows = []
-        for task_id, tf in enumerate(files):
-            reader = bench.reader(tf)
-            rows.extend((task_id, reader[i]) for i in range(len(reader)))
-        rows = rows[:cfg.max_valid_examples]
-        pairs = tokenizer.encode_pairs([(r["src"], r["tgt"]) for _, r in rows])
-        items = [make_item(s, t, packing, index=i, task_id=task_id)
-                 for i, ((task_id, _), (s, t)) in enumerate(zip(rows, pairs))]
-        blocks = pack(items, packing)
-        out[split] = [collate_blocks(blocks[i:i + cfg.batch_size]) for i in range(0, len(blocks), cfg.batch_size)]
+        blocks = pack(vset.items, packing, pad_id=tokenizer.pad_id)
+        out[split] = (vset, [collate_blocks(blocks[i:i + cfg.batch_size], pad_id=tokenizer.pad_id)
+                             for i in range(0, len(blocks), cfg.batch_size)])
     return out

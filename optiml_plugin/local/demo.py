@@ -57,7 +57,7 @@ def run_demo(out: Optional[Path] = None, steps: Optional[int] = None, quick: boo
         "model": {"preset": size.preset, "dropout": 0.1},
         "data": {"bench": str(bench), "tokenizer": "builtin", "builtin_vocab_size": 1024,
                  "tokens_per_sample": size.tokens_per_sample, "batch_size": size.batch_size,
-                 "max_valid_examples": 160},
+                 "max_valid_examples_per_task": 16},
         "optim": {"lr": size.lr, "warmup_steps": min(size.warmup, max(1, n_steps // 10)), "max_steps": n_steps},
         "run": {"out_dir": str(out / "train"), "seed": seed, "log_every": max(1, n_steps // 30),
                 "valid_every": max(1, n_steps // 3), "save_every": n_steps, "keep_last": 1, "progress": progress,

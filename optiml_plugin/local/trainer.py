@@ -17,7 +17,7 @@ import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import yaml
@@ -100,6 +100,9 @@ class Trainer:
         self.batches = PackedBatches(self.stream, self.tokenizer, packing_config(config.data),
                                      batch_size=config.data.batch_size, seed=run.seed)
         self.valid = validation_batches(self.bench, self.tokenizer, config.data)
+        if self.dist.is_main:  # what the per-task cap used and left out, per task
+            (self.out / "validation_sets.json").write_text(
+                json.dumps([vset.counts() for vset, _ in self.valid.values()], indent=1) + "\n")
 
         model = build_model(preset=config.model.preset if config.model.checkpoint is None else None,
                             checkpoint=config.model.checkpoint, vocab_size=self.tokenizer.vocab_size,
@@ -181,20 +184,50 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
         """Token-normalized target loss of every eval split (same tokens each time)."""
+        return {split: r["valid_loss"] for split, r in self.validate_detailed().items()}
+
+    @torch.no_grad()
+    def validate_detailed(self) -> Dict[str, Dict[str, Any]]:
+        """Per split: its loss, and the loss per benchmark and per category of its tasks.
+
+        Why per group: one split mixes benchmarks and categories whose losses differ a lot; the split mean
+        hides which of them learning helps. Grouping costs one index_add per batch (per-token NLL is
+        summed by task id, then tasks by their benchmark/category)."""
         self.model.eval()
-        out = {}
-        for split, batches in self.valid.items():
-            total = None
+        out: Dict[str, Dict[str, Any]] = {}
+        for split, (vset, batches) in self.valid.items():
+            sums = torch.zeros(len(vset.tasks), dtype=torch.float64)
+            counts = torch.zeros(len(vset.tasks), dtype=torch.float64)
             for b in batches:
-                sums = self._forward_sums(b)
-                total = sums if total is None else total + sums
-            out[split] = float(total.nll_sum / total.target_tokens.clamp(min=1))
+                nll, task_ids = self._token_nll(b)
+                sums.index_add_(0, task_ids, nll.double())
+                counts.index_add_(0, task_ids, torch.ones_like(nll, dtype=torch.float64))
+            record: Dict[str, Any] = {"valid_loss": float(sums.sum() / counts.sum().clamp(min=1)),
+                                      "valid_target_tokens": int(counts.sum())}
+            for key in ("benchmark", "category"):
+                names = sorted({getattr(t, key) for t in vset.tasks})
+                of_task = torch.tensor([names.index(getattr(t, key)) for t in vset.tasks])
+                g_sum = torch.zeros(len(names), dtype=torch.float64).index_add_(0, of_task, sums)
+                g_cnt = torch.zeros(len(names), dtype=torch.float64).index_add_(0, of_task, counts)
+                record[f"valid_loss_by_{key}"] = {n: float(g_sum[i] / g_cnt[i]) for i, n in enumerate(names)
+                                                  if g_cnt[i] > 0}
+            out[split] = record
         return out
 
+    def _token_nll(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """NLL of every target token of `batch` (fp32) and the task id it belongs to, both on the CPU."""
+        moved = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS}
+        mask = moved["loss_mask"].bool()
+        ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+        with ctx:
+            logits = self.model(mask, **self.attention.model_inputs(moved))
+        nll = torch.nn.functional.cross_entropy(logits[0].float(), moved["target_ids"][mask], reduction="none")
+        return nll.cpu(), batch["task_ids"][batch["loss_mask"].bool()].long()
+
     def _validate_and_log(self) -> None:
-        for split, value in self.validate().items():
-            self._log({"step": self.step, "split": split, "valid_loss": value,
-                       "valid_ppl": math.exp(min(value, 50.0))})
+        for split, record in self.validate_detailed().items():
+            self._log({"step": self.step, "split": split, **record,
+                       "valid_ppl": math.exp(min(record["valid_loss"], 50.0))})
 
     # ---- loop ----
 
@@ -258,6 +291,9 @@ class Trainer:
             for k, v in record.items():
                 if k not in ("step", "split") and isinstance(v, (int, float)):
                     writer.add_scalar(prefix + k, v, record["step"])
+                elif isinstance(v, dict):  # valid_loss_by_benchmark / _by_category
+                    for name, value in v.items():
+                        writer.add_scalar(f"{prefix}{k}/{name}", value, record["step"])
             writer.flush()
 
     def _tensorboard(self) -> Any:
