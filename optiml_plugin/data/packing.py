@@ -19,8 +19,9 @@ does not end there). Both are counted, in examples and tokens.
 """
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
@@ -128,24 +129,27 @@ class Block:
 
 
 def build_block(items: Sequence[PackItem], block_size: int, pad_id: int = PAD_ID) -> Block:
+    """The block of `items` in order; vectorized over the block (no per-item array writes)."""
+    lengths = [len(it) for it in items]
+    used = sum(lengths)
+    if used > block_size:
+        raise AssertionError(f"packer overfilled a block: {used} > {block_size}")
     tokens = np.full(block_size, pad_id, dtype=np.int64)
     is_target = np.zeros(block_size, dtype=bool)
     segment_ids = np.zeros(block_size, dtype=np.int64)
     positions = np.zeros(block_size, dtype=np.int64)
-    at = 0
-    for seg, item in enumerate(items, start=1):
-        n = len(item)
-        tokens[at:at + n] = item.tokens
-        is_target[at + item.n_src:at + n] = True
-        segment_ids[at:at + n] = seg
-        positions[at:at + n] = np.arange(n)
-        at += n
-    if at > block_size:
-        raise AssertionError(f"packer overfilled a block: {at} > {block_size}")
+    if items:
+        lens = np.asarray(lengths, dtype=np.int64)
+        starts = np.repeat(np.cumsum(lens) - lens, lens)
+        tokens[:used] = np.concatenate([it.tokens for it in items])
+        segment_ids[:used] = np.repeat(np.arange(1, len(items) + 1, dtype=np.int64), lens)
+        positions[:used] = np.arange(used, dtype=np.int64) - starts
+        n_src = np.repeat(np.asarray([it.n_src for it in items], dtype=np.int64), lens)
+        is_target[:used] = positions[:used] >= n_src
     return Block(tokens, is_target, segment_ids, positions,
                  [it.index for it in items], [it.task_id for it in items],
-                 [it.benchmark_id for it in items], [len(it) for it in items],
-                 target_tokens=sum(len(it) - it.n_src for it in items),
+                 [it.benchmark_id for it in items], lengths,
+                 target_tokens=used - sum(it.n_src for it in items),
                  cut_left_examples=sum(1 for it in items if it.cut_left),
                  cut_left_tokens=sum(it.cut_left for it in items),
                  cut_right_examples=sum(1 for it in items if it.cut_right),
@@ -219,23 +223,27 @@ class Packer:
 
     `held()` lists, per open block, the stream indices of its examples; `restore(...)` rebuilds
     the open blocks from the re-tokenized items so a resumed run continues exactly.
+    Open blocks are kept by serial (creation order) and in a list sorted by (room, serial), so the
+    best fit (tightest room, then oldest) and the fullest block are a bisection away.
     """
 
     def __init__(self, config: PackingConfig, pad_id: int = PAD_ID) -> None:
         self.config = config
         self.pad_id = pad_id
         self.stats = PackingStats()
-        self._open: List[_OpenBlock] = []
+        self._open: Dict[int, _OpenBlock] = {}   # by serial, in creation order
+        self._rooms: List[Tuple[int, int]] = []  # (room, serial) of every open block, sorted
         self._serial = 0
 
     def _new_block(self) -> _OpenBlock:
         block = _OpenBlock(self._serial)
         self._serial += 1
-        self._open.append(block)
+        self._open[block.serial] = block
         return block
 
     def _close(self, block: _OpenBlock) -> Block:
-        self._open.remove(block)
+        """Build and count a block already taken out of `_rooms`."""
+        del self._open[block.serial]
         out = build_block(block.items, self.config.block_size, self.pad_id)
         self.stats.add_block(out)
         return out
@@ -246,37 +254,39 @@ class Packer:
         if n > size:
             raise AssertionError(f"item {item.index} has {n} tokens > block {size}: use make_item")
         done: List[Block] = []
-        best: Optional[_OpenBlock] = None
-        for block in self._open:  # creation order: the first of equally tight blocks wins
-            room = size - block.used
-            if room >= n and (best is None or room < size - best.used):
-                best = block
-        if best is None:
-            if len(self._open) >= self.config.open_blocks:
-                fullest = min(self._open, key=lambda b: (size - b.used, b.serial))
-                done.append(self._close(fullest))
+        k = bisect_left(self._rooms, (n, -1))  # the tightest room >= n; the oldest of equal rooms
+        if k < len(self._rooms):
+            best = self._open[self._rooms.pop(k)[1]]
+        else:
+            if len(self._open) >= self.config.open_blocks:  # close the fullest (then oldest) block
+                done.append(self._close(self._open[self._rooms.pop(0)[1]]))
             best = self._new_block()
         best.items.append(item)
         best.used += n
         if size - best.used < MIN_EXAMPLE_TOKENS:
             done.append(self._close(best))
+        else:
+            insort(self._rooms, (size - best.used, best.serial))
         return done
 
     def flush(self) -> List[Block]:
         """Close every open block (in creation order): the end of a finite stream."""
-        return [self._close(block) for block in sorted(self._open, key=lambda b: b.serial)]
+        self._rooms = []
+        return [self._close(block) for block in list(self._open.values())]
 
     def held(self) -> List[List[int]]:
-        return [[it.index for it in block.items] for block in self._open]
+        return [[it.index for it in block.items] for block in self._open.values()]
 
     def restore(self, blocks: Sequence[Sequence[PackItem]]) -> None:
         """Re-open blocks (in their original creation order) from re-made items."""
-        self._open = []
+        self._open = {}
+        self._rooms = []
         self._serial = 0
         for items in blocks:
             block = self._new_block()
             block.items = list(items)
             block.used = sum(len(it) for it in items)
+            insort(self._rooms, (self.config.block_size - block.used, block.serial))
 
 
 def pack(items: Iterable[PackItem], config: PackingConfig, pad_id: int = PAD_ID,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,8 @@ from optiml_plugin.errors import BadRecordError, ConfigError
 STATE_VERSION = 1
 _MASK64 = (1 << 64) - 1
 DEFAULT_ENCODE_CHUNK = 256
+# a chunk of stream examples and the future of its (src_ids, tgt_ids) pairs
+_InFlight = Tuple[List[Any], "Future[List[Tuple[List[int], List[int]]]]"]
 
 
 def collate_blocks(blocks: Sequence[Block], rows: Optional[int] = None,
@@ -45,19 +47,21 @@ def collate_blocks(blocks: Sequence[Block], rows: Optional[int] = None,
     size = blocks[0].tokens.shape[0] if blocks else None
     if size is None:
         raise ConfigError("collate_blocks: cannot infer the block size from zero blocks")
+    k = len(blocks)
     tokens = np.full((n, size), pad_id, dtype=np.int64)
     is_target = np.zeros((n, size), dtype=bool)
     segments = np.zeros((n, size), dtype=np.int64)
     positions = np.zeros((n, size), dtype=np.int64)
-    bench = np.full((n, size), -1, dtype=np.int64)
-    task = np.full((n, size), -1, dtype=np.int64)
-    for r, block in enumerate(blocks):
-        tokens[r] = block.tokens
-        is_target[r] = block.is_target
-        segments[r] = block.segment_ids
-        positions[r] = block.positions
-        bench[r] = np.asarray([-1] + list(block.benchmark_ids), dtype=np.int64)[block.segment_ids]
-        task[r] = np.asarray([-1] + list(block.task_ids), dtype=np.int64)[block.segment_ids]
+    np.stack([b.tokens for b in blocks], out=tokens[:k])
+    np.stack([b.is_target for b in blocks], out=is_target[:k])
+    np.stack([b.segment_ids for b in blocks], out=segments[:k])
+    np.stack([b.positions for b in blocks], out=positions[:k])
+    # per-segment ids of all rows in one table: row r's segment s is entry base[r] + s (0 = -1)
+    base = np.zeros((n, 1), dtype=np.int64)
+    base[1:k, 0] = np.cumsum([len(b.indices) + 1 for b in blocks[:-1]])
+    where = segments[:, :-1] + base
+    bench = np.asarray([v for b in blocks for v in (-1, *b.benchmark_ids)] or [-1], dtype=np.int64)[where]
+    task = np.asarray([v for b in blocks for v in (-1, *b.task_ids)] or [-1], dtype=np.int64)[where]
     loss_mask = is_target[:, 1:]
     target = np.where(loss_mask, tokens[:, 1:], pad_id)
     as_t = torch.from_numpy
@@ -65,8 +69,7 @@ def collate_blocks(blocks: Sequence[Block], rows: Optional[int] = None,
             "loss_mask": as_t(np.ascontiguousarray(loss_mask)),
             "segment_ids": as_t(np.ascontiguousarray(segments[:, :-1])),
             "position_ids": as_t(np.ascontiguousarray(positions[:, :-1])),
-            "benchmark_ids": as_t(np.ascontiguousarray(bench[:, :-1])),
-            "task_ids": as_t(np.ascontiguousarray(task[:, :-1]))}
+            "benchmark_ids": as_t(bench), "task_ids": as_t(task)}
 
 
 # the name the metaseq task's brief uses
@@ -118,7 +121,7 @@ class PackedBatches:
         self.encode_chunk = int(encode_chunk)
         self.prefetch = prefetch
         self._executor: Optional[ThreadPoolExecutor] = None
-        self._future: Optional["Future[List[PackItem]]"] = None
+        self._inflight: Optional[_InFlight] = None  # a chunk read, its encoding under way
         self.stats = PackingStats()   # over every block yielded so far
         self._reset()
 
@@ -133,8 +136,11 @@ class PackedBatches:
         self._iter: Optional[Iterator[Any]] = None
 
     # ---- tokenization -------------------------------------------------------------------------
-    def _items(self, examples: Sequence[Any], record: bool) -> List[PackItem]:
-        pairs = self.tokenizer.encode_pairs([_source_target(ex) for ex in examples])
+    def _encode(self, examples: Sequence[Any]) -> List[Tuple[List[int], List[int]]]:
+        return self.tokenizer.encode_pairs([_source_target(ex) for ex in examples])
+
+    def _make_items(self, examples: Sequence[Any], pairs: Sequence[Tuple[List[int], List[int]]],
+                    record: bool) -> List[PackItem]:
         items = []
         for ex, (src, tgt) in zip(examples, pairs):
             item = make_item(src, tgt, self.packing, index=ex.index, task_id=ex.task_id,
@@ -144,33 +150,54 @@ class PackedBatches:
             items.append(item)
         return items
 
-    def _read_chunk(self) -> List[PackItem]:
-        """Read and tokenize the next `encode_chunk` examples (runs on the prefetch thread)."""
+    def _read_examples(self) -> List[Any]:
+        """The next `encode_chunk` examples of the stream, in order."""
         if self._iter is None:
             self._iter = iter(self.stream)
-        examples = list(itertools.islice(self._iter, self.encode_chunk))
-        return self._items(examples, record=True)
+        return list(itertools.islice(self._iter, self.encode_chunk))
+
+    def _launch(self, read: Callable[[], List[Any]]) -> _InFlight:
+        """Read a chunk here and start encoding it on the background thread; a failed read is
+        kept in the future, to surface when the chunk is due (as a read in the background would)."""
+        future: "Future[List[Tuple[List[int], List[int]]]]"
+        try:
+            examples = read()
+        except Exception as err:  # re-raised, unchanged, by future.result() when the chunk is due
+            future = Future()
+            future.set_exception(err)
+            return [], future
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optiml-tokenize")
+        return examples, self._executor.submit(self._encode, examples)
 
     def _read_more(self) -> bool:
-        """Move the next tokenized chunk into the pending queue; start reading the one after.
+        """Move the next tokenized chunk into the pending queue.
 
-        With `prefetch`, one chunk is read and tokenized on a background thread (`tokenizers`
-        releases the GIL) while this thread packs; chunks are still read strictly in order.
+        With `prefetch`, only `tokenizers` works on the background thread (it releases the GIL):
+        while it encodes chunk k, this thread reads chunk k + 1 and then makes and packs the items
+        of chunk k, so the Python work overlaps encoding instead of following it. Chunks are
+        still read, and their tokens recorded, strictly in order.
         """
-        items = self._future.result() if self._future is not None else self._read_chunk()
-        self._future = None
-        if items and self.prefetch:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optiml-tokenize")
-            self._future = self._executor.submit(self._read_chunk)
+        if not self.prefetch and self._inflight is None:
+            examples = self._read_examples()
+            items = self._make_items(examples, self._encode(examples), record=True)
+        else:
+            if self._inflight is None:
+                self._inflight = self._launch(self._read_examples)
+            examples, future = self._inflight
+            self._inflight = None
+            if examples and self.prefetch:
+                self._inflight = self._launch(self._read_examples)
+            items = self._make_items(examples, future.result(), record=True)
         self._pending.extend(items)
         return bool(items)
 
     def _settle(self) -> None:
         """Finish the chunk in flight and queue it, so stream state and held indices agree."""
-        if self._future is not None:
-            self._pending.extend(self._future.result())
-            self._future = None
+        if self._inflight is not None:
+            examples, future = self._inflight
+            self._inflight = None
+            self._pending.extend(self._make_items(examples, future.result(), record=True))
 
     # ---- the state machine --------------------------------------------------------------------
     def _shuffle_in(self, block: Block) -> None:
@@ -264,8 +291,8 @@ class PackedBatches:
         groups = [[list(state["pending"])], state["open_blocks"], state["incoming"], state["buffer"],
                   state["ready"]]
         wanted = sorted({i for group in groups for lists in group for i in lists})
-        by_index = {it.index: it for it in self._items([self.stream.example(i) for i in wanted],
-                                                       record=False)}
+        examples = [self.stream.example(i) for i in wanted]
+        by_index = {it.index: it for it in self._make_items(examples, self._encode(examples), record=False)}
         size = self.packing.block_size
         pad = self.tokenizer.pad_id
 
