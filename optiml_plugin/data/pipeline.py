@@ -96,7 +96,8 @@ class PackedBatches:
 
     `stream` is duck-typed: an iterable of examples with `index`, `task_id`, `benchmark_id`, `row`
     (a dict with "src" and "tgt"), plus `example(i)`, `state_dict()`, `load_state_dict()` and
-    `record_tokens(benchmark_id, tokens, target_tokens)` (data.stream.ExampleStream).
+    `record_tokens(benchmark_id, tokens, target_tokens)`, and optionally `take(n)` (the next n
+    examples at once) (data.stream.ExampleStream).
     `shuffle_buffer` counts blocks (default 10 x batch_size, the authors' 10 x batch x shards per
     shard); 0 disables shuffling. `drop_last` drops a final partial batch of a finite stream.
     """
@@ -151,7 +152,11 @@ class PackedBatches:
         return items
 
     def _read_examples(self) -> List[Any]:
-        """The next `encode_chunk` examples of the stream, in order."""
+        """The next `encode_chunk` examples of the stream, in order (through `take(n)` where the
+        stream has it: ExampleStream reads a chunk's rows file by file)."""
+        take = getattr(self.stream, "take", None)
+        if take is not None:
+            return take(self.encode_chunk)
         if self._iter is None:
             self._iter = iter(self.stream)
         return list(itertools.islice(self._iter, self.encode_chunk))

@@ -252,21 +252,42 @@ class ExampleStream:
         return self
 
     def __next__(self) -> Example:
-        i = self._next
-        chunk, j = divmod(i, self.chunk_size)
-        tasks, rows = self._chunk(chunk, self._chunk_counts)
-        task_id = int(tasks[j])
-        ex = Example(index=i, task_id=task_id, benchmark_id=int(self.mixture.benchmark_of_task[task_id]),
-                     row=self.bench.read(self.mixture.tasks[task_id], int(rows[j])))
-        self.counters.examples[ex.benchmark_id] += 1
-        if j + 1 < self.chunk_size:
-            self._next = i + 1
-        else:  # jump to this partition's next chunk, carrying S over the chunks in between
-            nxt = chunk + self.num_partitions
-            for c in range(chunk, nxt):
-                self._chunk_counts += self.chunk_composition(c)
-            self._next = nxt * self.chunk_size
-        return ex
+        return self.take(1)[0]
+
+    def take(self, n: int) -> List[Example]:
+        """The next `n` examples, exactly as `n` calls of `next()` give them, read a run of
+        positions at a time (one chunk lookup per run, each file's rows read together)."""
+        out: List[Example] = []
+        while len(out) < n:
+            i = self._next
+            chunk, j = divmod(i, self.chunk_size)
+            tasks, rows = self._chunk(chunk, self._chunk_counts)
+            m = min(n - len(out), self.chunk_size - j)
+            out.extend(self._read_run(i, tasks[j:j + m], rows[j:j + m]))
+            if j + m < self.chunk_size:
+                self._next = i + m
+            else:  # jump to this partition's next chunk, carrying S over the chunks in between
+                nxt = chunk + self.num_partitions
+                for c in range(chunk, nxt):
+                    self._chunk_counts += self.chunk_composition(c)
+                self._next = nxt * self.chunk_size
+        return out
+
+    def _read_run(self, start: int, tasks: np.ndarray, rows: np.ndarray) -> List[Example]:
+        """Examples `start, start + 1, ...` of (task, row) pairs; rows are read file by file in
+        offset order, and counted once all are read."""
+        benchmark_ids = self.mixture.benchmark_of_task[tasks]
+        task_list, row_list = tasks.tolist(), rows.tolist()
+        read: List[Any] = [None] * len(task_list)
+        reader, current = None, -1
+        for k in np.lexsort((rows, tasks)).tolist():
+            if task_list[k] != current:
+                current = task_list[k]
+                reader = self.bench.reader(self.mixture.tasks[current])
+            read[k] = reader[row_list[k]]
+        self.counters.examples += np.bincount(benchmark_ids, minlength=len(self.counters.examples))
+        return [Example(index=start + k, task_id=t, benchmark_id=b, row=row)
+                for k, (t, b, row) in enumerate(zip(task_list, benchmark_ids.tolist(), read))]
 
     def record_tokens(self, benchmark_id: int, tokens: int, target_tokens: int) -> None:
         """Called by the pipeline once an example is tokenized, for realized token shares."""
