@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -161,12 +161,12 @@ class PackedBatches:
             self._iter = iter(self.stream)
         return list(itertools.islice(self._iter, self.encode_chunk))
 
-    def _launch(self, read: Callable[[], List[Any]]) -> _InFlight:
+    def _launch(self) -> _InFlight:
         """Read a chunk here and start encoding it on the background thread; a failed read is
         kept in the future, to surface when the chunk is due (as a read in the background would)."""
         future: "Future[List[Tuple[List[int], List[int]]]]"
         try:
-            examples = read()
+            examples = self._read_examples()
         except Exception as err:  # re-raised, unchanged, by future.result() when the chunk is due
             future = Future()
             future.set_exception(err)
@@ -188,11 +188,11 @@ class PackedBatches:
             items = self._make_items(examples, self._encode(examples), record=True)
         else:
             if self._inflight is None:
-                self._inflight = self._launch(self._read_examples)
+                self._inflight = self._launch()
             examples, future = self._inflight
             self._inflight = None
             if examples and self.prefetch:
-                self._inflight = self._launch(self._read_examples)
+                self._inflight = self._launch()
             items = self._make_items(examples, future.result(), record=True)
         self._pending.extend(items)
         return bool(items)
