@@ -47,21 +47,19 @@ def collate_blocks(blocks: Sequence[Block], rows: Optional[int] = None,
     size = blocks[0].tokens.shape[0] if blocks else None
     if size is None:
         raise ConfigError("collate_blocks: cannot infer the block size from zero blocks")
-    k = len(blocks)
     tokens = np.full((n, size), pad_id, dtype=np.int64)
     is_target = np.zeros((n, size), dtype=bool)
     segments = np.zeros((n, size), dtype=np.int64)
     positions = np.zeros((n, size), dtype=np.int64)
-    np.stack([b.tokens for b in blocks], out=tokens[:k])
-    np.stack([b.is_target for b in blocks], out=is_target[:k])
-    np.stack([b.segment_ids for b in blocks], out=segments[:k])
-    np.stack([b.positions for b in blocks], out=positions[:k])
-    # per-segment ids of all rows in one table: row r's segment s is entry base[r] + s (0 = -1)
-    base = np.zeros((n, 1), dtype=np.int64)
-    base[1:k, 0] = np.cumsum([len(b.indices) + 1 for b in blocks[:-1]])
-    where = segments[:, :-1] + base
-    bench = np.asarray([v for b in blocks for v in (-1, *b.benchmark_ids)] or [-1], dtype=np.int64)[where]
-    task = np.asarray([v for b in blocks for v in (-1, *b.task_ids)] or [-1], dtype=np.int64)[where]
+    bench = np.full((n, size), -1, dtype=np.int64)
+    task = np.full((n, size), -1, dtype=np.int64)
+    for r, block in enumerate(blocks):
+        tokens[r] = block.tokens
+        is_target[r] = block.is_target
+        segments[r] = block.segment_ids
+        positions[r] = block.positions
+        bench[r] = np.asarray([-1] + list(block.benchmark_ids), dtype=np.int64)[block.segment_ids]
+        task[r] = np.asarray([-1] + list(block.task_ids), dtype=np.int64)[block.segment_ids]
     loss_mask = is_target[:, 1:]
     target = np.where(loss_mask, tokens[:, 1:], pad_id)
     as_t = torch.from_numpy
@@ -69,7 +67,8 @@ def collate_blocks(blocks: Sequence[Block], rows: Optional[int] = None,
             "loss_mask": as_t(np.ascontiguousarray(loss_mask)),
             "segment_ids": as_t(np.ascontiguousarray(segments[:, :-1])),
             "position_ids": as_t(np.ascontiguousarray(positions[:, :-1])),
-            "benchmark_ids": as_t(bench), "task_ids": as_t(task)}
+            "benchmark_ids": as_t(np.ascontiguousarray(bench[:, :-1])),
+            "task_ids": as_t(np.ascontiguousarray(task[:, :-1]))}
 
 
 # the name the metaseq task's brief uses
