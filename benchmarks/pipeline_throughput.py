@@ -8,9 +8,10 @@ its ratio to raw `tokenizers` batch-encode throughput on the same text (aim >= 0
 The bench defaults to one built in a temporary directory from ../shared/data/sni with the OPT BPE.
 The raw baseline encodes exactly the (src, tgt) strings the pipeline consumed, already in memory,
 in batches of the pipeline's encode chunk: the work no pipeline can avoid.
-On a machine with few (or contended) cores, run with TOKENIZERS_PARALLELISM=false: the `tokenizers`
-thread pool then stops competing with the pipeline's prefetch thread (measured here on a shared
-2-core machine: 228k vs 108k tokens/s for the pipeline, ratio 0.87 vs 0.38).
+Only `tokenizers` runs on the pipeline's background thread; reading, item making, packing and
+collate run on the caller's thread while it encodes, so the wall ratio gains from a spare core.
+With the load average at or above the core count there is none, and wall and cpu ratios agree.
+Pipeline and raw runs alternate (`--repeats`, best of each) so both see the same load.
 """
 from __future__ import annotations
 
