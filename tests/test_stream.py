@@ -186,3 +186,15 @@ def test_realized_share_counters(bench, mixture):
     take(other, 10)
     c.merge(other.counters)
     assert c.examples.sum() == 510
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 3 * CHUNK), min_size=1, max_size=5), partition=st.integers(0, 3))
+def test_take_equals_repeated_next_across_chunks_and_partitions(bench, mixture, sizes, partition):
+    def make():
+        return ExampleStream(bench, mixture, seed=12, chunk_size=CHUNK, rank=partition // 2, world_size=2,
+                             worker=partition % 2, num_workers=2)
+    batched, single = make(), make()
+    for n in sizes:
+        assert batched.take(n) == [next(single) for _ in range(n)]
+        assert batched.state_dict() == single.state_dict()

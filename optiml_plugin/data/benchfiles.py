@@ -123,7 +123,7 @@ class IndexedJsonl:
         return os.pread(self._fd, end - start, start)
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
-        return json.loads(self.read_bytes(i))
+        return json.loads(self.read_bytes(i).decode("utf-8"))  # str skips json's encoding sniffing
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         for i in range(len(self)):
