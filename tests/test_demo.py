@@ -23,8 +23,15 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert (out / "loss_curve.png").stat().st_size > 1000
     assert (out / "train" / "final" / "config.json").is_file()
     assert (out / "eval" / "results.json").is_file()
+    base = report["untrained"]                                  # the step-0 model, same instances, 0-shot
+    assert {(r["level"], r["shots"]) for r in base["levels"]} == {(lv, 0) for lv in levels}
+    assert (out / "train" / "untrained" / "config.json").is_file()
+    assert {r["task"] for r in base["tasks"]} == {r["task"] for r in report["evaluation"]["tasks"]}
     md = (out / "report.md").read_text()
     assert "Validation loss per generalization level" in md and "heldout_categories" in md
+    assert "| level | shots | untrained | trained |" in md
+    task = report["evaluation"]["tasks"][0]["task"]
+    assert any(line.startswith("| ") and f"| {task} |" in line for line in md.splitlines())
 
 
 def test_demo_rejects_bad_steps(capsys):

@@ -367,8 +367,11 @@ class Trainer:
         return True
 
     def save_final(self) -> Path:
-        """transformers format + tokenizer, so `from_pretrained` and the evaluator load the directory."""
-        final = self.out / "final"
+        return self.save_model(self.out / "final")
+
+    def save_model(self, final: Path) -> Path:
+        """transformers format + tokenizer, so `from_pretrained` and the evaluator load the directory
+        (the demo also saves the untrained model this way, as the evaluation's baseline)."""
         state = full_state_dict(self.model, self.dist)
         if self.dist.is_main:
             state = {k[len("lm."):]: v for k, v in state.items()}
