@@ -8,7 +8,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole job in minutes on a CPU: build, train a tiny OPT, evaluate, report")
     p.add_argument("--out", default=None, help="run directory (default runs/demo-<date>-<time>)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default 1000; 30 with --quick)")
-    p.add_argument("--quick", action="store_true", help="a smaller model, data and eval (about a minute)")
+    p.add_argument("--quick", action="store_true", help="a smaller model, data and eval (about 10 s)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: the tiny model gains little from more, and on a "
