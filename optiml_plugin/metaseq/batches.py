@@ -16,9 +16,10 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from optiml_plugin.data.benchfiles import Bench
-from optiml_plugin.data.packing import Block, PackingConfig, build_block, make_item, pack
+from optiml_plugin.data.packing import Block, PackingConfig, build_block, pack
 from optiml_plugin.data.pipeline import collate_blocks
 from optiml_plugin.data.tokenizer import EOS_ID, PAD_ID, OptTokenizer
+from optiml_plugin.data.validation import validation_set
 from optiml_plugin.errors import OptimlError
 
 # keys of a metaseq sample that are not tensors the model reads, but what the criterion logs
@@ -85,20 +86,10 @@ def validation_blocks(bench: Bench, splits: Sequence[str], tokenizer: OptTokeniz
     Benchmark ids index `benchmarks` (the training mixture's list) so per-benchmark validation loss
     uses the same keys as training; a benchmark absent from training gets id -1 (logged in total only).
     """
-    bench_id = {name: i for i, name in enumerate(benchmarks)}
     items = []
-    index = 0
     for split in splits:
-        for task_id, tf in enumerate(bench.task_files(split)):
-            reader = bench.reader(tf)
-            n = len(reader) if max_per_task is None else min(len(reader), max_per_task)
-            rows = [reader[i] for i in range(n)]
-            pairs = tokenizer.encode_pairs([(r["src"], r["tgt"]) for r in rows])
-            for src_ids, tgt_ids in pairs:
-                items.append(make_item(src_ids, tgt_ids, packing, index=index, task_id=task_id,
-                                       benchmark_id=bench_id.get(tf.benchmark, -1),
-                                       eos_id=tokenizer.eos_id))
-                index += 1
+        items += validation_set(bench, split, tokenizer, packing, max_per_task, benchmarks,
+                                first_index=len(items)).items
     return pack(items, packing, pad_id=tokenizer.pad_id)
 
 
