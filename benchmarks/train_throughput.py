@@ -127,6 +127,8 @@ def parse(description: str) -> argparse.Namespace:
     ap.add_argument("--rows", type=int, default=8, help="rows per packed batch")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
+    ap.add_argument("--backend", default="auto", help="document-mask backend for the packed rows "
+                    "(auto | per_example | dense | flex)")
     ap.add_argument("--cache", default=None, help="where to build/keep the SNI bench (default: a temp dir)")
     return ap.parse_args()
 
@@ -148,9 +150,9 @@ def main() -> None:
         return build_model(args.preset, vocab_size=tok.vocab_size, dropout=0.0, seed=0,
                            max_positions=max(2048, args.tokens_per_sample))
 
-    packed = measure(fresh(), "auto", packed_batches(bench, tok, args.tokens_per_sample, args.rows), args.steps)
+    packed = measure(fresh(), args.backend, packed_batches(bench, tok, args.tokens_per_sample, args.rows), args.steps)
     padded = measure(fresh(), "causal", padded_batches(bench, tok, args.tokens_per_sample, args.rows), args.steps)
-    print(f"tiny OPT preset {args.preset}, rows of {args.tokens_per_sample} tokens, threads "
+    print(f"tiny OPT preset {args.preset}, packed backend {args.backend}, rows of {args.tokens_per_sample} tokens, threads "
           f"{torch.get_num_threads()}, tokenizer {tok.origin}; the padded baseline fills the same "
           f"{args.rows} x {args.tokens_per_sample} token budget")
     for name, r in (("packed + document mask", packed), ("one example per row, padded", padded)):
