@@ -152,7 +152,8 @@ def main() -> None:
 
     packed = measure(fresh(), args.backend, packed_batches(bench, tok, args.tokens_per_sample, args.rows), args.steps)
     padded = measure(fresh(), "causal", padded_batches(bench, tok, args.tokens_per_sample, args.rows), args.steps)
-    print(f"tiny OPT preset {args.preset}, packed backend {args.backend}, rows of {args.tokens_per_sample} tokens, threads "
+    print(f"OPT preset {args.preset}, packed backend {args.backend}, rows of {args.tokens_per_sample} tokens, "
+          f"threads "
           f"{torch.get_num_threads()}, tokenizer {tok.origin}; the padded baseline fills the same "
           f"{args.rows} x {args.tokens_per_sample} token budget")
     for name, r in (("packed + document mask", packed), ("one example per row, padded", padded)):
