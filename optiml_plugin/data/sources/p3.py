@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, Optional
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, candidates_value, outputs_value,
                                              row_fields, task_name)
-from optiml_plugin.data.sources.tabular import TABLE_SUFFIXES, load_rows, required_text
+from optiml_plugin.data.sources.tabular import TABLE_SUFFIXES, inputs_and_targets, load_rows
 from optiml_plugin.errors import BadRecordPolicy
 
 KEYS = ("task",)
@@ -25,12 +25,10 @@ TASK_KEYS = ("task", "task_name")
 
 def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
     def build(row: Dict[str, Any], path: Path, line: int, task: Any, gate: RecordGate) -> Optional[Record]:
-        ok, inputs = required_text(row, ("inputs",), path, line, gate)
-        if not ok:
+        pair = inputs_and_targets(row, path, line, gate)
+        if pair is None:
             return None
-        ok, targets = required_text(row, ("targets",), path, line, gate)
-        if not ok:
-            return None
+        inputs, targets = pair
         return Record(benchmark=spec.benchmark or DEFAULT_BENCHMARK, task=task, instruction="",
                       input=inputs, outputs=outputs_value(targets),
                       candidates=candidates_value(row.get("answer_choices")),

@@ -124,3 +124,13 @@ def required_text(row: Mapping[str, Any], names: Sequence[str], path: Path, line
             return True, value
     gate.bad(path, line, names[0], "missing_field", f"row has no '{names[0]}'")
     return False, None
+
+
+def inputs_and_targets(row: Mapping[str, Any], path: Path, line: int,
+                       gate: RecordGate) -> Optional[Tuple[Any, Any]]:
+    """The `inputs` and `targets` of a P3/FLAN-style row, or None after reporting the missing one."""
+    ok, inputs = required_text(row, ("inputs",), path, line, gate)
+    if not ok:
+        return None
+    ok, targets = required_text(row, ("targets",), path, line, gate)
+    return (inputs, targets) if ok else None
