@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from optiml_plugin.attention import flex_attention_available, position_ids_from_segments
-from optiml_plugin.local.attention_backends import DocumentAttention, row_spans
+from optiml_plugin.local.attention_backends import DocumentAttention, row_spans, span_buckets
 from optiml_plugin.local.model import build_model
 from optiml_plugin.loss import target_cross_entropy
 
@@ -127,3 +127,40 @@ def test_per_example_gradients_match_dense():
 def test_row_spans_cover_examples_and_padding():
     seg = torch.tensor([[1, 1, 2, 2, 2, 0, 0], [1, 1, 1, 1, 1, 1, 1]])
     assert row_spans(seg) == [[(0, 2), (2, 5), (5, 7)], [(0, 7)]]
+
+
+def _two_rows(examples_a, examples_b, length):
+    a, b = _packed(examples_a, length), _packed(examples_b, length)
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def test_per_example_groups_padded_examples_across_rows_exactly():
+    """Nearly equal lengths (20/19, 11/10) share a right-padded SDPA group across rows: logits still equal
+    each example alone, and gradients equal the dense mask's."""
+    ex = _examples(4, lengths=(20, 11, 19, 10))
+    batch = _two_rows([ex[0], ex[1]], [ex[2], ex[3]], 36)
+    groups = row_spans(batch["segment_ids"])
+    assert span_buckets(groups, 36, torch.device("cpu")).shapes[:2] == [(2, 20), (2, 11)]
+    model = _model()
+    packed = _logits(model, "per_example", batch)
+    for row, (first, second) in enumerate(((ex[0], ex[1]), (ex[2], ex[3]))):
+        for at, e in ((0, first), (len(first), second)):
+            alone = _logits(model, "causal", _packed([e], len(e)))
+            assert torch.allclose(packed[row, at:at + len(e)], alone[0], atol=1e-5)
+    grads = []
+    for backend in ("per_example", "dense"):
+        model = _model().train()
+        da = DocumentAttention(backend, torch.device("cpu"))
+        da.configure(model)
+        logits = model(**da.model_inputs(batch), use_cache=False).logits
+        target_cross_entropy(logits, batch["target_ids"], batch["loss_mask"]).loss().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_span_buckets_gather_then_scatter_is_identity():
+    seg = torch.tensor([[1, 1, 1, 2, 2, 0], [1, 1, 2, 2, 2, 2]])
+    plan = span_buckets(row_spans(seg), 6, torch.device("cpu"), ratio=2.0)
+    tokens = torch.arange(12)
+    assert torch.equal(tokens[plan.gather][plan.scatter], tokens)
+    assert sum(n * longest for n, longest in plan.shapes) == plan.gather.numel()

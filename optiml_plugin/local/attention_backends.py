@@ -1,8 +1,9 @@
 """Document-masked attention for packed rows on transformers' OPT, chosen per device.
 
 Why several backends: a packed row holds several examples that must not attend to each other.
-- "per_example": attention computed span by span (causal SDPA on each example's own tokens), so masked
-  blocks are never computed; the lengths come from the packer's segment ids. Fastest on CPU.
+- "per_example": causal SDPA over each example's own tokens, examples of similar length gathered into a few
+  right-padded batches (one call each), so masked blocks are never computed; the lengths come from the
+  packer's segment ids. Fastest on CPU.
 - "dense": one block-diagonal causal bool mask [B,1,L,L] through SDPA (works everywhere; computes all pairs).
 - "flex": FlexAttention with a block mask (skips masked blocks with fused kernels); only where the installed
   torch has it AND it has a backward on the device (torch 2.13 has none on CPU).
@@ -13,6 +14,7 @@ per-batch extras (spans, block mask) from keyword arguments transformers forward
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -39,21 +41,69 @@ def row_spans(segment_ids: torch.Tensor) -> Spans:
     return spans
 
 
+@dataclass
+class SpanBuckets:
+    """Where each example of a packed batch goes in a few right-padded [n, longest, ...] groups, and back.
+
+    Why: slicing q/k/v span by span makes the backward fill a whole [B,H,L,D] zero gradient per span and
+    layer; one gather per tensor (and one scatter back) replaces those, and examples of nearly equal length
+    share one causal SDPA call. Right padding needs no key mask under a causal mask: a real query only sees
+    keys at or before it, all of its own example; padded queries are dropped on the way back, so their
+    (zero) gradients never reach real keys. Groups are tight (ratio 1.1): on CPU the padded query/key
+    pairs cost more than the saved calls.
+    """
+
+    shapes: List[Tuple[int, int]]  # per group: (examples, longest)
+    gather: torch.Tensor  # the groups' [n, longest] flat (row * L + position) indices, flattened and joined
+    scatter: torch.Tensor  # [B * L]: each token's place in `gather`
+
+
+def span_buckets(spans: Spans, length: int, device: torch.device, ratio: float = 1.1) -> SpanBuckets:
+    """Groups spans longest first; a group takes spans while its longest is <= `ratio` x theirs (so padding
+    wastes at most (1 - 1/ratio) of a group's query slots)."""
+    flat = sorted(((e - s, b * length + s) for b, row in enumerate(spans) for s, e in row), reverse=True)
+    shapes: List[Tuple[int, int]] = []
+    gather: List[torch.Tensor] = []
+    scatter = torch.empty(len(spans) * length, dtype=torch.long)
+    done = i = 0
+    while i < len(flat):
+        longest = flat[i][0]
+        j = i
+        while j < len(flat) and flat[j][0] * ratio >= longest:
+            j += 1
+        lengths = torch.tensor([n for n, _ in flat[i:j]])
+        starts = torch.tensor([start for _, start in flat[i:j]])
+        offsets = torch.arange(longest)
+        real = offsets[None, :] < lengths[:, None]
+        index = starts[:, None] + torch.minimum(offsets[None, :], lengths[:, None] - 1)
+        slot = done + torch.arange(j - i)[:, None] * longest + offsets[None, :]
+        scatter[index[real]] = slot[real]
+        gather.append(index.flatten())
+        shapes.append((j - i, longest))
+        done += (j - i) * longest
+        i = j
+    return SpanBuckets(shapes, torch.cat(gather).to(device), scatter.to(device))
+
+
 def per_example_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                           attention_mask: Optional[torch.Tensor], scaling: Optional[float] = None,
-                          dropout: float = 0.0, optiml_spans: Optional[Spans] = None,
+                          dropout: float = 0.0, optiml_spans: Optional[SpanBuckets] = None,
                           **kwargs: Any) -> Tuple[torch.Tensor, None]:
     """transformers attention function: q/k/v [B,H,L,D] -> ([B,L,H,D], None), causal within each span."""
     if optiml_spans is None:
         raise RuntimeError("per_example attention needs optiml_spans (call the model through DocumentAttention)")
-    rows = []
-    for b, spans in enumerate(optiml_spans):
-        q, k, v = query[b:b + 1], key[b:b + 1], value[b:b + 1]
-        parts = [F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
-                                                dropout_p=dropout, scale=scaling) for s, e in spans]
-        rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
-    out = torch.cat(rows, dim=0)
-    return out.transpose(1, 2).contiguous(), None
+    b, h, length, d = query.shape
+    sizes = [n * longest for n, longest in optiml_spans.shapes]
+    # one gather per tensor (its backward is one scatter, not one full-size zero fill per group)
+    groups = [t.transpose(1, 2).reshape(b * length, h * d).index_select(0, optiml_spans.gather).split(sizes)
+              for t in (query, key, value)]
+    outs = []
+    for (n, longest), q, k, v in zip(optiml_spans.shapes, *groups):
+        q, k, v = (t.view(n, longest, h, d).transpose(1, 2) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scaling)
+        outs.append(o.transpose(1, 2).reshape(-1, h * d))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+    return out.index_select(0, optiml_spans.scatter).view(b, length, h, d), None
 
 
 _compiled_flex: Dict[str, Any] = {}
@@ -119,7 +169,7 @@ class DocumentAttention:
         inputs: Dict[str, Any] = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
         seg = batch["segment_ids"]
         if self.backend == "per_example":
-            inputs["optiml_spans"] = row_spans(seg)
+            inputs["optiml_spans"] = span_buckets(row_spans(seg), seg.shape[1], seg.device)
         elif self.backend == "dense":
             from optiml_plugin.attention import document_causal_mask
 
