@@ -58,10 +58,13 @@ def target_cross_entropy(logits: torch.Tensor, target_ids: torch.Tensor, loss_ma
     """
     _check_normalize(normalize)
     mask = loss_mask.bool()
-    picked = logits[mask]
+    if bool(mask.all()):  # logits already taken at target positions only: a view, not a [T, V] copy
+        picked, targets = logits.reshape(-1, logits.shape[-1]), target_ids.reshape(-1)
+    else:
+        picked, targets = logits[mask], target_ids[mask]
     if picked.dtype in (torch.float16, torch.bfloat16):  # softmax in fp32, as metaseq does
         picked = picked.float()
-    nll = F.cross_entropy(picked, target_ids[mask].long(), reduction="none")
+    nll = F.cross_entropy(picked, targets.long(), reduction="none")
     target_tokens = mask.sum()
     if segment_ids is None:
         segments = torch.zeros_like(target_ids, dtype=torch.long)
