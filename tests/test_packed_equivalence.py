@@ -109,19 +109,21 @@ def test_plain_causal_attention_leaks_across_examples():
     assert not torch.allclose(packed[0, n0:n0 + len(examples[1])], alone[0], atol=1e-3)
 
 
+def _grads(backend, batch):
+    """All parameter gradients of one target-only loss backward through `backend`'s masks."""
+    model = _model().train()
+    da = DocumentAttention(backend, torch.device("cpu"))
+    da.configure(model)
+    logits = model(**da.model_inputs(batch), use_cache=False).logits
+    target_cross_entropy(logits, batch["target_ids"], batch["loss_mask"]).loss().backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
 def test_per_example_gradients_match_dense():
     """Training needs the backward: per_example and dense masks give the same gradients."""
     examples = _examples(3)
     batch = _packed(examples, 40)
-    grads = []
-    for backend in ("per_example", "dense"):
-        model = _model().train()
-        da = DocumentAttention(backend, torch.device("cpu"))
-        da.configure(model)
-        logits = model(**da.model_inputs(batch), use_cache=False).logits
-        target_cross_entropy(logits, batch["target_ids"], batch["loss_mask"]).loss().backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
-    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    assert torch.allclose(_grads("per_example", batch), _grads("dense", batch), atol=1e-5)
 
 
 def test_row_spans_cover_examples_and_padding():
@@ -147,15 +149,7 @@ def test_per_example_groups_padded_examples_across_rows_exactly():
         for at, e in ((0, first), (len(first), second)):
             alone = _logits(model, "causal", _packed([e], len(e)))
             assert torch.allclose(packed[row, at:at + len(e)], alone[0], atol=1e-5)
-    grads = []
-    for backend in ("per_example", "dense"):
-        model = _model().train()
-        da = DocumentAttention(backend, torch.device("cpu"))
-        da.configure(model)
-        logits = model(**da.model_inputs(batch), use_cache=False).logits
-        target_cross_entropy(logits, batch["target_ids"], batch["loss_mask"]).loss().backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
-    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    assert torch.allclose(_grads("per_example", batch), _grads("dense", batch), atol=1e-5)
 
 
 def test_span_buckets_gather_then_scatter_is_identity():
