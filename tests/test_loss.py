@@ -69,3 +69,20 @@ def test_bad_normalize():
     logits, targets, mask, seg = batch()
     with pytest.raises(ConfigError):
         target_cross_entropy(logits, targets, mask, seg, normalize="row")
+
+
+def test_all_target_rows_take_the_view_path_with_the_same_sums():
+    """Logits already gathered at target positions (every mask entry True, as TargetLM gives them)
+    skip the boolean-index copy; sums, counts and gradients must equal the masked path's."""
+    logits, targets, _, seg = batch(3)
+    full = torch.ones_like(targets, dtype=torch.bool)
+    fast = target_cross_entropy(logits, targets, full, seg)
+    almost = full.clone()
+    almost[0, 0] = False                       # forces the boolean-index path
+    slow = target_cross_entropy(logits, targets, almost, seg)
+    lone = F.cross_entropy(logits[0, 0:1], targets[0, 0:1], reduction="sum")
+    assert torch.allclose(fast.nll_sum, slow.nll_sum + lone)
+    assert int(fast.target_tokens) == targets.numel()
+    ref = F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), reduction="sum")
+    assert torch.allclose(fast.nll_sum, ref)
+    assert int(fast.examples) == sum(len(torch.unique(row)) for row in seg)  # (row, segment) groups
