@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train_throughput import measure, packed_batches, parse, setup  # noqa: E402
+from train_throughput import Run, measure, packed_batches, parse, setup  # noqa: E402
 
 from optiml_plugin.local.attention_backends import flex_available  # noqa: E402
 from optiml_plugin.local.model import build_model  # noqa: E402
@@ -28,12 +28,10 @@ def main() -> None:
     backends = ["causal", "dense", "per_example"]
     if flex_available(torch.device("cpu")):
         backends.append("flex")
-    results = {}
-    for backend in backends:
-        model = build_model(args.preset, vocab_size=tok.vocab_size, dropout=0.0, seed=0,
-                            max_positions=max(2048, args.tokens_per_sample))
-        results[backend] = measure(model, backend, packed_batches(bench, tok, args.tokens_per_sample, args.rows),
-                                   args.steps)
+    results = measure({backend: Run(build_model(args.preset, vocab_size=tok.vocab_size, dropout=0.0, seed=0,
+                                                max_positions=max(2048, args.tokens_per_sample)),
+                                    backend, packed_batches(bench, tok, args.tokens_per_sample, args.rows))
+                       for backend in backends}, args.steps)
     probe = next(packed_batches(bench, tok, args.tokens_per_sample, args.rows))
     print(f"tiny OPT preset {args.preset}, {args.rows} rows x {args.tokens_per_sample} tokens, "
           f"{probe['stats']['examples_per_row']:.1f} examples per row, threads {torch.get_num_threads()}")

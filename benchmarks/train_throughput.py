@@ -33,8 +33,7 @@ from optiml_plugin.data.stream import ExampleStream  # noqa: E402
 from optiml_plugin.data.tokenizer import OptTokenizer  # noqa: E402
 from optiml_plugin.local.attention_backends import DocumentAttention  # noqa: E402
 from optiml_plugin.local.data import training_texts  # noqa: E402
-from optiml_plugin.local.model import TargetLM, build_model, flat_targets  # noqa: E402
-from optiml_plugin.loss import target_cross_entropy  # noqa: E402
+from optiml_plugin.local.model import TargetLM, build_model  # noqa: E402
 
 SHARED = Path(os.environ.get("OPTIML_SHARED", REPO.parent / "shared"))
 KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "position_ids")
@@ -92,32 +91,45 @@ def padded_batches(bench: Bench, tok: OptTokenizer, tokens: int, rows: int) -> I
         yield collate_blocks([build_block([it], longest) for it in items])
 
 
-def measure(model: torch.nn.Module, backend: str, batches: Iterator[Dict[str, torch.Tensor]], steps: int,
-            warmup: int = 1) -> Dict[str, float]:
-    """Forward + backward + AdamW step per batch (as the trainer does it: logits only at target positions);
-    target tokens/s and tokens/s over the timed steps."""
-    da = DocumentAttention(backend, torch.device("cpu"))
-    da.configure(model)
-    model = TargetLM(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
-    targets = slots = real = 0
-    elapsed = 0.0
-    for i in range(warmup + steps):
-        b = next(batches)
-        b = {k: b[k] for k in KEYS}
+class Run:
+    """One variant's model, optimizer and batches; `step()` is forward + backward + AdamW as the trainer does it
+    (the fused output projection + cross entropy at target positions only)."""
+
+    def __init__(self, model: torch.nn.Module, backend: str, batches: Iterator[Dict[str, torch.Tensor]]) -> None:
+        self.attention = DocumentAttention(backend, torch.device("cpu"))
+        self.attention.configure(model)
+        self.model = TargetLM(model)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+        self.batches = batches
+        self.targets = self.slots = self.real = self.steps = 0
+        self.elapsed = 0.0
+
+    def step(self, timed: bool) -> None:
+        b = {k: v for k, v in next(self.batches).items() if k in KEYS}
         t = time.perf_counter()
-        logits = model(b["loss_mask"], **da.model_inputs(b))
-        flat = flat_targets(b)
-        target_cross_entropy(logits, flat["target_ids"], flat["loss_mask"]).loss().backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= warmup:
-            elapsed += time.perf_counter() - t
-            targets += int(b["loss_mask"].sum())
-            slots += b["input_ids"].numel()
-            real += int((b["segment_ids"] > 0).sum())
-    return {"target_tokens_per_s": targets / elapsed, "tokens_per_s": real / elapsed,
-            "non_pad": real / slots, "s_per_step": elapsed / steps}
+        loss, _ = self.model(b["loss_mask"], b["target_ids"], **self.attention.model_inputs(b))
+        (loss / int(b["loss_mask"].sum())).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        if timed:
+            self.elapsed += time.perf_counter() - t
+            self.steps += 1
+            self.targets += int(b["loss_mask"].sum())
+            self.slots += b["input_ids"].numel()
+            self.real += int((b["segment_ids"] > 0).sum())
+
+    def result(self) -> Dict[str, float]:
+        return {"target_tokens_per_s": self.targets / self.elapsed, "tokens_per_s": self.real / self.elapsed,
+                "non_pad": self.real / self.slots, "s_per_step": self.elapsed / self.steps}
+
+
+def measure(runs: Dict[str, Run], steps: int, warmup: int = 1) -> Dict[str, Dict[str, float]]:
+    """Steps of every run taken in turn (not one run after the other), so load from other processes on a
+    shared machine depresses all variants alike; target tokens/s and tokens/s over the timed steps."""
+    for i in range(warmup + steps):
+        for run in runs.values():
+            run.step(timed=i >= warmup)
+    return {name: run.result() for name, run in runs.items()}
 
 
 def parse(description: str) -> argparse.Namespace:
@@ -150,8 +162,10 @@ def main() -> None:
         return build_model(args.preset, vocab_size=tok.vocab_size, dropout=0.0, seed=0,
                            max_positions=max(2048, args.tokens_per_sample))
 
-    packed = measure(fresh(), args.backend, packed_batches(bench, tok, args.tokens_per_sample, args.rows), args.steps)
-    padded = measure(fresh(), "causal", padded_batches(bench, tok, args.tokens_per_sample, args.rows), args.steps)
+    res = measure({"packed": Run(fresh(), args.backend, packed_batches(bench, tok, args.tokens_per_sample, args.rows)),
+                   "padded": Run(fresh(), "causal", padded_batches(bench, tok, args.tokens_per_sample, args.rows))},
+                  args.steps)
+    packed, padded = res["packed"], res["padded"]
     print(f"OPT preset {args.preset}, packed backend {args.backend}, rows of {args.tokens_per_sample} tokens, "
           f"threads "
           f"{torch.get_num_threads()}, tokenizer {tok.origin}; the padded baseline fills the same "

@@ -9,7 +9,7 @@ target NLL, averaged over examples) is offered beside it; it needs segment ids t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +48,37 @@ def _check_normalize(mode: str) -> None:
         raise ConfigError(f"loss normalize must be one of {NORMALIZE}, got {mode!r}")
 
 
+def example_groups(segment_ids: Optional[torch.Tensor], loss_mask: torch.Tensor) -> torch.Tensor:
+    """Per target token (row-major order of `loss_mask`), an id shared only by the tokens of its example:
+    (row, segment) made unique across rows. Without `segment_ids` each row is one example."""
+    mask = loss_mask.bool()
+    segments = torch.zeros_like(mask, dtype=torch.long) if segment_ids is None else segment_ids.long()
+    width = int(segments.max().item()) + 1 if segments.numel() else 1
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)
+    return (rows * width + segments)[mask]
+
+
+def loss_sums(nll: torch.Tensor, groups: torch.Tensor, normalize: str = "token") -> LossSums:
+    """`LossSums` of per-target-token `nll` [n] whose examples are given by `groups` [n]."""
+    _check_normalize(normalize)
+    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    sums = torch.zeros(counts.numel(), dtype=nll.dtype, device=nll.device).index_add_(0, inverse, nll)
+    example_nll_sum = (sums / counts.to(nll.dtype)).sum()
+    target_tokens = torch.tensor(nll.numel(), device=nll.device)
+    return LossSums(nll.sum(), target_tokens, example_nll_sum, torch.tensor(counts.numel(), device=nll.device),
+                    normalize)
+
+
+def token_coefficients(groups: torch.Tensor, normalize: str = "token") -> torch.Tensor:
+    """Each target token's weight in the loss's numerator: 1 (token normalization, the sum of NLL) or
+    1 / its example's target count (example normalization, the sum of example means)."""
+    _check_normalize(normalize)
+    if normalize == "token":
+        return torch.ones(groups.numel(), dtype=torch.float32, device=groups.device)
+    _, inverse, counts = torch.unique(groups, return_inverse=True, return_counts=True)
+    return 1.0 / counts.to(torch.float32)[inverse]
+
+
 def target_cross_entropy(logits: torch.Tensor, target_ids: torch.Tensor, loss_mask: torch.Tensor,
                          segment_ids: Optional[torch.Tensor] = None,
                          normalize: str = "token") -> LossSums:
@@ -65,18 +96,93 @@ def target_cross_entropy(logits: torch.Tensor, target_ids: torch.Tensor, loss_ma
     if picked.dtype in (torch.float16, torch.bfloat16):  # softmax in fp32, as metaseq does
         picked = picked.float()
     nll = F.cross_entropy(picked, targets.long(), reduction="none")
-    target_tokens = mask.sum()
-    if segment_ids is None:
-        segments = torch.zeros_like(target_ids, dtype=torch.long)
-    else:
-        segments = segment_ids.long()
-    width = int(segments.max().item()) + 1 if segments.numel() else 1
-    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(mask)
-    group = (rows * width + segments)[mask]
-    n_groups = mask.shape[0] * width
-    sums = torch.zeros(n_groups, dtype=nll.dtype, device=nll.device).index_add_(0, group, nll)
-    counts = torch.zeros(n_groups, dtype=nll.dtype, device=nll.device).index_add_(
-        0, group, torch.ones_like(nll))
-    present = counts > 0
-    example_nll_sum = (sums[present] / counts[present]).sum()
-    return LossSums(nll.sum(), target_tokens, example_nll_sum, present.sum(), normalize)
+    return loss_sums(nll, example_groups(segment_ids, mask), normalize)
+
+
+def default_chunk_rows(vocab: int, device: torch.device) -> int:
+    """Rows of logits per chunk: ~16 MiB of fp32 on CPU (below glibc's mmap threshold, so buffers are reused
+    instead of page-faulted in every step), ~256 MiB on accelerators."""
+    budget = 2 ** 24 if device.type == "cpu" else 2 ** 28
+    return max(1, budget // (4 * vocab))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i c_i * NLL_i of logits = hidden @ weight.T, computed chunk by chunk of tokens.
+
+    Why: the [targets, vocab] logits (50k wide for OPT) are the largest tensors of a small model's step;
+    softmax, its gradient and the weight-gradient product are all taken inside one chunk, so nothing of
+    size targets x vocab is ever allocated. The gradients are computed in the forward (the coefficients are
+    known), so the output projection costs three matmuls, as unfused, and backward only scales them.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                coefficients: torch.Tensor, chunk: int, compute_dtype: torch.dtype,
+                need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+        n = h.shape[0]
+        acc = torch.promote_types(compute_dtype, torch.float32)  # softmax and weight-gradient sums
+        nll = torch.empty(n, dtype=acc, device=h.device)
+        grad_h = torch.empty_like(h) if need_grad else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if need_grad else None
+        for s in range(0, n, chunk):
+            e = min(n, s + chunk)
+            t = targets[s:e].long()
+            logits = (h[s:e] @ w.t()).to(acc)
+            top = logits.amax(dim=-1, keepdim=True)
+            picked = logits.gather(1, t[:, None])
+            exp = logits.sub_(top).exp_()  # in place: no second [chunk, vocab] buffer
+            total = exp.sum(dim=-1, keepdim=True)
+            nll[s:e] = (total.log() + top - picked).squeeze(1)
+            if need_grad:  # d(c * NLL)/dlogits = c * (softmax - onehot)
+                c = coefficients[s:e, None].to(acc)
+                g = exp.mul_(c / total)
+                g[torch.arange(e - s, device=h.device), t] -= c.squeeze(1)
+                g = g.to(compute_dtype)
+                grad_h[s:e] = g @ w
+                if compute_dtype == acc:
+                    grad_w.addmm_(g.t(), h[s:e])
+                else:  # a low-precision product, summed over chunks in fp32
+                    grad_w.add_(g.t() @ h[s:e])
+        ctx.grads = (grad_h, grad_w)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        ctx.mark_non_differentiable(nll)
+        return (nll * coefficients.to(acc)).sum(), nll
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_nll: Any) -> Tuple[Optional[torch.Tensor], ...]:
+        grad_h, grad_w = ctx.grads
+        if grad_h is None:
+            raise RuntimeError("linear_cross_entropy: backward through a call made without gradients")
+        ctx.grads = None
+        grad_h = grad_h.mul_(grad_loss.to(grad_h.dtype)).to(ctx.dtypes[0])  # in place: not used again
+        grad_w = grad_w.mul_(grad_loss).to(ctx.dtypes[1])
+        return (grad_h, grad_w, None, None, None, None, None)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         coefficients: Optional[torch.Tensor] = None,
+                         chunk: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cross entropy of the output projection `hidden` [n, d] @ `weight` [V, d].T against `targets` [n].
+
+    Returns (sum_i coefficients_i * NLL_i, differentiable; NLL [n], detached, in fp32 or wider). Under autocast the
+    matmuls run in the autocast dtype and the softmax in fp32 (as metaseq does).
+    """
+    device = hidden.device
+    coefficients = (torch.ones(hidden.shape[0], device=device) if coefficients is None
+                    else coefficients.to(device))
+    dtype = _autocast_dtype(device.type) or hidden.dtype
+    need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    chunk = chunk or default_chunk_rows(weight.shape[0], device)
+    with torch.autocast(device.type, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, coefficients, chunk, dtype, need_grad)
+
+
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The active autocast dtype for `device_type`, or None (torch >= 2.4 API, older fallbacks)."""
+    if hasattr(torch, "get_autocast_dtype"):
+        on = torch.is_autocast_enabled(device_type)
+        return torch.get_autocast_dtype(device_type) if on else None
+    if device_type == "cpu":
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None

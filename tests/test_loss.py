@@ -1,4 +1,4 @@
-"""Target-only loss: masking, normalization modes, exact data-parallel sums."""
+"""Target-only loss: masking, normalization modes, exact data-parallel sums, the fused projection + loss."""
 from __future__ import annotations
 
 import math
@@ -6,9 +6,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.loss import target_cross_entropy
+from optiml_plugin.loss import (example_groups, linear_cross_entropy, loss_sums, target_cross_entropy,
+                               token_coefficients)
 
 
 def batch(seed=0, B=4, L=16, V=11):
@@ -86,3 +89,71 @@ def test_all_target_rows_take_the_view_path_with_the_same_sums():
     ref = F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), reduction="sum")
     assert torch.allclose(fast.nll_sum, ref)
     assert int(fast.examples) == sum(len(torch.unique(row)) for row in seg)  # (row, segment) groups
+
+
+# ---- fused output projection + cross entropy ----
+
+def _projection(seed=0, n=37, d=8, V=53, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, d, generator=g, dtype=dtype, requires_grad=True)
+    weight = torch.randn(V, d, generator=g, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, V, (n,), generator=g)
+    coefficients = torch.rand(n, generator=g, dtype=dtype) + 0.5
+    return hidden, weight, targets, coefficients
+
+
+@settings(max_examples=25, deadline=None)
+@given(chunk=st.integers(1, 40), seed=st.integers(0, 10_000))
+def test_linear_cross_entropy_equals_unfused_for_any_chunk(chunk, seed):
+    """Value, per-token NLL and both gradients match F.cross_entropy on the full logits, whatever the chunking."""
+    hidden, weight, targets, coefficients = _projection(seed)
+    ref_nll = F.cross_entropy(hidden @ weight.t(), targets, reduction="none")
+    (ref_nll * coefficients).sum().backward()
+    ref_h, ref_w = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    loss, nll = linear_cross_entropy(hidden, weight, targets, coefficients, chunk=chunk)
+    (3.0 * loss).backward()
+    assert not nll.requires_grad and nll.dtype == torch.float64
+    assert torch.allclose(nll, ref_nll.detach())
+    assert torch.allclose(loss, (ref_nll * coefficients).sum().detach())
+    assert torch.allclose(hidden.grad, 3.0 * ref_h)
+    assert torch.allclose(weight.grad, 3.0 * ref_w)
+    assert hidden.grad.dtype == weight.grad.dtype == torch.float64
+
+
+def test_linear_cross_entropy_without_grad_gives_nll_and_refuses_backward():
+    hidden, weight, targets, _ = _projection(1)
+    with torch.no_grad():
+        loss, nll = linear_cross_entropy(hidden, weight, targets)
+    ref = F.cross_entropy(hidden @ weight.t(), targets, reduction="none")
+    assert torch.allclose(nll, ref.detach())
+    assert not loss.requires_grad
+    h2, w2 = hidden.detach(), weight.detach()  # no input needs a gradient: nothing is kept for a backward
+    loss, _ = linear_cross_entropy(h2, w2, targets)
+    assert not loss.requires_grad
+
+
+def test_linear_cross_entropy_under_bf16_autocast_matmuls_in_bf16_softmax_in_fp32():
+    """Under autocast the projection runs in bf16 (as the unfused lm_head would) and gradients come back in
+    the parameters' fp32; the NLL stays close to the fp32 one."""
+    hidden, weight, targets, coefficients = _projection(2, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, nll = linear_cross_entropy(hidden, weight, targets, coefficients, chunk=8)
+        unfused = F.cross_entropy((hidden @ weight.t()).float(), targets, reduction="none")
+    loss.backward()
+    assert nll.dtype == torch.float32 and hidden.grad.dtype == weight.grad.dtype == torch.float32
+    assert torch.allclose(nll, unfused.detach(), atol=0.05 * float(unfused.detach().abs().max()))
+    fp32 = F.cross_entropy(hidden.detach() @ weight.detach().t(), targets, reduction="none")
+    assert not torch.equal(nll, fp32)  # the bf16 matmul really ran
+
+
+def test_coefficients_and_sums_reproduce_both_normalizations():
+    """sum(token_coefficients * NLL) is the numerator of each normalization, and loss_sums' counts agree."""
+    logits, targets, mask, seg = batch(4)
+    nll = F.cross_entropy(logits.permute(0, 2, 1), targets, reduction="none")[mask]
+    groups = example_groups(seg, mask)
+    ref = target_cross_entropy(logits, targets, mask, seg, normalize="example")
+    assert torch.allclose((token_coefficients(groups, "token").double() * nll).sum(), ref.nll_sum)
+    assert torch.allclose((token_coefficients(groups, "example").double() * nll).sum(), ref.example_nll_sum)
+    sums = loss_sums(nll, groups, "example")
+    assert int(sums.examples) == int(ref.examples) and int(sums.target_tokens) == int(mask.sum())

@@ -11,7 +11,7 @@ import torch
 
 from optiml_plugin.attention import flex_attention_available, position_ids_from_segments
 from optiml_plugin.local.attention_backends import DocumentAttention, row_spans, span_buckets
-from optiml_plugin.local.model import build_model
+from optiml_plugin.local.model import TargetLM, build_model
 from optiml_plugin.loss import target_cross_entropy
 
 VOCAB = 300
@@ -158,3 +158,23 @@ def test_span_buckets_gather_then_scatter_is_identity():
     tokens = torch.arange(12)
     assert torch.equal(tokens[plan.gather][plan.scatter], tokens)
     assert sum(n * longest for n, longest in plan.shapes) == plan.gather.numel()
+
+
+def test_target_lm_fused_head_matches_full_logits_loss_and_gradients():
+    """The trainer's TargetLM (output projection + cross entropy fused, target rows only) gives the loss, the
+    per-target NLL and every parameter gradient of the plain path (full logits, then the target-only loss)."""
+    batch = _packed(_examples(4), 40)
+    plain = _grads("per_example", batch)
+    model = _model().train()
+    da = DocumentAttention("per_example", torch.device("cpu"))
+    da.configure(model)
+    n = int(batch["loss_mask"].sum())
+    loss, nll = TargetLM(model)(batch["loss_mask"], batch["target_ids"], **da.model_inputs(batch))
+    (loss / n).backward()
+    fused = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    with torch.no_grad():
+        logits = model(**da.model_inputs(batch), use_cache=False).logits
+    ref = torch.nn.functional.cross_entropy(logits[batch["loss_mask"]], batch["target_ids"][batch["loss_mask"]],
+                                            reduction="none")
+    assert nll.shape == (n,) and torch.allclose(nll, ref, atol=1e-5)
+    assert torch.allclose(fused, plain, atol=1e-6)

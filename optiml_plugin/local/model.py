@@ -8,11 +8,12 @@ targets because the tokenizer never emits them.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from optiml_plugin.errors import ConfigError
+from optiml_plugin.loss import linear_cross_entropy
 
 # Shapes follow OPT's ratios (ffn = 4 * hidden, pre-layer-norm, ReLU). "tiny" is the test/demo size.
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -71,31 +72,22 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 class TargetLM(torch.nn.Module):
-    """OPT whose forward returns logits only at loss positions, flattened to [1, n, V].
+    """OPT whose forward returns the target-only loss numerator and per-target NLL, not logits.
 
     Why: instruction data has few target tokens per row (about 10% on SNI), and with OPT's 50k vocab the
-    output projection dominates a small model's step; projecting only the positions that carry loss
-    removes that cost without changing the loss. It is a module so DDP/FSDP wrap it (their hooks need
-    the wrapped forward to run).
+    output projection dominates a small model's step; projecting only the positions that carry loss, chunk
+    by chunk through the fused linear + cross entropy, removes that cost and the [targets, vocab] buffers
+    without changing the loss. It is a module so DDP/FSDP wrap it (their hooks need the wrapped forward to
+    run, and FSDP gathers the output projection's weight only inside it).
     """
 
     def __init__(self, lm: torch.nn.Module) -> None:
         super().__init__()
         self.lm = lm
 
-    def forward(self, loss_mask: torch.Tensor, **inputs: Any) -> torch.Tensor:
+    def forward(self, loss_mask: torch.Tensor, target_ids: torch.Tensor, coefficients: Optional[torch.Tensor] = None,
+                **inputs: Any) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(sum of coefficients x NLL over target tokens, NLL [n]) in `loss_mask`'s row-major order."""
         hidden = self.lm.model(**inputs, use_cache=False).last_hidden_state
-        return self.lm.lm_head(hidden[loss_mask.bool()]).unsqueeze(0)
-
-
-def flat_targets(batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """The loss inputs matching `TargetLM`'s [1, n, V] logits: targets, an all-true mask, and segment ids
-    made unique across rows (so example normalization still groups tokens by example)."""
-    mask = batch["loss_mask"].bool()
-    seg = batch["segment_ids"].long()
-    rows = torch.arange(seg.shape[0], device=seg.device)[:, None].expand_as(seg)
-    unique = rows * (int(seg.max()) + 1 if seg.numel() else 1) + seg
-    n = int(mask.sum())
-    return {"target_ids": batch["target_ids"][mask].unsqueeze(0),
-            "loss_mask": torch.ones(1, n, dtype=torch.bool, device=mask.device),
-            "segment_ids": unique[mask].unsqueeze(0)}
+        mask = loss_mask.bool()
+        return linear_cross_entropy(hidden[mask], self.lm.lm_head.weight, target_ids[mask], coefficients)

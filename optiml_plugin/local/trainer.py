@@ -32,8 +32,8 @@ from optiml_plugin.local.config import TrainConfig
 from optiml_plugin.local.data import load_tokenizer, packing_config, validation_batches
 from optiml_plugin.local.distributed import (Dist, full_state_dict, init_distributed, load_optimizer_state,
                                              optimizer_state, unwrap, wrap_model)
-from optiml_plugin.local.model import TargetLM, build_model, count_parameters, flat_targets
-from optiml_plugin.loss import LossSums, target_cross_entropy
+from optiml_plugin.local.model import TargetLM, build_model, count_parameters
+from optiml_plugin.loss import LossSums, example_groups, loss_sums, token_coefficients
 
 BATCH_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "position_ids")
 
@@ -132,24 +132,26 @@ class Trainer:
 
     # ---- one update ----
 
-    def _forward_sums(self, batch: Dict[str, torch.Tensor]) -> LossSums:
+    def _forward(self, batch: Dict[str, torch.Tensor], scale: float) -> Tuple[torch.Tensor, LossSums]:
+        """(`scale` x the loss numerator, to backward; the micro-batch's loss sums, detached, to log)."""
         batch = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS}
+        normalize = self.cfg.optim.loss_normalize
+        groups = example_groups(batch["segment_ids"], batch["loss_mask"])
         ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
         with ctx:
-            logits = self.model(batch["loss_mask"], **self.attention.model_inputs(batch))
-        flat = flat_targets(batch)
-        return target_cross_entropy(logits, flat["target_ids"], flat["loss_mask"], flat["segment_ids"],
-                                    normalize=self.cfg.optim.loss_normalize)
+            loss, nll = self.model(batch["loss_mask"], batch["target_ids"],
+                                   token_coefficients(groups, normalize) * scale,
+                                   **self.attention.model_inputs(batch))
+        return loss, loss_sums(nll, groups, normalize)
 
     def train_step(self, micro: List[Dict[str, Any]]) -> Dict[str, float]:
         """Forward/backward every micro-batch with the update's global normalizer, clip, step."""
         self.model.train()
         o = self.cfg.optim
-        key = "loss_mask"
         if o.loss_normalize == "token":
-            local = sum(int(b[key].sum()) for b in micro)
+            local = sum(int(b["loss_mask"].sum()) for b in micro)
         else:  # examples with at least one target token
-            local = sum(int(_examples_with_targets(b)) for b in micro)
+            local = sum(int(example_groups(b["segment_ids"], b["loss_mask"]).unique().numel()) for b in micro)
         denom = self.dist.all_reduce_sum(torch.tensor([float(local)], device=self.device)).item()
         denom = max(denom, 1.0)
         total = None
@@ -157,9 +159,8 @@ class Trainer:
             sync = i == len(micro) - 1 or self.dist.mode == "none"
             ctx = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else nullcontext()
             with ctx:
-                sums = self._forward_sums(b)
-                num = sums.nll_sum if o.loss_normalize == "token" else sums.example_nll_sum
-                loss = num * (self.dist.world_size / denom)  # DDP/FSDP average gradients over ranks
+                # DDP/FSDP average gradients over ranks: world_size / denom makes it the global mean
+                loss, sums = self._forward(b, self.dist.world_size / denom)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total = sums if total is None else total + sums
         if self.scaler:
@@ -217,11 +218,9 @@ class Trainer:
     def _token_nll(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """NLL of every target token of `batch` (fp32) and the task id it belongs to, both on the CPU."""
         moved = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS}
-        mask = moved["loss_mask"].bool()
         ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
         with ctx:
-            logits = self.model(mask, **self.attention.model_inputs(moved))
-        nll = torch.nn.functional.cross_entropy(logits[0].float(), moved["target_ids"][mask], reduction="none")
+            _, nll = self.model(moved["loss_mask"], moved["target_ids"], **self.attention.model_inputs(moved))
         return nll.cpu(), batch["task_ids"][batch["loss_mask"].bool()].long()
 
     def _validate_and_log(self) -> None:
@@ -386,13 +385,6 @@ def _grad_scaler() -> Any:
     if amp is not None and hasattr(amp, "GradScaler"):
         return amp.GradScaler("cuda")
     return torch.cuda.amp.GradScaler()  # torch < 2.3
-
-
-def _examples_with_targets(batch: Dict[str, torch.Tensor]) -> int:
-    seg, mask = batch["segment_ids"], batch["loss_mask"].bool()
-    width = int(seg.max()) + 1
-    rows = torch.arange(seg.shape[0])[:, None].expand_as(seg)
-    return int(torch.unique((rows * width + seg)[mask]).numel())
 
 
 def read_log(path: Path) -> List[Dict[str, Any]]:
