@@ -1,7 +1,8 @@
 """Process-group setup for `torchrun` and model wrapping (DDP, or FSDP for models that do not fit one device).
 
 Why its own module: the train loop only sees `Dist` (rank, world size, reductions); world size 1 without a
-process group costs nothing, and DDP over gloo with one process is what the CPU tests exercise.
+process group costs nothing. tests/test_local_distributed.py runs DDP and FSDP in a 2-process gloo world on
+the CPU (FSDP needs the CPU named as its device there, and no CPU offload of state dicts; see below).
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def wrap_model(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.n
         policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={OPTDecoderLayer})
         return FullyShardedDataParallel(model, auto_wrap_policy=policy, use_orig_params=True,
                                         sharding_strategy=ShardingStrategy.FULL_SHARD,
-                                        device_id=device if device.type == "cuda" else None)
+                                        device_id=device)  # CPU too: FSDP refuses CPU unless named
     return model
 
 
@@ -80,22 +81,48 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def full_state_dict(model: torch.nn.Module, d: Dist) -> Any:
-    """The whole model's state dict on rank 0 (FSDP gathers it to CPU); other ranks get {} under FSDP."""
-    if d.mode == "fsdp":
-        from torch.distributed.fsdp import FullStateDictConfig, FullyShardedDataParallel, StateDictType
+def clip_grad_norm(model: torch.nn.Module, max_norm: float, d: Dist) -> torch.Tensor:
+    """Clip by the norm of the whole gradient and return that norm.
 
-        cfg = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
-        with FullyShardedDataParallel.state_dict_type(model, StateDictType.FULL_STATE_DICT, cfg):
+    Why: under FSDP each rank holds one shard of the gradient, so `torch.nn.utils.clip_grad_norm_` over
+    `model.parameters()` sees only its shard's norm and every rank clips by a different factor; FSDP's
+    own method all-reduces the norm first."""
+    if d.mode == "fsdp":
+        return model.clip_grad_norm_(max_norm)
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+
+def _full_state_on_rank0(model: torch.nn.Module) -> Any:
+    """FSDP's context for whole (unsharded) model and optimizer state dicts, built on rank 0 only.
+
+    Why offload only from an accelerator: FSDP relies on `.cpu()` copying the gathered tensors; for
+    parameters already on the CPU it is a no-op, and then the model state dict clones freed storage
+    (segfault) and every optimizer state of a parameter aliases the last one gathered (exp_avg comes
+    back equal to exp_avg_sq), as measured on torch 2.13 with gloo."""
+    from torch.distributed.fsdp import (FullOptimStateDictConfig, FullStateDictConfig, FullyShardedDataParallel,
+                                        StateDictType)
+
+    offload = any(p.device.type != "cpu" for p in model.parameters())
+    return FullyShardedDataParallel.state_dict_type(
+        model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=offload, rank0_only=True),
+        FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=True))
+
+
+def full_state_dict(model: torch.nn.Module, d: Dist) -> Any:
+    """The whole model's state dict on rank 0 (FSDP gathers it); other ranks get {} under FSDP."""
+    if d.mode == "fsdp":
+        with _full_state_on_rank0(model):
             return model.state_dict()
     return unwrap(model).state_dict()
 
 
 def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist) -> Any:
+    """The whole optimizer state keyed by parameter name on rank 0 under FSDP (others get {})."""
     if d.mode == "fsdp":
         from torch.distributed.fsdp import FullyShardedDataParallel
 
-        return FullyShardedDataParallel.optim_state_dict(model, optimizer)
+        with _full_state_on_rank0(model):
+            return FullyShardedDataParallel.optim_state_dict(model, optimizer)
     return optimizer.state_dict()
 
 
