@@ -131,6 +131,35 @@ def test_ddp_world_of_one_matches_single_process(bench, tmp_path, monkeypatch):
         dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_autocast_trains_and_resumes_exactly(bench, tmp_path, precision):
+    """bf16/fp16 autocast (CPU here; the same code path on GPUs): the model runs in low precision, the loss
+    falls, fp16's loss scaler is checkpointed, and a resumed run continues exactly."""
+    opts = dict(model={"preset": "micro", "dropout": 0.0}, optim={"lr": 1e-2, "max_steps": 6})
+    fp32 = Trainer(_config(bench, tmp_path / "fp32", **opts))
+    fp32.train()
+    full = Trainer(_config(bench, tmp_path / "full", run={"precision": precision, "save_every": 3,
+                                                          "progress": False, "tensorboard": False}, **opts))
+    assert full.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert (full.scaler is not None) == (precision == "fp16")
+    full.train()
+    low, ref = _train_losses(read_log(full.log_path)), _train_losses(read_log(fp32.log_path))
+    assert low != ref and low == pytest.approx(ref, rel=0.05)     # autocast really ran, and close to fp32
+    assert sum(low[-2:]) < sum(low[:2])
+    cut = Trainer(_config(bench, tmp_path / "cut", run={"precision": precision, "save_every": 3,
+                                                        "progress": False, "tensorboard": False}, **opts))
+    cut.train(until=3)
+    saved = ckpt.load_file(ckpt.latest_checkpoint(cut.ckpt_root), ckpt.TRAINER_STATE)
+    assert (saved["scaler"] is not None) == (precision == "fp16")
+    resumed = Trainer(_config(bench, tmp_path / "cut", run={"precision": precision, "save_every": 3,
+                                                            "progress": False, "tensorboard": False}, **opts),
+                      resume=True)
+    if resumed.scaler is not None:
+        assert resumed.scaler.get_scale() == cut.scaler.get_scale()
+    resumed.train()
+    assert _train_losses(read_log(resumed.log_path)) == low
+
+
 def test_config_errors_name_the_key(bench, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim:\n  lerning_rate: 1\n")

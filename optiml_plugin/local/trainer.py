@@ -58,12 +58,11 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
-    """None = fp32. 'auto' is bf16 on GPUs that support it, fp32 elsewhere (CPU autocast is slower)."""
+    """None = fp32. 'auto' is bf16 on GPUs that support it and fp32 elsewhere (CPU autocast gains only on
+    CPUs with bf16 matrix units, and fp32 keeps CPU runs bit-exact); bf16/fp16 are honoured on any device."""
     if precision == "auto":
         ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if ok else None
-    if precision != "fp32" and device.type != "cuda":
-        raise ConfigError(f"run.precision: {precision} autocast is for GPUs; use fp32 on {device.type}")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -121,7 +120,7 @@ class Trainer:
                                             {"params": no_decay, "weight_decay": 0.0}],
                                            lr=o.lr, betas=tuple(o.betas), eps=o.adam_eps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(o.warmup_steps, o.max_steps))
-        self.scaler = _grad_scaler() if self.dtype == torch.float16 else None
+        self.scaler = _grad_scaler(self.device) if self.dtype == torch.float16 else None
         self.step = 0
         self.log_path = self.out / "log.jsonl"
         self._writer = None
@@ -380,11 +379,14 @@ class Trainer:
         return final
 
 
-def _grad_scaler() -> Any:
+def _grad_scaler(device: torch.device) -> Any:
+    """fp16's loss scaler for `device` (torch >= 2.3 has one per device type; older ones only for CUDA)."""
     amp = getattr(torch, "amp", None)
     if amp is not None and hasattr(amp, "GradScaler"):
-        return amp.GradScaler("cuda")
-    return torch.cuda.amp.GradScaler()  # torch < 2.3
+        return amp.GradScaler(device.type)
+    if device.type != "cuda":
+        raise ConfigError(f"run.precision: fp16 on {device.type} needs torch >= 2.3 (torch {torch.__version__})")
+    return torch.cuda.amp.GradScaler()
 
 
 def read_log(path: Path) -> List[Dict[str, Any]]:
