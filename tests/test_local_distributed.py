@@ -79,9 +79,14 @@ def _worker(rank: int, port: int, bench: Path, root: Path) -> None:
         del trainer
 
         # uninterrupted vs stopped at step 3 and resumed (dropout on: per-rank RNG states must resume too)
-        Trainer(_config(bench, root / "ddp_full")).train()
+        groups = {}
+        for mode in ("ddp", "fsdp"):
+            trainer = Trainer(_config(bench, root / f"{mode}_full", mode=mode))
+            groups[mode] = [(g["weight_decay"], len(g["params"])) for g in trainer.optimizer.param_groups]
+            trainer.train()
+            del trainer
+        torch.save(groups, root / f"param_groups_rank{rank}.pt")
         _run_and_resume(_config(bench, root / "ddp_cut"), cut=3)
-        Trainer(_config(bench, root / "fsdp_full", mode="fsdp")).train()
         _run_and_resume(_config(bench, root / "fsdp_cut", mode="fsdp"), cut=3)
         # sharded vs replicated training, clipping out of play (see test_fsdp_clips_by_the_global_norm)
         for mode in ("ddp", "fsdp"):
@@ -225,6 +230,13 @@ def test_fsdp_clips_by_the_global_norm(world):
     ddp, fsdp = (read_log(world / run / "log.jsonl") for run in ("ddp_full", "fsdp_full"))
     assert fsdp[0]["grad_norm"] == pytest.approx(ddp[0]["grad_norm"], rel=1e-5)   # same model, same batches
     assert _losses(world / "fsdp_full") == pytest.approx(_losses(world / "ddp_full"), rel=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason="trainer.py splits weight decay by p.ndim < 2, but FSDP (use_orig_params) "
+                                       "shows every parameter as a 1-D shard: nothing would be decayed")
+def test_fsdp_puts_the_same_parameters_under_weight_decay(world):
+    for rank in _ranks(world, "param_groups"):
+        assert rank["fsdp"] == rank["ddp"]
 
 
 def test_fsdp_resume_continues_exactly(world):
