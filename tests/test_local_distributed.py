@@ -224,16 +224,12 @@ def test_fsdp_matches_ddp(world):
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
-@pytest.mark.xfail(strict=True, reason="trainer.py clips with torch.nn.utils.clip_grad_norm_, which under FSDP "
-                                       "sees one rank's gradient shard; distributed.clip_grad_norm is the fix")
 def test_fsdp_clips_by_the_global_norm(world):
     ddp, fsdp = (read_log(world / run / "log.jsonl") for run in ("ddp_full", "fsdp_full"))
     assert fsdp[0]["grad_norm"] == pytest.approx(ddp[0]["grad_norm"], rel=1e-5)   # same model, same batches
     assert _losses(world / "fsdp_full") == pytest.approx(_losses(world / "ddp_full"), rel=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="trainer.py splits weight decay by p.ndim < 2, but FSDP (use_orig_params) "
-                                       "shows every parameter as a 1-D shard: nothing would be decayed")
 def test_fsdp_puts_the_same_parameters_under_weight_decay(world):
     for rank in _ranks(world, "param_groups"):
         assert rank["fsdp"] == rank["ddp"]

@@ -30,8 +30,8 @@ from optiml_plugin.local import checkpoint as ckpt
 from optiml_plugin.local.attention_backends import DocumentAttention
 from optiml_plugin.local.config import TrainConfig
 from optiml_plugin.local.data import load_tokenizer, packing_config, validation_batches
-from optiml_plugin.local.distributed import (Dist, full_state_dict, init_distributed, load_optimizer_state,
-                                             optimizer_state, unwrap, wrap_model)
+from optiml_plugin.local.distributed import (Dist, clip_grad_norm, full_state_dict, init_distributed,
+                                             load_optimizer_state, optimizer_state, unwrap, wrap_model)
 from optiml_plugin.local.model import TargetLM, build_model, count_parameters
 from optiml_plugin.loss import LossSums, example_groups, loss_sums, token_coefficients
 
@@ -111,10 +111,13 @@ class Trainer:
         self.attention.configure(model)
         self.n_params = count_parameters(model)
         self.lm = model
-        self.model = wrap_model(TargetLM(model).to(self.device), self.dist, self.device)
+        target_lm = TargetLM(model).to(self.device)
+        # decided before wrapping: FSDP (use_orig_params) keeps the parameter objects but shows 1-D shards
+        unshaped = {id(p) for p in target_lm.parameters() if p.ndim < 2}
+        self.model = wrap_model(target_lm, self.dist, self.device)
         decay, no_decay = [], []
         for p in self.model.parameters():
-            (no_decay if p.ndim < 2 else decay).append(p)
+            (no_decay if id(p) in unshaped else decay).append(p)
         o = config.optim
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}],
@@ -164,7 +167,7 @@ class Trainer:
             total = sums if total is None else total + sums
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_norm)
+        grad_norm = clip_grad_norm(self.model, o.clip_norm, self.dist)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
