@@ -33,7 +33,9 @@ from optiml_plugin.data.stream import ExampleStream  # noqa: E402
 from optiml_plugin.data.tokenizer import OptTokenizer  # noqa: E402
 from optiml_plugin.local.attention_backends import DocumentAttention  # noqa: E402
 from optiml_plugin.local.data import training_texts  # noqa: E402
+from optiml_plugin.local.config import OptimConfig  # noqa: E402
 from optiml_plugin.local.model import TargetLM, build_model  # noqa: E402
+from optiml_plugin.local.trainer import adamw  # noqa: E402
 
 SHARED = Path(os.environ.get("OPTIML_SHARED", REPO.parent / "shared"))
 KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "position_ids")
@@ -99,7 +101,7 @@ class Run:
         self.attention = DocumentAttention(backend, torch.device("cpu"))
         self.attention.configure(model)
         self.model = TargetLM(model)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+        self.opt = adamw([{"params": list(self.model.parameters())}], OptimConfig(lr=1e-4))
         self.batches = batches
         self.targets = self.slots = self.real = self.steps = 0
         self.elapsed = 0.0

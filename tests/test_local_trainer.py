@@ -229,3 +229,27 @@ def test_validation_cap_is_per_task_so_later_tasks_count(tmp_path):
 def test_old_split_cap_key_names_its_replacement(bench, tmp_path):
     with pytest.raises(ConfigError, match="max_valid_examples_per_task"):
         config_from_dict({"data": {"bench": str(bench), "max_valid_examples": 10}})
+
+
+def test_adamw_is_fused_where_torch_has_it_and_falls_back_otherwise(monkeypatch):
+    from optiml_plugin.local.config import OptimConfig
+    from optiml_plugin.local.trainer import adamw
+
+    o = OptimConfig(lr=0.1, betas=[0.8, 0.9], adam_eps=1e-6)
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = adamw([{"params": [p]}], o)
+    assert opt.defaults["betas"] == (0.8, 0.9) and opt.defaults["eps"] == 1e-6 and opt.defaults["lr"] == 0.1
+    assert opt.defaults["fused"] == (tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 4))
+    real = torch.optim.AdamW
+
+    def no_fused(groups, fused=None, **kw):
+        if fused:
+            raise RuntimeError("fused=True requires all the params to be floating point Tensors of supported devices")
+        return real(groups, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused)
+    slow = adamw([{"params": [p]}], o)
+    assert not slow.defaults["fused"]
+    p.grad = torch.ones(3)
+    slow.step()
+    assert torch.all(p < 1)

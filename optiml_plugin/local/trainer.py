@@ -28,7 +28,7 @@ from optiml_plugin.data.stream import ExampleStream
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.local import checkpoint as ckpt
 from optiml_plugin.local.attention_backends import DocumentAttention
-from optiml_plugin.local.config import TrainConfig
+from optiml_plugin.local.config import OptimConfig, TrainConfig
 from optiml_plugin.local.data import load_tokenizer, packing_config, validation_batches
 from optiml_plugin.local.distributed import (Dist, clip_grad_norm, full_state_dict, init_distributed,
                                              load_optimizer_state, optimizer_state, unwrap, wrap_model)
@@ -64,6 +64,17 @@ def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype
         ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if ok else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def adamw(param_groups: List[Dict[str, Any]], o: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with the config's lr/betas/eps; the fused kernel where this torch has it for the parameters'
+    device (CUDA since 2.0, CPU since 2.4): one pass over each tensor instead of a dozen, and no temporaries
+    the size of the 50k-row embedding (measured 6x faster steps on CPU for opt-125m's embedding)."""
+    kwargs = dict(lr=o.lr, betas=tuple(o.betas), eps=o.adam_eps)
+    try:
+        return torch.optim.AdamW(param_groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device/dtype/torch
+        return torch.optim.AdamW(param_groups, **kwargs)
 
 
 class Trainer:
@@ -119,9 +130,8 @@ class Trainer:
         for p in self.model.parameters():
             (no_decay if id(p) in unshaped else decay).append(p)
         o = config.optim
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}],
-                                           lr=o.lr, betas=tuple(o.betas), eps=o.adam_eps)
+        self.optimizer = adamw([{"params": decay, "weight_decay": o.weight_decay},
+                                {"params": no_decay, "weight_decay": 0.0}], o)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(o.warmup_steps, o.max_steps))
         self.scaler = _grad_scaler(self.device) if self.dtype == torch.float16 else None
         self.step = 0
