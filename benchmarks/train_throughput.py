@@ -173,7 +173,7 @@ def main() -> None:
           f"{torch.get_num_threads()}, tokenizer {tok.origin}; the padded baseline fills the same "
           f"{args.rows} x {args.tokens_per_sample} token budget")
     for name, r in (("packed + document mask", packed), ("one example per row, padded", padded)):
-        print(f"{name:<30} {r['target_tokens_per_s']:>10.0f} target tok/s {r['tokens_per_s']:>10.0f} tok/s "
+        print(f"{name:<30} {r['target_tokens_per_s']:>10.1f} target tok/s {r['tokens_per_s']:>10.1f} tok/s "
               f"non-pad {r['non_pad']:.2f}  {r['s_per_step']:.3f} s/step")
     print(f"speed-up (target tokens/s): {packed['target_tokens_per_s'] / padded['target_tokens_per_s']:.2f}x "
           f"(aim >= 2x)")
