@@ -56,9 +56,14 @@ def sni_bench(cache: Path) -> Path:
     return out
 
 
-def tokenizer_for(bench: Bench) -> OptTokenizer:
+def tokenizer_for(bench: Bench, kind: str = "auto") -> OptTokenizer:
+    """OPT's BPE (50k vocabulary: the output projection then costs as much per target token as a tiny model's
+    whole body), or a 4096-token BPE trained on the bench in code (as the demo does). 'auto': OPT's if present."""
     bpe = SHARED / "data" / "opt-bpe"
-    if (bpe / "gpt2-vocab.json").is_file():
+    if kind == "opt" or (kind == "auto" and (bpe / "gpt2-vocab.json").is_file()):
+        if not (bpe / "gpt2-vocab.json").is_file():
+            print(f"SKIP: OPT BPE files not found at {bpe} (set OPTIML_SHARED)")
+            sys.exit(0)
         return OptTokenizer.from_dir(bpe)
     return OptTokenizer.builtin(training_texts(bench), vocab_size=4096)
 
@@ -143,6 +148,8 @@ def parse(description: str) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
     ap.add_argument("--backend", default="auto", help="document-mask backend for the packed rows "
                     "(auto | per_example | dense | flex)")
+    ap.add_argument("--tokenizer", default="auto", choices=("auto", "opt", "builtin"),
+                    help="OPT's 50k BPE (auto: when ../shared has it) or a 4096-token BPE built from the bench")
     ap.add_argument("--cache", default=None, help="where to build/keep the SNI bench (default: a temp dir)")
     return ap.parse_args()
 
@@ -152,7 +159,7 @@ def setup(args: argparse.Namespace):
         torch.set_num_threads(args.threads)
     cache = Path(args.cache) if args.cache else Path(tempfile.mkdtemp(prefix="optiml_tp_"))
     bench = Bench(sni_bench(cache))
-    tok = tokenizer_for(bench)
+    tok = tokenizer_for(bench, args.tokenizer)
     return bench, tok
 
 
@@ -169,9 +176,8 @@ def main() -> None:
                   args.steps)
     packed, padded = res["packed"], res["padded"]
     print(f"OPT preset {args.preset}, packed backend {args.backend}, rows of {args.tokens_per_sample} tokens, "
-          f"threads "
-          f"{torch.get_num_threads()}, tokenizer {tok.origin}; the padded baseline fills the same "
-          f"{args.rows} x {args.tokens_per_sample} token budget")
+          f"threads {torch.get_num_threads()}, tokenizer {tok.origin} ({tok.vocab_size} tokens); the padded "
+          f"baseline fills the same {args.rows} x {args.tokens_per_sample} token budget")
     for name, r in (("packed + document mask", packed), ("one example per row, padded", padded)):
         print(f"{name:<30} {r['target_tokens_per_s']:>10.1f} target tok/s {r['tokens_per_s']:>10.1f} tok/s "
               f"non-pad {r['non_pad']:.2f}  {r['s_per_step']:.3f} s/step")

@@ -107,7 +107,8 @@ def bench(tmp_path_factory) -> Path:
     return make_bench(root, [
         dict(benchmark="b1", category="c1", task="t1", n=60),
         dict(benchmark="b2", category="c2", task="t2", n=40),
-        dict(benchmark="b1", category="c1", task="t1", n=8, split="valid_heldout_instances"),
+        # 3 validation batches: shared out unevenly over 2 ranks
+        dict(benchmark="b1", category="c1", task="t1", n=6, split="valid_heldout_instances"),
     ])
 
 
@@ -240,3 +241,19 @@ def test_fsdp_resume_continues_exactly(world):
     assert _losses(cut) == _losses(full)
     a, b = _final_state(full), _final_state(cut)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_validation_shared_over_ranks_equals_one_process(world, bench, tmp_path, mode):
+    """The final validation, each rank scoring its share of the batches (3 batches over 2 ranks), logs what
+    one process scoring every batch with the final model gives."""
+    from transformers import OPTForCausalLM
+
+    logged = [r for r in read_log(world / f"{mode}_full" / "log.jsonl") if "split" in r][-1]
+    single = Trainer(_config(bench, tmp_path / "single", mode="none"))
+    assert len(single.valid[logged["split"]][1]) == 3
+    final = OPTForCausalLM.from_pretrained(str(world / f"{mode}_full" / "final"))
+    single.lm.load_state_dict(final.state_dict())
+    ref = single.validate_detailed()[logged["split"]]
+    assert logged["valid_target_tokens"] == ref["valid_target_tokens"]
+    assert logged["valid_loss"] == pytest.approx(ref["valid_loss"], rel=1e-6)

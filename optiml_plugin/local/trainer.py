@@ -201,20 +201,27 @@ class Trainer:
 
     @torch.no_grad()
     def validate_detailed(self) -> Dict[str, Dict[str, Any]]:
-        """Per split: its loss, and the loss per benchmark and per category of its tasks.
+        """Per split: its loss, and the loss per benchmark and per category of its tasks (batches shared out
+        over the ranks, sums all-reduced).
 
         Why per group: one split mixes benchmarks and categories whose losses differ a lot; the split mean
         hides which of them learning helps. Grouping costs one index_add per batch (per-token NLL is
         summed by task id, then tasks by their benchmark/category)."""
         self.model.eval()
         out: Dict[str, Dict[str, Any]] = {}
+        world, rank = self.dist.world_size, self.dist.rank
         for split, (vset, batches) in self.valid.items():
             sums = torch.zeros(len(vset.tasks), dtype=torch.float64)
             counts = torch.zeros(len(vset.tasks), dtype=torch.float64)
-            for b in batches:
-                nll, task_ids = self._token_nll(b)
-                sums.index_add_(0, task_ids, nll.double())
-                counts.index_add_(0, task_ids, torch.ones_like(nll, dtype=torch.float64))
+            # rank r scores batches r, r + world, ...; every rank runs the same number of forwards (FSDP
+            # gathers parameters collectively), a rank past the end scoring batch 0 and dropping it
+            for i in range(rank, world * math.ceil(len(batches) / world), world):
+                nll, task_ids = self._token_nll(batches[i if i < len(batches) else 0])
+                if i < len(batches):
+                    sums.index_add_(0, task_ids, nll.double())
+                    counts.index_add_(0, task_ids, torch.ones_like(nll, dtype=torch.float64))
+            both = self.dist.all_reduce_sum(torch.stack([sums, counts]).to(self.device)).cpu()
+            sums, counts = both[0], both[1]
             record: Dict[str, Any] = {"valid_loss": float(sums.sum() / counts.sum().clamp(min=1)),
                                       "valid_target_tokens": int(counts.sum())}
             for key in ("benchmark", "category"):
