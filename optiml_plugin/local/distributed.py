@@ -116,6 +116,17 @@ def full_state_dict(model: torch.nn.Module, d: Dist) -> Any:
     return unwrap(model).state_dict()
 
 
+def load_full_state_dict(model: torch.nn.Module, state: Any, d: Dist) -> None:
+    """Load a whole-model state dict (as `full_state_dict` saved it) on every rank; FSDP shards it."""
+    if d.mode == "fsdp":
+        from torch.distributed.fsdp import FullyShardedDataParallel, StateDictType
+
+        with FullyShardedDataParallel.state_dict_type(model, StateDictType.FULL_STATE_DICT):
+            model.load_state_dict(state)
+    else:
+        unwrap(model).load_state_dict(state)
+
+
 def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist) -> Any:
     """The whole optimizer state keyed by parameter name on rank 0 under FSDP (others get {})."""
     if d.mode == "fsdp":

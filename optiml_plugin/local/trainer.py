@@ -31,7 +31,8 @@ from optiml_plugin.local.attention_backends import DocumentAttention
 from optiml_plugin.local.config import OptimConfig, TrainConfig
 from optiml_plugin.local.data import load_tokenizer, packing_config, validation_batches
 from optiml_plugin.local.distributed import (Dist, clip_grad_norm, full_state_dict, init_distributed,
-                                             load_optimizer_state, optimizer_state, unwrap, wrap_model)
+                                             load_full_state_dict, load_optimizer_state, optimizer_state,
+                                             wrap_model)
 from optiml_plugin.local.model import TargetLM, build_model, count_parameters
 from optiml_plugin.loss import LossSums, example_groups, loss_sums, token_coefficients
 
@@ -362,14 +363,7 @@ class Trainer:
         if state["world_size"] != self.dist.world_size:
             raise ConfigError(f"{directory}: saved with world size {state['world_size']}, now "
                               f"{self.dist.world_size}: the stream partitions differ, resume needs the same")
-        model_state = ckpt.load_file(directory, "model.pt")
-        if self.dist.mode == "fsdp":
-            from torch.distributed.fsdp import FullyShardedDataParallel, StateDictType
-
-            with FullyShardedDataParallel.state_dict_type(self.model, StateDictType.FULL_STATE_DICT):
-                self.model.load_state_dict(model_state)
-        else:
-            unwrap(self.model).load_state_dict(model_state)
+        load_full_state_dict(self.model, ckpt.load_file(directory, "model.pt"), self.dist)
         load_optimizer_state(self.model, self.optimizer, ckpt.load_file(directory, "optimizer.pt"), self.dist)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state.get("scaler"):
