@@ -89,10 +89,7 @@ def target_cross_entropy(logits: torch.Tensor, target_ids: torch.Tensor, loss_ma
     """
     _check_normalize(normalize)
     mask = loss_mask.bool()
-    if bool(mask.all()):  # logits already taken at target positions only: a view, not a [T, V] copy
-        picked, targets = logits.reshape(-1, logits.shape[-1]), target_ids.reshape(-1)
-    else:
-        picked, targets = logits[mask], target_ids[mask]
+    picked, targets = logits[mask], target_ids[mask]
     if picked.dtype in (torch.float16, torch.bfloat16):  # softmax in fp32, as metaseq does
         picked = picked.float()
     nll = F.cross_entropy(picked, targets.long(), reduction="none")

@@ -74,21 +74,21 @@ def test_bad_normalize():
         target_cross_entropy(logits, targets, mask, seg, normalize="row")
 
 
-def test_all_target_rows_take_the_view_path_with_the_same_sums():
-    """Logits already gathered at target positions (every mask entry True, as TargetLM gives them)
-    skip the boolean-index copy; sums, counts and gradients must equal the masked path's."""
+def test_all_target_mask_counts_every_token_and_every_row_segment():
+    """Every position a target: the sums are plain cross entropy, one masked-out token changes the sum by
+    exactly its NLL, and every (row, segment) is an example."""
     logits, targets, _, seg = batch(3)
     full = torch.ones_like(targets, dtype=torch.bool)
-    fast = target_cross_entropy(logits, targets, full, seg)
+    whole = target_cross_entropy(logits, targets, full, seg)
     almost = full.clone()
-    almost[0, 0] = False                       # forces the boolean-index path
-    slow = target_cross_entropy(logits, targets, almost, seg)
+    almost[0, 0] = False
+    less = target_cross_entropy(logits, targets, almost, seg)
     lone = F.cross_entropy(logits[0, 0:1], targets[0, 0:1], reduction="sum")
-    assert torch.allclose(fast.nll_sum, slow.nll_sum + lone)
-    assert int(fast.target_tokens) == targets.numel()
+    assert torch.allclose(whole.nll_sum, less.nll_sum + lone)
+    assert int(whole.target_tokens) == targets.numel()
     ref = F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), reduction="sum")
-    assert torch.allclose(fast.nll_sum, ref)
-    assert int(fast.examples) == sum(len(torch.unique(row)) for row in seg)  # (row, segment) groups
+    assert torch.allclose(whole.nll_sum, ref)
+    assert int(whole.examples) == sum(len(torch.unique(row)) for row in seg)  # (row, segment) groups
 
 
 # ---- fused output projection + cross entropy ----
