@@ -16,9 +16,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from bench_factory import make_bench
+from bench_factory import make_bench, micro_train_config
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.local.config import config_from_dict
 from optiml_plugin.local.trainer import Trainer, read_log
 
 WORLD = 2
@@ -27,13 +26,8 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 
 
 def _config(bench: Path, out: Path, mode: str = "ddp", dropout: float = 0.1, **optim: Any):
-    values = {"model": {"preset": "micro", "dropout": dropout},
-              "data": {"bench": str(bench), "tokens_per_sample": 64, "batch_size": 2, "builtin_vocab_size": 300,
-                       "max_valid_examples_per_task": 8},
-              "optim": {"lr": 3e-3, "warmup_steps": 2, "max_steps": 6, **optim},
-              "run": {"out_dir": str(out), "log_every": 1, "valid_every": 0, "save_every": 3, "progress": False,
-                      "tensorboard": False, "threads": 1, "distributed": mode, "device": "cpu"}}
-    return config_from_dict(values)
+    return micro_train_config(bench, out, model={"dropout": dropout}, optim=optim,
+                              run={"distributed": mode, "device": "cpu"})
 
 
 def _record_steps(trainer: Trainer, seen: List[List[Dict[str, Any]]]) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench_factory import make_bench
+from bench_factory import make_bench, micro_train_config
 from optiml_plugin.cli import main as cli_main
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.local import checkpoint as ckpt
@@ -26,24 +26,12 @@ def bench(tmp_path_factory) -> Path:
     ])
 
 
-def _config(bench: Path, out: Path, **sections):
-    values = {"model": {"preset": "micro", "dropout": 0.1},
-              "data": {"bench": str(bench), "tokens_per_sample": 64, "batch_size": 2, "builtin_vocab_size": 300,
-                       "max_valid_examples_per_task": 8},
-              "optim": {"lr": 3e-3, "warmup_steps": 2, "max_steps": 6},
-              "run": {"out_dir": str(out), "log_every": 1, "valid_every": 0, "save_every": 3, "progress": False,
-                      "tensorboard": False, "threads": 1}}
-    for name, extra in sections.items():
-        values[name].update(extra)
-    return config_from_dict(values)
-
-
 def _train_losses(log):
     return [r["loss"] for r in log if "split" not in r]
 
 
 def test_a_few_steps_lower_the_loss(bench, tmp_path):
-    trainer = Trainer(_config(bench, tmp_path / "run", optim={"lr": 1e-2, "max_steps": 12}))
+    trainer = Trainer(micro_train_config(bench, tmp_path / "run", optim={"lr": 1e-2, "max_steps": 12}))
     before = trainer.validate()
     final = trainer.train()
     after = trainer.validate()
@@ -62,12 +50,12 @@ def test_resume_continues_exactly(bench, tmp_path):
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     config_file = tmp_path / "train.yaml"
     import yaml
-    config_file.write_text(yaml.safe_dump(_config(bench, full_dir).to_dict()))
+    config_file.write_text(yaml.safe_dump(micro_train_config(bench, full_dir).to_dict()))
     assert cli_main(["train", str(config_file)]) == 0          # uninterrupted, through the CLI
-    first = Trainer(_config(bench, cut_dir))
+    first = Trainer(micro_train_config(bench, cut_dir))
     assert first.train(until=3) is None                        # "killed" right after the step-3 checkpoint
     del first
-    resumed = Trainer(_config(bench, cut_dir), resume=True)
+    resumed = Trainer(micro_train_config(bench, cut_dir), resume=True)
     assert resumed.step == 3
     resumed.train()
     full, cut = read_log(full_dir / "log.jsonl"), read_log(cut_dir / "log.jsonl")
@@ -80,8 +68,9 @@ def test_resume_continues_exactly(bench, tmp_path):
 
 
 def test_checkpoint_round_trip_and_keep_last(bench, tmp_path):
-    cfg = _config(bench, tmp_path / "run", run={"save_every": 1, "keep_last": 2, "log_every": 1,
-                                                "progress": False, "tensorboard": False, "valid_every": 0})
+    cfg = micro_train_config(bench, tmp_path / "run", run={"save_every": 1, "keep_last": 2, "log_every": 1,
+                                                           "progress": False, "tensorboard": False,
+                                                           "valid_every": 0})
     trainer = Trainer(cfg)
     trainer.train(until=4)
     kept = ckpt.list_checkpoints(trainer.ckpt_root)
@@ -99,9 +88,9 @@ def test_checkpoint_round_trip_and_keep_last(bench, tmp_path):
 
 def test_gradient_accumulation_is_exactly_token_normalized(bench, tmp_path):
     """Two micro-batches of one update give the same step as one batch holding both."""
-    cfg = _config(bench, tmp_path / "a", model={"preset": "micro", "dropout": 0.0})
+    cfg = micro_train_config(bench, tmp_path / "a", model={"preset": "micro", "dropout": 0.0})
     a = Trainer(cfg)
-    b = Trainer(_config(bench, tmp_path / "b", model={"preset": "micro", "dropout": 0.0}))
+    b = Trainer(micro_train_config(bench, tmp_path / "b", model={"preset": "micro", "dropout": 0.0}))
     it = iter(a.batches)
     m1, m2 = next(it), next(it)
     assert int(m1["loss_mask"].sum()) != int(m2["loss_mask"].sum())  # uneven, so averaging would differ
@@ -116,12 +105,13 @@ def test_gradient_accumulation_is_exactly_token_normalized(bench, tmp_path):
 def test_ddp_world_of_one_matches_single_process(bench, tmp_path, monkeypatch):
     import torch.distributed as dist
 
-    plain = Trainer(_config(bench, tmp_path / "plain", run={"save_every": 0, "progress": False,
-                                                            "tensorboard": False, "log_every": 1}))
+    plain = Trainer(micro_train_config(bench, tmp_path / "plain", run={"save_every": 0, "progress": False,
+                                                                       "tensorboard": False, "log_every": 1}))
     plain.train(until=2)
     monkeypatch.setenv("MASTER_PORT", "29533")
-    ddp = Trainer(_config(bench, tmp_path / "ddp", run={"distributed": "ddp", "save_every": 0, "progress": False,
-                                                        "tensorboard": False, "log_every": 1}))
+    ddp = Trainer(micro_train_config(bench, tmp_path / "ddp", run={"distributed": "ddp", "save_every": 0,
+                                                                   "progress": False, "tensorboard": False,
+                                                                   "log_every": 1}))
     try:
         assert ddp.dist.mode == "ddp" and ddp.dist.world_size == 1
         ddp.train(until=2)
@@ -136,24 +126,21 @@ def test_low_precision_autocast_trains_and_resumes_exactly(bench, tmp_path, prec
     """bf16/fp16 autocast (CPU here; the same code path on GPUs): the model runs in low precision, the loss
     falls, fp16's loss scaler is checkpointed, and a resumed run continues exactly."""
     opts = dict(model={"preset": "micro", "dropout": 0.0}, optim={"lr": 1e-2, "max_steps": 6})
-    fp32 = Trainer(_config(bench, tmp_path / "fp32", **opts))
+    fp32 = Trainer(micro_train_config(bench, tmp_path / "fp32", **opts))
     fp32.train()
-    full = Trainer(_config(bench, tmp_path / "full", run={"precision": precision, "save_every": 3,
-                                                          "progress": False, "tensorboard": False}, **opts))
+    run = {"precision": precision, "save_every": 3}
+    full = Trainer(micro_train_config(bench, tmp_path / "full", run=run, **opts))
     assert full.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     assert (full.scaler is not None) == (precision == "fp16")
     full.train()
     low, ref = _train_losses(read_log(full.log_path)), _train_losses(read_log(fp32.log_path))
     assert low != ref and low == pytest.approx(ref, rel=0.05)     # autocast really ran, and close to fp32
     assert sum(low[-2:]) < sum(low[:2])
-    cut = Trainer(_config(bench, tmp_path / "cut", run={"precision": precision, "save_every": 3,
-                                                        "progress": False, "tensorboard": False}, **opts))
+    cut = Trainer(micro_train_config(bench, tmp_path / "cut", run=run, **opts))
     cut.train(until=3)
     saved = ckpt.load_file(ckpt.latest_checkpoint(cut.ckpt_root), ckpt.TRAINER_STATE)
     assert (saved["scaler"] is not None) == (precision == "fp16")
-    resumed = Trainer(_config(bench, tmp_path / "cut", run={"precision": precision, "save_every": 3,
-                                                            "progress": False, "tensorboard": False}, **opts),
-                      resume=True)
+    resumed = Trainer(micro_train_config(bench, tmp_path / "cut", run=run, **opts), resume=True)
     if resumed.scaler is not None:
         assert resumed.scaler.get_scale() == cut.scaler.get_scale()
     resumed.train()
@@ -168,13 +155,13 @@ def test_config_errors_name_the_key(bench, tmp_path):
     with pytest.raises(ConfigError, match="data.bench"):
         config_from_dict({})
     with pytest.raises(ConfigError, match="attention"):
-        Trainer(_config(bench, tmp_path / "x", run={"attention": "flash"}))
+        Trainer(micro_train_config(bench, tmp_path / "x", run={"attention": "flash"}))
 
 
 def test_fresh_run_refuses_a_directory_with_checkpoints(bench, tmp_path):
-    Trainer(_config(bench, tmp_path / "run", optim={"max_steps": 1})).train()
+    Trainer(micro_train_config(bench, tmp_path / "run", optim={"max_steps": 1})).train()
     with pytest.raises(ConfigError, match="--resume"):
-        Trainer(_config(bench, tmp_path / "run", optim={"max_steps": 1}))
+        Trainer(micro_train_config(bench, tmp_path / "run", optim={"max_steps": 1}))
 
 
 def test_schedule_warms_up_then_decays_to_zero():
@@ -196,8 +183,8 @@ def test_validation_cap_is_per_task_so_later_tasks_count(tmp_path):
         dict(benchmark="b2", category="c2", task="t2", n=20, split="valid_heldout_tasks", level="heldout_tasks"),
         dict(benchmark="b3", category="c2", task="t3", n=2, split="valid_heldout_tasks", level="heldout_tasks"),
     ])
-    cfg = _config(root, tmp_path / "run", data={"max_valid_examples_per_task": 3,
-                                                "valid_splits": ["valid_heldout_tasks"]})
+    cfg = micro_train_config(root, tmp_path / "run", data={"max_valid_examples_per_task": 3,
+                                                           "valid_splits": ["valid_heldout_tasks"]})
     trainer = Trainer(cfg)
     vset, batches = trainer.valid["valid_heldout_tasks"]
     assert [t.task for t in vset.tasks] == ["t1", "t2", "t3"]
