@@ -148,9 +148,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, _grad_nll: Any) -> Tuple[Optional[torch.Tensor], ...]:
+        if ctx.grads is None:  # the buffers are scaled in place below, so they serve one backward only
+            raise RuntimeError("linear_cross_entropy: a second backward through the same call (retain_graph) "
+                               "is not supported")
         grad_h, grad_w = ctx.grads
-        if grad_h is None:
-            raise RuntimeError("linear_cross_entropy: backward through a call made without gradients")
         ctx.grads = None
         grad_h = grad_h.mul_(grad_loss.to(grad_h.dtype)).to(ctx.dtypes[0])  # in place: not used again
         grad_w = grad_w.mul_(grad_loss).to(ctx.dtypes[1])

@@ -157,3 +157,11 @@ def test_coefficients_and_sums_reproduce_both_normalizations():
     assert torch.allclose((token_coefficients(groups, "example").double() * nll).sum(), ref.example_nll_sum)
     sums = loss_sums(nll, groups, "example")
     assert int(sums.examples) == int(ref.examples) and int(sums.target_tokens) == int(mask.sum())
+
+
+def test_linear_cross_entropy_refuses_a_second_backward():
+    hidden, weight, targets, _ = _projection(3)
+    loss, _ = linear_cross_entropy(hidden, weight, targets)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()

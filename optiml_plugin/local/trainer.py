@@ -145,13 +145,15 @@ class Trainer:
 
     # ---- one update ----
 
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+
     def _forward(self, batch: Dict[str, torch.Tensor], scale: float) -> Tuple[torch.Tensor, LossSums]:
         """(`scale` x the loss numerator, to backward; the micro-batch's loss sums, detached, to log)."""
         batch = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS}
         normalize = self.cfg.optim.loss_normalize
         groups = example_groups(batch["segment_ids"], batch["loss_mask"])
-        ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
-        with ctx:
+        with self._autocast():
             loss, nll = self.model(batch["loss_mask"], batch["target_ids"],
                                    token_coefficients(groups, normalize) * scale,
                                    **self.attention.model_inputs(batch))
@@ -238,8 +240,7 @@ class Trainer:
     def _token_nll(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """NLL of every target token of `batch` (fp32) and the task id it belongs to, both on the CPU."""
         moved = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS}
-        ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
-        with ctx:
+        with self._autocast():
             _, nll = self.model(moved["loss_mask"], moved["target_ids"], **self.attention.model_inputs(moved))
         return nll.cpu(), batch["task_ids"][batch["loss_mask"].bool()].long()
 
