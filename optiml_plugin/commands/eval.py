@@ -59,6 +59,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
     conv.add_argument("--out", required=True, help="output model directory")
     conv.add_argument("--num-heads", type=int, default=None, help="when the checkpoint has no cfg")
     conv.add_argument("--tokenizer-dir", default=None, help="copy OPT BPE files from here into --out")
+    conv.add_argument("--activation-fn", default=None,
+                      help="metaseq --activation-fn of the run, when the checkpoint's config lacks it "
+                           "(default: the config's, else relu)")
+    conv.add_argument("--no-scale-embedding", action="store_true", default=None,
+                      help="the run used --no-scale-embedding but its config does not say so")
     conv.set_defaults(func=_convert)
 
 
@@ -107,6 +112,8 @@ def _summary(results: Dict) -> str:
 def _convert(args: argparse.Namespace) -> int:
     from optiml_plugin.eval.backends.metaseq_convert import convert
 
-    out = convert(args.checkpoints, args.out, num_heads=args.num_heads, tokenizer_dir=args.tokenizer_dir)
+    overrides = {"activation_fn": args.activation_fn, "no_scale_embedding": args.no_scale_embedding}
+    out = convert(args.checkpoints, args.out, num_heads=args.num_heads, tokenizer_dir=args.tokenizer_dir,
+                  overrides=overrides)
     print(f"wrote {out}")
     return 0

@@ -7,12 +7,19 @@ column-parallel layers (the fused qkv projection, fc1) along output rows, row-pa
 metaseq's fused `qkv_proj` holds, per shard, that shard's K rows, then V, then Q (its forward splits
 the projection as k, v, q), so each shard is split before the heads are concatenated.
 
+Exactness: every decoder option that changes the forward is read from the checkpoint's config and
+mapped, or the conversion is refused with the reason. metaseq's `gelu` is the tanh approximation
+(transformers' `gelu_new`, not `gelu`); metaseq multiplies token embeddings by sqrt(d) unless
+`--no-scale-embedding` (transformers' OPT never does), which is folded into an untied embedding and
+refused for a tied one (the same matrix is the output projection).
+
 Only unflattened state dicts are read: FSDP-flattened shards (`flat_param_*`) must first be
 consolidated with metaseq's own consolidation script. Checkpoints are pickles: convert only
 checkpoints you trust.
 """
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from pathlib import Path
@@ -36,6 +43,12 @@ RENAMES = {"decoder.layer_norm.weight": "decoder.final_layer_norm.weight",
            "decoder.project_in_dim.weight": "decoder.project_in.weight",
            "decoder.project_out_dim.weight": "decoder.project_out.weight"}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "gpt2-vocab.json", "gpt2-merges.txt")
+# metaseq `--activation-fn` -> transformers' ACT2FN name computing the same function
+ACTIVATIONS = {"relu": "relu", "gelu": "gelu_new", "relu_squared": "relu2", "tanh": "tanh", "linear": "linear"}
+# decoder options that change the forward, with metaseq main's defaults (its decoder is always pre-LN)
+OPTIONS = {"decoder_attention_heads": None, "decoder_normalize_before": True, "activation_fn": "relu",
+           "no_scale_embedding": False, "decoder_learned_pos": False, "alibi": False,
+           "layernorm_embedding": False}
 
 
 def load_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Any]:
@@ -69,11 +82,28 @@ def _get(obj: Any, name: str) -> Any:
         return None
 
 
-def model_options(cfg: Any) -> Dict[str, Any]:
-    """Decoder settings from a checkpoint's `cfg['model']` (omegaconf/dict) or `args` (Namespace)."""
+def model_options(cfg: Any, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Decoder options from a checkpoint's `cfg['model']` (omegaconf/dict) or `args` (Namespace).
+
+    Options the checkpoint does not record take metaseq's defaults, except the number of heads, which
+    has none; `overrides` (from the command line) win over both. Refuses options transformers' OPT
+    cannot express, saying which.
+    """
     model = _get(cfg, "model") or cfg
-    keys = ("decoder_attention_heads", "decoder_normalize_before", "activation_fn")
-    return {k: _get(model, k) for k in keys if _get(model, k) is not None}
+    out = {}
+    for key, default in OPTIONS.items():
+        value = _get(model, key)
+        out[key] = default if value is None else value
+    out.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    act = str(out["activation_fn"])
+    if act not in ACTIVATIONS:
+        raise ConfigError(f"activation_fn {act!r} has no transformers OPT equivalent "
+                          f"(convertible: {sorted(ACTIVATIONS)}; gated units such as swiglu are not)")
+    if out["alibi"]:
+        raise ConfigError("the checkpoint uses ALiBi positions; transformers' OPT has learned positions only")
+    if out["layernorm_embedding"]:
+        raise ConfigError("the checkpoint normalizes embeddings (--layernorm-embedding); transformers' OPT does not")
+    return out
 
 
 def _same(name: str, parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -124,21 +154,32 @@ def to_hf(sd: Dict[str, torch.Tensor], options: Dict[str, Any],
     hidden = sd["decoder.layers.0.fc1.weight"].shape[1]
     if hidden % int(heads):
         raise ConfigError(f"hidden size {hidden} is not divisible by {heads} attention heads")
+    if "decoder.embed_positions.weight" not in sd:
+        raise ConfigError("no decoder.embed_positions.weight: the checkpoint has sinusoidal positions "
+                          "(trained without --decoder-learned-pos); transformers' OPT has learned positions only")
     out_proj = sd.get("decoder.output_projection.weight")
     tied = out_proj is None or torch.equal(out_proj, emb)
+    if not options.get("no_scale_embedding", False):
+        if tied:
+            raise ConfigError(
+                f"the checkpoint scales token embeddings by sqrt({emb.shape[1]}) (trained without "
+                "--no-scale-embedding) and ties them to the output projection: transformers' OPT cannot "
+                "scale one without the other, so no exact conversion exists. (If the run did use "
+                "--no-scale-embedding but its config does not say so, pass --no-scale-embedding.)")
+        emb = emb * math.sqrt(emb.shape[1])
     config = {"vocab_size": emb.shape[0], "hidden_size": hidden, "num_hidden_layers": len(layers),
               "ffn_dim": sd["decoder.layers.0.fc1.weight"].shape[0], "num_attention_heads": int(heads),
               "max_position_embeddings": sd["decoder.embed_positions.weight"].shape[0] - 2,
               "word_embed_proj_dim": emb.shape[1],
               "do_layer_norm_before": bool(options.get("decoder_normalize_before", True)),
-              "activation_function": str(options.get("activation_fn", "relu")),
+              "activation_function": ACTIVATIONS[str(options.get("activation_fn", "relu"))],
               "tie_word_embeddings": tied, "pad_token_id": 1, "bos_token_id": 2, "eos_token_id": 2,
               "dropout": 0.0, "attention_dropout": 0.0}
     hf = {}
     for key, value in sd.items():
         if key == "decoder.output_projection.weight":
             continue
-        hf["model." + RENAMES.get(key, key)] = value
+        hf["model." + RENAMES.get(key, key)] = emb if key == "decoder.embed_tokens.weight" else value
     hf["lm_head.weight"] = emb if tied else out_proj
     return config, hf
 
@@ -153,14 +194,17 @@ def _ordered(paths: Sequence[PathLike]) -> List[Path]:
 
 
 def convert(checkpoints: Sequence[PathLike], out_dir: PathLike, num_heads: Optional[int] = None,
-            tokenizer_dir: Optional[PathLike] = None, dtype: Optional[torch.dtype] = None) -> Path:
-    """Write a transformers OPT directory (config, weights, tokenizer files when given)."""
+            tokenizer_dir: Optional[PathLike] = None, dtype: Optional[torch.dtype] = None,
+            overrides: Optional[Dict[str, Any]] = None) -> Path:
+    """Write a transformers OPT directory (config, weights, tokenizer files when given).
+
+    `overrides` sets decoder options the checkpoint's config lacks (e.g. {"no_scale_embedding": True})."""
     from transformers import OPTConfig, OPTForCausalLM
 
     if not checkpoints:
         raise ConfigError("give at least one checkpoint file")
     loaded = [load_checkpoint(p) for p in _ordered(checkpoints)]
-    options = model_options(loaded[0][1])
+    options = model_options(loaded[0][1], overrides)
     config_kwargs, hf = to_hf(merge_shards([sd for sd, _ in loaded]), options, num_heads)
     model = OPTForCausalLM(OPTConfig(**config_kwargs))
     missing, unexpected = model.load_state_dict(hf, strict=False)
