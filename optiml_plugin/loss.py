@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from optiml_plugin.errors import ConfigError
@@ -94,6 +95,61 @@ def target_cross_entropy(logits: torch.Tensor, target_ids: torch.Tensor, loss_ma
         picked = picked.float()
     nll = F.cross_entropy(picked, targets.long(), reduction="none")
     return loss_sums(nll, example_groups(segment_ids, mask), normalize)
+
+
+class _VocabParallelNLL(torch.autograd.Function):
+    """NLL of each row of `shard` [n, V/p], this rank's slice [start, start + V/p) of the vocabulary.
+
+    Why: under tensor (model) parallelism each rank holds a slice of the output projection; gathering
+    the full-vocabulary logits costs B x T x V per rank (3.3 GB at 8 x 2048 x 50272 in fp32). Three
+    all-reduces over the model-parallel group (max, target logit, sum of exponentials) give every rank
+    the exact full-vocabulary NLL; the gradient, softmax minus one-hot on this slice, needs none.
+    Softmax sums are taken in fp32 (or wider), as metaseq does.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, shard: torch.Tensor, targets: torch.Tensor, start: int,
+                group: Any) -> torch.Tensor:
+        x = shard.to(torch.promote_types(shard.dtype, torch.float32))
+        width = x.shape[-1]
+        top = x.amax(dim=-1)
+        _all_reduce(top, dist.ReduceOp.MAX, group)
+        x = x - top[:, None]   # a new buffer: the caller's logits are left as they were
+        local = targets.long() - start
+        inside = (local >= 0) & (local < width)
+        local = local.clamp(0, width - 1)
+        picked = x.gather(1, local[:, None]).squeeze(1) * inside
+        _all_reduce(picked, dist.ReduceOp.SUM, group)
+        exp = x.exp_()
+        total = exp.sum(dim=-1)
+        _all_reduce(total, dist.ReduceOp.SUM, group)
+        ctx.save_for_backward(exp.div_(total[:, None]), local, inside)
+        ctx.dtype = shard.dtype
+        return total.log() - picked
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        softmax, local, inside = ctx.saved_tensors
+        g = softmax.mul_(grad[:, None])   # in place: the saved softmax serves one backward
+        rows = torch.arange(g.shape[0], device=g.device)
+        g[rows[inside], local[inside]] -= grad[inside]
+        return g.to(ctx.dtype), None, None, None
+
+
+def _all_reduce(tensor: torch.Tensor, op: Any, group: Any) -> None:
+    if group is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
+        dist.all_reduce(tensor, op=op, group=group)
+
+
+def vocab_parallel_nll(shard: torch.Tensor, targets: torch.Tensor, rank: int = 0,
+                       group: Any = None) -> torch.Tensor:
+    """Per-row NLL [n] (differentiable) of vocabulary-sharded logits `shard` [n, V/p] held by `rank` of
+    the model-parallel `group` (rank r holds ids [r * V/p, (r + 1) * V/p), Megatron's layout).
+
+    With `group` None (or of one rank) `shard` is the whole vocabulary and this is plain cross entropy.
+    Pass only the target positions: the work and memory are then ~ targets x V/p.
+    """
+    return _VocabParallelNLL.apply(shard, targets, rank * shard.shape[-1], group)
 
 
 def default_chunk_rows(vocab: int, device: torch.device) -> int:

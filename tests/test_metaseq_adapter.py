@@ -165,16 +165,11 @@ def test_loss_sums_match_core_and_split_by_benchmark():
     logits = torch.randn(2, 8, 16)
     mask = sample["target"].ne(1)
     core = target_cross_entropy(logits, sample["target"], mask, sample["segment_ids"])
-    sums, bnll, bcount = lossmath.sums_by_benchmark(logits, sample["target"], mask, sample["segment_ids"],
-                                                    sample["benchmark_ids"], 2, "token")
+    nll = lossmath.target_nll(logits, sample["target"], mask)
+    sums, bnll, bcount = lossmath.target_sums(nll, mask, sample["segment_ids"], sample["benchmark_ids"], 2, "token")
     assert torch.allclose(sums.nll_sum, core.nll_sum) and int(sums.target_tokens) == 6
     assert torch.allclose(sums.example_nll_sum, core.example_nll_sum) and int(sums.examples) == 3
     assert bcount.tolist() == [2.0, 4.0] and torch.allclose(bnll.sum(), core.nll_sum)
-    token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), sample["target"], reduction="none")
-    sums2, bnll2, bcount2 = lossmath.sums_from_token_nll(token_nll, mask, sample["benchmark_ids"], 2, "token")
-    assert torch.allclose(sums2.nll_sum, core.nll_sum) and torch.allclose(bnll2, bnll) and bcount2.equal(bcount)
-    with pytest.raises(ConfigError, match="model parallel"):
-        lossmath.sums_from_token_nll(token_nll, mask, None, 0, "example")
 
 
 def test_sample_size_is_target_tokens_and_logs_are_in_bits():
@@ -182,8 +177,8 @@ def test_sample_size_is_target_tokens_and_logs_are_in_bits():
     sample = batches.to_metaseq_sample(core_batch(), torch.arange(2))
     logits = torch.randn(2, 8, 16)
     mask = sample["target"].ne(1)
-    sums, bnll, bcount = lossmath.sums_by_benchmark(logits, sample["target"], mask, sample["segment_ids"],
-                                                    sample["benchmark_ids"], 2, "token")
+    sums, bnll, bcount = lossmath.target_sums(lossmath.target_nll(logits, sample["target"], mask), mask,
+                                              sample["segment_ids"], sample["benchmark_ids"], 2, "token")
     loss, size, log = lossmath.loss_and_logging(sums, "token", sample, bnll, bcount, ["niv2", "flan"])
     assert int(size) == 6 and torch.allclose(loss, sums.nll_sum)
     assert log["ncapacity"] == 16 and log["nexamples"] == 3

@@ -75,8 +75,8 @@ def test_train_samples_are_the_core_batches_in_metaseq_format(setup):
         # criterion arithmetic on a tiny model's logits equals the core loss
         logits = model(src)
         mask = target.ne(PAD)
-        sums, bnll, bcount = lossmath.sums_by_benchmark(logits, target, mask, sample["segment_ids"],
-                                                        bench_ids, len(names), "token")
+        sums, bnll, bcount = lossmath.target_sums(lossmath.target_nll(logits, target, mask), mask,
+                                                  sample["segment_ids"], bench_ids, len(names), "token")
         core_sums = target_cross_entropy(logits, core["target_ids"], core["loss_mask"], core["segment_ids"])
         assert torch.allclose(sums.nll_sum, core_sums.nll_sum, rtol=1e-5)
         loss, sample_size, log = lossmath.loss_and_logging(sums, "token", sample, bnll, bcount, names)

@@ -2,9 +2,10 @@
 
 Why: metaseq's `cross_entropy` uses `sample_size = ntokens` (all input tokens), which under-weights
 short targets; the loss here covers target tokens (and `</s>`) only and `sample_size` is their
-count, summed over workers by metaseq before dividing. With model parallel size > 1 the logits
-are vocab-sharded, so metaseq's vocab-parallel cross entropy computes per-token NLL (on a clone:
-it writes into its input). The arithmetic lives in `lossmath` (no metaseq import).
+count, summed over workers by metaseq before dividing. With model parallel size > 1 the task builds
+the decoder so that it returns this rank's vocabulary slice of the logits (no gather of B x T x V on
+every rank), and `lossmath.target_nll` computes the exact full-vocabulary NLL of the target positions
+over the model-parallel group. The arithmetic lives in `lossmath` and `loss` (no metaseq import).
 """
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from metaseq import metrics, utils
 from metaseq.criterions import BaseCriterion, register_criterion
 from metaseq.distributed import utils as distributed_utils
 
-from optiml_plugin.metaseq.lossmath import (loss_and_logging, reduced_scalars, sums_by_benchmark,
-                                            sums_from_token_nll)
+from optiml_plugin.metaseq.lossmath import loss_and_logging, reduced_scalars, target_nll, target_sums
 
 CRITERION_NAME = "target_only_cross_entropy"
 
@@ -29,21 +29,15 @@ class TargetOnlyCrossEntropyCriterion(BaseCriterion):
         self.benchmarks: List[str] = list(getattr(task, "benchmarks", []))
 
     def forward(self, model: Any, sample: Dict[str, Any], reduce: bool = True) -> Tuple[Any, Any, Dict[str, Any]]:
-        net_output = model(**sample["net_input"])
-        logits = net_output[0]
+        logits = model(**sample["net_input"])[0]
         target = sample["target"]
         mask = target.ne(self.padding_idx)
-        bench_ids = sample.get("benchmark_ids")
+        rank, group = 0, None
         if distributed_utils.get_model_parallel_world_size() > 1:
-            from metaseq.modules.megatron.mpu import vocab_parallel_cross_entropy
-
-            # it modifies its input logits in place: give it a copy
-            token_nll = vocab_parallel_cross_entropy(logits.float().clone(), target)
-            sums, bnll, bcount = sums_from_token_nll(token_nll, mask, bench_ids, len(self.benchmarks),
-                                                     self.normalize)
-        else:
-            sums, bnll, bcount = sums_by_benchmark(logits, target, mask, sample.get("segment_ids"),
-                                                   bench_ids, len(self.benchmarks), self.normalize)
+            rank, group = distributed_utils.get_model_parallel_rank(), distributed_utils.get_model_parallel_group()
+        nll = target_nll(logits, target, mask, rank, group)
+        sums, bnll, bcount = target_sums(nll, mask, sample.get("segment_ids"), sample.get("benchmark_ids"),
+                                         len(self.benchmarks), self.normalize)
         return loss_and_logging(sums, self.normalize, sample, bnll, bcount, self.benchmarks)
 
     @staticmethod

@@ -14,8 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from optiml_plugin.errors import ConfigError
-from optiml_plugin.loss import LossSums, target_cross_entropy
+from optiml_plugin.loss import LossSums, example_groups, loss_sums, vocab_parallel_nll
 
 LN2 = math.log(2)
 
@@ -25,58 +24,36 @@ def bench_key(name: str) -> Tuple[str, str]:
     return f"bnll_{name}", f"btgt_{name}"
 
 
-def sums_by_benchmark(logits: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor,
-                      segment_ids: Optional[torch.Tensor], benchmark_ids: Optional[torch.Tensor],
-                      n_benchmarks: int, normalize: str) -> Tuple[LossSums, torch.Tensor, torch.Tensor]:
-    """Core loss sums of the batch, plus per-benchmark NLL sums and target counts.
+def target_nll(logits: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor, mp_rank: int = 0,
+               mp_group: Any = None) -> torch.Tensor:
+    """Per-target-token NLL [n] (row-major order of `loss_mask`, differentiable) of `logits` [B, T, V/p].
 
-    The core loss is evaluated once per benchmark present on that benchmark's (disjoint) target
-    positions, so the total is the same sum the core gives for the whole batch, with no second pass.
+    With model parallel size p > 1 the logits are this rank's vocabulary slice (the decoder is built
+    not to gather them) and the exact full-vocabulary NLL comes from `vocab_parallel_nll`'s
+    all-reduces; with p = 1 the same code is plain cross entropy. Only target positions are taken.
     """
-    nll = torch.zeros(n_benchmarks, dtype=torch.float32, device=logits.device)
-    count = torch.zeros(n_benchmarks, dtype=torch.float32, device=logits.device)
-    if benchmark_ids is None or n_benchmarks == 0:
-        return target_cross_entropy(logits, target, loss_mask, segment_ids, normalize), nll, count
-    total: Optional[LossSums] = None
-    rest = loss_mask.clone()
-    for b in torch.unique(benchmark_ids[loss_mask]).tolist():
-        if b < 0 or b >= n_benchmarks:
-            continue
-        mask_b = loss_mask & (benchmark_ids == b)
-        rest &= ~mask_b
-        part = target_cross_entropy(logits, target, mask_b, segment_ids, normalize)
-        nll[b] = part.nll_sum.detach().float()
-        count[b] = part.target_tokens.float()
-        total = part if total is None else total + part
-    if total is None or bool(rest.any()):
-        part = target_cross_entropy(logits, target, rest, segment_ids, normalize)
-        total = part if total is None else total + part
-    return total, nll, count
-
-
-def sums_from_token_nll(token_nll: torch.Tensor, loss_mask: torch.Tensor,
-                        benchmark_ids: Optional[torch.Tensor], n_benchmarks: int,
-                        normalize: str) -> Tuple[LossSums, torch.Tensor, torch.Tensor]:
-    """The same sums from per-token NLL (metaseq's vocab-parallel cross entropy, model parallel > 1).
-
-    Token normalization only: example normalization needs per-example grouping the vocab-parallel
-    path does not give here.
-    """
-    if normalize != "token":
-        raise ConfigError("--loss-normalization example is not supported with model parallel size > 1; "
-                          "use --loss-normalization token (the paper's choice)")
     mask = loss_mask.bool()
-    masked = token_nll.float() * mask
-    zero = torch.zeros((), device=token_nll.device)
-    sums = LossSums(masked.sum(), mask.sum(), zero, zero, normalize)
-    nll = torch.zeros(n_benchmarks, dtype=torch.float32, device=token_nll.device)
-    count = torch.zeros(n_benchmarks, dtype=torch.float32, device=token_nll.device)
+    return vocab_parallel_nll(logits[mask], target[mask], mp_rank, mp_group)
+
+
+def target_sums(nll: torch.Tensor, loss_mask: torch.Tensor, segment_ids: Optional[torch.Tensor],
+                benchmark_ids: Optional[torch.Tensor], n_benchmarks: int,
+                normalize: str) -> Tuple[LossSums, torch.Tensor, torch.Tensor]:
+    """Core loss sums of per-target-token `nll`, plus per-benchmark NLL sums and target counts (detached).
+
+    Example normalization groups the tokens by (row, segment), as the core loss does; a batch without
+    segment ids counts each row as one example.
+    """
+    mask = loss_mask.bool()
+    sums = loss_sums(nll, example_groups(segment_ids, mask), normalize)
+    bnll = torch.zeros(n_benchmarks, dtype=torch.float32, device=nll.device)
+    bcount = torch.zeros(n_benchmarks, dtype=torch.float32, device=nll.device)
     if benchmark_ids is not None and n_benchmarks:
-        ok = mask & (benchmark_ids >= 0) & (benchmark_ids < n_benchmarks)
-        ids = benchmark_ids[ok].long()
-        nll.index_add_(0, ids, masked[ok].detach())
-        count.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float32))
-    return sums, nll, count
+        ids = benchmark_ids[mask].long()
+        ok = (ids >= 0) & (ids < n_benchmarks)
+        bnll.index_add_(0, ids[ok], nll.detach().float()[ok])
+        bcount.index_add_(0, ids[ok], torch.ones(int(ok.sum()), dtype=torch.float32, device=nll.device))
+    return sums, bnll, bcount
 
 
 def loss_and_logging(sums: LossSums, normalize: str, sample: Dict[str, Any], bench_nll: torch.Tensor,
