@@ -269,3 +269,14 @@ def test_validation_iterator_is_finite_and_restarts_in_order():
 def test_train_cli_without_metaseq_exits_with_a_clear_message(capsys):
     assert train_cli.main(["--task", "instruction_meta_learning"]) == 2
     assert "needs metaseq" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend,ranks,refused", [("pytorch_ddp", 2, True), ("c10d", 8, True),
+                                                   ("pytorch_ddp", 1, False), ("fully_sharded", 2, False)])
+def test_unresumable_backends_are_refused_up_front(backend, ranks, refused):
+    """metaseq saves rank 0 only outside FSDP: other ranks' stream positions would be lost at resume."""
+    if refused:
+        with pytest.raises(ConfigError, match="fully_sharded"):
+            options.check_resumable(backend, ranks)
+    else:
+        options.check_resumable(backend, ranks)

@@ -140,6 +140,23 @@ def check_update_freq(update_freq: Any) -> None:
             "reach the same tokens per update.")
 
 
+def check_resumable(ddp_backend: Any, data_parallel_size: int) -> None:
+    """Refuse, before any training, a run whose checkpoints could not be resumed exactly.
+
+    With more than one data-parallel rank and a backend other than FSDP, metaseq main saves on rank 0
+    only: the other ranks' data-stream states are never written (their ranks return before the train
+    iterator's state is taken), and with --use-sharded-state metaseq's own loader then fails
+    (`assert "shard" in path_to_load`). FSDP saves every rank.
+    """
+    backend = str(getattr(ddp_backend, "value", ddp_backend))
+    if data_parallel_size > 1 and backend != "fully_sharded":
+        raise ConfigError(
+            f"--ddp-backend {backend} with {data_parallel_size} data-parallel ranks cannot resume: metaseq saves "
+            "rank 0 only, so the other ranks' data-stream positions are lost (and with --use-sharded-state "
+            "metaseq's loader cannot read the checkpoint back). Use --ddp-backend fully_sharded, where every "
+            "rank saves its shard and its stream state, or one data-parallel rank.")
+
+
 def check_model_cfg(model_cfg: Any, document_masking: bool, eod: int = EOS_ID) -> None:
     """Refuse a model that would not apply the per-example attention mask the data relies on."""
     doc_sep = getattr(model_cfg, "self_attn_doc_sep", UNSPECIFIED_DOC_SEP)

@@ -27,8 +27,8 @@ from optiml_plugin.data.packing import STRATEGIES, TRUNCATIONS
 from optiml_plugin.data.tokenizer import EOS_ID
 from optiml_plugin.loss import NORMALIZE
 from optiml_plugin.metaseq.iterator import PipelineEpochIterator
-from optiml_plugin.metaseq.options import (DEFAULT_VALID_SPLITS, check_model_cfg, check_update_freq,
-                                           settings_from_cfg)
+from optiml_plugin.metaseq.options import (DEFAULT_VALID_SPLITS, check_model_cfg, check_resumable,
+                                           check_update_freq, settings_from_cfg)
 from optiml_plugin.metaseq.wiring import (TrainData, benchmark_names, build_train_data, build_valid_samples,
                                           load_tokenizer, open_bench, train_iterator, valid_iterator)
 
@@ -122,6 +122,7 @@ class InstructionMetaLearningTask(LegacyTask):
     def __init__(self, args: Any) -> None:
         super().__init__(args)
         check_update_freq(getattr(args, "update_freq", [1]))
+        check_resumable(getattr(args, "ddp_backend", "pytorch_ddp"), distributed_utils.get_data_parallel_world_size())
         self.settings = settings_from_cfg(args)
         self.tokenizer = load_tokenizer(args.vocab_filename, args.merges_filename, args.hf_tokenizer)
         self.dictionary = build_dictionary(self.tokenizer.vocab_size)

@@ -24,6 +24,12 @@ from optiml_plugin.metaseq.options import AdapterSettings, resolve_valid_subset
 logger = logging.getLogger(__name__)
 
 
+def say_on_every_rank(message: str, *args: Any) -> None:
+    """Log one line on every rank: metaseq lowers non-master ranks to WARNING, which would hide what
+    each rank reads; this logs at INFO where that is shown, else at WARNING."""
+    logger.log(logging.INFO if logger.isEnabledFor(logging.INFO) else logging.WARNING, message, *args)
+
+
 def load_tokenizer(vocab: Optional[str], merges: Optional[str], hf_json: Optional[str]) -> OptTokenizer:
     """OPT's BPE from `--hf-tokenizer` or `--vocab-filename` + `--merges-filename`."""
     if hf_json:
@@ -54,7 +60,7 @@ class TrainData:
     def restore(self, state: Dict[str, Any]) -> None:
         """Set the pipeline to a saved state (no replay) and say so in the log."""
         self.batches.load_state_dict(state)
-        logger.info("rank %d: data stream restored at example index %d, %d rows trained so far; re-read "
+        say_on_every_rank("rank %d: data stream restored at example index %d, %d rows trained so far; re-read "
                     "%d held examples, no replay", self.rank, self.stream.next_index,
                     int(self.batches.stats.blocks), self.batches.held_examples)
 
@@ -76,6 +82,10 @@ def build_train_data(settings: AdapterSettings, bench: Bench, tokenizer: OptToke
     stream = ExampleStream(bench, mixture, seed=seed, rank=rank, world_size=world_size)
     batches = PackedBatches(stream, tokenizer, settings.packing, batch_size, seed,
                             shuffle_buffer=settings.shuffle_buffer)
+    say_on_every_rank("rank %d of %d data-parallel ranks reads stream partition %d of %d: the chunks of %d "
+                      "stream indices numbered %d mod %d (seed %d, %d tasks)", rank, world_size, stream.partition,
+                      stream.num_partitions, stream.chunk_size, stream.partition, stream.num_partitions, seed,
+                      len(mixture.tasks))
     return TrainData(mixture, stream, batches, rank, batch_size)
 
 
