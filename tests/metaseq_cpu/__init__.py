@@ -1,0 +1,1 @@
+"""Helpers to run the real metaseq on CPU in checks (never imported by optiml_plugin)."""

@@ -1,0 +1,59 @@
+"""One forward/backward of the optiml criterion in real metaseq, per rank: loss and every gradient to a file.
+
+For checks only (never imported by the plugin). Run one process per rank with a `metaseq-train`
+command line plus `--distributed-rank R` (see `tests/test_metaseq_ranks.py`); `OPTIML_GRAD_OUT`
+names the folder for `rank<R>.pt`. Why: logged losses alone cannot show that model-parallel
+gradients are right (Adam hides a uniform scale); comparing every parameter's gradient at model
+parallel 2, merged back to full tensors, with model parallel 1 on the same model and batch can.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Dict
+
+import torch
+
+
+def _main(cfg: Any) -> None:
+    from metaseq import tasks
+    from metaseq.distributed import utils as dist_utils
+
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    task.load_dataset("train")
+    itr = task.get_batch_iterator(task.dataset("train"), max_sentences=cfg.dataset.batch_size,
+                                  num_shards=dist_utils.get_data_parallel_world_size(),
+                                  shard_id=dist_utils.get_data_parallel_rank()).next_epoch_itr()
+    sample = next(itr)
+    model.train()
+    loss, size, log = criterion(model, sample)
+    (loss / size).backward()
+    out: Dict[str, Any] = {
+        "loss": float(loss) / float(size), "sample_size": float(size),
+        "benchmarks": {k: float(v) for k, v in log.items() if k.startswith(("bnll_", "btgt_"))},
+        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+        "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None},
+        "mp_rank": dist_utils.get_model_parallel_rank(), "mp_size": dist_utils.get_model_parallel_world_size(),
+    }
+    torch.save(out, os.path.join(os.environ["OPTIML_GRAD_OUT"], f"rank{dist_utils.get_global_rank()}.pt"))
+
+
+def main(argv: list) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from tests.metaseq_cpu import standins
+
+    standins.install()
+    from metaseq import options
+    from metaseq.dataclass.utils import convert_namespace_to_omegaconf
+    from metaseq.distributed import utils as dist_utils
+
+    parser = options.get_training_parser()
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, argv))
+    torch.manual_seed(cfg.common.seed)
+    dist_utils.call_main(cfg, _main)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
