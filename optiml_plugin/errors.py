@@ -18,6 +18,15 @@ class ConfigError(OptimlError):
     """A configuration value is invalid; the message says which and what to change."""
 
 
+class CorruptFileError(OptimlError):
+    """A file optiml wrote earlier (bench file, index, checkpoint, log) is damaged or was changed by hand;
+    the message names the file (and the row or field) and how to recover."""
+
+
+class WriteError(OptimlError):
+    """Writing an output failed (full disk, no permission); nothing half-written was left behind."""
+
+
 class BadRecordError(OptimlError):
     """One input record is unusable.
 
@@ -63,10 +72,11 @@ class BadRecordPolicy:
     def count_read(self, n: int = 1) -> None:
         self.read += n
 
-    def handle(self, err: BadRecordError) -> None:
+    def handle(self, err: BadRecordError, records: int = 1) -> None:
+        """`records` > 1 when one problem skips several records (a task file whose header is bad)."""
         if self.mode == "error":
             raise err
-        self.skipped[err.reason] += 1
+        self.skipped[err.reason] += records
         if len(self.messages) < self._keep:
             self.messages.append(str(err))
 
