@@ -7,7 +7,7 @@ Every loader funnels its problems through `BadRecordPolicy` so that rule holds i
 from __future__ import annotations
 
 from collections import Counter
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 
 class OptimlError(Exception):
@@ -48,6 +48,20 @@ class BadRecordError(OptimlError):
             loc += f" (instance {where})"
         fld = f" field '{field}':" if field else ""
         super().__init__(f"{loc}:{fld} {detail} [{reason}]")
+
+
+def mismatch_error(what: str, diff: Mapping[str, Tuple[Any, Any]], words: Mapping[str, str]) -> ConfigError:
+    """A resume refused because settings differ: each differing key in words, with both values when short.
+
+    `diff` maps a key to (saved, current); `words` maps a key to what the user set (e.g. 'run.seed')."""
+    parts = []
+    for key, (saved, current) in diff.items():
+        text = words.get(key, key)
+        if len(repr(saved)) + len(repr(current)) <= 60:
+            text += f" (saved {saved!r}, now {current!r})"
+        parts.append(text)
+    return ConfigError(f"the checkpoint's {what} was saved with other settings; changed: {'; '.join(parts)}. "
+                       f"Resume with the run's original settings, or start a new run.out_dir")
 
 
 ON_BAD_CHOICES = ("error", "skip")
