@@ -50,6 +50,12 @@ class BadRecordError(OptimlError):
         super().__init__(f"{loc}:{fld} {detail} [{reason}]")
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (library errors can span pages), or its type."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def mismatch_error(what: str, diff: Mapping[str, Tuple[Any, Any]], words: Mapping[str, str]) -> ConfigError:
     """A resume refused because settings differ: each differing key in words, with both values when short.
 

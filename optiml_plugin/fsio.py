@@ -32,6 +32,13 @@ def write_error(err: OSError, path: Union[str, Path]) -> WriteError:
     return WriteError(f"{path}: cannot write: {err.strerror or err}")
 
 
+def os_error_message(err: OSError) -> str:
+    """One line for an OSError that reached the command line (full disk, missing or unreadable path)."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return str(write_error(err, err.filename or "output"))
+    return f"{err.filename}: {err.strerror}" if err.filename else str(err)
+
+
 def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
     """Write via a temp file in the same directory and rename: readers never see a partial file.
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from optiml_plugin.errors import CorruptFileError, OptimlError, WriteError
+from optiml_plugin.errors import CorruptFileError, OptimlError, WriteError, first_line
 from optiml_plugin.fsio import atomic_write_bytes
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -68,8 +68,7 @@ def save_rank_files(tmp: Path, rank: int, files: Dict[str, Any]) -> None:
             torch.save(obj, tmp / name)
         except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError
             shutil.rmtree(tmp, ignore_errors=True)
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise WriteError(f"{tmp / name}: cannot write the checkpoint ({detail}); the incomplete "
+            raise WriteError(f"{tmp / name}: cannot write the checkpoint ({first_line(e)}); the incomplete "
                              f"checkpoint was removed and the earlier ones are intact: free disk space "
                              f"and resume with --resume") from None
 
@@ -123,8 +122,7 @@ def load_file(directory: Path, name: str) -> Any:
     try:  # our own files (numpy RNG state, python objects): not a weights-only pickle
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CorruptFileError(f"{path}: unreadable checkpoint file ({detail})") from None
+        raise CorruptFileError(f"{path}: unreadable checkpoint file ({first_line(e)})") from None
 
 
 def load_checkpoint(directory: Path, rank: int) -> Dict[str, Any]:
