@@ -373,8 +373,10 @@ def test_resume_with_another_bench_names_the_mixture(trained, run, tmp_path):
         Trainer(micro_train_config(other, run, optim={"max_steps": 9}), resume=True)
 
 
-def test_truncation_is_counted_in_the_log(trained):
-    train = [r for r in read_log(trained[1] / "log.jsonl") if "split" not in r]
+def test_truncation_is_counted_in_the_log_and_on_screen(trained, run, capsys):
+    resume(trained[0], run).train(until=7)
+    assert "the packer cut" in capsys.readouterr().out
+    train = [r for r in read_log(run / "log.jsonl") if "split" not in r]
     assert train[-1]["cut_left_examples"] > 0 and train[-1]["cut_left_tokens"] >= train[-1]["cut_left_examples"]
     counts = [r["cut_left_examples"] for r in train]
     assert counts == sorted(counts)  # cumulative

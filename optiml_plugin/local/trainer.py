@@ -299,6 +299,10 @@ class Trainer:
                 bar.update(1)
         if bar is not None:
             bar.close()
+        cut = self._cut_counts()
+        self._say(f"step {self.step}: the packer cut {cut['cut_left_examples']} examples on the left (source, "
+                  f"{cut['cut_left_tokens']} tokens) and {cut['cut_right_examples']} on the right (target, "
+                  f"{cut['cut_right_tokens']} tokens) to fit data.tokens_per_sample")
         return self.save_final() if self.step >= o.max_steps else None
 
     # ---- logs ----
