@@ -25,7 +25,7 @@ import yaml
 from optiml_plugin.data.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture, MixtureConfig
 from optiml_plugin.data.stream import ExampleStream
-from optiml_plugin.errors import ConfigError
+from optiml_plugin.errors import ConfigError, CorruptFileError
 from optiml_plugin.local import checkpoint as ckpt
 from optiml_plugin.local.attention_backends import DocumentAttention
 from optiml_plugin.local.config import OptimConfig, TrainConfig
@@ -380,6 +380,7 @@ class Trainer:
                                                     directory=directory)
         else:
             loaded = ckpt.load_newest(self.ckpt_root, self.dist.rank, self._say)
+        self._agree_on_checkpoint(-1 if loaded is None else int(loaded["trainer"]["step"]))
         if loaded is None:
             self._say(f"no checkpoint under {self.ckpt_root}; starting from step 0")
             if self.dist.is_main and self.log_path.exists():
@@ -403,6 +404,18 @@ class Trainer:
                 self._say(f"{self.log_path}: dropped a half-written last line (the run was killed mid-write)")
         self._say(f"resumed from step {self.step} ({directory})")
         return True
+
+    def _agree_on_checkpoint(self, step: int) -> None:
+        """Ranks fall back independently (each reads its own rank file): refuse, rather than hang in a
+        collective later, when they chose different checkpoints."""
+        if self.dist.world_size == 1:
+            return
+        steps = torch.zeros(self.dist.world_size, dtype=torch.float64, device=self.device)
+        steps[self.dist.rank] = step
+        found = [int(s) for s in self.dist.all_reduce_sum(steps).tolist()]
+        if len(set(found)) > 1:
+            raise CorruptFileError(f"{self.ckpt_root}: the ranks found different newest complete checkpoints "
+                                   f"(steps by rank: {found}); remove the damaged checkpoint named above")
 
     def save_final(self) -> Path:
         return self.save_model(self.out / "final")
