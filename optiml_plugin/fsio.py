@@ -59,6 +59,28 @@ def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
             os.unlink(tmp)
 
 
+def aside_prefix(path: Union[str, Path]) -> str:
+    """`replace_dir` moves the replaced `path` to `<prefix><pid>` beside it for the instant of the swap."""
+    return f".{Path(path).name}.old-"
+
+
+def replace_dir(tmp: Union[str, Path], final: Union[str, Path]) -> Path:
+    """Rename the finished directory `tmp` to `final`, replacing what was there only once `tmp` is
+    complete (the old one is moved aside for the instant of the swap, then removed)."""
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists() or final.is_symlink():
+        old = final.parent / f"{aside_prefix(final)}{os.getpid()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    return final
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process `pid` exists on this machine (signal 0 checks without sending anything)."""
     try:

@@ -354,6 +354,18 @@ def test_full_disk_during_a_checkpoint_keeps_the_earlier_ones(trained, run, monk
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000003", "step_00000006"]
 
 
+def test_full_disk_while_saving_the_final_model_leaves_no_model_dir(trained, run, monkeypatch):
+    trainer = resume(trained[0], run)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer.lm, "save_pretrained", full)
+    with pytest.raises(WriteError, match=rf"{run / 'final'}: cannot write the model .*No space left"):
+        trainer.save_final()
+    assert not (run / "final").exists() and not list(run.glob(".final*"))
+
+
 @pytest.mark.parametrize("change,words", [
     ({"run": {"seed": 5}}, r"the seed \(run.seed\) \(saved 1, now 5\)"),
     ({"data": {"batch_size": 3}}, r"data.batch_size \(saved 2, now 3\)"),

@@ -28,7 +28,7 @@ from optiml_plugin.data.splits import (EVAL, TRAIN, SplitConfig, TaskInfo, TaskK
                                        split_eval_instances, split_train_instances)
 from optiml_plugin.data.templates import Rendered, render
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError, OptimlError
-from optiml_plugin.fsio import write_error
+from optiml_plugin.fsio import replace_dir, write_error
 from optiml_plugin.yamlio import read_yaml
 
 DEFAULT_CAP = 100_000
@@ -220,7 +220,7 @@ def build_bench(config: BuildConfig, out: Union[str, Path], records: Optional[It
         shutil.rmtree(tmp)
     try:
         manifest = _write(config, tasks, plan, removed, report, policy, problems, tmp, bar)
-        _move_into_place(tmp, out)
+        replace_dir(tmp, out)
     except OSError as e:
         raise write_error(e, e.filename or tmp) from None
     finally:
@@ -530,17 +530,3 @@ def _write(config: BuildConfig, tasks: Dict[TaskKey, _Task], plan: _Plan, remove
 def _jsonable(value: Any) -> Any:
     """The config as given, made JSON-safe (YAML can hold dates, tuples, non-string keys)."""
     return json.loads(json.dumps(value, default=str, allow_nan=False))
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished bench to `out`, replacing what was there only after it is complete."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old)
-        else:
-            old.unlink()

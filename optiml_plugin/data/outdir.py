@@ -14,7 +14,7 @@ from typing import Iterable, List
 
 from optiml_plugin.data.benchfiles import FORMAT_NAME, MANIFEST
 from optiml_plugin.errors import ConfigError, OptimlError
-from optiml_plugin.fsio import remove_stale
+from optiml_plugin.fsio import aside_prefix, remove_stale
 
 _GLOB = "*?["
 
@@ -22,11 +22,6 @@ _GLOB = "*?["
 def building_prefix(out: Path) -> str:
     """The temp sibling a build writes into is `<prefix><pid>`."""
     return f".{out.name}.building-"
-
-
-def old_prefix(out: Path) -> str:
-    """The sibling the replaced bench is moved to for the instant of the swap is `<prefix><pid>`."""
-    return f".{out.name}.old-"
 
 
 def is_bench(path: Path) -> bool:
@@ -64,6 +59,6 @@ def prepare_out(out: Path, inputs: Iterable[Path], overwrite: bool) -> None:
             raise ConfigError(f"--overwrite refused: {out} is not an optiml bench (no {MANIFEST} with format "
                               f"'{FORMAT_NAME}'), so it holds other data; remove it yourself or choose "
                               f"another --out")
-    for prefix in (building_prefix(out), old_prefix(out)):
+    for prefix in (building_prefix(out), aside_prefix(out)):
         for stale in remove_stale(out.parent, prefix):
             print(f"optiml: removed {stale}, left by a killed build", file=sys.stderr)

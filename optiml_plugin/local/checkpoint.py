@@ -10,7 +10,6 @@ newest complete one.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from optiml_plugin.errors import CorruptFileError, OptimlError, WriteError, first_line
-from optiml_plugin.fsio import atomic_write_bytes
+from optiml_plugin.fsio import atomic_write_bytes, replace_dir
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
 TRAINER_STATE = "trainer.pt"
@@ -99,9 +98,7 @@ def verify(directory: Path) -> None:
 
 def commit(tmp: Path, final: Path, keep_last: int) -> Path:
     """Rename the finished temp directory into place, then drop all but the newest `keep_last`."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    replace_dir(tmp, final)
     for old in list_checkpoints(final.parent)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

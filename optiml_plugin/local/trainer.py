@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,7 +26,8 @@ import yaml
 from optiml_plugin.data.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture, MixtureConfig
 from optiml_plugin.data.stream import ExampleStream
-from optiml_plugin.errors import ConfigError, CorruptFileError
+from optiml_plugin.errors import ConfigError, CorruptFileError, WriteError, first_line
+from optiml_plugin.fsio import replace_dir
 from optiml_plugin.local import checkpoint as ckpt
 from optiml_plugin.local.attention_backends import DocumentAttention
 from optiml_plugin.local.config import OptimConfig, TrainConfig
@@ -424,10 +426,18 @@ class Trainer:
         """transformers format + tokenizer, so `from_pretrained` and the evaluator load the directory
         (the demo also saves the untrained model this way, as the evaluation's baseline)."""
         state = full_state_dict(self.model, self.dist)
-        if self.dist.is_main:
+        if self.dist.is_main:  # written aside and renamed: a failed save never looks like a model
             state = {k[len("lm."):]: v for k, v in state.items()}
-            self.lm.save_pretrained(str(final), state_dict=state)
-            self.tokenizer.save(final)
+            tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                self.lm.save_pretrained(str(tmp), state_dict=state)
+                self.tokenizer.save(tmp)
+                replace_dir(tmp, final)
+            except Exception as e:  # OSError, or safetensors'/torch's own error types for a full disk
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise WriteError(f"{final}: cannot write the model ({first_line(e)}); free disk space and "
+                                 f"rerun with --resume (the last checkpoint is intact)") from None
         self.dist.barrier()
         return final
 
