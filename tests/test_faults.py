@@ -413,6 +413,32 @@ def test_model_dir_without_weights_or_tokenizer_is_named(trained, tmp_path):
         HFBackend.from_dir(no_weights)
 
 
+def test_converter_refuses_a_non_empty_out(tmp_path):
+    pytest.importorskip("transformers")
+    from optiml_plugin.eval.backends.metaseq_convert import convert
+
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    before = snapshot(out)
+    with pytest.raises(ConfigError, match=rf"--out {out} already exists and is not empty"):
+        convert([tmp_path / "checkpoint.pt"], out)
+    assert snapshot(out) == before
+
+
+def test_demo_refuses_to_replace_a_train_folder_it_did_not_write(tmp_path):
+    from optiml_plugin.local.demo import run_demo
+
+    (tmp_path / "bench").mkdir()
+    make_bench(tmp_path / "bench", [dict(benchmark="b1", category="c1", task="t1", n=4)])
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "data.csv").write_text("mine")
+    before = snapshot(tmp_path / "train")
+    with pytest.raises(ConfigError, match=r"train exists and is not a training run"):
+        run_demo(tmp_path, quick=True, progress=False)
+    assert snapshot(tmp_path / "train") == before
+
+
 def test_default_eval_dirs_never_collide_and_old_charts_go(tmp_path):
     from optiml_plugin.eval.report import default_run_dir, write_run
 

@@ -21,9 +21,9 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "gpt2-vocab.json",
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "gpt2-vocab.json",
                    "tokenizer.model", "spiece.model", "vocab.txt")
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.index.json", "tf_model.h5", "flax_model.msgpack")
+WEIGHT_MARKERS = ("*.safetensors", "pytorch_model*.bin", "*.index.json", "tf_model.h5", "flax_model.msgpack")
 
 
 def check_model_dir(root: Path) -> None:
@@ -32,10 +32,10 @@ def check_model_dir(root: Path) -> None:
     if not (root / "config.json").is_file():
         raise ConfigError(f"{root}: not a transformers model directory (config.json missing); "
                           f"convert metaseq checkpoints with `optiml eval convert-metaseq`")
-    if not any(any(root.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+    if not any(any(root.glob(pattern)) for pattern in WEIGHT_MARKERS):
         raise ConfigError(f"{root}: no model weights (expected model.safetensors or pytorch_model.bin); "
                           f"copy them from the run's final/ directory or point --model at one that has them")
-    if not any((root / name).is_file() for name in TOKENIZER_FILES):
+    if not any((root / name).is_file() for name in TOKENIZER_MARKERS):
         raise ConfigError(f"{root}: no tokenizer (expected tokenizer.json, or vocab.json + merges.txt); "
                           f"copy the tokenizer files of the model it was trained from into it")
 
