@@ -18,7 +18,15 @@ from optiml_plugin.errors import WriteError
 
 
 def umask() -> int:
-    """The process umask (read by setting and restoring it: POSIX has no getter)."""
+    """The process umask: from /proc on Linux (no side effect), else by setting and restoring it (POSIX
+    has no getter; that briefly changes it for other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -339,6 +339,14 @@ def test_damaged_log_line_in_the_middle_names_the_line(trained, run):
     assert snapshot(log) == before
 
 
+def test_a_killed_saves_temp_dir_goes_with_the_next_save(trained, run):
+    stale = run / "checkpoints" / ".tmp_step_00000005"
+    stale.mkdir()
+    (stale / "model.pt").write_bytes(b"half")
+    resume(trained[0], run).train(until=7)
+    assert not stale.exists() and (run / "checkpoints" / "step_00000007" / ckpt.SIZES).is_file()
+
+
 def test_full_disk_during_a_checkpoint_keeps_the_earlier_ones(trained, run, monkeypatch):
     trainer = resume(trained[0], run)
     before = snapshot(run / "checkpoints")

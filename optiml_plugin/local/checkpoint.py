@@ -105,9 +105,11 @@ def commit(tmp: Path, final: Path, keep_last: int) -> Path:
 
 
 def temp_dir(root: Path, step: int) -> Path:
+    """A fresh temp directory for this save; earlier ones are a killed save's leftovers (one run writes
+    one `checkpoints/`), so they go too."""
+    for stale in Path(root).glob(".tmp_step_*") if Path(root).is_dir() else ():
+        shutil.rmtree(stale)
     tmp = Path(root) / f".tmp_step_{step:08d}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     return tmp
 
