@@ -35,6 +35,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OptimlError as e:
         print(f"optiml: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a missing or unreadable path: one line, not a traceback
+        from optiml_plugin.fsio import os_error_message
+
+        print(f"optiml: error: {os_error_message(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("optiml: interrupted", file=sys.stderr)
         return 130

@@ -7,7 +7,7 @@ Every loader funnels its problems through `BadRecordPolicy` so that rule holds i
 from __future__ import annotations
 
 from collections import Counter
-from typing import Dict, List, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 
 class OptimlError(Exception):
@@ -16,6 +16,15 @@ class OptimlError(Exception):
 
 class ConfigError(OptimlError):
     """A configuration value is invalid; the message says which and what to change."""
+
+
+class CorruptFileError(OptimlError):
+    """A file optiml wrote earlier (bench file, index, checkpoint, log) is damaged or was changed by hand;
+    the message names the file (and the row or field) and how to recover."""
+
+
+class WriteError(OptimlError):
+    """Writing an output failed (full disk, no permission); nothing half-written was left behind."""
 
 
 class BadRecordError(OptimlError):
@@ -41,6 +50,26 @@ class BadRecordError(OptimlError):
         super().__init__(f"{loc}:{fld} {detail} [{reason}]")
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (library errors can span pages), or its type."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def mismatch_error(what: str, diff: Mapping[str, Tuple[Any, Any]], words: Mapping[str, str]) -> ConfigError:
+    """A resume refused because settings differ: each differing key in words, with both values when short.
+
+    `diff` maps a key to (saved, current); `words` maps a key to what the user set (e.g. 'run.seed')."""
+    parts = []
+    for key, (saved, current) in diff.items():
+        text = words.get(key, key)
+        if len(repr(saved)) + len(repr(current)) <= 60:
+            text += f" (saved {saved!r}, now {current!r})"
+        parts.append(text)
+    return ConfigError(f"the checkpoint's {what} was saved with other settings; changed: {'; '.join(parts)}. "
+                       f"Resume with the run's original settings, or start a new run.out_dir")
+
+
 ON_BAD_CHOICES = ("error", "skip")
 
 
@@ -63,10 +92,11 @@ class BadRecordPolicy:
     def count_read(self, n: int = 1) -> None:
         self.read += n
 
-    def handle(self, err: BadRecordError) -> None:
+    def handle(self, err: BadRecordError, records: int = 1) -> None:
+        """`records` > 1 when one problem skips several records (a task file whose header is bad)."""
         if self.mode == "error":
             raise err
-        self.skipped[err.reason] += 1
+        self.skipped[err.reason] += records
         if len(self.messages) < self._keep:
             self.messages.append(str(err))
 

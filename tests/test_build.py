@@ -204,8 +204,12 @@ def test_existing_output_is_refused_and_failed_build_leaves_nothing(tmp_path):
     with pytest.raises(BadRecordError):
         build_bench(cfg(heldout_tasks=["ghost"]), tmp_path / "new", records=records("t", 8), progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
-    build_bench(cfg(), tmp_path / "full", records=records("t", 8), overwrite=True, progress=False)
-    assert Bench(tmp_path / "full").manifest["accounting"]["kept"] == 8
+    with pytest.raises(OptimlError, match="not an optiml bench"):  # --overwrite replaces only a bench
+        build_bench(cfg(), tmp_path / "full", records=records("t", 8), overwrite=True, progress=False)
+    assert (tmp_path / "full" / "x").read_text() == "keep"
+    build_bench(cfg(), tmp_path / "bench", records=records("t", 4), progress=False)
+    build_bench(cfg(), tmp_path / "bench", records=records("t", 8), overwrite=True, progress=False)
+    assert Bench(tmp_path / "bench").manifest["accounting"]["kept"] == 8
 
 
 def test_example_config_validates():

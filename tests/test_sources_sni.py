@@ -111,16 +111,18 @@ def _write(path: Path, doc) -> Path:
     return path
 
 
-# (file content, reason, field, location substring, records attempted)
+# (file content, reason, field, location substring, records attempted); a task file skipped whole for a
+# bad task-level field counts each of its instances
+WHOLE_FILE = ("missing_definition", "empty_definition", "source_not_list")
 BAD = {
     "malformed": (b'{"Definition": ["x"],\n "Instances": [}', "malformed_json", None, ".json:2", 1),
     "invalid_utf8": (b'{"Definition": ["x"],\n "Source": ["\xff"]}', "invalid_utf8", None, ".json:2", 1),
     "empty_file": (b"  \n", "empty_task_file", None, ".json:", 1),
     "no_instances": (_task([]), "empty_task_file", "Instances", ".json:", 1),
     "missing_definition": ({k: v for k, v in _task(GOOD).items() if k != "Definition"},
-                           "missing_field", "Definition", ".json:", 1),
-    "empty_definition": (_task(GOOD, Definition=["  "]), "empty_field", "Definition", ".json:", 1),
-    "source_not_list": (_task(GOOD, Source="src"), "wrong_type", "Source", ".json:", 1),
+                           "missing_field", "Definition", ".json:", 2),
+    "empty_definition": (_task(GOOD, Definition=["  "]), "empty_field", "Definition", ".json:", 2),
+    "source_not_list": (_task(GOOD, Source="src"), "wrong_type", "Source", ".json:", 2),
     "output_not_list": (_task([GOOD[0], {"id": "t-9", "input": "q", "output": "a"}]),
                         "outputs_not_list", "output", "(instance t-9)", 2),
     "output_list_of_int": (_task([GOOD[0], {"id": "t-9", "input": "q", "output": [1]}]),
@@ -158,7 +160,7 @@ def test_bad_task_file_skip_mode_counts(tmp_path, case):
     _write(tmp_path / "task2_good.json", _task([{"id": "g-1", "input": "q", "output": ["a"]}]))
     policy = BadRecordPolicy("skip")
     kept = list(load_source({"type": "sni", "path": "."}, policy, base_dir=tmp_path))
-    assert policy.skipped == {reason: 1}
+    assert policy.skipped == {reason: attempted if case in WHOLE_FILE else 1}
     assert [r.id for r in kept if r.task == "task2_good"] == ["g-1"]
     assert policy.read == attempted + 1 == len(kept) + sum(policy.skipped.values())
 

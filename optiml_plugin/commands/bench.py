@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 from optiml_plugin.errors import ON_BAD_CHOICES, ConfigError
 
@@ -51,10 +52,16 @@ def _build(args: argparse.Namespace) -> int:
 
 def _stats(args: argparse.Namespace) -> int:
     from optiml_plugin.data.benchfiles import Bench
-    from optiml_plugin.data.stats import format_stats, plot_composition
+    from optiml_plugin.data.stats import check_files, format_stats, plot_composition
 
     bench = Bench(args.bench)
     print(format_stats(bench))
     if args.png:
         print(f"wrote {plot_composition(bench, args.png)}")
-    return 0
+    problems = check_files(bench)
+    for line in problems:
+        print(f"optiml: damaged bench file: {line}", file=sys.stderr)
+    if problems:
+        print(f"optiml: error: {len(problems)} damaged file(s) in {args.bench}: rebuild the bench",
+              file=sys.stderr)
+    return 1 if problems else 0

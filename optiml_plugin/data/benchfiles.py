@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 
 import numpy as np
 
-from optiml_plugin.errors import OptimlError
+from optiml_plugin.errors import CorruptFileError, OptimlError
+from optiml_plugin.fsio import atomic_write_bytes
 
 FORMAT_NAME = "optiml-bench"
 FORMAT_VERSION = 1
@@ -48,21 +48,6 @@ def file_stem(benchmark: str, category: str, task: str) -> str:
 
 def split_path(bench: Union[str, Path], split: str, stem: str) -> Path:
     return Path(bench) / split / SHARD / f"{stem}.jsonl"
-
-
-def atomic_write_bytes(path: Union[str, Path], data: bytes) -> None:
-    """Write via a temp file in the same directory and rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def dumps_line(obj: Dict[str, Any]) -> bytes:
@@ -93,18 +78,23 @@ class IndexedJsonl:
         self.path = Path(path)
         self._idx = Path(f"{self.path}.idx")
         if not self._idx.exists():
-            raise OptimlError(f"{self._idx}: offset index missing (rebuild the bench with `optiml bench build`)")
+            raise CorruptFileError(f"{self._idx}: offset index missing (rebuild the bench with "
+                                   f"`optiml bench build`)")
         self._offsets = self._map_offsets()
 
     def _map_offsets(self) -> "np.ndarray":
-        if self._idx.stat().st_size % 8:
-            raise OptimlError(f"{self._idx}: size is not a multiple of 8 bytes (truncated index?)")
+        if not self.path.is_file():
+            raise CorruptFileError(f"{self.path}: bench file missing (its index exists); rebuild the bench")
+        if self._idx.stat().st_size < 8 or self._idx.stat().st_size % 8:
+            raise CorruptFileError(f"{self._idx}: size is not a whole number of 8-byte offsets (truncated index?); "
+                                   f"rebuild the bench")
         offsets = np.memmap(self._idx, dtype="<u8", mode="r")
         size = self.path.stat().st_size
         if len(offsets) == 0 or int(offsets[-1]) != size:
             last = int(offsets[-1]) if len(offsets) else "nothing"
-            raise OptimlError(f"{self._idx}: index does not match {self.path.name} "
-                              f"(index ends at {last}, file has {size} bytes)")
+            raise CorruptFileError(f"{self._idx}: index does not match {self.path.name} "
+                                   f"(index ends at {last}, file has {size} bytes; truncated or edited?): "
+                                   f"rebuild the bench")
         return offsets
 
     def __len__(self) -> int:
@@ -120,10 +110,23 @@ class IndexedJsonl:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
         start, end = int(self._offsets[i]), int(self._offsets[i + 1])
+        if end < start:
+            raise CorruptFileError(f"{self._idx}: offsets {i} and {i + 1} decrease ({start} > {end}); the "
+                                   f"index is corrupt: rebuild the bench")
         return os.pread(self._fd, end - start, start)
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
-        return json.loads(self.read_bytes(i).decode("utf-8"))  # str skips json's encoding sniffing
+        data = self.read_bytes(i)
+        try:
+            row = json.loads(data.decode("utf-8"))  # str skips json's encoding sniffing
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CorruptFileError(
+                f"{self.path}: row {i} (bytes {int(self._offsets[i])}..{int(self._offsets[i + 1])} per "
+                f"{self._idx.name}) is not one JSON line ({e}); the file or its index was changed after "
+                f"the build: rebuild the bench with `optiml bench build`") from None
+        if not isinstance(row, dict):
+            raise CorruptFileError(f"{self.path}: row {i} is not a JSON object; rebuild the bench")
+        return row
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         for i in range(len(self)):
@@ -198,7 +201,13 @@ class Bench:
         """The file's reader; at most MAX_OPEN_FILES keep a descriptor (a full bench has ~2000 files)."""
         r = self._open.get(task_file.path)
         if r is None:
-            r = self._open[task_file.path] = IndexedJsonl(task_file.path)
+            r = IndexedJsonl(task_file.path)
+            if len(r) != task_file.count:
+                raise CorruptFileError(
+                    f"{task_file.path}: has {len(r)} rows but {MANIFEST} field 'counts.{task_file.split}' of "
+                    f"task '{task_file.task}' says {task_file.count}; the bench was changed after it was "
+                    f"built: rebuild it with `optiml bench build`")
+            self._open[task_file.path] = r
         self._open.move_to_end(task_file.path)
         if len(self._open) > MAX_OPEN_FILES:
             _, oldest = self._open.popitem(last=False)

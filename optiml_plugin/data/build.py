@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 from tqdm import tqdm
 
 from optiml_plugin import __version__
-from optiml_plugin.data import benchfiles
+from optiml_plugin.data import benchfiles, outdir
 from optiml_plugin.data.decontam import DecontamConfig, ExactInputFilter, ngram_overlap, source_conflicts
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.splits import (EVAL, TRAIN, SplitConfig, TaskInfo, TaskKey, absent_from_lists,
@@ -27,6 +28,7 @@ from optiml_plugin.data.splits import (EVAL, TRAIN, SplitConfig, TaskInfo, TaskK
                                        split_eval_instances, split_train_instances)
 from optiml_plugin.data.templates import Rendered, render
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError, OptimlError
+from optiml_plugin.fsio import replace_dir, write_error
 from optiml_plugin.yamlio import read_yaml
 
 DEFAULT_CAP = 100_000
@@ -202,8 +204,7 @@ def build_bench(config: BuildConfig, out: Union[str, Path], records: Optional[It
     `records` replaces the config's sources (tests and benchmarks feed records directly).
     `progress=None` shows tqdm bars only on a terminal."""
     out = Path(out)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise OptimlError(f"{out} already exists and is not empty (pass --overwrite to replace it)")
+    outdir.prepare_out(out, _input_paths(config) if records is None else (), overwrite)
     policy = BadRecordPolicy(config.on_bad_record)
     problems = BadRecordPolicy(config.on_bad_record)
     bar = None if progress is None else not progress
@@ -211,17 +212,47 @@ def build_bench(config: BuildConfig, out: Union[str, Path], records: Optional[It
     if records is not None:
         stream = _counted(stream, policy)
     tasks = _collect(stream, policy, bar)
+    merged = _merged_tasks(config, tasks)
     plan, removed, report = _plan(config, tasks, problems)
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    report["split_plan"]["merged_tasks"] = merged
+    tmp = out.parent / f"{outdir.building_prefix(out)}{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
         manifest = _write(config, tasks, plan, removed, report, policy, problems, tmp, bar)
-        _move_into_place(tmp, out)
+        replace_dir(tmp, out)
+    except OSError as e:
+        raise write_error(e, e.filename or tmp) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return manifest
+
+
+def _input_paths(config: BuildConfig) -> List[Path]:
+    """Every file or folder the build reads: sources, taxonomy, split lists (never to be replaced)."""
+    paths = [config.resolve(str(s["path"])) for s in config.sources if isinstance(s.get("path"), str)]
+    if config.taxonomy:
+        paths.append(config.resolve(config.taxonomy))
+    paths += [Path(p) for p in config.split.origins.values()]
+    if config.split.sni_split_dir:
+        paths.append(Path(config.split.sni_split_dir))
+    return paths
+
+
+def _merged_tasks(config: BuildConfig, tasks: Mapping[TaskKey, "_Task"]) -> List[Dict[str, Any]]:
+    """Tasks whose records came from two or more `sources:` entries (likely the same data twice): warned
+    about on stderr and listed in the manifest, since they are merged into one task."""
+    out = []
+    for key, t in sorted(tasks.items()):
+        found = sorted({r.meta["source_index"] for r in t.records if "source_index" in r.meta})
+        if len(found) > 1:
+            paths = [str(config.sources[i].get("path", config.sources[i].get("type"))) for i in found]
+            out.append({"benchmark": key[0], "task": key[1], "sources": paths, "records": len(t.records)})
+            print(f"optiml: warning: task '{key[1]}' ({key[0]}) comes from {len(found)} sources "
+                  f"({', '.join(paths)}); their {len(t.records)} records are merged into one task",
+                  file=sys.stderr)
+    return out
 
 
 def _counted(records: Iterable[Record], policy: BadRecordPolicy) -> Iterator[Record]:
@@ -237,24 +268,31 @@ def _counted(records: Iterable[Record], policy: BadRecordPolicy) -> Iterator[Rec
 
 
 def _config_records(config: BuildConfig, policy: BadRecordPolicy) -> Iterator[Record]:
-    """Records of every `sources:` entry; loaded sources go through the taxonomy, the built-in
-    benchmark (type `builtin`) is categorized by construction."""
+    """Records of every `sources:` entry, tagged with the entry's index (`meta["source_index"]`)."""
+    for index, spec in enumerate(config.sources):
+        for record in _spec_records(config, spec, policy):
+            record.meta["source_index"] = index
+            yield record
+
+
+def _spec_records(config: BuildConfig, spec: Mapping[str, Any], policy: BadRecordPolicy) -> Iterator[Record]:
+    """Records of one `sources:` entry; loaded sources go through the taxonomy, the built-in benchmark
+    (type `builtin`) is categorized by construction."""
     from optiml_plugin.data.builtin import builtin_records
 
-    for spec in config.sources:
-        if spec.get("type") == "builtin":
-            _unknown(spec, ("type",), "build config", "sources[builtin].")
-            yield from _counted(builtin_records(config.seed), policy)
-            continue
-        from optiml_plugin.data.sources import load_source
-        from optiml_plugin.data.taxonomy import Taxonomy
+    if spec.get("type") == "builtin":
+        _unknown(spec, ("type",), "build config", "sources[builtin].")
+        yield from _counted(builtin_records(config.seed), policy)
+        return
+    from optiml_plugin.data.sources import load_source
+    from optiml_plugin.data.taxonomy import Taxonomy
 
-        taxonomy = Taxonomy.load(config.resolve(config.taxonomy) if config.taxonomy else None)
-        for record in load_source(spec, policy, Path(config.base_dir)):
-            try:
-                yield taxonomy.categorize(record)
-            except BadRecordError as e:
-                policy.handle(e)
+    taxonomy = Taxonomy.load(config.resolve(config.taxonomy) if config.taxonomy else None)
+    for record in load_source(spec, policy, Path(config.base_dir)):
+        try:
+            yield taxonomy.categorize(record)
+        except BadRecordError as e:
+            policy.handle(e)
 
 
 def _collect(records: Iterable[Record], policy: BadRecordPolicy, bar: Optional[bool]
@@ -492,17 +530,3 @@ def _write(config: BuildConfig, tasks: Dict[TaskKey, _Task], plan: _Plan, remove
 def _jsonable(value: Any) -> Any:
     """The config as given, made JSON-safe (YAML can hold dates, tuples, non-string keys)."""
     return json.loads(json.dumps(value, default=str, allow_nan=False))
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished bench to `out`, replacing what was there only after it is complete."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old)
-        else:
-            old.unlink()

@@ -23,9 +23,13 @@ import torch
 
 from optiml_plugin.data.packing import Block, Packer, PackingConfig, PackingStats, PackItem, build_block, make_item
 from optiml_plugin.data.tokenizer import PAD_ID, OptTokenizer
-from optiml_plugin.errors import BadRecordError, ConfigError
+from optiml_plugin.errors import BadRecordError, ConfigError, mismatch_error
 
 STATE_VERSION = 1
+STATE_WORDS = {"tokens_per_sample": "data.tokens_per_sample", "strategy": "the packing strategy",
+               "window": "the packing window", "truncation": "the truncation side",
+               "batch_size": "data.batch_size", "seed": "the seed (run.seed)",
+               "shuffle_buffer": "the shuffle buffer", "vocab_size": "the tokenizer's vocabulary size"}
 _MASK64 = (1 << 64) - 1
 DEFAULT_ENCODE_CHUNK = 256
 # a chunk of stream examples and the future of its (src_ids, tgt_ids) pairs
@@ -288,7 +292,7 @@ class PackedBatches:
             raise ConfigError(f"pipeline state version {state.get('version')!r} is not {STATE_VERSION}")
         diff = {k: (state.get(k), v) for k, v in self._identity().items() if state.get(k) != v}
         if diff:
-            raise ConfigError(f"pipeline state does not match this pipeline (saved, current): {diff}")
+            raise mismatch_error("packing pipeline", diff, STATE_WORDS)
         self._settle()
         self.stream.load_state_dict(state["stream"])
         self._reset()

@@ -2,7 +2,8 @@
 
 Why: before training on a bench a user needs to see its composition (how much of each benchmark,
 which categories are held out, how the decontamination changed it) without opening the manifest.
-Reads only the manifest, so it is instant on any bench size.
+Reads the manifest, and checks every file against its index and its manifest count (a stat and a few
+bytes per file), so a truncated or edited bench is reported here rather than mid-training.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple, Union
 
 from optiml_plugin.data.benchfiles import SPLITS, Bench
+from optiml_plugin.errors import OptimlError
 
 LEVEL_ORDER = ("train", "heldout_tasks", "heldout_categories")
 
@@ -31,6 +33,21 @@ def composition(bench: Bench) -> List[Dict[str, Any]]:
         row["counts"] = {s: row["counts"].get(s, 0) for s in SPLITS}
         out.append(row)
     return out
+
+
+def check_files(bench: Bench) -> List[str]:
+    """One message per damaged task file (missing, truncated, index mismatch, row count changed)."""
+    problems = []
+    for split in bench.splits():
+        for tf in bench.task_files(split):
+            try:
+                reader = bench.reader(tf)
+                if len(reader):
+                    reader[len(reader) - 1]  # the last row is where a truncation shows
+            except OptimlError as e:
+                problems.append(str(e))
+    bench.close()
+    return problems
 
 
 def format_stats(bench: Bench) -> str:

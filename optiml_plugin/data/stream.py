@@ -19,7 +19,6 @@ How (docs/mixture.md has the full contract):
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -27,9 +26,14 @@ import numpy as np
 
 from optiml_plugin.data.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture
-from optiml_plugin.errors import ConfigError
+from optiml_plugin.errors import ConfigError, mismatch_error
 
 STATE_VERSION = 1
+STATE_WORDS = {"seed": "the seed (run.seed)", "chunk_size": "the stream chunk size",
+               "mixture": "the bench's training tasks or the mixture (data.bench, data.proportions, data.eps)",
+               "num_tasks": "the number of training tasks in the bench (data.bench)",
+               "rank": "this process's rank", "world_size": "the number of processes (world size)",
+               "worker": "the data-loader worker", "num_workers": "the number of data-loader workers"}
 DEFAULT_CHUNK_SIZE = 8192
 FEISTEL_ROUNDS = 6
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -326,8 +330,7 @@ class ExampleStream:
         mine = self._identity()
         diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
         if diff:
-            raise ConfigError("stream state does not match this stream (saved, current): " +
-                              json.dumps(diff))
+            raise mismatch_error("data stream", diff, STATE_WORDS)
         counts = np.asarray(state["chunk_counts"], dtype=np.int64)
         if counts.shape != self._chunk_counts.shape:
             raise ConfigError(f"stream state has {counts.shape[0]} task counters, "

@@ -7,14 +7,34 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping, Union
 
-from optiml_plugin.data.benchfiles import LEVELS, atomic_write_bytes, dumps_line
+from optiml_plugin.data.benchfiles import LEVELS, atomic_write_bytes, dumps_line, normalize_name
 
 RESULTS = "results.json"
 PREDICTIONS = "predictions.jsonl"
 TABLE = "results.md"
+
+
+def default_run_dir(model: Union[str, Path], split: str, root: Union[str, Path] = "eval_runs") -> Path:
+    """`<root>/<parent>_<model>_<split>_<UTC time>`, created here so no other run takes it.
+
+    Why the parent and the time: every trained model is `.../final`, and a second evaluation must never
+    overwrite the first one's results; two runs in the same second get `-2`, `-3`, ..."""
+    path = Path(model).expanduser().resolve()
+    name = "_".join(normalize_name(p) for p in path.parts[-2:] if p not in ("/", ""))
+    stem = f"{name}_{split}_{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        out = Path(root) / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{root}/{stem}: 999 runs in one second")
 
 
 def _finite(obj: Any) -> Any:
@@ -111,6 +131,8 @@ def write_run(results: Dict[str, Any], predictions: Iterable[Mapping[str, Any]],
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / PREDICTIONS, b"".join(dumps_line(_finite(dict(p))) for p in predictions))
     files = {"predictions": PREDICTIONS, "table": TABLE, "results": RESULTS}
+    for stale in out_dir.glob("chart_*.png"):  # an earlier run's charts must not pass for this run's
+        stale.unlink()
     if with_charts:
         files["charts"] = ", ".join(charts(results, out_dir))
     results["files"] = files

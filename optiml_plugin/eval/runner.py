@@ -14,14 +14,14 @@ from typing import Any, Dict, List, Optional, Tuple
 from tqdm import tqdm
 
 from optiml_plugin import __version__
-from optiml_plugin.data.benchfiles import Bench, TaskFile, normalize_name
+from optiml_plugin.data.benchfiles import Bench, TaskFile
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 from optiml_plugin.eval import metrics as M
 from optiml_plugin.eval.aggregate import aggregate
 from optiml_plugin.eval.backend import Backend
 from optiml_plugin.eval.config import EvalConfig
 from optiml_plugin.eval.prompts import Pool, build_prompt, demo_indices, is_task_level
-from optiml_plugin.eval.report import write_run
+from optiml_plugin.eval.report import default_run_dir, write_run
 from optiml_plugin.eval.scoring import Tree, cut_at_stops, generate_all, score_separately, score_trees
 
 
@@ -223,8 +223,8 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
         "max_length": max_len, "counts": counts,
         "aggregate": aggregate(records, config.task_groups, extra),
         "elapsed_s": round(time.time() - started, 3)}
-    out_dir = Path(config.out_dir) if config.out_dir else (
-        Path("eval_runs") / f"{normalize_name(backend.model_id)}_{config.split}")
+    out_dir = Path(config.out_dir) if config.out_dir else default_run_dir(
+        backend.model_id if isinstance(config.model, Backend) else config.model, config.split)
     results["out_dir"] = str(out_dir)
     write_run(results, records, out_dir, with_charts=config.charts)
     bench.close()

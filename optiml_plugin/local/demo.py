@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from optiml_plugin.data.benchfiles import atomic_write_bytes
+from optiml_plugin.errors import ConfigError
 from optiml_plugin.local.config import config_from_dict
 from optiml_plugin.local.trainer import Trainer, read_log
 
@@ -68,6 +69,9 @@ def run_demo(out: Optional[Path] = None, steps: Optional[int] = None, quick: boo
                 "threads": threads}})
     t = time.perf_counter()
     if (out / "train").exists():  # the demo's own previous output in this run directory
+        if not (out / "train" / "train_config.yaml").is_file():
+            raise ConfigError(f"{out / 'train'} exists and is not a training run; the demo replaces only its own "
+                              f"output: choose another --out")
         shutil.rmtree(out / "train")
     trainer = Trainer(config)
     untrained = trainer.save_model(out / "train" / "untrained")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,7 +26,8 @@ import yaml
 from optiml_plugin.data.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture, MixtureConfig
 from optiml_plugin.data.stream import ExampleStream
-from optiml_plugin.errors import ConfigError
+from optiml_plugin.errors import ConfigError, CorruptFileError, WriteError, first_line
+from optiml_plugin.fsio import replace_dir
 from optiml_plugin.local import checkpoint as ckpt
 from optiml_plugin.local.attention_backends import DocumentAttention
 from optiml_plugin.local.config import OptimConfig, TrainConfig
@@ -34,6 +36,7 @@ from optiml_plugin.local.distributed import (Dist, clip_grad_norm, full_state_di
                                              load_full_state_dict, load_optimizer_state, optimizer_state,
                                              wrap_model)
 from optiml_plugin.local.model import TargetLM, build_model, count_parameters
+from optiml_plugin.local.runlog import read_log, trim_log  # noqa: F401  (read_log: the log's reader)
 from optiml_plugin.loss import LossSums, example_groups, loss_sums, token_coefficients
 
 BATCH_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "position_ids")
@@ -282,11 +285,13 @@ class Trainer:
                           "grad_norm": stats["grad_norm"],
                           "target_tokens_per_s": window_targets / dt,
                           "tokens_per_s": window_tokens * self.dist.world_size / dt,
-                          "packing_efficiency": window_tokens / max(window_slots, 1)}
+                          "packing_efficiency": window_tokens / max(window_slots, 1),
+                          **self._cut_counts()}
                 self._log(record)
                 if bar is not None:
                     bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}",
-                                    pack=f"{record['packing_efficiency']:.2f}")
+                                    pack=f"{record['packing_efficiency']:.2f}",
+                                    cut=f"{record['cut_left_examples']}L/{record['cut_right_examples']}R")
                 t0, window_tokens, window_targets, window_slots = time.perf_counter(), 0, 0, 0
             if (run.valid_every and self.step % run.valid_every == 0) or last:
                 self._validate_and_log()
@@ -296,9 +301,22 @@ class Trainer:
                 bar.update(1)
         if bar is not None:
             bar.close()
+        cut = self._cut_counts()
+        self._say(f"step {self.step}: the packer cut {cut['cut_left_examples']} examples on the left (source, "
+                  f"{cut['cut_left_tokens']} tokens) and {cut['cut_right_examples']} on the right (target, "
+                  f"{cut['cut_right_tokens']} tokens) to fit data.tokens_per_sample")
         return self.save_final() if self.step >= o.max_steps else None
 
     # ---- logs ----
+
+    def _cut_counts(self) -> Dict[str, int]:
+        """Examples (and tokens) the packer truncated so far, over all ranks: left = source cut, right =
+        target cut. Cumulative and checkpointed, so a resumed run continues the counts."""
+        st = self.batches.stats
+        values = [st.cut_left_examples, st.cut_left_tokens, st.cut_right_examples, st.cut_right_tokens]
+        total = self.dist.all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device))
+        names = ("cut_left_examples", "cut_left_tokens", "cut_right_examples", "cut_right_tokens")
+        return {k: int(v) for k, v in zip(names, total.tolist())}
 
     def _log(self, record: Dict[str, Any]) -> None:
         if not self.dist.is_main:
@@ -347,37 +365,59 @@ class Trainer:
                                      "world_size": self.dist.world_size, "config": self.cfg.to_dict()}})
         self.dist.barrier()
         if self.dist.is_main:
+            ckpt.write_sizes(tmp)
             ckpt.commit(tmp, final, self.cfg.run.keep_last)
         self.dist.barrier()
         return final
 
+    def _say(self, message: str) -> None:
+        if self.dist.is_main:
+            print(f"optiml train: {message}", flush=True)
+
     def resume(self, directory: Optional[Path] = None) -> bool:
-        """Load the newest (or given) checkpoint; with none, start from scratch and say so."""
-        directory = directory or ckpt.latest_checkpoint(self.ckpt_root)
-        if directory is None:
-            if self.dist.is_main:
-                print(f"optiml train: no checkpoint under {self.ckpt_root}; starting from step 0")
-                if self.log_path.exists():
-                    self.log_path.unlink()
+        """Load the newest loadable (or the given) checkpoint, falling back past damaged ones and saying
+        so; with none, start from scratch and say so."""
+        if directory is not None:
+            loaded: Optional[Dict[str, Any]] = dict(ckpt.load_checkpoint(directory, self.dist.rank),
+                                                    directory=directory)
+        else:
+            loaded = ckpt.load_newest(self.ckpt_root, self.dist.rank, self._say)
+        self._agree_on_checkpoint(-1 if loaded is None else int(loaded["trainer"]["step"]))
+        if loaded is None:
+            self._say(f"no checkpoint under {self.ckpt_root}; starting from step 0")
+            if self.dist.is_main and self.log_path.exists():
+                self.log_path.unlink()
             return False
-        state = ckpt.load_file(directory, ckpt.TRAINER_STATE)
+        directory, state = loaded["directory"], loaded["trainer"]
         if state["world_size"] != self.dist.world_size:
             raise ConfigError(f"{directory}: saved with world size {state['world_size']}, now "
                               f"{self.dist.world_size}: the stream partitions differ, resume needs the same")
-        load_full_state_dict(self.model, ckpt.load_file(directory, "model.pt"), self.dist)
-        load_optimizer_state(self.model, self.optimizer, ckpt.load_file(directory, "optimizer.pt"), self.dist)
+        load_full_state_dict(self.model, loaded["model"], self.dist)
+        load_optimizer_state(self.model, self.optimizer, loaded["optimizer"], self.dist)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        mine = ckpt.load_file(directory, f"rank{self.dist.rank}.pt")
-        self.batches.load_state_dict(mine["pipeline"])
-        ckpt.set_rng_state(mine["rng"])
+        self.batches.load_state_dict(loaded["rank"]["pipeline"])
+        ckpt.set_rng_state(loaded["rank"]["rng"])
         self.step = int(state["step"])
         if self.dist.is_main and self.log_path.exists():  # drop records written after this checkpoint
-            kept = [line for line in self.log_path.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= self.step]
-            self.log_path.write_text("".join(line + "\n" for line in kept))
+            dropped, partial = trim_log(self.log_path, self.step)
+            if partial:
+                self._say(f"{self.log_path}: dropped a half-written last line (the run was killed mid-write)")
+        self._say(f"resumed from step {self.step} ({directory})")
         return True
+
+    def _agree_on_checkpoint(self, step: int) -> None:
+        """Ranks fall back independently (each reads its own rank file): refuse, rather than hang in a
+        collective later, when they chose different checkpoints."""
+        if self.dist.world_size == 1:
+            return
+        steps = torch.zeros(self.dist.world_size, dtype=torch.float64, device=self.device)
+        steps[self.dist.rank] = step
+        found = [int(s) for s in self.dist.all_reduce_sum(steps).tolist()]
+        if len(set(found)) > 1:
+            raise CorruptFileError(f"{self.ckpt_root}: the ranks found different newest complete checkpoints "
+                                   f"(steps by rank: {found}); remove the damaged checkpoint named above")
 
     def save_final(self) -> Path:
         return self.save_model(self.out / "final")
@@ -386,10 +426,18 @@ class Trainer:
         """transformers format + tokenizer, so `from_pretrained` and the evaluator load the directory
         (the demo also saves the untrained model this way, as the evaluation's baseline)."""
         state = full_state_dict(self.model, self.dist)
-        if self.dist.is_main:
+        if self.dist.is_main:  # written aside and renamed: a failed save never looks like a model
             state = {k[len("lm."):]: v for k, v in state.items()}
-            self.lm.save_pretrained(str(final), state_dict=state)
-            self.tokenizer.save(final)
+            tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                self.lm.save_pretrained(str(tmp), state_dict=state)
+                self.tokenizer.save(tmp)
+                replace_dir(tmp, final)
+            except Exception as e:  # OSError, or safetensors'/torch's own error types for a full disk
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise WriteError(f"{final}: cannot write the model ({first_line(e)}); free disk space and "
+                                 f"rerun with --resume (the last checkpoint is intact)") from None
         self.dist.barrier()
         return final
 
@@ -402,7 +450,3 @@ def _grad_scaler(device: torch.device) -> Any:
     if device.type != "cuda":
         raise ConfigError(f"run.precision: fp16 on {device.type} needs torch >= 2.3 (torch {torch.__version__})")
     return torch.cuda.amp.GradScaler()
-
-
-def read_log(path: Path) -> List[Dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]

@@ -119,8 +119,9 @@ class RecordGate:
             return True
         return False
 
-    def bad(self, path: Path, where: Where, fld: Optional[str], reason: str, detail: str) -> None:
-        self.policy.handle(BadRecordError(str(path), where, fld, reason, detail))
+    def bad(self, path: Path, where: Where, fld: Optional[str], reason: str, detail: str,
+            records: int = 1) -> None:
+        self.policy.handle(BadRecordError(str(path), where, fld, reason, detail), records)
 
     def admit(self, record: Record, path: Path, where: Where) -> Optional[Record]:
         """The record if valid and its id is new; otherwise report it and return None.

@@ -79,12 +79,17 @@ def _read_header(path: Path, gate: RecordGate
                  ) -> Optional[Tuple[Dict[str, Any], str, Tuple[str, ...], str, str]]:
     """Parse the file and its task-level fields; on failure report one bad record and return None.
 
-    A file that cannot be parsed, or lacks a task-level field, counts as one record read and skipped:
-    its instances cannot be counted, and the accounting must still balance.
+    A file with a bad task-level field counts every instance it lists as read and skipped; one that
+    cannot be parsed counts as one record (its instances cannot be counted). Either way the accounting
+    balances.
     """
+    doc: Any = None
+
     def fail(fld: Optional[str], reason: str, detail: str, where: Union[int, str, None] = None) -> None:
-        gate.policy.count_read()
-        gate.bad(path, where, fld, reason, detail)
+        listed = doc.get("Instances") if isinstance(doc, dict) else None
+        n = len(listed) if isinstance(listed, list) and listed else 1
+        gate.policy.count_read(n)
+        gate.bad(path, where, fld, reason, detail, records=n)
 
     raw = path.read_bytes()
     try:

@@ -14,11 +14,30 @@ from typing import Any, List, Optional, Sequence, Union
 import torch
 
 from optiml_plugin.data.tokenizer import OptTokenizer, join_texts
-from optiml_plugin.errors import ConfigError
+from optiml_plugin.errors import ConfigError, CorruptFileError, first_line
 from optiml_plugin.eval.backend import Backend
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "gpt2-vocab.json",
+                   "tokenizer.model", "spiece.model", "vocab.txt")
+WEIGHT_MARKERS = ("*.safetensors", "pytorch_model*.bin", "*.index.json", "tf_model.h5", "flax_model.msgpack")
+
+
+def check_model_dir(root: Path) -> None:
+    """Refuse a model directory without weights or without a tokenizer before loading anything (a
+    missing tokenizer otherwise surfaced as an unrelated error deep in scoring)."""
+    if not (root / "config.json").is_file():
+        raise ConfigError(f"{root}: not a transformers model directory (config.json missing); "
+                          f"convert metaseq checkpoints with `optiml eval convert-metaseq`")
+    if not any(any(root.glob(pattern)) for pattern in WEIGHT_MARKERS):
+        raise ConfigError(f"{root}: no model weights (expected model.safetensors or pytorch_model.bin); "
+                          f"copy them from the run's final/ directory or point --model at one that has them")
+    if not any((root / name).is_file() for name in TOKENIZER_MARKERS):
+        raise ConfigError(f"{root}: no tokenizer (expected tokenizer.json, or vocab.json + merges.txt); "
+                          f"copy the tokenizer files of the model it was trained from into it")
 
 
 def _tokenizer(path: Path):
@@ -65,13 +84,14 @@ class HFBackend(Backend):
         from transformers import AutoModelForCausalLM
 
         root = Path(path)
-        if not (root / "config.json").is_file():
-            raise ConfigError(f"{root}: not a transformers model directory (config.json missing); "
-                              f"convert metaseq checkpoints with `optiml eval convert-metaseq`")
+        check_model_dir(root)
         if dtype is not None and dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         tok = _tokenizer(root)
-        model = AutoModelForCausalLM.from_pretrained(str(root), dtype=DTYPES.get(dtype or "float32"))
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(root), dtype=DTYPES.get(dtype or "float32"))
+        except (OSError, ValueError, RuntimeError) as e:  # a truncated or foreign weights file
+            raise CorruptFileError(f"{root}: cannot load the model weights ({first_line(e)})") from None
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model, tok, model_id=root.resolve().name, device=dev)
 

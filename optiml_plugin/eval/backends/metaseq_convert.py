@@ -203,6 +203,9 @@ def convert(checkpoints: Sequence[PathLike], out_dir: PathLike, num_heads: Optio
 
     if not checkpoints:
         raise ConfigError("give at least one checkpoint file")
+    if Path(out_dir).exists() and (not Path(out_dir).is_dir() or any(Path(out_dir).iterdir())):
+        raise ConfigError(f"--out {out_dir} already exists and is not empty; the converter never writes over "
+                          f"files: choose a new directory")
     loaded = [load_checkpoint(p) for p in _ordered(checkpoints)]
     options = model_options(loaded[0][1], overrides)
     config_kwargs, hf = to_hf(merge_shards([sd for sd, _ in loaded]), options, num_heads)
