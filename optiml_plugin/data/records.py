@@ -15,7 +15,10 @@ class Record:
 
     `outputs` holds every acceptable reference (the first is the training target);
     `candidates` is the option list for rank classification, or None for generation tasks;
-    `template` names the prompt template/variant the instance came from ("" when there is one).
+    `template` names the prompt template/variant the instance came from ("" when there is one);
+    `options_block` says whether rendering appends FLAN's `OPTIONS:` block for the candidates: False
+    where the source's own prompt text is final (PromptSource templates show their choices as the
+    template words them; FLAN exports already hold the block in `inputs`).
     Pretraining text is a record with empty `instruction` and `input` and the text as `outputs[0]`.
     """
 
@@ -30,6 +33,7 @@ class Record:
     candidates: Optional[Tuple[str, ...]] = None
     language: str = "en"
     template: str = ""
+    options_block: bool = True
     meta: Dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def problems(self) -> List[Tuple[str, str, str]]:

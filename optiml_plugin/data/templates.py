@@ -1,10 +1,10 @@
 """Render a `Record` into the (src, tgt) pair training reads, the way OPT-IML did.
 
 Why: the paper (§2.2, §2.4) puts the instruction before the input, appends FLAN's `OPTIONS:` block
-for tasks with candidates, and adds an output delimiter drawn at random per example unless the prompt
+for tasks with candidates where the source format has one (records with `options_block`; a
+PromptSource prompt is the template's own text, which words its choices itself), and adds an output delimiter drawn at random per example unless the prompt
 already ends with ':'. The draw is a pure function of (seed, task, id), so a bench is byte-identical for
-a seed whatever order records arrive in. Eval imports `render_prompt` to rebuild k-shot prompts from
-the raw fields kept in each line.
+a seed whatever order records arrive in.
 """
 from __future__ import annotations
 
@@ -29,9 +29,12 @@ class Rendered:
     delimiter: str
 
 
+OPTIONS_HEADER = "OPTIONS:"
+
+
 def format_options(candidates: Sequence[str]) -> str:
     """FLAN's `format_options`: 'OPTIONS:\\n- a\\n- b'."""
-    return "OPTIONS:\n- " + "\n- ".join(candidates)
+    return OPTIONS_HEADER + "\n- " + "\n- ".join(candidates)
 
 
 def draw_delimiter(seed: int, task: str, instance_id: str) -> str:
@@ -55,9 +58,11 @@ def _body(instruction: str, input: str, candidates: Optional[Sequence[str]]) -> 
 
 
 def render(record: Record, seed: int) -> Rendered:
-    """The (src, tgt) of one record: tgt is outputs[0]; pretraining text has an empty src."""
+    """The (src, tgt) of one record: tgt is outputs[0]; pretraining text has an empty src.
+
+    The candidates stay on the record either way (rank classification scores them)."""
     if record.is_text:
         return Rendered(src="", tgt=record.outputs[0], delimiter="")
-    body = _body(record.instruction, record.input, record.candidates)
+    body = _body(record.instruction, record.input, record.candidates if record.options_block else None)
     delimiter = "" if body.endswith(":") else draw_delimiter(seed, record.task, record.id)
     return Rendered(src=body + delimiter, tgt=record.outputs[0], delimiter=delimiter)

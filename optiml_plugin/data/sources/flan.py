@@ -4,8 +4,9 @@ Why: the Flan Collection exports one row per (example, template) with the instru
 `inputs`, so the prompt becomes `input` and `instruction` stays empty. `task_name` may carry a
 TFDS version suffix (`anli_r1:0.1.0`), which is dropped so all versions form one task;
 `template_type` (zsopt, fsnoopt, ...) is kept as the record's template, `task_source` in meta.
-Options are taken from an explicit `candidates`/`options` list; options written into `inputs` stay
-part of the prompt text.
+Options are taken from an explicit `candidates`/`options` list for rank classification; FLAN's
+options templates (zsopt, fsopt) already hold the `OPTIONS:` block in `inputs`, so rendering adds
+it only to an options-template row whose `inputs` lack it, and never to a no-options template.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from optiml_plugin.data.records import Record
 from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, candidates_value, first_present,
                                              outputs_value, row_fields, task_name)
 from optiml_plugin.data.sources.tabular import TABLE_SUFFIXES, inputs_and_targets, load_rows
+from optiml_plugin.data.templates import OPTIONS_HEADER
 from optiml_plugin.errors import BadRecordPolicy
 
 KEYS = ("task",)
@@ -36,9 +38,16 @@ def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
         meta = {"task_source": row["task_source"]} if isinstance(row.get("task_source"), str) else {}
         return Record(benchmark=spec.benchmark or DEFAULT_BENCHMARK, task=task, instruction="",
                       input=inputs, outputs=outputs_value(targets), candidates=candidates_value(options),
-                      meta=meta, **row_fields(row, spec, path, line, task))
+                      options_block=_needs_options_block(row, inputs), meta=meta, **row_fields(row, spec, path, line, task))
 
     return load_rows(spec, policy, _flan_task, build)
+
+
+def _needs_options_block(row: Dict[str, Any], inputs: Any) -> bool:
+    """Only an options template (`zsopt`, `fsopt`) whose `inputs` do not show the block yet."""
+    _, template = first_present(row, ("template_type", "template"))
+    is_opt = isinstance(template, str) and template.endswith("opt") and not template.endswith("noopt")
+    return is_opt and isinstance(inputs, str) and OPTIONS_HEADER not in inputs
 
 
 def _flan_task(row: Dict[str, Any], spec: SourceSpec, path: Path) -> Any:

@@ -5,11 +5,14 @@ shape (docs/sources.md) instead of us guessing each layout. Per row:
 
     {"task": str, "benchmark": str, "instruction": str, "input": str,
      "output": str | "outputs": [str, ...], "candidates": [str, ...] (optional),
-     "category": str, "sources": [str], "id": str, "language": str, "template": str}
+     "category": str, "sources": [str], "id": str, "language": str, "template": str,
+     "options_block": bool (optional)}
 
 `task`, `benchmark`, `instruction` and `category` may come from the source entry instead (the paper
 hand-wrote one instruction per keyword-style task); a row with neither instruction nor input is
-refused, because an empty prompt would silently turn it into pretraining text.
+refused, because an empty prompt would silently turn it into pretraining text. Candidates are shown
+as FLAN's `OPTIONS:` block unless `options_block` (row or entry) is false, for rows whose input
+already shows them (CrossFit's `<input> (A) ... (B) ...`).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, candidates_
 from optiml_plugin.data.sources.tabular import TABLE_SUFFIXES, load_rows
 from optiml_plugin.errors import BadRecordPolicy
 
-KEYS = ("task", "instruction")
+KEYS = ("task", "instruction", "options_block")
 SUFFIXES = TABLE_SUFFIXES
 DEFAULT_BENCHMARK = None  # required per row or in the source entry
 TASK_KEYS = ("task",)
@@ -52,8 +55,13 @@ def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
             gate.bad(path, line, "input", "empty_field", "both 'instruction' and 'input' are empty")
             return None
         _, candidates = first_present(row, ("candidates", "options"))
+        block = _or(row.get("options_block"), spec.option("options_block", True))
+        if not isinstance(block, bool):
+            gate.bad(path, line, "options_block", "wrong_type", "'options_block' must be true or false")
+            return None
         return Record(benchmark=benchmark, task=task, instruction=instruction, input=row["input"],
                       outputs=outputs_value(outputs), candidates=candidates_value(candidates),
+                      options_block=block,
                       **row_fields(row, spec, path, line, task))
 
     return load_rows(spec, policy, partial(task_name, keys=TASK_KEYS), build)

@@ -3,7 +3,8 @@
 Why: P3 holds instance-level instructions (the template already wrote the instruction into the
 prompt), so the prompt becomes `input` and `instruction` stays empty. P3 exports keep token ids in
 `inputs`/`targets` and the text in `inputs_pretokenized`/`targets_pretokenized`; either works.
-`answer_choices` become candidates for rank classification.
+`answer_choices` become candidates for rank classification; the prompt stays the template's own text
+(no FLAN `OPTIONS:` block: a template that shows its choices words them itself, paper §2.4).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
         inputs, targets = pair
         return Record(benchmark=spec.benchmark or DEFAULT_BENCHMARK, task=task, instruction="",
                       input=inputs, outputs=outputs_value(targets),
-                      candidates=candidates_value(row.get("answer_choices")),
+                      candidates=candidates_value(row.get("answer_choices")), options_block=False,
                       **row_fields(row, spec, path, line, task))
 
     return load_rows(spec, policy, partial(task_name, keys=TASK_KEYS), build)
