@@ -63,7 +63,7 @@ def test_p3(tmp_path, writer):
     assert (copa.benchmark, copa.task, copa.instruction, copa.input, copa.outputs) == (
         "promptsource", "super_glue_copa", "", "Premise. Cause or effect?", ("cause",))
     assert copa.candidates == ("cause", "effect") and copa.template == "best_option"
-    assert copa.id == "super_glue_copa-0" and copa.sources == ("super_glue_copa",)
+    assert copa.id == "super_glue_copa_best_option-0" and copa.sources == ("super_glue_copa",)
     assert cnn.candidates is None and cnn.outputs == ("short",) and cnn.id == "cnn_dm-p3-2"
     assert copa.meta["path"] == str(path) and copa.meta["where"] == 1
 

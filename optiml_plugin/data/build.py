@@ -22,6 +22,7 @@ from tqdm import tqdm
 from optiml_plugin import __version__
 from optiml_plugin.data import benchfiles, outdir
 from optiml_plugin.data.decontam import DecontamConfig, ExactInputFilter, ngram_overlap, source_conflicts
+from optiml_plugin.data.multiplex import multiplex_train
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.splits import (EVAL, TRAIN, SplitConfig, TaskInfo, TaskKey, absent_from_lists,
                                        assign_levels, assign_roles, cap_indices, read_task_list,
@@ -33,7 +34,8 @@ from optiml_plugin.yamlio import read_yaml
 
 DEFAULT_CAP = 100_000
 DEFAULT_BENCHMARK_CAPS = {"flan": 30_000}  # the paper's per-task caps (§2.1)
-_TOP_KEYS = ("sources", "taxonomy", "split", "caps", "decontamination", "seed", "on_bad_record")
+_TOP_KEYS = ("sources", "taxonomy", "split", "caps", "decontamination", "seed", "on_bad_record",
+             "multiplex")
 _LIST_KEYS = ("heldout_categories", "heldout_tasks", "valid_tasks")
 _FILE_LIST_KEYS = ("heldout_tasks", "valid_tasks")
 
@@ -41,8 +43,9 @@ _FILE_LIST_KEYS = ("heldout_tasks", "valid_tasks")
 @dataclass(frozen=True)
 class BuildConfig:
     """A validated build config. `caps` maps a benchmark to its per-task training cap ("default" for
-    the rest); `raw` is the config as given (it goes into the manifest); relative paths resolve
-    against `base_dir` (the config file's directory)."""
+    the rest); `multiplex`: draw a training task's examples from all its templates' instantiations
+    (data/multiplex.py); `raw` is the config as given (it goes into the manifest); relative paths
+    resolve against `base_dir` (the config file's directory)."""
 
     sources: Tuple[Mapping[str, Any], ...]
     split: SplitConfig = SplitConfig()
@@ -52,6 +55,7 @@ class BuildConfig:
     taxonomy: Optional[str] = None
     seed: int = 0
     on_bad_record: str = "error"
+    multiplex: bool = True
     base_dir: str = "."
     raw: Mapping[str, Any] = field(default_factory=dict)
 
@@ -88,8 +92,11 @@ def load_build_config(source: Union[str, Path, Mapping[str, Any]],
     taxonomy = raw.get("taxonomy")
     if taxonomy is not None and not isinstance(taxonomy, str):
         raise ConfigError(f"{origin}: 'taxonomy' must be a path, got {taxonomy!r}")
+    multiplex = raw.get("multiplex", True)
+    if not isinstance(multiplex, bool):
+        raise ConfigError(f"{origin}: 'multiplex' must be true or false, got {multiplex!r}")
     return BuildConfig(
-        sources=tuple(dict(s) for s in sources),
+        sources=tuple(dict(s) for s in sources), multiplex=multiplex,
         split=_split_config(raw.get("split") or {}, origin, base),
         decontamination=_decontam_config(raw.get("decontamination") or {}, origin),
         caps=_caps(raw.get("caps") or {}, origin), taxonomy=taxonomy, seed=seed,
@@ -352,6 +359,7 @@ def _plan(config: BuildConfig, tasks: Dict[TaskKey, _Task], problems: BadRecordP
     for key, reason in roles.dropped.items():
         removed[reason] += len(tasks[key].records)
     conflicts = _source_overlap(plan, infos, dc, removed)
+    multiplexed: List[Dict[str, Any]] = []
     for key in sorted(plan.roles):
         t = tasks[key]
         if plan.roles[key] == EVAL:
@@ -360,6 +368,11 @@ def _plan(config: BuildConfig, tasks: Dict[TaskKey, _Task], problems: BadRecordP
             removed["eval_cap"] += len(t.records) - len(valid) - len(test)
         else:
             train, valid, test = split_train_instances(len(t.records), cfg, seed, key)
+            if config.multiplex:
+                train, mux = multiplex_train(t.records, train, seed, key)
+                if mux is not None:
+                    removed["multiplex"] += mux.instantiations - mux.drawn
+                    multiplexed.append(mux.to_dict())
             t.parts = {"train": train, "valid": valid, "test": test}
         t.rendered = {i: render(t.records[i], seed) for part in t.parts.values() for i in part}
     exact = _exact_inputs(plan, tasks, removed)
@@ -379,6 +392,7 @@ def _plan(config: BuildConfig, tasks: Dict[TaskKey, _Task], problems: BadRecordP
             "dropped_tasks": [{"benchmark": k[0], "task": k[1], "reason": r}
                               for k, r in sorted(plan.dropped.items())],
         },
+        "multiplexing": {"enabled": config.multiplex, "tasks": multiplexed},
         "decontamination": {
             "source_overlap": {"action": dc.source_overlap,
                                "allowed_shared_sources": list(dc.allowed_shared_sources),
@@ -518,6 +532,7 @@ def _write(config: BuildConfig, tasks: Dict[TaskKey, _Task], plan: _Plan, remove
         "optiml_version": __version__, "config": _jsonable(config.raw),
         "tasks": entries, "splits": splits,
         "split_plan": report["split_plan"],
+        "multiplexing": report["multiplexing"],
         "decontamination": report["decontamination"],
         "accounting": {"read": policy.read, "kept": kept, "skipped": skipped, "removed": removed_d,
                        "balanced": balanced, "skipped_examples": list(policy.messages)},

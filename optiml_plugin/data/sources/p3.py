@@ -5,34 +5,110 @@ prompt), so the prompt becomes `input` and `instruction` stays empty. P3 exports
 `inputs`/`targets` and the text in `inputs_pretokenized`/`targets_pretokenized`; either works.
 `answer_choices` become candidates for rank classification; the prompt stays the template's own text
 (no FLAN `OPTIONS:` block: a template that shows its choices words them itself, paper §2.4).
+
+The task is the dataset, not the template (prompt multiplexing, data/multiplex.py): P3 names each
+(dataset, template) export `<dataset>_<subset>_<template>` with every character outside
+`[A-Za-z0-9_.]` made `_` (t-zero's `get_task_name`). A row whose task ends with its own
+`template_name` loses that suffix; a task without a template column is matched against the dataset
+prefixes of P3 (`dataset_prefixes` replaces them; `group_templates: false` keeps one task per
+template). Ids keep the per-template name, so instantiations of one example stay distinct.
 """
 from __future__ import annotations
 
-from functools import partial
+import re
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, candidates_value, outputs_value,
-                                             row_fields, task_name)
-from optiml_plugin.data.sources.tabular import TABLE_SUFFIXES, inputs_and_targets, load_rows
-from optiml_plugin.errors import BadRecordPolicy
+                                             row_fields, sources_value, task_name)
+from optiml_plugin.data.sources.tabular import (TABLE_SUFFIXES, Build, TaskOf, inputs_and_targets,
+                                                load_rows)
+from optiml_plugin.errors import BadRecordPolicy, ConfigError
 
-KEYS = ("task",)
+KEYS = ("task", "dataset_prefixes", "group_templates")
 SUFFIXES = TABLE_SUFFIXES
 DEFAULT_BENCHMARK = "promptsource"
 TASK_KEYS = ("task", "task_name")
+TEMPLATE_KEYS = ("template", "template_name")
+_UNSAFE = re.compile(r"[^\w.]+")
+
+#: the (dataset, subset) pairs of T0's training and held-out mixtures as PromptSource names them; P3's
+#: export names start with their cleaned `dataset_subset`
+P3_DATASETS = (
+    "adversarial_qa/dbert", "adversarial_qa/dbidaf", "adversarial_qa/droberta", "ag_news",
+    "ai2_arc/ARC-Challenge", "ai2_arc/ARC-Easy", "amazon_polarity", "anli", "app_reviews",
+    "cnn_dailymail/3.0.0", "common_gen", "cos_e/v1.11", "cosmos_qa", "dbpedia_14", "dream",
+    "duorc/ParaphraseRC", "duorc/SelfRC", "gigaword", "glue/mrpc", "glue/qqp", "hellaswag", "imdb",
+    "kilt_tasks/hotpotqa", "multi_news", "openbookqa/main", "paws/labeled_final", "piqa", "qasc", "quail",
+    "quarel", "quartz", "quoref", "race/high", "race/middle", "ropes", "rotten_tomatoes", "samsum",
+    "sciq", "social_i_qa", "squad_v2", "story_cloze/2016", "super_glue/boolq", "super_glue/cb",
+    "super_glue/copa", "super_glue/multirc", "super_glue/record", "super_glue/rte", "super_glue/wic",
+    "super_glue/wsc.fixed", "trec", "trivia_qa/unfiltered", "web_questions", "wiki_bio",
+    "wiki_hop/original", "wiki_qa", "winogrande/winogrande_debiased", "winogrande/winogrande_xl",
+    "wiqa", "xsum", "yelp_review_full",
+)
+
+
+def clean_name(name: str) -> str:
+    """P3's task-name spelling: every run of characters outside `[A-Za-z0-9_.]` becomes `_`."""
+    return _UNSAFE.sub("_", name)
+
+
+DEFAULT_PREFIXES = tuple(clean_name(d.replace("/", "_")) for d in P3_DATASETS)
+
+
+def dataset_and_template(task: str, template: str, prefixes: Sequence[str]) -> Tuple[str, str]:
+    """(dataset, template) of a P3 task name; the task itself when no rule applies."""
+    if template:
+        suffix = "_" + clean_name(template)
+        if task.endswith(suffix) and len(task) > len(suffix):
+            return task[:-len(suffix)], template
+        return task, template
+    best = max((p for p in prefixes if task.startswith(p + "_")), key=len, default=None)
+    return (best, task[len(best) + 1:]) if best else (task, "")
 
 
 def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
+    task_of, build = row_builder(spec)
+    return load_rows(spec, policy, task_of, build)
+
+
+def row_builder(spec: SourceSpec) -> Tuple[TaskOf, Build]:
+    """The task namer and record builder of P3 rows (the `datasets` source reuses them)."""
+    group = spec.option("group_templates", True)
+    if not isinstance(group, bool):
+        raise ConfigError(f"source '{spec.path}': 'group_templates' must be true or false")
+    prefixes = spec.option("dataset_prefixes", DEFAULT_PREFIXES)
+    if not isinstance(prefixes, (list, tuple)) or not all(isinstance(p, str) and p for p in prefixes):
+        raise ConfigError(f"source '{spec.path}': 'dataset_prefixes' must be a list of names")
+
+    def names(row: Dict[str, Any], path: Path) -> Tuple[Any, Any, str]:
+        """(per-template task name, task after grouping, template)."""
+        own = task_name(row, spec, path, TASK_KEYS)
+        template = next((row[k] for k in TEMPLATE_KEYS if isinstance(row.get(k), str)), "")
+        if not group or not isinstance(own, str):
+            return own, own, template
+        dataset, template = dataset_and_template(own, template, prefixes)
+        if own == dataset and template:  # the row names its dataset: rebuild P3's per-template name
+            own = f"{own}_{clean_name(template)}"
+        return own, dataset, template
+
+    def task_of(row: Dict[str, Any], _spec: SourceSpec, path: Path) -> Any:
+        return names(row, path)[1]
+
     def build(row: Dict[str, Any], path: Path, line: int, task: Any, gate: RecordGate) -> Optional[Record]:
         pair = inputs_and_targets(row, path, line, gate)
         if pair is None:
             return None
         inputs, targets = pair
+        own, _, template = names(row, path)
+        fields = row_fields(row, spec, path, line, own)
+        fields.update(sources=sources_value(row, task if isinstance(task, str) else str(task)),
+                      template=template)
         return Record(benchmark=spec.benchmark or DEFAULT_BENCHMARK, task=task, instruction="",
                       input=inputs, outputs=outputs_value(targets),
                       candidates=candidates_value(row.get("answer_choices")), options_block=False,
-                      **row_fields(row, spec, path, line, task))
+                      **fields)
 
-    return load_rows(spec, policy, partial(task_name, keys=TASK_KEYS), build)
+    return task_of, build
