@@ -84,3 +84,42 @@ def test_hasher_unique_pairs_and_short_texts():
     assert sorted(set(owners.tolist())) == [0, 1, 3]
     assert len(hashes[owners == 0]) == 3  # abc, bca, cab
     assert set(hashes[owners == 3].tolist()) <= set(hashes[owners == 0].tolist())
+
+
+def test_build_removes_flagged_training_tasks_writes_the_review_file_and_counts_removals(tmp_path):
+    import json
+
+    from optiml_plugin.data.build import build_bench, load_build_config
+    from optiml_plugin.data.decontam import REVIEW_FILE
+    from optiml_plugin.data.records import Record
+
+    def recs(task, n, inputs):
+        return [Record(benchmark="b", task=task, category=task.upper(), sources=(task,), instruction="Do it.",
+                       input=inputs(i), outputs=(f"out {i}",), id=f"{task}-{i}") for i in range(n)]
+
+    long = "the quick brown fox jumps over the lazy dog near the river bank today again"
+    records = (recs("train_c", 20, lambda i: f"{long} {i}") + recs("train_d", 20, lambda i: f"plain {i}")
+               + recs("eval_y", 4, lambda i: [long, "a", "b", "c"][i]))
+
+    def build(out, **dc):
+        raw = {"sources": [{"type": "builtin"}], "seed": 3, "decontamination": dc,
+               "split": {"heldout_tasks": ["eval_y"], "heldout_valid": 0, "heldout_test": 0}}
+        return build_bench(load_build_config(raw), tmp_path / out, records=records, progress=False)
+
+    m = build("drop", drop_flagged=True, threshold=0.01)
+    ngram = m["decontamination"]["ngram"]
+    assert ngram["dropped_tasks"] == ["train_c"] and ngram["pairs_file"] == REVIEW_FILE
+    assert {t["task"] for t in m["tasks"]} == {"train_d", "eval_y"}
+    assert m["accounting"]["removed"] == {"ngram_overlap": 20} and m["accounting"]["balanced"]
+    [pair] = [json.loads(line) for line in (tmp_path / "drop" / REVIEW_FILE).read_text().splitlines()]
+    assert (pair["train_task"], pair["eval_task"], pair["fraction"], pair["action"]) == (
+        "train_c", "eval_y", 0.25, "removed_train_task")
+    assert [e["id"] for e in pair["examples"]] == ["eval_y-0"] and long in pair["examples"][0]["text"]
+    assert ngram["flagged"] == [{k: v for k, v in pair.items() if k != "examples"}]
+    # a pair a review cleared stays, reported as cleared; reporting only removes nothing
+    m = build("cleared", drop_flagged=True, allowed_pairs=["train_c/eval_y"])
+    assert m["decontamination"]["ngram"]["flagged"][0]["action"] == "cleared"
+    assert "ngram_overlap" not in m["accounting"]["removed"]
+    m = build("report", drop_flagged=False)
+    assert m["decontamination"]["ngram"]["flagged"][0]["action"] == "reported"
+    assert {t["task"] for t in m["tasks"]} == {"train_c", "train_d", "eval_y"}

@@ -55,6 +55,8 @@ def test_bench_preset_is_the_papers_split_plan_and_feeds_the_mixture():
     assert any("civil_comments" in t for t in valid)
     assert not valid & set(cfg.split.heldout_tasks)
     assert (cfg.cap_for("flan"), cfg.cap_for("niv2"), cfg.split.eval_valid) == (30000, 100000, 250)
+    dc = cfg.decontamination  # the paper's rule: 13-gram pairs above 1% lose their training task
+    assert (dc.ngram, dc.threshold, dc.drop_flagged, cfg.multiplex) == (13, 0.01, True, True)
     # every benchmark the bench produces has a share in the mixture, and nothing else does
     names = {s.get("benchmark") or DEFAULT_BENCHMARKS[s["type"]] for s in cfg.sources}
     mixture = sweep.load_mixture_preset(PRESETS / "mixture.yaml")

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from optiml_plugin import __version__
 from optiml_plugin.data import benchfiles, outdir
-from optiml_plugin.data.decontam import DecontamConfig, ExactInputFilter, ngram_overlap, source_conflicts
+from optiml_plugin.data.decontam import (REVIEW_FILE, DecontamConfig, ExactInputFilter, flagged_rows,
+                                         ngram_overlap, source_conflicts)
 from optiml_plugin.data.multiplex import multiplex_train
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.splits import (EVAL, TRAIN, SplitConfig, TaskInfo, TaskKey, absent_from_lists,
@@ -166,9 +167,9 @@ def _decontam_config(section: Any, origin: str) -> DecontamConfig:
     if values.get("source_overlap", "drop") not in ("drop", "move"):
         raise ConfigError(f"{origin}: 'decontamination.source_overlap' must be 'drop' or 'move', "
                           f"got {values.get('source_overlap')!r}")
-    if "allowed_shared_sources" in values:
-        values["allowed_shared_sources"] = _str_list(values["allowed_shared_sources"], origin,
-                                                     "decontamination.allowed_shared_sources")
+    for key in ("allowed_shared_sources", "allowed_pairs"):
+        if key in values:
+            values[key] = _str_list(values[key], origin, f"decontamination.{key}")
     return DecontamConfig(**values)
 
 
@@ -458,20 +459,24 @@ def _ngram_report(plan: _Plan, tasks: Dict[TaskKey, _Task], dc: DecontamConfig,
     pairs = ngram_overlap(train, evals, n=dc.ngram, min_fraction=dc.threshold)
     dropped: List[str] = []
     if dc.drop_flagged:
-        for key in sorted({p.train_task for p in pairs}):
+        for key in sorted({p.train_task for p in pairs if not dc.cleared(p.train_task[1], p.eval_task[1])}):
             t = tasks[key]
             removed["ngram_overlap"] += sum(len(v) for v in t.parts.values())
             t.parts = {}
             del plan.roles[key]
             plan.dropped[key] = "ngram_overlap"
             dropped.append(key[1])
-    flagged = [{"train_benchmark": p.train_task[0], "train_task": p.train_task[1],
-                "eval_benchmark": p.eval_task[0], "eval_task": p.eval_task[1],
-                "overlapping": p.overlapping, "eval_instances": p.eval_instances,
-                "fraction": round(p.fraction, 6)}
-               for p in sorted(pairs, key=lambda p: (-p.fraction, p.train_task, p.eval_task))]
+
+    def eval_instance(key: TaskKey, j: int) -> Tuple[str, str]:
+        t = tasks[key]
+        i = [i for p in ("valid", "test") for i in t.parts[p]][j]
+        return t.records[i].id, t.text(i)
+
+    by_ngram = {k for k, reason in plan.dropped.items() if reason == "ngram_overlap"}
+    flagged, review = flagged_rows(pairs, dc, by_ngram, eval_instance)
     return {"n": dc.ngram, "threshold": dc.threshold, "drop_flagged": dc.drop_flagged,
-            "pairs_checked": len(train) * len(evals), "flagged": flagged, "dropped_tasks": dropped}
+            "pairs_checked": len(train) * len(evals), "flagged": flagged, "dropped_tasks": dropped,
+            "pairs_file": REVIEW_FILE, "review": review}
 
 
 def split_name(level: str, part: str) -> str:
@@ -527,6 +532,8 @@ def _write(config: BuildConfig, tasks: Dict[TaskKey, _Task], plan: _Plan, remove
         raise OptimlError(f"bench accounting does not balance: read {policy.read} != kept {kept} + "
                           f"skipped {skipped} + removed {removed_d} (this is a bug in optiml)")
     report["split_plan"]["problems"] = problems.to_dict()
+    review = report["decontamination"]["ngram"].pop("review")
+    benchfiles.atomic_write_bytes(root / REVIEW_FILE, b"".join(benchfiles.dumps_line(r) for r in review))
     manifest = {
         "format": benchfiles.FORMAT_NAME, "version": benchfiles.FORMAT_VERSION, "seed": config.seed,
         "optiml_version": __version__, "config": _jsonable(config.raw),

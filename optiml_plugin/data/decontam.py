@@ -5,7 +5,9 @@ Why: held-out results mean nothing if the model saw the evaluation data. Three c
 evaluation); (b) training instances whose normalized input equals an evaluation instance's are
 dropped; (c) for every (training task, evaluation task) pair, the fraction of evaluation instances
 that share any n-gram (13 by default) with the training task is reported, optionally dropping the
-flagged training tasks. (c) hashes every n-gram once (numpy rolling hash over interned token ids)
+flagged training tasks (the paper examined every pair above 1% by hand and removed one task of each
+confirmed pair); the pairs go to a JSONL file a person reviews, with the overlapping evaluation
+instances, and `allowed_pairs` keeps the pairs a review cleared. (c) hashes every n-gram once (numpy rolling hash over interned token ids)
 and joins all evaluation n-grams against one sorted array of all training n-grams, so the cost is
 linear in the text, not in the number of task pairs.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Hashable, Iterable, List, Mapping, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -32,21 +34,34 @@ class DecontamConfig:
     """`source_overlap`: what to do with a training task sharing a source with an eval task
     ("drop" or "move" it to evaluation); `allowed_shared_sources`: broad resources (e.g. wikipedia)
     whose sharing is not a conflict, as the paper kept such pairs; `ngram`/`threshold`: the overlap
-    report (paper: 13-grams, 1%); `drop_flagged`: drop training tasks above the threshold."""
+    report (paper: 13-grams, 1%); `drop_flagged`: drop training tasks above the threshold;
+    `allowed_pairs`: "<train task>/<eval task>" pairs a review cleared (reported, never dropped)."""
 
     ngram: int = 13
     threshold: float = 0.01
     drop_flagged: bool = False
     source_overlap: str = "drop"
     allowed_shared_sources: Tuple[str, ...] = ()
+    allowed_pairs: Tuple[str, ...] = ()
+
+    def cleared(self, train_task: str, eval_task: str) -> bool:
+        return f"{train_task}/{eval_task}" in self.allowed_pairs
+
+
+#: the reviewable list of flagged pairs, one JSON object per line, in the bench directory
+REVIEW_FILE = "decontamination_pairs.jsonl"
+REVIEW_EXAMPLES = 3  # overlapping eval instances listed per pair
 
 
 @dataclass(frozen=True)
 class OverlapPair:
+    """`examples`: indices (into the eval task's texts) of the first overlapping eval instances."""
+
     train_task: Hashable
     eval_task: Hashable
     overlapping: int
     eval_instances: int
+    examples: Tuple[int, ...] = ()
 
     @property
     def fraction(self) -> float:
@@ -209,8 +224,11 @@ def ngram_overlap(train_texts: Mapping[Hashable, Sequence[str]],
         insts = np.repeat(inst, cnt)
         uniq = np.unique(owners * len(texts) + insts)
         per_train = np.bincount(uniq // len(texts), minlength=len(train_keys))
+        starts = np.concatenate(([0], np.cumsum(per_train)))
         for t in np.nonzero(per_train)[0]:
-            pair = OverlapPair(train_keys[t], ekey, int(per_train[t]), len(texts))
+            first = uniq[starts[t]:starts[t] + min(int(per_train[t]), REVIEW_EXAMPLES)] % len(texts)
+            pair = OverlapPair(train_keys[t], ekey, int(per_train[t]), len(texts),
+                               tuple(int(i) for i in first))
             if pair.fraction > min_fraction:
                 pairs.append(pair)
     return pairs
@@ -227,3 +245,27 @@ class ExactInputFilter:
 
     def matches_all(self, texts: Sequence[str]) -> List[bool]:
         return [bool(n) and n in self.inputs for n in normalize_many(texts)]
+
+
+def flagged_rows(pairs: Sequence[OverlapPair], dc: DecontamConfig, dropped: Set[Hashable],
+                 eval_instance: Callable[[Hashable, int], Tuple[str, str]]
+                 ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """(manifest rows, review rows) of the flagged pairs, largest overlap first.
+
+    Task keys are (benchmark, task); `action` says what the build did with the pair: removed the
+    training task, kept it because a review cleared the pair, or only reported it. A review row adds
+    the first overlapping eval instances (`eval_instance(eval key, index)` gives their id and text)."""
+    rows, review = [], []
+    for p in sorted(pairs, key=lambda p: (-p.fraction, p.train_task, p.eval_task)):
+        if dc.cleared(p.train_task[1], p.eval_task[1]):
+            action = "cleared"
+        else:
+            action = "removed_train_task" if p.train_task in dropped else "reported"
+        row = {"train_benchmark": p.train_task[0], "train_task": p.train_task[1],
+               "eval_benchmark": p.eval_task[0], "eval_task": p.eval_task[1],
+               "overlapping": p.overlapping, "eval_instances": p.eval_instances,
+               "fraction": round(p.fraction, 6), "action": action}
+        rows.append(row)
+        examples = [eval_instance(p.eval_task, j) for j in p.examples]
+        review.append(dict(row, examples=[{"id": i, "text": t} for i, t in examples]))
+    return rows, review
