@@ -10,6 +10,8 @@ EXTRAS = {
     "eval": ["rouge-score>=0.1.2", "sacrebleu>=2.0", "transformers>=4.45"],
     # Parquet sources for `optiml bench build`
     "parquet": ["pyarrow>=10"],
+    # the `datasets` source: Hugging Face datasets on disk or in the hub cache
+    "hf": ["datasets>=2.14"],
     "dev": ["pytest>=7", "hypothesis>=6", "pyarrow>=10"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping
 
 from optiml_plugin.data.records import Record
-from optiml_plugin.data.sources import flan, generic, p3, sni, text
+from optiml_plugin.data.sources import flan, generic, hf_datasets, p3, sni, text
 from optiml_plugin.data.sources.base import SourceSpec, parse_spec
 from optiml_plugin.errors import BadRecordPolicy, ConfigError
 
-LOADERS = {"sni": sni, "p3": p3, "flan": flan, "generic": generic, "text": text}
+LOADERS = {"sni": sni, "p3": p3, "flan": flan, "generic": generic, "text": text, "datasets": hf_datasets}
 #: benchmark key each source type gets unless the entry sets `benchmark` (generic: per row or entry)
 DEFAULT_BENCHMARKS: Dict[str, Any] = {name: mod.DEFAULT_BENCHMARK for name, mod in LOADERS.items()}
 
@@ -30,7 +30,7 @@ def source_spec(spec: Mapping[str, Any], base_dir: Path = Path(".")) -> SourceSp
         raise ConfigError(f"source entry {dict(spec)!r}: unknown 'type' {kind!r} "
                           f"(one of: {', '.join(sorted(LOADERS))})")
     module = LOADERS[kind]
-    return parse_spec(spec, Path(base_dir), module.KEYS, module.SUFFIXES)
+    return parse_spec(spec, Path(base_dir), module.KEYS, module.SUFFIXES, getattr(module, "locate", None))
 
 
 def load_source(spec: Mapping[str, Any], policy: BadRecordPolicy,

@@ -7,9 +7,10 @@ read = kept + skipped accounting identical across formats.
 from __future__ import annotations
 
 import glob
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from optiml_plugin.data.records import Record
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
@@ -18,6 +19,7 @@ from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 COMMON_KEYS = ("type", "path", "benchmark", "tasks", "category", "language")
 _GLOB_CHARS = set("*?[")
 _SPLIT_STEMS = {"train", "training", "validation", "valid", "dev", "test", "data"}
+_SHARD = re.compile(r"-\d+-of-\d+$")
 
 Where = Union[int, str, None]
 
@@ -48,17 +50,25 @@ def _str_option(spec: Mapping[str, Any], key: str) -> Optional[str]:
     return value.strip()
 
 
+Locate = Callable[[Mapping[str, Any], Path], Tuple[str, Tuple[Path, ...]]]
+
+
 def parse_spec(spec: Mapping[str, Any], base_dir: Path, extra_keys: Sequence[str],
-               suffixes: Sequence[str]) -> SourceSpec:
-    """Check keys and types of one `sources:` entry and resolve its `path` to a sorted file list."""
+               suffixes: Sequence[str], locate: Optional[Locate] = None) -> SourceSpec:
+    """Check keys and types of one `sources:` entry and resolve its `path` to a sorted file list
+    (`locate(spec, base_dir)` -> (shown path, files) replaces that for sources read otherwise)."""
     allowed = tuple(COMMON_KEYS) + tuple(extra_keys)
     for key in spec:
         if key not in allowed:
             raise ConfigError(f"source entry {dict(spec)!r}: unknown key '{key}' for type "
                               f"'{spec.get('type')}' (allowed: {', '.join(allowed)})")
-    path = spec.get("path")
-    if not isinstance(path, str) or not path.strip():
-        raise ConfigError(f"source entry {dict(spec)!r}: 'path' is required (a file, directory or glob)")
+    if locate is not None:
+        path, files = locate(spec, base_dir)
+    else:
+        path = spec.get("path")
+        if not isinstance(path, str) or not path.strip():
+            raise ConfigError(f"source entry {dict(spec)!r}: 'path' is required (a file, directory or glob)")
+        files = resolve_paths(path, base_dir, suffixes)
     tasks = spec.get("tasks")
     if tasks is not None:
         if (not isinstance(tasks, (list, tuple)) or not tasks
@@ -67,7 +77,7 @@ def parse_spec(spec: Mapping[str, Any], base_dir: Path, extra_keys: Sequence[str
         tasks = frozenset(t.strip() for t in tasks)
     benchmark, category, language = (_str_option(spec, k) for k in ("benchmark", "category", "language"))
     return SourceSpec(
-        type=str(spec.get("type")), path=path, files=resolve_paths(path, base_dir, suffixes),
+        type=str(spec.get("type")), path=path, files=files,
         benchmark=benchmark, tasks=tasks, category=category, language=language,
         options={k: v for k, v in spec.items() if k in extra_keys})
 
@@ -197,15 +207,19 @@ def sources_value(row: Mapping[str, Any], default: str) -> Any:
 
 
 def default_id(task: str, path: Path, line: int) -> str:
-    """`<task>-<line>`, or `<task>-<file stem>-<line>` when the file is not named after the task."""
-    stem = file_stem(path)
-    return f"{task}-{line}" if stem == task else f"{task}-{stem}-{line}"
+    """`<task>-<line>`, or `<task>-<file stem>-<line>` when the file is not named after the task; a
+    split file (`copa/train.jsonl`) adds its own name, so the splits of one task cannot collide."""
+    stem, own = file_stem(path), path.name.split(".")[0]
+    parts = [task] + ([stem] if stem != task else []) + ([own] if own != stem else [])
+    return "-".join(parts + [str(line)])
 
 
 def file_stem(path: Path) -> str:
-    """`a.jsonl` -> `a`; generic split file names (`train.jsonl`) -> the parent folder's name."""
+    """`a.jsonl` -> `a`; generic split file names (`train.jsonl`, the hub's sharded
+    `train-00000-of-00002.parquet`) -> the parent folder's name."""
     stem = path.name.split(".")[0]
-    return path.parent.name if stem.lower() in _SPLIT_STEMS and path.parent.name else stem
+    split = _SHARD.sub("", stem).lower()
+    return path.parent.name if split in _SPLIT_STEMS and path.parent.name else stem
 
 
 def task_name(row: Mapping[str, Any], spec: SourceSpec, path: Path, keys: Sequence[str]) -> Any:

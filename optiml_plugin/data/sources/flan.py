@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, candidates_value, first_present,
                                              outputs_value, row_fields, task_name)
-from optiml_plugin.data.sources.tabular import TABLE_SUFFIXES, inputs_and_targets, load_rows
+from optiml_plugin.data.sources.tabular import (TABLE_SUFFIXES, Build, TaskOf, inputs_and_targets,
+                                                load_rows)
 from optiml_plugin.data.templates import OPTIONS_HEADER
 from optiml_plugin.errors import BadRecordPolicy
 
@@ -29,6 +30,12 @@ _VERSION = re.compile(r":\d+(\.\d+)*$")
 
 
 def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
+    return load_rows(spec, policy, *row_builder(spec))
+
+
+def row_builder(spec: SourceSpec) -> Tuple[TaskOf, Build]:
+    """The task namer and record builder of FLAN rows (the `datasets` source reuses them)."""
+
     def build(row: Dict[str, Any], path: Path, line: int, task: Any, gate: RecordGate) -> Optional[Record]:
         pair = inputs_and_targets(row, path, line, gate)
         if pair is None:
@@ -40,7 +47,7 @@ def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
                       input=inputs, outputs=outputs_value(targets), candidates=candidates_value(options),
                       options_block=_needs_options_block(row, inputs), meta=meta, **row_fields(row, spec, path, line, task))
 
-    return load_rows(spec, policy, _flan_task, build)
+    return _flan_task, build
 
 
 def _needs_options_block(row: Dict[str, Any], inputs: Any) -> bool:

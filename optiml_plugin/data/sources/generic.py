@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, candidates_value, first_present,
                                              outputs_value, row_fields, task_name)
-from optiml_plugin.data.sources.tabular import TABLE_SUFFIXES, load_rows
+from optiml_plugin.data.sources.tabular import TABLE_SUFFIXES, Build, TaskOf, load_rows
 from optiml_plugin.errors import BadRecordPolicy
 
 KEYS = ("task", "instruction", "options_block")
@@ -33,6 +33,12 @@ TASK_KEYS = ("task",)
 
 
 def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
+    return load_rows(spec, policy, *row_builder(spec))
+
+
+def row_builder(spec: SourceSpec) -> Tuple[TaskOf, Build]:
+    """The task namer and record builder of generic rows (the `datasets` source reuses them)."""
+
     def build(row: Dict[str, Any], path: Path, line: int, task: Any, gate: RecordGate) -> Optional[Record]:
         benchmark = _or(row.get("benchmark"), spec.benchmark)
         if benchmark is None:
@@ -64,7 +70,7 @@ def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
                       options_block=block,
                       **row_fields(row, spec, path, line, task))
 
-    return load_rows(spec, policy, partial(task_name, keys=TASK_KEYS), build)
+    return partial(task_name, keys=TASK_KEYS), build
 
 
 def _or(value: Any, default: Any) -> Any:

@@ -70,8 +70,7 @@ def dataset_and_template(task: str, template: str, prefixes: Sequence[str]) -> T
 
 
 def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
-    task_of, build = row_builder(spec)
-    return load_rows(spec, policy, task_of, build)
+    return load_rows(spec, policy, *row_builder(spec))
 
 
 def row_builder(spec: SourceSpec) -> Tuple[TaskOf, Build]:

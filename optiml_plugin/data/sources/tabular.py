@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.sources.base import RecordGate, SourceSpec
@@ -90,14 +90,20 @@ def load_rows(spec: SourceSpec, policy: BadRecordPolicy, task_of: TaskOf, build:
 
 
 def file_records(gate: RecordGate, path: Path, task_of: TaskOf, build: Build) -> Iterator[Record]:
-    """Records from the rows of one file, through the task filter and `gate`.
+    """Records from the rows of one file (see `rows_records`)."""
+    return rows_records(gate, path, iter_rows(path, gate.policy), task_of, build)
+
+
+def rows_records(gate: RecordGate, path: Path, rows: Iterable[Tuple[int, Dict[str, Any]]],
+                 task_of: TaskOf, build: Build) -> Iterator[Record]:
+    """Records from (row number, row) pairs read from `path`, through the task filter and `gate`.
 
     `task_of(row, spec, path)` names the row's task (see `base.task_name`) before the row is
     counted, so rows of tasks outside the `tasks` filter are not read.
     `build(row, path, line, task, gate)` makes the Record (or reports a missing field via
     `gate.bad` and returns None); the gate then validates it and refuses duplicate ids.
     """
-    for line, row in iter_rows(path, gate.policy):
+    for line, row in rows:
         task = task_of(row, gate.spec, path)
         if isinstance(task, str) and task and not gate.wanted(task):
             continue
