@@ -62,13 +62,9 @@ def parse_spec(spec: Mapping[str, Any], base_dir: Path, extra_keys: Sequence[str
         if key not in allowed:
             raise ConfigError(f"source entry {dict(spec)!r}: unknown key '{key}' for type "
                               f"'{spec.get('type')}' (allowed: {', '.join(allowed)})")
-    if locate is not None:
-        path, files = locate(spec, base_dir)
-    else:
-        path = spec.get("path")
-        if not isinstance(path, str) or not path.strip():
-            raise ConfigError(f"source entry {dict(spec)!r}: 'path' is required (a file, directory or glob)")
-        files = resolve_paths(path, base_dir, suffixes)
+    path = spec.get("path")
+    if locate is None and (not isinstance(path, str) or not path.strip()):
+        raise ConfigError(f"source entry {dict(spec)!r}: 'path' is required (a file, directory or glob)")
     tasks = spec.get("tasks")
     if tasks is not None:
         if (not isinstance(tasks, (list, tuple)) or not tasks
@@ -76,6 +72,10 @@ def parse_spec(spec: Mapping[str, Any], base_dir: Path, extra_keys: Sequence[str
             raise ConfigError(f"source '{path}': 'tasks' must be a non-empty list of task names, got {tasks!r}")
         tasks = frozenset(t.strip() for t in tasks)
     benchmark, category, language = (_str_option(spec, k) for k in ("benchmark", "category", "language"))
+    if locate is not None:
+        path, files = locate(spec, base_dir)
+    else:
+        files = resolve_paths(path, base_dir, suffixes)
     return SourceSpec(
         type=str(spec.get("type")), path=path, files=files,
         benchmark=benchmark, tasks=tasks, category=category, language=language,
