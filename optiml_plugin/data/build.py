@@ -24,6 +24,7 @@ from optiml_plugin.data import benchfiles, outdir
 from optiml_plugin.data.decontam import (REVIEW_FILE, DecontamConfig, ExactInputFilter, flagged_rows,
                                          ngram_overlap, source_conflicts)
 from optiml_plugin.data.multiplex import multiplex_train
+from optiml_plugin.data.official import MODES as OFFICIAL_MODES, official_instances
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.splits import (EVAL, TRAIN, SplitConfig, TaskInfo, TaskKey, absent_from_lists,
                                        assign_levels, assign_roles, cap_indices, read_task_list,
@@ -36,7 +37,7 @@ from optiml_plugin.yamlio import read_yaml
 DEFAULT_CAP = 100_000
 DEFAULT_BENCHMARK_CAPS = {"flan": 30_000}  # the paper's per-task caps (§2.1)
 _TOP_KEYS = ("sources", "taxonomy", "split", "caps", "decontamination", "seed", "on_bad_record",
-             "multiplex")
+             "multiplex", "heldout_instances")
 _LIST_KEYS = ("heldout_categories", "heldout_tasks", "valid_tasks")
 _FILE_LIST_KEYS = ("heldout_tasks", "valid_tasks")
 
@@ -45,8 +46,9 @@ _FILE_LIST_KEYS = ("heldout_tasks", "valid_tasks")
 class BuildConfig:
     """A validated build config. `caps` maps a benchmark to its per-task training cap ("default" for
     the rest); `multiplex`: draw a training task's examples from all its templates' instantiations
-    (data/multiplex.py); `raw` is the config as given (it goes into the manifest); relative paths
-    resolve against `base_dir` (the config file's directory)."""
+    (data/multiplex.py); `heldout_instances`: training tasks' held-out instances are "random" rows or
+    the release's "official" dev/test splits (data/official.py); `raw` is the config as given (it
+    goes into the manifest); relative paths resolve against `base_dir` (the config file's directory)."""
 
     sources: Tuple[Mapping[str, Any], ...]
     split: SplitConfig = SplitConfig()
@@ -57,6 +59,7 @@ class BuildConfig:
     seed: int = 0
     on_bad_record: str = "error"
     multiplex: bool = True
+    heldout_instances: str = "random"
     base_dir: str = "."
     raw: Mapping[str, Any] = field(default_factory=dict)
 
@@ -96,8 +99,12 @@ def load_build_config(source: Union[str, Path, Mapping[str, Any]],
     multiplex = raw.get("multiplex", True)
     if not isinstance(multiplex, bool):
         raise ConfigError(f"{origin}: 'multiplex' must be true or false, got {multiplex!r}")
+    heldout = raw.get("heldout_instances", "random")
+    if heldout not in OFFICIAL_MODES:
+        raise ConfigError(f"{origin}: 'heldout_instances' must be one of {', '.join(OFFICIAL_MODES)}, "
+                          f"got {heldout!r}")
     return BuildConfig(
-        sources=tuple(dict(s) for s in sources), multiplex=multiplex,
+        sources=tuple(dict(s) for s in sources), multiplex=multiplex, heldout_instances=heldout,
         split=_split_config(raw.get("split") or {}, origin, base),
         decontamination=_decontam_config(raw.get("decontamination") or {}, origin),
         caps=_caps(raw.get("caps") or {}, origin), taxonomy=taxonomy, seed=seed,
@@ -361,6 +368,7 @@ def _plan(config: BuildConfig, tasks: Dict[TaskKey, _Task], problems: BadRecordP
         removed[reason] += len(tasks[key].records)
     conflicts = _source_overlap(plan, infos, dc, removed)
     multiplexed: List[Dict[str, Any]] = []
+    official: List[str] = []
     for key in sorted(plan.roles):
         t = tasks[key]
         if plan.roles[key] == EVAL:
@@ -368,7 +376,14 @@ def _plan(config: BuildConfig, tasks: Dict[TaskKey, _Task], problems: BadRecordP
             t.parts = {"valid": valid, "test": test}
             removed["eval_cap"] += len(t.records) - len(valid) - len(test)
         else:
-            train, valid, test = split_train_instances(len(t.records), cfg, seed, key)
+            by_release = (official_instances(t.records, cfg, seed, key)
+                          if config.heldout_instances == "official" else None)
+            if by_release is None:
+                train, valid, test = split_train_instances(len(t.records), cfg, seed, key)
+            else:
+                train, valid, test, unused = by_release
+                removed["official_split_unused"] += unused
+                official.append(key[1])
             if config.multiplex:
                 train, mux = multiplex_train(t.records, train, seed, key)
                 if mux is not None:
@@ -392,6 +407,12 @@ def _plan(config: BuildConfig, tasks: Dict[TaskKey, _Task], problems: BadRecordP
             "unlisted_tasks": [k[1] for k in roles.unlisted],
             "dropped_tasks": [{"benchmark": k[0], "task": k[1], "reason": r}
                               for k, r in sorted(plan.dropped.items())],
+            "heldout_instances": {
+                "mode": config.heldout_instances,
+                "from": ("the release's dev/test splits where a task has them, else random rows"
+                         if config.heldout_instances == "official"
+                         else "random rows of every training task"),
+                "official_split_tasks": official},
         },
         "multiplexing": {"enabled": config.multiplex, "tasks": multiplexed},
         "decontamination": {

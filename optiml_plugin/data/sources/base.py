@@ -214,6 +214,12 @@ def default_id(task: str, path: Path, line: int) -> str:
     return "-".join(parts + [str(line)])
 
 
+def release_split(path: Path) -> Optional[str]:
+    """The release split a file's name gives (`validation.jsonl`, `test-00000-of-00001.parquet`)."""
+    split = _SHARD.sub("", path.name.split(".")[0]).lower()
+    return split if split in _SPLIT_STEMS and split != "data" else None
+
+
 def file_stem(path: Path) -> str:
     """`a.jsonl` -> `a`; generic split file names (`train.jsonl`, the hub's sharded
     `train-00000-of-00002.parquet`) -> the parent folder's name."""

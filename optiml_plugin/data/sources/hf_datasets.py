@@ -24,7 +24,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.sources import flan, generic, p3
-from optiml_plugin.data.sources.base import RecordGate, SourceSpec, file_stem, resolve_paths
+from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, file_stem, release_split,
+                                             resolve_paths)
 from optiml_plugin.data.sources.tabular import PARQUET_SUFFIXES, iter_rows, rows_records
 from optiml_plugin.errors import BadRecordPolicy, ConfigError, OptimlError
 
@@ -106,10 +107,7 @@ def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
             spec, options=dict(spec.options, task=task))
         task_of, build = module.row_builder(located)
         renamed = ((line, _renamed(row, mapping)) for line, row in rows)
-        for record in rows_records(gate, where, renamed, task_of, build):
-            if split is not None:
-                record.meta.setdefault("split", split)
-            yield record
+        yield from rows_records(gate, where, renamed, task_of, build, split)
     gate.finish()
 
 
@@ -142,7 +140,7 @@ def _locations(spec: SourceSpec, wanted: Optional[List[str]], policy: BadRecordP
                 shown = path / split if split else path
                 yield shown, path.name, split, list(ds.column_names), _ds_rows(ds)
             continue
-        split = _split_of(path)
+        split = release_split(path)
         if wanted is not None and split not in wanted:
             continue
         if path.name.lower().endswith(PARQUET_SUFFIXES):
@@ -152,12 +150,6 @@ def _locations(spec: SourceSpec, wanted: Optional[List[str]], policy: BadRecordP
         else:
             ds = _datasets().Dataset.from_file(str(path))
             yield path, file_stem(path), split, list(ds.column_names), _ds_rows(ds)
-
-
-def _split_of(path: Path) -> Optional[str]:
-    """The split a hub file's name gives (`train-00000-of-00002.parquet` -> train), else None."""
-    stem = path.name.split(".")[0].split("-")[0].lower()
-    return stem if stem in ("train", "validation", "valid", "dev", "test") else None
 
 
 def _splits(loaded: Any, wanted: Optional[List[str]]) -> Iterator[Tuple[Optional[str], Any]]:

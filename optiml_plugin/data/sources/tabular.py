@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 from optiml_plugin.data.records import Record
-from optiml_plugin.data.sources.base import RecordGate, SourceSpec
+from optiml_plugin.data.sources.base import RecordGate, SourceSpec, release_split
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, OptimlError
 
 #: suffixes read as JSON Lines (`.json` too: `datasets.Dataset.to_json` writes JSON Lines) or Parquet
@@ -90,13 +90,15 @@ def load_rows(spec: SourceSpec, policy: BadRecordPolicy, task_of: TaskOf, build:
 
 
 def file_records(gate: RecordGate, path: Path, task_of: TaskOf, build: Build) -> Iterator[Record]:
-    """Records from the rows of one file (see `rows_records`)."""
-    return rows_records(gate, path, iter_rows(path, gate.policy), task_of, build)
+    """Records from the rows of one file (see `rows_records`); the file's name may give the split."""
+    return rows_records(gate, path, iter_rows(path, gate.policy), task_of, build, release_split(path))
 
 
 def rows_records(gate: RecordGate, path: Path, rows: Iterable[Tuple[int, Dict[str, Any]]],
-                 task_of: TaskOf, build: Build) -> Iterator[Record]:
+                 task_of: TaskOf, build: Build, split: Optional[str] = None) -> Iterator[Record]:
     """Records from (row number, row) pairs read from `path`, through the task filter and `gate`.
+
+    A record keeps its release split in `meta["split"]`: the row's `split` field, else `split`.
 
     `task_of(row, spec, path)` names the row's task (see `base.task_name`) before the row is
     counted, so rows of tasks outside the `tasks` filter are not read.
@@ -112,6 +114,9 @@ def rows_records(gate: RecordGate, path: Path, rows: Iterable[Tuple[int, Dict[st
         if record is not None:
             kept = gate.admit(record, path, line)
             if kept is not None:
+                row_split = row.get("split")
+                if isinstance(row_split, str) or split is not None:
+                    kept.meta["split"] = row_split if isinstance(row_split, str) else split
                 yield kept
 
 
