@@ -84,3 +84,17 @@ def test_multiplex_config_must_be_a_bool():
     with pytest.raises(ConfigError, match="'multiplex' must be true or false"):
         load_build_config({"sources": [{"type": "builtin"}], "multiplex": "yes"})
     assert load_build_config({"sources": [{"type": "builtin"}]}).multiplex is True
+
+
+def test_p3_hub_snapshot_layout_names_tasks_by_folder(tmp_path):
+    pa = __import__("pytest").importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    for name in ("super_glue_copa_best_option", "super_glue_copa_cause_effect"):
+        (tmp_path / name).mkdir()
+        for split in ("train", "validation"):
+            table = pa.Table.from_pylist([{"inputs_pretokenized": f"{name} {split} {i}", "targets_pretokenized": "a",
+                                           "inputs": [1], "targets": [2]} for i in range(2)])
+            pq.write_table(table, str(tmp_path / name / f"{split}-00000-of-00001.parquet"))
+    recs = list(load_source({"type": "p3", "path": str(tmp_path)}, BadRecordPolicy("error")))
+    assert {r.task for r in recs} == {"super_glue_copa"} and len({r.id for r in recs}) == 8
+    assert sorted(r.meta["split"] for r in recs) == ["train"] * 4 + ["validation"] * 4
