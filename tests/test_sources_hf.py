@@ -12,7 +12,8 @@ from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 datasets = pytest.importorskip("datasets")
 
 # the published columns (bigscience/P3, the FLAN collection exports, Muennighoff/natural-instructions)
-P3 = {"inputs": [[1, 2], [3]], "inputs_pretokenized": ["Pick the cause:\n- rain\n- sun", "Pick the effect:\n- wet\n- dry"],
+P3 = {"inputs": [[1, 2], [3]],
+      "inputs_pretokenized": ["Pick the cause:\n- rain\n- sun", "Pick the effect:\n- wet\n- dry"],
       "targets": [[4], [5]], "targets_pretokenized": ["rain", "wet"],
       "answer_choices": [["rain", "sun"], ["wet", "dry"]]}
 FLAN = {"inputs": ["Is it red?\n\nOPTIONS:\n- yes\n- no", "Translate: hallo"], "targets": ["yes", "hello"],

@@ -7,9 +7,9 @@ dropped; (c) for every (training task, evaluation task) pair, the fraction of ev
 that share any n-gram (13 by default) with the training task is reported, optionally dropping the
 flagged training tasks (the paper examined every pair above 1% by hand and removed one task of each
 confirmed pair); the pairs go to a JSONL file a person reviews, with the overlapping evaluation
-instances, and `allowed_pairs` keeps the pairs a review cleared. (c) hashes every n-gram once (numpy rolling hash over interned token ids)
-and joins all evaluation n-grams against one sorted array of all training n-grams, so the cost is
-linear in the text, not in the number of task pairs.
+instances, and `allowed_pairs` keeps the pairs a review cleared. (c) hashes every n-gram once
+(numpy rolling hash over interned token ids) and joins all evaluation n-grams against one sorted
+array of all training n-grams, so the cost is linear in the text, not in the number of task pairs.
 """
 from __future__ import annotations
 

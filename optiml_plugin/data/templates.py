@@ -2,9 +2,10 @@
 
 Why: the paper (§2.2, §2.4) puts the instruction before the input, appends FLAN's `OPTIONS:` block
 for tasks with candidates where the source format has one (records with `options_block`; a
-PromptSource prompt is the template's own text, which words its choices itself), and adds an output delimiter drawn at random per example unless the prompt
-already ends with ':'. The draw is a pure function of (seed, task, id), so a bench is byte-identical for
-a seed whatever order records arrive in.
+PromptSource prompt is the template's own text, which words its choices itself), and adds an
+output delimiter drawn at random per example unless the prompt already ends with ':'. The draw is a
+pure function of (seed, task, id), so a bench is byte-identical for a seed whatever order records
+arrive in.
 """
 from __future__ import annotations
 

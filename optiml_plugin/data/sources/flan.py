@@ -45,7 +45,8 @@ def row_builder(spec: SourceSpec) -> Tuple[TaskOf, Build]:
         meta = {"task_source": row["task_source"]} if isinstance(row.get("task_source"), str) else {}
         return Record(benchmark=spec.benchmark or DEFAULT_BENCHMARK, task=task, instruction="",
                       input=inputs, outputs=outputs_value(targets), candidates=candidates_value(options),
-                      options_block=_needs_options_block(row, inputs), meta=meta, **row_fields(row, spec, path, line, task))
+                      options_block=_needs_options_block(row, inputs), meta=meta,
+                      **row_fields(row, spec, path, line, task))
 
     return _flan_task, build
 
