@@ -40,8 +40,9 @@ def test_p3_save_to_disk_dataset_dict_groups_templates_and_keeps_splits(tmp_path
     assert sorted({r.meta["split"] for r in records}) == ["train", "validation"]
     assert records[0].candidates == ("rain", "sun") and "OPTIONS" not in render(records[0], 0).src
     assert records[0].meta["path"].endswith("super_glue_copa_best_option/train")
-    train_only, _ = _load({"type": "datasets", "format": "p3", "path": str(tmp_path), "splits": "train"})
-    assert len(train_only) == 4
+    train_only, _ = _load({"type": "datasets", "format": "p3", "path": str(tmp_path / "super_glue_*"),
+                           "splits": "train"})
+    assert len(train_only) == 4 and {r.task for r in train_only} == {"super_glue_copa"}
     with pytest.raises(ConfigError, match="splits nope not found"):
         _load({"type": "datasets", "format": "p3", "path": str(tmp_path), "splits": ["nope"]})
 

@@ -18,14 +18,15 @@ file (as the other loaders do) or the hub config. Every record keeps its split i
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.sources import flan, generic, p3
-from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, file_stem, release_split,
-                                             resolve_paths)
+from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, file_stem, has_suffix,
+                                             release_split, resolve_paths)
 from optiml_plugin.data.sources.tabular import PARQUET_SUFFIXES, iter_rows, rows_records
 from optiml_plugin.errors import BadRecordPolicy, ConfigError, OptimlError
 
@@ -78,17 +79,22 @@ def locate(spec: Mapping[str, Any], base_dir: Path) -> Tuple[str, Tuple[Path, ..
 
 
 def _resolve(path: str, base_dir: Path) -> Tuple[Path, ...]:
-    """`save_to_disk` folders (outermost ones) and the `.arrow`/`.parquet` files outside them."""
+    """`save_to_disk` folders (outermost ones) and the `.arrow`/`.parquet` files outside them, in
+    `path` or in what its glob matches."""
     p = Path(path).expanduser()
     p = p if p.is_absolute() else Path(base_dir) / p
-    if p.is_dir():
-        saved = {f.parent for marker in _SAVED_MARKERS for f in p.rglob(marker)}
-        roots = sorted(d for d in saved if not any(o in d.parents for o in saved))
-        if roots:
-            loose = [f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(SUFFIXES)
-                     and not any(r in f.parents for r in roots)]
-            return tuple(sorted(roots + loose))
-    return resolve_paths(path, base_dir, SUFFIXES)
+    tops = [Path(m) for m in glob.glob(str(p), recursive=True)] if set("*?[") & set(str(p)) else [p]
+    found = set()
+    for top in tops:
+        if top.is_file() and has_suffix(top, SUFFIXES):
+            found.add(top)
+        elif top.is_dir():
+            saved = {f.parent for marker in _SAVED_MARKERS for f in top.rglob(marker)}
+            roots = {d for d in saved if not any(o in d.parents for o in saved)}
+            found |= roots
+            found |= {f for f in top.rglob("*") if f.is_file() and has_suffix(f, SUFFIXES)
+                      and not any(r == f.parent or r in f.parents for r in roots)}
+    return tuple(sorted(found)) if found else resolve_paths(path, base_dir, SUFFIXES)
 
 
 def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
