@@ -82,16 +82,21 @@ def row_builder(spec: SourceSpec) -> Tuple[TaskOf, Build]:
     if not isinstance(prefixes, (list, tuple)) or not all(isinstance(p, str) and p for p in prefixes):
         raise ConfigError(f"source '{spec.path}': 'dataset_prefixes' must be a list of names")
 
+    known: Dict[Tuple[str, str], Tuple[str, str, str]] = {}  # a file holds few distinct names
+
     def names(row: Dict[str, Any], path: Path) -> Tuple[Any, Any, str]:
         """(per-template task name, task after grouping, template)."""
         own = task_name(row, spec, path, TASK_KEYS)
         template = next((row[k] for k in TEMPLATE_KEYS if isinstance(row.get(k), str)), "")
         if not group or not isinstance(own, str):
             return own, own, template
-        dataset, template = dataset_and_template(own, template, prefixes)
-        if own == dataset and template:  # the row names its dataset: rebuild P3's per-template name
-            own = f"{own}_{clean_name(template)}"
-        return own, dataset, template
+        found = known.get((own, template))
+        if found is None:
+            dataset, named = dataset_and_template(own, template, prefixes)
+            # a row that names its dataset: rebuild P3's per-template name for its id
+            found = (f"{own}_{clean_name(named)}" if own == dataset and named else own, dataset, named)
+            known[(own, template)] = found
+        return found
 
     def task_of(row: Dict[str, Any], _spec: SourceSpec, path: Path) -> Any:
         return names(row, path)[1]
