@@ -98,3 +98,18 @@ def test_p3_hub_snapshot_layout_names_tasks_by_folder(tmp_path):
     recs = list(load_source({"type": "p3", "path": str(tmp_path)}, BadRecordPolicy("error")))
     assert {r.task for r in recs} == {"super_glue_copa"} and len({r.id for r in recs}) == 8
     assert sorted(r.meta["split"] for r in recs) == ["train"] * 4 + ["validation"] * 4
+
+
+def test_p3_score_eval_rows_are_refused(tmp_path):
+    import pytest
+
+    from optiml_plugin.errors import BadRecordError
+    rows = [{"inputs_pretokenized": "q", "targets_pretokenized": t, "is_correct": t == "a", "idx": [0, i]}
+            for i, t in enumerate("ab")]
+    path = tmp_path / "super_glue_copa_best_option_score_eval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(BadRecordError, match=r"score_eval\.jsonl:1: field 'is_correct'.*score_eval_row"):
+        list(load_source({"type": "p3", "path": str(path)}, BadRecordPolicy("error")))
+    policy = BadRecordPolicy("skip")
+    assert list(load_source({"type": "p3", "path": str(path)}, policy)) == []
+    assert policy.skipped == {"score_eval_row": 2}

@@ -102,6 +102,11 @@ def row_builder(spec: SourceSpec) -> Tuple[TaskOf, Build]:
         return names(row, path)[1]
 
     def build(row: Dict[str, Any], path: Path, line: int, task: Any, gate: RecordGate) -> Optional[Record]:
+        if "is_correct" in row:
+            gate.bad(path, line, "is_correct", "score_eval_row",
+                     "a P3 *_score_eval row repeats its example once per answer choice, wrong ones "
+                     "included; leave the *_score_eval exports out of the source")
+            return None
         pair = inputs_and_targets(row, path, line, gate)
         if pair is None:
             return None
