@@ -84,16 +84,25 @@ def test_bad_rows_name_the_location_and_are_counted_when_skipping(tmp_path):
     assert len(records) == 1 and policy.read == 2 and policy.skipped == {"empty_field": 1}
 
 
-def test_hub_dataset_by_name_loads_offline(tmp_path, monkeypatch):
+def test_hub_dataset_by_name_loads_offline_from_the_cache(tmp_path):
+    """A cache entry in the layout `load_dataset` writes (`<cache>/<user>___<name>/default/...`,
+    `<name>-<split>.arrow`), made here by loading a local folder and renaming its entry to a hub id;
+    nothing is downloaded."""
     data = tmp_path / "my_flan"
     data.mkdir()
     (data / "train.jsonl").write_text("".join(json.dumps(
         {k: FLAN[k][i] for k in FLAN}) + "\n" for i in range(2)), encoding="utf-8")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    records, _ = _load({"type": "datasets", "format": "flan", "name": str(data)})
+    cache = tmp_path / "cache"
+    datasets.load_dataset(str(data), cache_dir=str(cache))
+    (cache / "my_flan").rename(cache / "someone___flan_export")
+    for arrow in (cache / "someone___flan_export").rglob("my_flan-*.arrow"):
+        arrow.rename(arrow.with_name(arrow.name.replace("my_flan", "flan_export")))
+    records, _ = _load({"type": "datasets", "format": "flan", "name": "someone/flan_export",
+                        "cache_dir": str(cache)})
     assert [r.meta["split"] for r in records] == ["train", "train"] and records[1].task == "wmt16_translate_de-en"
     with pytest.raises(Exception, match="could not be loaded offline"):
-        _load({"type": "datasets", "format": "flan", "name": "no-such-user/no-such-dataset"})
+        _load({"type": "datasets", "format": "flan", "name": "no-such-user/no-such-dataset",
+               "cache_dir": str(cache)})
 
 
 @pytest.mark.parametrize("entry,needle", [
@@ -102,6 +111,8 @@ def test_hub_dataset_by_name_loads_offline(tmp_path, monkeypatch):
     ({"format": "p3", "path": "x", "name": "y"}, "either 'path'"),
     ({"format": "p3", "name": "y", "columns": {"input": 3}}, "'columns' must map"),
     ({"format": "p3", "name": "y", "bogus": 1}, "unknown key 'bogus'"),
+    ({"format": "p3", "name": "y", "cache_dir": "/no/such/dir"}, "is not a folder"),
+    ({"format": "p3", "path": ".", "cache_dir": "."}, "goes with 'name'"),
 ])
 def test_entry_errors(entry, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -9,10 +9,11 @@ laid out otherwise. The `sni` format is the generic row read from the SNI mirror
 (`task_name`, `definition`, `inputs`, `targets`, `id`) with benchmark `niv2`.
 
 `path` is a `save_to_disk` folder (a Dataset or a DatasetDict), an `.arrow`/`.parquet` file, or a
-folder holding any of these; `name` (with `config`, one name or a list) instead loads a hub dataset
-from the local cache, offline unless `HF_HUB_OFFLINE` (or `HF_DATASETS_OFFLINE`) is set to 0. `splits`
-restricts the splits read. A location without a task column names the task: the saved folder, the
-file (as the other loaders do) or the hub config. Every record keeps its split in `meta["split"]`.
+folder holding any of these; `name` (with `config`, one name or a list, and `cache_dir` when the
+cache is not the default one) instead loads a hub dataset from the local cache, offline unless
+`HF_HUB_OFFLINE` (or `HF_DATASETS_OFFLINE`) is set to 0. `splits` restricts the splits read. A
+location without a task column names the task: the saved folder, the file (as the other loaders
+do) or the hub config. Every record keeps its split in `meta["split"]`.
 `datasets` is imported only when this source is used (`pip install 'optiml[hf]'`).
 """
 from __future__ import annotations
@@ -30,8 +31,8 @@ from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, file_stem, 
 from optiml_plugin.data.sources.tabular import PARQUET_SUFFIXES, iter_rows, rows_records
 from optiml_plugin.errors import BadRecordPolicy, ConfigError, OptimlError
 
-KEYS = ("format", "columns", "name", "config", "splits", "task", "dataset_prefixes", "group_templates",
-        "instruction", "options_block")
+KEYS = ("format", "columns", "name", "config", "cache_dir", "splits", "task", "dataset_prefixes",
+        "group_templates", "instruction", "options_block")
 SUFFIXES = (".arrow",) + PARQUET_SUFFIXES
 DEFAULT_BENCHMARK = None  # the format's: p3 promptsource, flan flan, sni niv2, generic per row
 _BATCH = 4096
@@ -72,7 +73,18 @@ def locate(spec: Mapping[str, Any], base_dir: Path) -> Tuple[str, Tuple[Path, ..
     if name is not None:
         if not isinstance(name, str) or not name.strip():
             raise ConfigError(f"source entry {dict(spec)!r}: 'name' must be a dataset name")
-        return name, ()
+        cache = spec.get("cache_dir")
+        if cache is None:
+            return name, ()
+        if not isinstance(cache, str) or not cache.strip():
+            raise ConfigError(f"source entry {dict(spec)!r}: 'cache_dir' must be a folder")
+        folder = Path(cache).expanduser()
+        folder = folder if folder.is_absolute() else Path(base_dir) / folder
+        if not folder.is_dir():
+            raise ConfigError(f"source entry {dict(spec)!r}: 'cache_dir' {folder} is not a folder")
+        return name, (folder,)  # with `name`, the one location is the datasets cache to read
+    if spec.get("cache_dir") is not None:
+        raise ConfigError(f"source entry {dict(spec)!r}: 'cache_dir' goes with 'name', not 'path'")
     if not isinstance(path, str) or not path.strip():
         raise ConfigError(f"source entry {dict(spec)!r}: 'path' must be a file, folder or glob")
     return path, _resolve(path, base_dir)
@@ -134,10 +146,11 @@ Location = Tuple[Path, str, Optional[str], List[str], Rows]
 def _locations(spec: SourceSpec, wanted: Optional[List[str]], policy: BadRecordPolicy
                ) -> Iterator[Location]:
     """(path shown in errors, default task, split, column names, rows) of every split read."""
-    if not spec.files:  # a hub dataset by name, from the local cache
+    if spec.option("name") is not None:  # a hub dataset by name, from the local cache
+        cache = str(spec.files[0]) if spec.files else None
         for config in _names(spec.option("config")) or [None]:
             task = config or spec.path.rstrip("/").split("/")[-1]
-            for split, ds in _splits(_load_cached(spec.path, config), wanted):
+            for split, ds in _splits(_load_cached(spec.path, config, cache), wanted):
                 yield Path(spec.path) / (config or "") / split, task, split, list(ds.column_names), _ds_rows(ds)
         return
     for path in spec.files:
@@ -190,7 +203,7 @@ def _datasets() -> Any:
     return datasets
 
 
-def _load_cached(name: str, config: Optional[str]) -> Any:
+def _load_cached(name: str, config: Optional[str], cache_dir: Optional[str]) -> Any:
     """A hub dataset from the local cache only: offline unless the environment says otherwise."""
     datasets = _datasets()
     if os.environ.get("HF_HUB_OFFLINE", os.environ.get("HF_DATASETS_OFFLINE", "1")).upper() in _TRUE:
@@ -202,7 +215,7 @@ def _load_cached(name: str, config: Optional[str]) -> Any:
             if hasattr(datasets.config, flag):
                 setattr(datasets.config, flag, True)
     try:
-        return datasets.load_dataset(name, config)
+        return datasets.load_dataset(name, config, cache_dir=cache_dir)
     except OptimlError:
         raise
     except Exception as e:  # datasets raises many types for a dataset that is not in the cache
