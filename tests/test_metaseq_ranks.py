@@ -1,4 +1,5 @@
-"""The plugin in real metaseq with two ranks on CPU: model parallel 2 equals model parallel 1.
+"""The plugin in real metaseq with two ranks on CPU: model parallel 2 equals model parallel 1, and
+packed rows equal examples alone.
 
 Runs only where metaseq is importable (see docs/metaseq.md for the environment); each rank is a
 process started with the CPU stand-ins of tests/metaseq_cpu. The loss, the per-benchmark sums and
@@ -57,7 +58,7 @@ def _run(bench: Path, bpe: Path, out: Path, world: int, extra: List[str]) -> Lis
             "--criterion", "target_only_cross_entropy", "--vocab-filename", str(bpe / "gpt2-vocab.json"),
             "--merges-filename", str(bpe / "gpt2-merges.txt"), "--tokens-per-sample", "128", "--eps", "64",
             "--arch", "transformer_lm_gpt2_tiny", "--decoder-layers", "2", "--decoder-embed-dim", "64",
-            "--decoder-ffn-embed-dim", "128", "--decoder-attention-heads", "2", "--self-attn-doc-sep", "2",
+            "--decoder-ffn-embed-dim", "128", "--decoder-attention-heads", "2",
             "--share-decoder-input-output-embed", "--decoder-learned-pos", "--cpu",
             "--distributed-world-size", str(world), "--distributed-backend", "gloo",
             "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--distributed-no-spawn",
@@ -79,6 +80,9 @@ def test_model_parallel_2_equals_1(bench: Path, opt_bpe_dir: Path, tmp_path: Pat
     one = _run(bench, opt_bpe_dir, tmp_path / "mp1", 1, extra)[0]
     two = _run(bench, opt_bpe_dir, tmp_path / "mp2", 2, extra + ["--model-parallel-size", "2"])
     assert [r["mp_size"] for r in two] == [2, 2]
+    # documents come from segment ids alone (no --self-attn-doc-sep): packed rows score every target
+    # token as each example does alone in a row of its own
+    assert max(r["packed_vs_alone"] for r in [one, *two]) < 1e-5
     for rank in two:
         assert rank["loss"] == pytest.approx(one["loss"], rel=1e-5)
         assert rank["benchmarks"] == pytest.approx(one["benchmarks"], rel=1e-5)

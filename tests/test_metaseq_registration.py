@@ -36,12 +36,12 @@ def test_dictionary_is_padded_to_a_multiple_of_8():
     assert len(d) == 50272 and (d.bos(), d.pad(), d.eos(), d.unk()) == (0, 1, 2, 3)
 
 
-def test_model_without_doc_sep_is_refused():
+def test_xformers_attention_is_refused_with_document_masking():
     from optiml_plugin.errors import ConfigError
     from optiml_plugin.metaseq.options import check_model_cfg
 
-    with pytest.raises(ConfigError, match="--self-attn-doc-sep 2"):
-        check_model_cfg(Namespace(self_attn_doc_sep=-1, attn_variant="default"), True)
+    with pytest.raises(ConfigError, match="--attn-variant default"):
+        check_model_cfg(Namespace(self_attn_doc_sep=-1, attn_variant="xformers_default"), True)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_task_setup_batches_and_criterion_through_metaseq(metaseq_cfg):
             self.emb = torch.nn.Embedding(vocab, 8)
             self.out = torch.nn.Linear(8, vocab)
 
-        def forward(self, src_tokens):
+        def forward(self, src_tokens, segment_ids=None):
             return (self.out(self.emb(src_tokens)),)
 
     criterion = task.build_criterion(cfg.criterion)
@@ -111,14 +111,14 @@ def test_task_setup_batches_and_criterion_through_metaseq(metaseq_cfg):
     assert state["optiml_pipeline"]["ranks"][0]["stream"]["next_index"] > 0
 
 
-def test_task_refuses_a_model_without_document_masking(metaseq_cfg):
+def test_task_refuses_xformers_attention(metaseq_cfg):
     from metaseq import tasks
     from omegaconf import OmegaConf
 
     from optiml_plugin.errors import ConfigError
 
     task = tasks.setup_task(metaseq_cfg.task)
-    no_sep = OmegaConf.create(OmegaConf.to_container(metaseq_cfg.model))
-    no_sep.self_attn_doc_sep = -1
-    with pytest.raises(ConfigError, match="--self-attn-doc-sep 2"):
-        task.build_model(no_sep)
+    xformers = OmegaConf.create(OmegaConf.to_container(metaseq_cfg.model))
+    xformers.attn_variant = "xformers_default"
+    with pytest.raises(ConfigError, match="--attn-variant default"):
+        task.build_model(xformers)

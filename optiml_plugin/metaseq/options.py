@@ -20,8 +20,7 @@ from optiml_plugin.data.tokenizer import EOS_ID
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.loss import NORMALIZE
 
-# metaseq's `UNSPECIFIED_DOC_SEP` and the attention variant whose kernel ignores `attn_mask`
-UNSPECIFIED_DOC_SEP = -1
+# the attention variant whose kernel ignores `attn_mask`
 XFORMERS_VARIANT = "xformers_default"
 # `--valid-subset valid` (metaseq's default) stands for every validation split of the bench
 VALID_ALIAS = "valid"
@@ -157,21 +156,17 @@ def check_resumable(ddp_backend: Any, data_parallel_size: int) -> None:
             "rank saves its shard and its stream state, or one data-parallel rank.")
 
 
-def check_model_cfg(model_cfg: Any, document_masking: bool, eod: int = EOS_ID) -> None:
-    """Refuse a model that would not apply the per-example attention mask the data relies on."""
-    doc_sep = getattr(model_cfg, "self_attn_doc_sep", UNSPECIFIED_DOC_SEP)
-    doc_sep = UNSPECIFIED_DOC_SEP if doc_sep is None else int(doc_sep)
+def check_model_cfg(model_cfg: Any, document_masking: bool) -> None:
+    """Refuse a model that would not apply the per-example attention mask the data relies on.
+
+    The mask and positions come from the batch's segment ids (`segment_attention`), so
+    `--self-attn-doc-sep` is not needed (with 2, as in the paper's run names, metaseq's own doc-sep
+    positions and mask are computed and then replaced); the xformers kernel takes no mask at all.
+    """
     variant = str(getattr(model_cfg, "attn_variant", "default") or "default")
     variant = getattr(variant, "value", variant)
-    if not document_masking:
-        return
-    if doc_sep != eod:
+    if document_masking and variant == XFORMERS_VARIANT:
         raise ConfigError(
-            f"document masking is on but the model has --self-attn-doc-sep {doc_sep}: packed examples "
-            f"would attend to each other. Add --self-attn-doc-sep {eod} (or pass --no-document-masking "
-            "to train with plain causal attention across packed examples).")
-    if variant == XFORMERS_VARIANT:
-        raise ConfigError(
-            f"--attn-variant {XFORMERS_VARIANT} ignores the --self-attn-doc-sep mask (xformers runs with "
-            "a plain causal bias), so packed examples would attend to each other. Use "
-            "--attn-variant default.")
+            f"--attn-variant {XFORMERS_VARIANT} runs with a plain causal bias and ignores the document mask, "
+            "so packed examples would attend to each other. Use --attn-variant default (or pass "
+            "--no-document-masking to train with plain causal attention across packed examples).")

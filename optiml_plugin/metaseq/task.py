@@ -29,6 +29,7 @@ from optiml_plugin.loss import NORMALIZE
 from optiml_plugin.metaseq.iterator import PipelineEpochIterator
 from optiml_plugin.metaseq.options import (DEFAULT_VALID_SPLITS, check_model_cfg, check_resumable,
                                            check_update_freq, settings_from_cfg)
+from optiml_plugin.metaseq.segment_attention import use_segment_masks
 from optiml_plugin.metaseq.wiring import (TrainData, benchmark_names, build_train_data, build_valid_samples,
                                           load_tokenizer, open_bench, train_iterator, valid_iterator)
 
@@ -137,14 +138,13 @@ class InstructionMetaLearningTask(LegacyTask):
         return cls(args)
 
     def build_model(self, args: Any) -> Any:
-        check_model_cfg(args, self.settings.document_masking, self.eod)
+        check_model_cfg(args, self.settings.document_masking)
         if distributed_utils.get_model_parallel_world_size() > 1:
             args = sharded_logits_cfg(args)
-        return super().build_model(args)
-
-    @property
-    def _check_sep(self) -> Optional[int]:
-        return self.eod if self.settings.document_masking else None
+        model = super().build_model(args)
+        if self.settings.document_masking:
+            use_segment_masks(model.decoder)
+        return model
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs: Any) -> None:
         rank = distributed_utils.get_data_parallel_rank()
@@ -158,7 +158,8 @@ class InstructionMetaLearningTask(LegacyTask):
         else:
             bsz = int(self.args.batch_size_valid or self.args.batch_size)
             samples = build_valid_samples(self.settings, self.bench, self.tokenizer, split, bsz, rank,
-                                          world, self.benchmarks, self._check_sep)
+                                          world, self.benchmarks,
+                                          self.settings.document_masking)
             logger.info("valid subset %s: %d batches of %d rows on this rank", split, len(samples), bsz)
             self.datasets[split] = samples
 
@@ -192,7 +193,8 @@ class InstructionMetaLearningTask(LegacyTask):
         if (num_shards, shard_id) != (dataset.stream.world_size, dataset.rank):
             raise ValueError(f"batch iterator shard {shard_id}/{num_shards} differs from the data-parallel "
                              f"rank {dataset.rank}/{dataset.stream.world_size} the stream was built for")
-        return train_iterator(dataset, self.dictionary.pad(), self._check_sep, epoch=epoch, gather=self._gather)
+        return train_iterator(dataset, self.dictionary.pad(), self.settings.document_masking, epoch=epoch,
+                              gather=self._gather)
 
     def max_positions(self) -> int:
         return int(self.args.tokens_per_sample)

@@ -64,14 +64,14 @@ class TrainData:
                     "%d held examples, no replay", self.rank, self.stream.next_index,
                     int(self.batches.stats.blocks), self.batches.held_examples)
 
-    def samples(self, pad: int, check_sep: Optional[int]) -> Iterator[Dict[str, Any]]:
+    def samples(self, pad: int, document_masking: bool) -> Iterator[Dict[str, Any]]:
         """metaseq samples, endlessly; `id` numbers this rank's rows (continued across a resume:
         the pipeline's block count is part of its state)."""
         for batch in self.batches:
             rows = int(batch["input_ids"].shape[0])
             end = int(self.batches.stats.blocks)
             ids = torch.arange(end - rows, end, dtype=torch.long)
-            yield to_metaseq_sample(batch, ids, pad=pad, check_sep=check_sep)
+            yield to_metaseq_sample(batch, ids, pad=pad, document_masking=document_masking)
 
 
 def build_train_data(settings: AdapterSettings, bench: Bench, tokenizer: OptTokenizer, batch_size: int,
@@ -94,12 +94,12 @@ def benchmark_names(settings: AdapterSettings, bench: Bench) -> List[str]:
     return list(Mixture.from_bench(bench, settings.mixture, split="train").benchmarks)
 
 
-def train_iterator(train: TrainData, pad: int, check_sep: Optional[int], epoch: int = 1,
+def train_iterator(train: TrainData, pad: int, document_masking: bool, epoch: int = 1,
                    gather: Optional[Callable[[Dict[str, Any]], Optional[List[Dict[str, Any]]]]] = None
                    ) -> PipelineEpochIterator:
     """metaseq's epoch iterator over the endless training pipeline; its state is the pipeline's."""
     return PipelineEpochIterator(
-        endless(lambda: train.samples(pad, check_sep)), length=0, get_state=train.batches.state_dict,
+        endless(lambda: train.samples(pad, document_masking)), length=0, get_state=train.batches.state_dict,
         set_state=train.restore, gather=gather, rank=train.rank,
         world_size=train.stream.world_size, epoch=epoch, dataset=train)
 
@@ -111,10 +111,10 @@ def valid_iterator(samples: List[Dict[str, Any]]) -> PipelineEpochIterator:
 
 def build_valid_samples(settings: AdapterSettings, bench: Bench, tokenizer: OptTokenizer, subset: str,
                         batch_size: int, rank: int, world_size: int, benchmarks: List[str],
-                        check_sep: Optional[int]) -> List[Dict[str, Any]]:
+                        document_masking: bool) -> List[Dict[str, Any]]:
     """This rank's samples of one `--valid-subset` (in order, first N examples per task)."""
     splits = resolve_valid_subset(subset, settings, bench.splits())
     blocks = validation_blocks(bench, splits, tokenizer, settings.packing,
                                settings.max_valid_examples_per_task, benchmarks)
     return shard_validation(blocks, batch_size, rank, world_size, settings.packing.block_size,
-                            check_sep=check_sep, pad=tokenizer.pad_id)
+                            document_masking=document_masking, pad=tokenizer.pad_id)

@@ -31,6 +31,7 @@ def _main(cfg: Any) -> None:
     loss, size, log = criterion(model, sample)
     (loss / size).backward()
     out: Dict[str, Any] = {
+        "packed_vs_alone": _packed_vs_alone(model, sample, criterion.padding_idx),
         "loss": float(loss) / float(size), "sample_size": float(size),
         "benchmarks": {k: float(v) for k, v in log.items() if k.startswith(("bnll_", "btgt_"))},
         "params": {n: p.detach().clone() for n, p in model.named_parameters()},
@@ -38,6 +39,38 @@ def _main(cfg: Any) -> None:
         "mp_rank": dist_utils.get_model_parallel_rank(), "mp_size": dist_utils.get_model_parallel_world_size(),
     }
     torch.save(out, os.path.join(os.environ["OPTIML_GRAD_OUT"], f"rank{dist_utils.get_global_rank()}.pt"))
+
+
+def _target_nll(model: Any, net_input: Dict[str, Any], target: torch.Tensor, pad: int) -> torch.Tensor:
+    from metaseq.distributed import utils as dist_utils
+
+    from optiml_plugin.metaseq.lossmath import target_nll
+
+    rank, group = 0, None
+    if dist_utils.get_model_parallel_world_size() > 1:
+        rank, group = dist_utils.get_model_parallel_rank(), dist_utils.get_model_parallel_group()
+    return target_nll(model(**net_input)[0], target, target.ne(pad), rank, group)
+
+
+@torch.no_grad()
+def _packed_vs_alone(model: Any, sample: Dict[str, Any], pad: int) -> float:
+    """Largest |NLL difference| of any target token between the packed rows and each example alone
+    in a row of its own (position 0 on, padding after): document masking and positions are exact."""
+    model.eval()
+    src, target, seg = sample["net_input"]["src_tokens"], sample["target"], sample["segment_ids"]
+    packed = _target_nll(model, sample["net_input"], target, pad)
+    rows, width = [], src.shape[1]
+    for r in range(src.shape[0]):
+        for s in range(1, int(seg[r].max()) + 1):
+            keep = seg[r] == s
+            n = int(keep.sum())
+            row = [torch.full((width,), pad, dtype=src.dtype) for _ in range(2)] + [torch.zeros(width, dtype=seg.dtype)]
+            row[0][:n], row[1][:n], row[2][:n] = src[r][keep], target[r][keep], 1
+            rows.append(row)
+    alone_src, alone_tgt, alone_seg = (torch.stack([row[i] for row in rows]) for i in range(3))
+    alone = _target_nll(model, {"src_tokens": alone_src, "segment_ids": alone_seg}, alone_tgt, pad)
+    model.train()
+    return float((packed - alone).abs().max())
 
 
 def main(argv: list) -> None:
