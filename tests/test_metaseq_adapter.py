@@ -113,6 +113,7 @@ def test_metaseq_sample_format():
     assert set(plain["net_input"]) == {"src_tokens"}
 
 
+@pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     root = make_bench(tmp_path_factory.mktemp("bench"), [
         {"benchmark": "niv2", "category": "qa", "task": "a", "n": 40},

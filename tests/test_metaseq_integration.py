@@ -14,7 +14,7 @@ from optiml_plugin.data.stream import ExampleStream
 from optiml_plugin.loss import target_cross_entropy
 from optiml_plugin.metaseq import lossmath, options, wiring
 
-PAD, EOS = 1, 2
+PAD = 1
 BATCH = 3
 
 
@@ -43,7 +43,7 @@ def setup(tmp_path_factory, opt_bpe_dir):
 def make_train(setup, seed=7):
     settings, bench, tokenizer = setup
     train = wiring.build_train_data(settings, bench, tokenizer, BATCH, seed)
-    return train, wiring.train_iterator(train, PAD, EOS)
+    return train, wiring.train_iterator(train, PAD, True)
 
 
 def test_train_samples_are_the_core_batches_in_metaseq_format(setup):
@@ -124,7 +124,7 @@ def test_stop_save_resume_gives_the_same_following_batches(setup):
 def test_validation_subsets_are_in_order_capped_and_never_resampled(setup):
     settings, bench, tokenizer = setup
     names = wiring.benchmark_names(settings, bench)
-    samples = wiring.build_valid_samples(settings, bench, tokenizer, "valid", 2, 0, 1, names, EOS)
+    samples = wiring.build_valid_samples(settings, bench, tokenizer, "valid", 2, 0, 1, names, True)
     n_rows = sum(int(s["net_input"]["src_tokens"].shape[0]) for s in samples)
     # first 6 of task c (9 rows), all 4 of task d: 10 examples, each once, ending with </s>
     n_examples = sum(int(s["segment_ids"].max(dim=1).values.sum()) for s in samples)
@@ -132,10 +132,10 @@ def test_validation_subsets_are_in_order_capped_and_never_resampled(setup):
     first = wiring.valid_iterator(samples)
     passes = [[s["net_input"]["src_tokens"] for s in first.next_epoch_itr(shuffle=True)] for _ in range(2)]
     assert len(passes[0]) == len(samples) and all(a.equal(b) for a, b in zip(*passes))
-    again = wiring.build_valid_samples(settings, bench, tokenizer, "valid_heldout_tasks", 2, 0, 1, names, EOS)
+    again = wiring.build_valid_samples(settings, bench, tokenizer, "valid_heldout_tasks", 2, 0, 1, names, True)
     assert all(a["target"].equal(b["target"]) for a, b in zip(samples, again))
     # two data-parallel ranks see the same number of batches and, together, every target token once
-    ranks = [wiring.build_valid_samples(settings, bench, tokenizer, "valid", 2, r, 2, names, EOS) for r in (0, 1)]
+    ranks = [wiring.build_valid_samples(settings, bench, tokenizer, "valid", 2, r, 2, names, True) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1])
     assert sum(s["ntokens_target"] for r in ranks for s in r) == sum(s["ntokens_target"] for s in samples)
     # benchmark ids are the training mixture's
