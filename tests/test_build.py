@@ -79,7 +79,7 @@ def test_sni_bench_levels_decontamination_and_accounting(sni_dir, tmp_path):
     assert acc["kept"] == sum(len(bench.reader(tf)) for s in SPLITS for tf in bench.task_files(s))
     row = bench.read(bench.task_files("test_heldout_categories")[0], 0)
     assert list(row) == ["id", "benchmark", "category", "task", "split", "src", "tgt", "references",
-                         "candidates", "instruction", "input", "template", "language"]
+                         "candidates", "instruction", "input", "template", "language", "output_language"]
     assert row["tgt"] == row["references"][0] and row["src"].startswith(row["instruction"].strip()[:20])
 
 

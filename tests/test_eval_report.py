@@ -68,3 +68,27 @@ def test_bad_rows_name_file_line_and_field(tmp_path, model_dir, capsys):
 def test_cli_refuses_missing_arguments(capsys):
     assert main(["eval", "--bench", "x"]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def _set_output_language(bench, task_stem, language):
+    for path in bench.glob(f"*/00/{task_stem}.jsonl"):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for r in rows:
+            r["output_language"] = language
+        write_jsonl_with_index(path, rows)
+
+
+def test_non_english_output_is_scored_on_the_xlingual_track(tmp_path, model_dir, opt_bpe_dir, capsys):
+    bench = S.write_bench(tmp_path / "bench", n=3)
+    _set_output_language(bench, "niv2__translation__task002_translate", "zh")
+    # the tiny model's own 320-token BPE is not GPT-2's: refused with the option to use
+    assert _run(model_dir, bench, tmp_path / "run") == 2
+    assert "--xlingual-bpe" in capsys.readouterr().err
+    assert _run(model_dir, bench, tmp_path / "run", "--xlingual-bpe", str(opt_bpe_dir)) == 0
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["scoring"]["rouge_tracks"] == {"default": 4, "xlingual": 4}
+    assert res["scoring"]["bleu_tokenize"] == {"niv2/task002_translate": "zh"}
+    preds = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    zh = [p for p in preds if p["task"] == "task002_translate"]
+    assert zh and all(p["track"] == "xlingual" and p["output_language"] == "zh" for p in zh)
+    assert {t["track"] for t in res["aggregate"]["instance_means"]["tracks"]} == {"default", "xlingual"}

@@ -46,6 +46,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--scoring", choices=("packed", "separate"), default="packed",
                    help="candidates in one tree-masked row (packed) or one sequence each")
     p.add_argument("--task-groups", default=None, help="JSON file: {sub-task: task} merged by mean")
+    p.add_argument("--xlingual-bpe", default=None,
+                   help="dir with OPT/GPT-2 BPE files for non-English Rouge-L (default: --model)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
     p.add_argument("--on-bad-record", choices=("error", "skip"), default="error")
@@ -88,7 +90,8 @@ def _eval(args: argparse.Namespace) -> int:
                         seed=args.seed, separator=_unescape(args.separator),
                         max_new_tokens=args.max_new_tokens,
                         stop_strings=tuple(_unescape(s) for s in args.stop), task_groups=groups,
-                        scoring=args.scoring, max_length=args.max_length, device=args.device,
+                        scoring=args.scoring, max_length=args.max_length,
+                        xlingual_bpe=args.xlingual_bpe, device=args.device,
                         dtype=args.dtype, on_bad_record=args.on_bad_record,
                         progress=not args.no_progress, charts=not args.no_charts)
     results = evaluate(config)

@@ -513,7 +513,7 @@ def _row(t: _Task, i: int, split: str) -> Dict[str, Any]:
             "src": rendered.src, "tgt": rendered.tgt, "references": list(r.outputs),
             "candidates": None if r.candidates is None else list(r.candidates),
             "instruction": r.instruction, "input": r.input, "template": r.template,
-            "language": r.language}
+            "language": r.language, "output_language": r.meta.get("output_language", r.language)}
 
 
 def _write(config: BuildConfig, tasks: Dict[TaskKey, _Task], plan: _Plan, removed: Counter,
@@ -544,8 +544,12 @@ def _write(config: BuildConfig, tasks: Dict[TaskKey, _Task], plan: _Plan, remove
             splits[split]["tasks"] += 1
             splits[split]["examples"] += n
             kept += n
-        entries.append({"task": key[1], "benchmark": key[0], "category": t.category, "level": level,
-                        "sources": list(t.info().sources), "files": files, "counts": counts})
+        entry = {"task": key[1], "benchmark": key[0], "category": t.category, "level": level,
+                 "sources": list(t.info().sources), "files": files, "counts": counts}
+        positives = t.records[0].meta.get("positive_examples") if t.records else None
+        if positives:  # SNI's k-shot demonstrations (eval/prompts.py)
+            entry["positive_examples"] = positives
+        entries.append(entry)
     skipped = dict(sorted(policy.skipped.items()))
     removed_d = {k: v for k, v in sorted(removed.items()) if v}
     balanced = policy.read == kept + sum(skipped.values()) + sum(removed_d.values())

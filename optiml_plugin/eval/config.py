@@ -22,6 +22,8 @@ class EvalConfig:
     `max_per_task` keeps the first N instances of each task file (SNI's "first 100").
     `task_groups` maps a task name to the task it is a sub-task of (e.g. the 57 MMLU subjects).
     `max_length` caps prompt + continuation tokens (default: the model's position limit).
+    `xlingual_bpe` is a directory with GPT-2/OPT byte-level BPE files for Rouge-L of non-English
+    outputs (SNI's xlingual track); default: the model directory.
     """
 
     model: Any
@@ -41,6 +43,7 @@ class EvalConfig:
     task_level_benchmarks: Tuple[str, ...] = TASK_LEVEL_BENCHMARKS
     scoring: str = "packed"
     max_length: Optional[int] = None
+    xlingual_bpe: Optional[str] = None
     device: Optional[str] = None
     dtype: Optional[str] = None
     on_bad_record: str = "error"
@@ -74,6 +77,7 @@ class EvalConfig:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         out["model"] = (self.model.model_id if isinstance(self.model, Backend) else str(self.model))
         out["bench"] = str(self.bench)
+        out["xlingual_bpe"] = None if self.xlingual_bpe is None else str(self.xlingual_bpe)
         out["out_dir"] = None if self.out_dir is None else str(self.out_dir)
         out["shots"] = list(self.shots)
         out["levels"] = list(self.levels)

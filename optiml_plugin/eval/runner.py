@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from optiml_plugin import __version__
 from optiml_plugin.data.benchfiles import Bench, TaskFile
+from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 from optiml_plugin.eval import metrics as M
 from optiml_plugin.eval.aggregate import aggregate
@@ -186,6 +187,7 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
     max_len = min(config.max_length or backend.max_positions, backend.max_positions)
     prompter = _Prompter(bench, backend, config, max_len)
     records: List[Dict[str, Any]] = []
+    xlingual = XlingualLoader(config)
     bar = tqdm(total=len(chosen) * len(config.shots), desc="eval", unit="inst",
                disable=not config.progress)
     for shots in config.shots:
@@ -205,14 +207,17 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
                             config.batch_size, on_batch=bar.update)
         for (lv, p), ids in zip(generated, outs):
             text = cut_at_stops(backend.decode(ids), config.stop_strings)
-            lang = p.inst.row.get("language")
-            m = {"rougeL": M.rouge_l(text, p.inst.references, lang),
+            lang = output_language(p.inst.row)
+            track = M.track(lang)
+            xl = xlingual() if track == M.XLINGUAL_TRACK else None
+            m = {"rougeL": M.rouge_l(text, p.inst.references, lang, xl),
                  "exact_match": M.exact_match(text, p.inst.references)}
             rec = _record(lv, shots, p, config.split)
-            rec.update(kind="generate", prediction=text, new_tokens=len(ids), score=m["rougeL"], metrics=m)
+            rec.update(kind="generate", prediction=text, new_tokens=len(ids), output_language=lang,
+                       track=track, score=m["rougeL"], metrics=m)
             records.append(rec)
     bar.close()
-    extra = _bleu(records)
+    extra, bleu_tokenize = _bleu(records)
     counts = dict(prompter.counts)
     counts.update(instances=len(chosen), evaluations=len(records),
                   rank=sum(r["kind"] == "rank" for r in records),
@@ -221,6 +226,8 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
     results: Dict[str, Any] = {
         "model_id": backend.model_id, "optiml_version": __version__, "config": config.to_dict(),
         "max_length": max_len, "counts": counts,
+        "scoring": {"rouge_tracks": dict(Counter(r["track"] for r in records if r.get("track"))),
+                    "xlingual_bpe": xlingual.origin, "bleu_tokenize": bleu_tokenize},
         "aggregate": aggregate(records, config.task_groups, extra),
         "elapsed_s": round(time.time() - started, 3)}
     out_dir = Path(config.out_dir) if config.out_dir else default_run_dir(
@@ -231,11 +238,57 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
     return results
 
 
-def _bleu(records: List[Dict[str, Any]]) -> Dict[Tuple[int, str, str, str], Dict[str, float]]:
-    """Corpus BLEU per (shots, level, benchmark, task) for generated translation tasks."""
+def _bleu(records: List[Dict[str, Any]]
+          ) -> Tuple[Dict[Tuple[int, str, str, str], Dict[str, float]], Dict[str, str]]:
+    """Corpus BLEU per (shots, level, benchmark, task) of generated translation tasks, tokenized
+    for the task's output language; and the sacrebleu tokenizer used per `benchmark/task`."""
     groups: Dict[Tuple[int, str, str, str], List[Dict[str, Any]]] = {}
     for r in records:
         if r["kind"] == "generate" and M.is_translation(r["category"]):
             groups.setdefault((r["shots"], r["level"], r["benchmark"], r["task"]), []).append(r)
-    return {k: {"bleu": M.corpus_bleu([r["prediction"] for r in rs], [r["references"] for r in rs])}
-            for k, rs in groups.items()}
+    scores, used = {}, {}
+    for key, rs in groups.items():
+        tok = M.bleu_tokenize(rs[0]["output_language"])
+        used[f"{key[2]}/{key[3]}"] = tok
+        scores[key] = {"bleu": M.corpus_bleu([r["prediction"] for r in rs],
+                                             [r["references"] for r in rs], tokenize=tok)}
+    return scores, used
+
+
+def output_language(row: Dict[str, Any]) -> str:
+    """The language a row's answer is written in (SNI's `Output_language`; else the row's language)."""
+    return row.get("output_language") or row.get("language") or "en"
+
+
+GPT2_VOCAB = 50257
+
+
+class XlingualLoader:
+    """The xlingual track's BPE tokenizer, loaded on first use (English-only runs never need it).
+
+    From `config.xlingual_bpe`, else from the model directory: OPT's own BPE files have GPT-2's
+    tokens and merges, which is what the official scorer splits with.
+    """
+
+    def __init__(self, config: EvalConfig) -> None:
+        model_dir = None if isinstance(config.model, Backend) else config.model
+        self.source = config.xlingual_bpe or model_dir
+        self.origin: Optional[str] = None
+        self._tok: Optional[M.XlingualTokenizer] = None
+
+    def __call__(self) -> M.XlingualTokenizer:
+        if self._tok is None:
+            if self.source is None:
+                raise ConfigError("non-English outputs are scored on SNI's xlingual track, which "
+                                  "splits text with GPT-2 byte-level BPE: set xlingual_bpe "
+                                  "(--xlingual-bpe DIR with OPT's vocab/merges files)")
+            try:
+                tok = OptTokenizer.from_dir(self.source)
+            except ConfigError as err:
+                raise ConfigError(f"xlingual Rouge-L needs GPT-2/OPT byte-level BPE files: {err}; "
+                                  f"pass --xlingual-bpe DIR") from None
+            if tok.vocab_size < GPT2_VOCAB:  # e.g. the demo's small BPE: not the official pieces
+                raise ConfigError(f"xlingual Rouge-L needs GPT-2's byte-level BPE; {tok.origin} has "
+                                  f"{tok.vocab_size} tokens: pass --xlingual-bpe DIR with OPT's files")
+            self._tok, self.origin = M.XlingualTokenizer(tok.pieces), tok.origin
+        return self._tok
