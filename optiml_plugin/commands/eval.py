@@ -40,6 +40,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--max-batch-tokens", type=int, default=8192, help="padded tokens per scoring batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the demonstration draw")
     p.add_argument("--separator", default="\\n\\n", help="between demonstrations (escapes allowed)")
+    p.add_argument("--prompt-format", choices=("paper", "sni"), default="paper",
+                   help="paper: the bench's prompts; sni: Tk-Instruct's rendering for SNI tasks")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable; escapes allowed)")
     p.add_argument("--max-length", type=int, default=None, help="context length (default: model's)")
@@ -88,6 +90,7 @@ def _eval(args: argparse.Namespace) -> int:
                         shots=args.shots, levels=args.levels, max_per_task=args.max_per_task,
                         batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
                         seed=args.seed, separator=_unescape(args.separator),
+                        prompt_format=args.prompt_format,
                         max_new_tokens=args.max_new_tokens,
                         stop_strings=tuple(_unescape(s) for s in args.stop), task_groups=groups,
                         scoring=args.scoring, max_length=args.max_length,

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 from optiml_plugin.data.benchfiles import LEVELS
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.eval.backend import Backend
-from optiml_plugin.eval.prompts import TASK_LEVEL_BENCHMARKS
+from optiml_plugin.eval.prompts import PROMPT_FORMATS, TASK_LEVEL_BENCHMARKS
 
 SPLIT_KINDS = ("valid", "test")
 SCORING_MODES = ("packed", "separate")
@@ -22,6 +22,8 @@ class EvalConfig:
     `max_per_task` keeps the first N instances of each task file (SNI's "first 100").
     `task_groups` maps a task name to the task it is a sub-task of (e.g. the 57 MMLU subjects).
     `max_length` caps prompt + continuation tokens (default: the model's position limit).
+    `prompt_format`: `paper` (the bench's rendering, OPT-IML's placement of demonstrations) or
+    `sni` (Tk-Instruct's rendering for SNI tasks; docs/evaluation.md).
     `xlingual_bpe` is a directory with GPT-2/OPT byte-level BPE files for Rouge-L of non-English
     outputs (SNI's xlingual track); default: the model directory.
     """
@@ -37,6 +39,7 @@ class EvalConfig:
     max_batch_tokens: int = 8192
     seed: int = 0
     separator: str = "\n\n"
+    prompt_format: str = "paper"
     max_new_tokens: int = 256
     stop_strings: Tuple[str, ...] = ()
     task_groups: Dict[str, str] = field(default_factory=dict)
@@ -66,6 +69,8 @@ class EvalConfig:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.scoring not in SCORING_MODES:
             raise ConfigError(f"scoring must be one of {SCORING_MODES}, got {self.scoring!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
         if self.on_bad_record not in ("error", "skip"):
             raise ConfigError(f"on_bad_record must be 'error' or 'skip', got {self.on_bad_record!r}")
         self.shots = tuple(sorted({int(k) for k in self.shots}))

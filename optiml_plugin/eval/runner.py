@@ -21,7 +21,8 @@ from optiml_plugin.eval import metrics as M
 from optiml_plugin.eval.aggregate import aggregate
 from optiml_plugin.eval.backend import Backend
 from optiml_plugin.eval.config import EvalConfig
-from optiml_plugin.eval.prompts import Pool, build_prompt, demo_indices, is_task_level
+from optiml_plugin.eval.prompts import (Demo, Pool, build_prompt, demo_indices, is_task_level,
+                                        positive_demos)
 from optiml_plugin.eval.report import default_run_dir, write_run
 from optiml_plugin.eval.scoring import Tree, cut_at_stops, generate_all, score_separately, score_trees
 
@@ -46,6 +47,7 @@ class Prepared:
     demo_ids: Tuple[str, ...]
     dropped: int
     truncated: bool
+    prompt_format: str
 
 
 def load_backend(config: EvalConfig) -> Backend:
@@ -107,12 +109,23 @@ class _Prompter:
     def __init__(self, bench: Bench, backend: Backend, config: EvalConfig, max_len: int) -> None:
         self.bench, self.backend, self.config, self.max_len = bench, backend, config, max_len
         self.train = {(t.benchmark, t.category, t.task): t for t in bench.task_files("train")}
+        self.positives = {(t["benchmark"], t["category"], t["task"]): t["positive_examples"]
+                          for t in bench.manifest["tasks"] if t.get("positive_examples")}
         self.counts: Counter = Counter()
 
-    def _pool(self, tf: TaskFile) -> Pool:
-        train = self.train.get((tf.benchmark, tf.category, tf.task))
-        src = train if train is not None and train.count > 0 else tf
-        return Pool(size=src.count, get=lambda i, s=src: self.bench.read(s, i), same_file=src is tf)
+    def demos(self, inst: Instance, shots: int, task_level: bool) -> List[Demo]:
+        """SNI's Positive Examples for task-level tasks that have them, else the training pool."""
+        key = (inst.file.benchmark, inst.file.category, inst.file.task)
+        if task_level and key in self.positives:
+            return positive_demos(self.positives[key], shots)
+        train = self.train.get(key)
+        if train is None or train.count == 0:
+            self.counts["no_demo_pool"] += 1
+            return []
+        pool = Pool(size=train.count, get=lambda i: self.bench.read(train, i))
+        idx = demo_indices(pool, shots, self.config.seed, f"{inst.file.benchmark}/{inst.file.task}",
+                           str(inst.row.get("id", inst.index)))
+        return [Demo.from_row(pool.get(j)) for j in idx]
 
     def prepare(self, inst: Instance, shots: int) -> Prepared:
         be, cfg, row = self.backend, self.config, inst.row
@@ -124,14 +137,10 @@ class _Prompter:
             raise ConfigError(f"max_length {self.max_len} leaves no room for a prompt when "
                               f"{reserve} tokens are reserved for the answer "
                               f"({inst.file.path}:{inst.index + 1}); lower --max-new-tokens")
-        demos = []
-        if shots:
-            pool = self._pool(inst.file)
-            idx = demo_indices(pool, shots, cfg.seed, f"{inst.file.benchmark}/{inst.file.task}",
-                               str(row.get("id", inst.index)), inst.index)
-            if len(idx) < shots:
-                self.counts["short_demo_pool"] += 1
-            demos = [pool.get(j) for j in idx]
+        task_level = is_task_level(inst.file.benchmark, cfg.task_level_benchmarks)
+        demos = self.demos(inst, shots, task_level) if shots else []
+        if len(demos) < shots:
+            self.counts["short_demo_pool"] += 1
         cache: Dict[str, List[int]] = {}
 
         def encode(text: str) -> List[int]:
@@ -139,21 +148,24 @@ class _Prompter:
                 cache[text] = be.encode(text.rstrip(" "))
             return cache[text]
 
-        task_level = is_task_level(inst.file.benchmark, cfg.task_level_benchmarks)
-        prompt = build_prompt(row, demos, task_level, cfg.separator, lambda t: len(encode(t)) <= budget)
+        prompt = build_prompt(row, demos, task_level, cfg.prompt_format, cfg.separator,
+                              lambda t: len(encode(t)) <= budget)
         ids = encode(prompt.text)
         truncated = len(ids) > budget
         if truncated:  # left truncation, as the paper trained with
             ids = ids[-budget:]
             self.counts["prompts_truncated"] += 1
         self.counts["demos_dropped"] += prompt.dropped
-        return Prepared(inst, prefix + ids, cand_ids, prompt.demo_ids, prompt.dropped, truncated)
+        self.counts[f"prompts_{prompt.format}"] += 1
+        return Prepared(inst, prefix + ids, cand_ids, prompt.demo_ids, prompt.dropped, truncated,
+                        prompt.format)
 
 
 def _record(level: str, shots: int, p: Prepared, split: str) -> Dict[str, Any]:
     tf, row = p.inst.file, p.inst.row
     return {"id": row.get("id"), "benchmark": tf.benchmark, "category": tf.category, "task": tf.task,
-            "level": level, "split": split, "shots": shots, "demo_ids": list(p.demo_ids),
+            "level": level, "split": split, "shots": shots, "prompt_format": p.prompt_format,
+            "demo_ids": list(p.demo_ids),
             "demos_dropped": p.dropped, "prompt_tokens": len(p.prompt_ids), "truncated": p.truncated,
             "references": list(p.inst.references)}
 
