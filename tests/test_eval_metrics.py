@@ -128,3 +128,18 @@ def test_stop_strings_cut_the_continuation():
     assert cut_at_stops(" yes\n\nQuestion: more", ["\n\n"]) == "yes"
     assert cut_at_stops("\n answer. Next:", ["Next", "."]) == "answer"
     assert cut_at_stops(" plain ", []) == "plain"
+
+
+def test_rank_metrics_paper_and_lm_eval_definitions_side_by_side():
+    cands = ["no", "maybe"]
+    # summed with </s>: "no" -5 > "maybe" -6; without </s>: "no" -4.5 < "maybe" -3;
+    # per character without </s>: "no" -2.25 < "maybe" -0.6
+    m = M.rank_metrics(sums=[-5.0, -6.0], eos=[-0.5, -3.0], candidates=cands, gold=[0])
+    assert m == {"accuracy": 100.0, "lm_eval_acc": 0.0, "lm_eval_acc_norm": 0.0}
+    # acc and acc_norm disagree: without </s> "no" -2.0 > "maybe" -2.5, per character -1.0 < -0.5
+    m = M.rank_metrics(sums=[-2.1, -2.6], eos=[-0.1, -0.1], candidates=cands, gold=[0])
+    assert m == {"accuracy": 100.0, "lm_eval_acc": 100.0, "lm_eval_acc_norm": 0.0}
+    # ties: the paper needs a strict win; lm-eval's argmax takes the first candidate
+    m = M.rank_metrics(sums=[-1.0, -1.0], eos=[0.0, 0.0], candidates=["ab", "cd"], gold=[0])
+    assert m == {"accuracy": 0.0, "lm_eval_acc": 100.0, "lm_eval_acc_norm": 100.0}
+    assert set(M.RANK_METRICS) == set(m)

@@ -46,12 +46,14 @@ def test_packed_scores_equal_separate_scores(be):
         assert a.sums == pytest.approx(b.sums, abs=1e-4)
     # and against a plain forward of the model on each sequence without any custom mask
     t = trees[0]
-    for c, got in zip(t.candidates, packed[0].sums):
+    for c, got, last in zip(t.candidates, packed[0].sums, packed[0].last):
         seq = torch.tensor([t.prompt + c])
         with torch.no_grad():
             lp = be.model(input_ids=seq).logits[0].log_softmax(-1)
         want = sum(float(lp[len(t.prompt) - 1 + j, tok]) for j, tok in enumerate(c))
         assert got == pytest.approx(want, abs=1e-4)
+        assert last == pytest.approx(float(lp[len(t.prompt) + len(c) - 2, c[-1]]), abs=1e-4)
+    assert all(a.last == pytest.approx(b.last, abs=1e-4) for a, b in zip(packed, alone))
 
 
 def _force(be, token_ids):
@@ -77,7 +79,8 @@ def test_rank_classification_with_forced_answer(tmp_path, answer):
     rte = [t for t in res["aggregate"]["benchmark_tasks"] if t["task"] == "rte"]
     # rte's references cycle through yes/no/maybe/true: exactly one of 4 instances has `answer`
     assert [t["score"] for t in rte] == [25.0, 25.0]
-    assert {t["metrics"]["accuracy_norm"] for t in rte} == {25.0}
+    assert {t["metrics"]["lm_eval_acc"] for t in rte} == {t["metrics"]["lm_eval_acc_norm"] for t in rte} == {25.0}
+    assert set(res["scoring"]["rank_metrics"]) == {"accuracy", "lm_eval_acc", "lm_eval_acc_norm"}
 
 
 def test_batched_generation_equals_one_by_one(be):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import string
 from functools import lru_cache
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from optiml_plugin.errors import ConfigError
 
@@ -127,6 +127,35 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]],
     width = max(len(r) for r in references)
     streams = [[r[k] if k < len(r) else None for r in references] for k in range(width)]
     return float(sacrebleu.corpus_bleu(list(predictions), streams, tokenize=tokenize).score)
+
+
+RANK_METRICS = {
+    "accuracy": "paper / OPT-IML in-training validation: summed log-likelihood of the candidate "
+                "tokens including </s>; correct when a gold candidate scores strictly above every "
+                "other candidate",
+    "lm_eval_acc": "lm-evaluation-harness acc: argmax (first on ties) of the summed log-likelihood "
+                   "without </s>, correct when it is a gold candidate",
+    "lm_eval_acc_norm": "lm-evaluation-harness acc_norm: argmax of that log-likelihood divided by "
+                        "the candidate's length in characters",
+}
+
+
+def rank_metrics(sums: Sequence[float], eos: Sequence[float], candidates: Sequence[str],
+                 gold: Sequence[int]) -> Dict[str, float]:
+    """The `RANK_METRICS` of one instance (x100) from each candidate's summed log-likelihood with
+    `</s>` (`sums`) and the log-probability of that `</s>` (`eos`)."""
+    best_gold = max(sums[g] for g in gold)
+    paper = all(best_gold > s for j, s in enumerate(sums) if j not in gold)
+    no_eos = [s - e for s, e in zip(sums, eos)]
+    per_char = [ll / len(c) for ll, c in zip(no_eos, candidates)]
+    return {"accuracy": 100.0 * paper,
+            "lm_eval_acc": 100.0 * (_argmax(no_eos) in gold),
+            "lm_eval_acc_norm": 100.0 * (_argmax(per_char) in gold)}
+
+
+def _argmax(xs: Sequence[float]) -> int:
+    """First index of the maximum (numpy's tie rule, which lm-evaluation-harness relies on)."""
+    return max(range(len(xs)), key=lambda j: (xs[j], -j))
 
 
 def is_translation(category: str) -> bool:

@@ -24,7 +24,8 @@ from optiml_plugin.eval.config import EvalConfig
 from optiml_plugin.eval.prompts import (Demo, Pool, build_prompt, demo_indices, is_task_level,
                                         positive_demos)
 from optiml_plugin.eval.report import default_run_dir, write_run
-from optiml_plugin.eval.scoring import Tree, cut_at_stops, generate_all, score_separately, score_trees
+from optiml_plugin.eval.scoring import (CandidateScores, Tree, cut_at_stops, generate_all, score_separately,
+                                        score_trees)
 
 
 @dataclass(frozen=True)
@@ -170,18 +171,13 @@ def _record(level: str, shots: int, p: Prepared, split: str) -> Dict[str, Any]:
             "references": list(p.inst.references)}
 
 
-def _rank_record(rec: Dict[str, Any], inst: Instance, sums, means) -> Dict[str, Any]:
-    def correct(scores) -> bool:
-        best_gold = max(scores[g] for g in inst.gold)
-        return all(best_gold > s for j, s in enumerate(scores) if j not in inst.gold)
-
-    pick = max(range(len(sums)), key=lambda j: sums[j])
-    pick_norm = max(range(len(means)), key=lambda j: means[j])
-    acc, acc_norm = 100.0 * correct(sums), 100.0 * correct(means)
-    rec.update(kind="rank", candidates=list(inst.candidates), loglik_sum=list(sums),
-               loglik_mean=list(means), prediction=inst.candidates[pick],
-               prediction_norm=inst.candidates[pick_norm], score=acc,
-               metrics={"accuracy": acc, "accuracy_norm": acc_norm})
+def _rank_record(rec: Dict[str, Any], inst: Instance, s: CandidateScores) -> Dict[str, Any]:
+    cands = list(inst.candidates or ())
+    m = M.rank_metrics(s.sums, s.last, cands, inst.gold)
+    pick = max(range(len(s.sums)), key=lambda j: s.sums[j])
+    rec.update(kind="rank", candidates=cands, loglik_sum=list(s.sums),
+               loglik_no_eos=[a - b for a, b in zip(s.sums, s.last)], prediction=cands[pick],
+               score=m["accuracy"], metrics=m)
     return rec
 
 
@@ -214,7 +210,7 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
         if config.scoring == "separate":
             bar.update(len(trees))
         for (lv, p), s in zip(ranked, scores):
-            records.append(_rank_record(_record(lv, shots, p, config.split), p.inst, s.sums, s.means))
+            records.append(_rank_record(_record(lv, shots, p, config.split), p.inst, s))
         outs = generate_all(backend, [p.prompt_ids for _, p in generated], config.max_new_tokens,
                             config.batch_size, on_batch=bar.update)
         for (lv, p), ids in zip(generated, outs):
@@ -239,7 +235,8 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
         "model_id": backend.model_id, "optiml_version": __version__, "config": config.to_dict(),
         "max_length": max_len, "counts": counts,
         "scoring": {"rouge_tracks": dict(Counter(r["track"] for r in records if r.get("track"))),
-                    "xlingual_bpe": xlingual.origin, "bleu_tokenize": bleu_tokenize},
+                    "xlingual_bpe": xlingual.origin, "bleu_tokenize": bleu_tokenize,
+                    "rank_metrics": dict(M.RANK_METRICS)},
         "aggregate": aggregate(records, config.task_groups, extra),
         "elapsed_s": round(time.time() - started, 3)}
     out_dir = Path(config.out_dir) if config.out_dir else default_run_dir(
