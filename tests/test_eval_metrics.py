@@ -102,6 +102,18 @@ def test_task_rouge_equals_the_official_script_on_real_sni_tasks(sni_dir, xlingu
     assert sum(got) / len(got) == pytest.approx(official, abs=5e-5)
 
 
+def test_sni_rows_know_their_output_language(sni_dir):
+    from optiml_plugin.data.sources import load_source
+    from optiml_plugin.errors import BadRecordPolicy
+
+    for task, lang, out in (("task117_spl_translation_en_de", "en", "de"),
+                            ("task260_spl_translation_zh_en", "zh", "en")):
+        spec = {"type": "sni", "path": f"tasks/{task}.json"}
+        records = list(load_source(spec, BadRecordPolicy("error"), base_dir=sni_dir))
+        assert {(r.language, r.meta["output_language"]) for r in records} == {(lang, out)}
+        assert M.track(out) == ("xlingual" if out != "en" else "default")
+
+
 def test_bleu_tokenizes_for_the_target_language():
     assert M.bleu_tokenize("zh") == "zh" and M.bleu_tokenize("th") == "char"
     assert M.bleu_tokenize("de") == M.bleu_tokenize("en") == "13a"
