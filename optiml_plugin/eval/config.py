@@ -10,6 +10,8 @@ from optiml_plugin.eval.backend import Backend
 from optiml_plugin.eval.prompts import PROMPT_FORMATS, TASK_LEVEL_BENCHMARKS
 
 SPLIT_KINDS = ("valid", "test")
+TASK_METRICS = ("accuracy", "rougeL")  # rank classification, or generation scored by Rouge-L (and EM)
+_TASK_KEYS = ("metric", "shots")
 SCORING_MODES = ("packed", "separate")
 
 
@@ -24,6 +26,8 @@ class EvalConfig:
     `max_length` caps prompt + continuation tokens (default: the model's position limit).
     `prompt_format`: `paper` (the bench's rendering, OPT-IML's placement of demonstrations) or
     `sni` (Tk-Instruct's rendering for SNI tasks; docs/evaluation.md).
+    `task_settings` maps a task name to {"metric": "accuracy" | "rougeL", "shots": [k, ...]}; a task
+    not listed gets the paper's choice (`task_metric`, `task_shots`).
     `xlingual_bpe` is a directory with GPT-2/OPT byte-level BPE files for Rouge-L of non-English
     outputs (SNI's xlingual track); default: the model directory.
     """
@@ -43,6 +47,7 @@ class EvalConfig:
     max_new_tokens: int = 256
     stop_strings: Tuple[str, ...] = ()
     task_groups: Dict[str, str] = field(default_factory=dict)
+    task_settings: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     task_level_benchmarks: Tuple[str, ...] = TASK_LEVEL_BENCHMARKS
     scoring: str = "packed"
     max_length: Optional[int] = None
@@ -73,9 +78,37 @@ class EvalConfig:
             raise ConfigError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
         if self.on_bad_record not in ("error", "skip"):
             raise ConfigError(f"on_bad_record must be 'error' or 'skip', got {self.on_bad_record!r}")
+        for task, setting in self.task_settings.items():
+            if not isinstance(setting, dict) or set(setting) - set(_TASK_KEYS):
+                raise ConfigError(f"task_settings[{task!r}] must be a mapping with keys {_TASK_KEYS}, "
+                                  f"got {setting!r}")
+            if "metric" in setting and setting["metric"] not in TASK_METRICS:
+                raise ConfigError(f"task_settings[{task!r}].metric must be one of {TASK_METRICS}, "
+                                  f"got {setting['metric']!r}")
+            shots = setting.get("shots", [0])
+            if not isinstance(shots, list) or not all(isinstance(k, int) and k >= 0 for k in shots):
+                raise ConfigError(f"task_settings[{task!r}].shots must be a list of integers >= 0, "
+                                  f"got {shots!r}")
         self.shots = tuple(sorted({int(k) for k in self.shots}))
         self.levels = tuple(self.levels)
         return self
+
+    def task_metric(self, task: str, category: str, has_candidates: bool) -> str:
+        """The task's metric: its setting, else the paper's. Test: accuracy for tasks with candidates
+        (FLAN, PromptSource and OPT evals, P §5), Rouge-L otherwise; valid: Rouge-L (P §4.1: the dev
+        tasks are scored as generation, all but four the paper does not name)."""
+        metric = self.task_settings.get(task, {}).get("metric")
+        if metric is not None:
+            return metric
+        return "accuracy" if has_candidates and self.split == "test" else "rougeL"
+
+    def task_shots(self, task: str, category: str) -> Tuple[int, ...]:
+        """The task's shot counts: its setting, else `shots` (summarization: 0-shot only, P §4.1)."""
+        if "shots" in self.task_settings.get(task, {}):
+            return tuple(self.task_settings[task]["shots"])
+        if "summarization" in category.lower():
+            return tuple(k for k in self.shots if k == 0)
+        return self.shots
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-safe view (a loaded backend is recorded by its model id)."""

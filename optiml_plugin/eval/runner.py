@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -38,6 +38,7 @@ class Instance:
     references: Tuple[str, ...]
     candidates: Optional[Tuple[str, ...]]
     gold: Tuple[int, ...]
+    rank: bool = False  # scored by rank classification (else generated)
 
 
 @dataclass
@@ -98,9 +99,17 @@ def select_instances(bench: Bench, config: EvalConfig, policy: BadRecordPolicy
             for i in range(n):
                 policy.count_read()
                 try:
-                    out.append((level, _check_row(tf, i, bench.read(tf, i))))
+                    inst = _check_row(tf, i, bench.read(tf, i))
                 except BadRecordError as err:
                     policy.handle(err)
+                    continue
+                metric = config.task_metric(tf.task, tf.category, inst.candidates is not None)
+                if metric == "accuracy" and inst.candidates is None:
+                    policy.handle(BadRecordError(str(tf.path), i + 1, "candidates", "no_candidates",
+                                                 f"task {tf.task} is set to accuracy but the row has "
+                                                 f"no candidates"))
+                    continue
+                out.append((level, replace(inst, rank=metric == "accuracy")))
     return out
 
 
@@ -131,7 +140,7 @@ class _Prompter:
     def prepare(self, inst: Instance, shots: int) -> Prepared:
         be, cfg, row = self.backend, self.config, inst.row
         prefix = list(be.prefix_ids)
-        cand_ids = [be.encode_target(row["src"], c) + [be.eos_id] for c in (inst.candidates or ())]
+        cand_ids = [be.encode_target(row["src"], c) + [be.eos_id] for c in inst.candidates or () if inst.rank]
         reserve = max(len(c) for c in cand_ids) if cand_ids else cfg.max_new_tokens
         budget = self.max_len - reserve - len(prefix)
         if budget < 1:
@@ -196,12 +205,19 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
     prompter = _Prompter(bench, backend, config, max_len)
     records: List[Dict[str, Any]] = []
     xlingual = XlingualLoader(config)
-    bar = tqdm(total=len(chosen) * len(config.shots), desc="eval", unit="inst",
+    plan = {id(inst): config.task_shots(inst.file.task, inst.file.category) for _, inst in chosen}
+    bar = tqdm(total=sum(len(v) for v in plan.values()), desc="eval", unit="inst",
                disable=not config.progress)
-    for shots in config.shots:
-        prepared = [(lv, prompter.prepare(inst, shots)) for lv, inst in chosen]
-        ranked = [(lv, p) for lv, p in prepared if p.inst.candidates]
-        generated = [(lv, p) for lv, p in prepared if not p.inst.candidates]
+    skipped_shots: Counter = Counter()
+    for shots in sorted(set(config.shots).union(*plan.values())):
+        prepared = []
+        for lv, inst in chosen:
+            if shots in plan[id(inst)]:
+                prepared.append((lv, prompter.prepare(inst, shots)))
+            else:
+                skipped_shots[f"{inst.file.benchmark}/{inst.file.task}"] += 1
+        ranked = [(lv, p) for lv, p in prepared if p.inst.rank]
+        generated = [(lv, p) for lv, p in prepared if not p.inst.rank]
         trees = [Tree(tuple(p.prompt_ids), tuple(tuple(c) for c in p.candidate_ids)) for _, p in ranked]
         scorer = score_trees if config.scoring == "packed" else score_separately
         scores = scorer(backend, trees, max_batch_tokens=config.max_batch_tokens,
@@ -227,7 +243,7 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
     bar.close()
     extra, bleu_tokenize = _bleu(records)
     counts = dict(prompter.counts)
-    counts.update(instances=len(chosen), evaluations=len(records),
+    counts.update(instances=len(chosen), evaluations=len(records), not_run_at_shots=dict(skipped_shots),
                   rank=sum(r["kind"] == "rank" for r in records),
                   generate=sum(r["kind"] == "generate" for r in records),
                   per_level=dict(Counter(lv for lv, _ in chosen)), bad_records=policy.to_dict())
