@@ -49,6 +49,7 @@ def test_cli_writes_the_run_directory(tmp_path, model_dir, capsys):
     assert bleu and all("bleu" in t["metrics"] for t in bleu)
     table = (run / "results.md").read_text()
     assert "| heldout_categories |" in table and "Textual Entailment" in table
+    assert "Mean over instances" in table
     for level in ("heldout_instances", "heldout_tasks", "heldout_categories"):
         assert (run / f"chart_{level}.png").read_bytes()[:4] == b"\x89PNG"
 
