@@ -93,7 +93,7 @@ class EvalConfig:
         self.levels = tuple(self.levels)
         return self
 
-    def task_metric(self, task: str, category: str, has_candidates: bool) -> str:
+    def task_metric(self, task: str, has_candidates: bool) -> str:
         """The task's metric: its setting, else the paper's. Test: accuracy for tasks with candidates
         (FLAN, PromptSource and OPT evals, P §5), Rouge-L otherwise; valid: Rouge-L (P §4.1: the dev
         tasks are scored as generation, all but four the paper does not name)."""

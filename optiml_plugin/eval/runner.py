@@ -103,7 +103,7 @@ def select_instances(bench: Bench, config: EvalConfig, policy: BadRecordPolicy
                 except BadRecordError as err:
                     policy.handle(err)
                     continue
-                metric = config.task_metric(tf.task, tf.category, inst.candidates is not None)
+                metric = config.task_metric(tf.task, inst.candidates is not None)
                 if metric == "accuracy" and inst.candidates is None:
                     policy.handle(BadRecordError(str(tf.path), i + 1, "candidates", "no_candidates",
                                                  f"task {tf.task} is set to accuracy but the row has "
