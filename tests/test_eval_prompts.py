@@ -11,7 +11,7 @@ from optiml_plugin.data.sources import load_source
 from optiml_plugin.data.templates import render
 from optiml_plugin.errors import BadRecordPolicy
 from optiml_plugin.eval.prompts import (Demo, Pool, build_prompt, demo_indices, demonstration,
-                                        positive_demos, row_delimiter, split_instruction)
+                                        positive_demos, row_template, split_instruction)
 
 
 def _rows(n, task="t", bench="niv2", delimiter="\nAnswer:"):
@@ -47,20 +47,33 @@ def test_task_level_puts_demonstrations_between_instruction_and_example_with_one
     assert p.text.count("Name the color.") == 1 and " A:" not in p.text and p.format == "paper"
     header, gap, body = split_instruction(target, True)
     assert header + gap + body == target["src"]
-    assert row_delimiter(target) == "\nAnswer:"
+    assert row_template(target) == (False, "\nAnswer:")
 
 
 def test_instance_level_puts_full_demonstrations_before_the_example():
     rows = _rows(3, bench="flan", delimiter="\nOutput:")
     demos = _demos(_rows(3, bench="flan", delimiter=" Answer:")[1:])
     text = _paper(rows[0], demos, False, "\n###\n").text
-    assert text == "\n###\n".join([demonstration(demos[0], False, "\nOutput:"),
-                                   demonstration(demos[1], False, "\nOutput:"), rows[0]["src"]])
-    assert demonstration(demos[0], False, "\nOutput:") == "Name the color.\n\ninput 1\nOutput: out 1"
+    template = (False, "\nOutput:")
+    assert text == "\n###\n".join([demonstration(demos[0], False, template),
+                                   demonstration(demos[1], False, template), rows[0]["src"]])
+    assert demonstration(demos[0], False, template) == "Name the color.\n\ninput 1\nOutput: out 1"
     # a row whose src is not the bench's rendering keeps each demonstration's own rendering
     odd = dict(rows[0], src="Q: input 0\nA:")
-    assert row_delimiter(odd) is None
+    assert row_template(odd) is None
     assert _paper(odd, demos[:1], False).text == demos[0].src + " out 1\n\nQ: input 0\nA:"
+
+
+def test_demonstrations_follow_the_targets_options_block():
+    cands = ["red", "blue"]
+    with_opts = S.row("flan", "QA", "t", "test", 0, "Name the color.", "sky", ["blue"], cands)
+    demo = Demo.from_row(S.row("flan", "QA", "t", "train", 1, "Name the color.", "sea", ["blue"], cands))
+    assert row_template(with_opts) == (True, "\nAnswer:")
+    assert _paper(with_opts, [demo], False).text.count("OPTIONS:") == 2
+    # a prompt rendered without the block (PromptSource's own text): demonstrations without it too
+    bare = dict(with_opts, src="Name the color.\n\nsky A:")
+    assert row_template(bare) == (False, " A:")
+    assert _paper(bare, [demo], False).text == "Name the color.\n\nsea A: blue\n\nName the color.\n\nsky A:"
 
 
 def test_demonstrations_dropped_from_the_front_until_they_fit():

@@ -6,7 +6,8 @@ were measured with.
 - `paper` (OPT-IML, recipe §2.2): the bench's rendered prompt. For task-level-instruction benchmarks
   (Super-NaturalInstructions) demonstrations go between the task definition and the target example;
   for instance-level ones (FLAN, PromptSource) full demonstrations go before the example. Every
-  demonstration is rendered with the evaluated row's own output delimiter, so a prompt has one.
+  demonstration is rendered with the evaluated row's own template (OPTIONS block or not, output
+  delimiter), so a prompt has one delimiter.
 - `sni` (Tk-Instruct's `src/ni_collator.py`, the format of published SNI numbers): `Definition: ...`,
   k ` Positive Example i -` blocks and `Now complete the following example -\\nInput: ...\\nOutput: `.
   It applies to task-level benchmarks; other rows keep the `paper` format.
@@ -97,24 +98,28 @@ def split_instruction(row: Row, task_level: bool) -> Tuple[str, str, str]:
     return "", "", src
 
 
-def row_delimiter(row: Row) -> Optional[str]:
-    """The output delimiter the bench drew for `row`, or None when `src` is not the bench's rendering
-    of the row's fields (then demonstrations keep their own rendering)."""
-    cands = row.get("candidates")
-    body = render_prompt(row.get("instruction") or "", row.get("input") or "", cands, "")
-    src = row["src"]
-    return src[len(body):] if src.startswith(body) else None
+def row_template(row: Row) -> Optional[Tuple[bool, str]]:
+    """(OPTIONS block shown, output delimiter) of the bench's rendering of `row`, or None when `src`
+    is not that rendering of the row's fields (then demonstrations keep their own rendering)."""
+    src, cands = row["src"], row.get("candidates")
+    for options in ((True, False) if cands else (False,)):
+        body = render_prompt(row.get("instruction") or "", row.get("input") or "",
+                             cands if options else None, "")
+        if src.startswith(body):
+            return options, src[len(body):]
+    return None
 
 
-def demonstration(demo: Demo, task_level: bool, delimiter: Optional[str]) -> str:
+def demonstration(demo: Demo, task_level: bool, template: Optional[Tuple[bool, str]]) -> str:
     """A `paper` demonstration: the target's template filled with the demo's fields, then its answer
     joined as in training (task-level: without the definition, which the prompt holds once)."""
-    if delimiter is None and demo.src is not None:
+    if template is None and demo.src is not None:
         row = {"src": demo.src, "instruction": demo.instruction}
         src = split_instruction(row, task_level)[2]
     else:
-        src = render_prompt("" if task_level else demo.instruction, demo.input, demo.candidates,
-                            delimiter or "")
+        options, delimiter = template or (True, "")
+        src = render_prompt("" if task_level else demo.instruction, demo.input,
+                            demo.candidates if options else None, delimiter)
     return "".join(join_texts(src, demo.output))
 
 
@@ -147,8 +152,8 @@ def paper_prompt(row: Row, demos: Sequence[Demo], task_level: bool, separator: s
     With no demonstrations the prompt is `src` exactly, so zero-shot is the rendered prompt.
     """
     header, gap, body = split_instruction(row, task_level)
-    delimiter = row_delimiter(row)
-    texts = [demonstration(d, task_level, delimiter) for d in demos]
+    template = row_template(row)
+    texts = [demonstration(d, task_level, template) for d in demos]
     ids = [d.id for d in demos]
     dropped = 0
     while True:
