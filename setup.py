@@ -7,7 +7,9 @@ EXTRAS = {
     # the single-machine trainer and `optiml demo` (transformers' OPT)
     "local": ["transformers>=4.45", "tensorboard>=2.10"],
     # metrics for `optiml eval`
-    "eval": ["rouge-score>=0.1.2", "sacrebleu>=2.0", "transformers>=4.45"],
+    # (mecab-python3 + ipadic: sacrebleu's ja-mecab BLEU tokenizer for Japanese targets)
+    "eval": ["rouge-score>=0.1.2", "sacrebleu>=2.0", "transformers>=4.45", "mecab-python3>=1.0.6",
+             "ipadic>=1.0"],
     # Parquet sources for `optiml bench build`
     "parquet": ["pyarrow>=10"],
     # the `datasets` source: Hugging Face datasets on disk or in the hub cache

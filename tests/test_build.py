@@ -79,8 +79,13 @@ def test_sni_bench_levels_decontamination_and_accounting(sni_dir, tmp_path):
     assert acc["kept"] == sum(len(bench.reader(tf)) for s in SPLITS for tf in bench.task_files(s))
     row = bench.read(bench.task_files("test_heldout_categories")[0], 0)
     assert list(row) == ["id", "benchmark", "category", "task", "split", "src", "tgt", "references",
-                         "candidates", "instruction", "input", "template", "language"]
+                         "candidates", "instruction", "input", "template", "language", "output_language"]
     assert row["tgt"] == row["references"][0] and row["src"].startswith(row["instruction"].strip()[:20])
+    # what eval needs to reproduce published SNI numbers: the draw, positive examples, output language
+    assert "first 20" in m["split_plan"]["eval_draw"]["test"]
+    snli = tasks["task190_snli_classification"]
+    assert len(snli["positive_examples"]) >= 2 and set(snli["positive_examples"][0]) == {"input", "output"}
+    assert row["output_language"] == "en"
 
 
 def test_sni_same_seed_identical_other_seed_changes_instance_holdout(sni_dir, tmp_path):

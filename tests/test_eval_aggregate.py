@@ -44,3 +44,27 @@ def test_paper_aggregation_by_hand():
     sel = agg["model_selection"]
     assert sel["per_level"][L] == pytest.approx((52.5 + 60 + 80 + 20) / 4)
     assert sel["overall"] == pytest.approx((52.5 + 60 + 80 + 20 + 10) / 5)
+
+
+def test_instance_means_beside_task_means_each_labeled():
+    """Identical instance scores: the paper's macro mean and the official instance mean differ."""
+    L = "heldout_tasks"
+    records = ([rec(0, L, "niv2", "QA", "big", 90.0) for _ in range(9)] + [rec(0, L, "niv2", "QA", "small", 10.0)]
+               + [rec(0, L, "niv2", "Title", "t", 50.0)])
+    for r in records[:10]:
+        r["track"] = "default"
+    records[-1]["track"] = "xlingual"
+    agg = aggregate(records)
+    assert set(agg["averaging"]) >= {"categories", "levels", "instance_means", "model_selection"}
+    assert "instances" in agg["averaging"]["instance_means"] and "tasks" in agg["averaging"]["categories"]
+    cats = {c["category"]: c["score"] for c in agg["categories"]}
+    assert cats["QA"] == pytest.approx(50.0)  # (90 + 10) / 2 tasks
+    inst = agg["instance_means"]
+    icats = {c["category"]: c for c in inst["categories"]}
+    assert icats["QA"]["score"] == pytest.approx((9 * 90 + 10) / 10) and icats["QA"]["n"] == 10
+    assert icats["QA"]["metrics"]["exact_match"] == 0.0
+    (overall,) = inst["overall"]
+    assert overall["score"] == pytest.approx((9 * 90 + 10 + 50) / 11)
+    assert agg["levels"][0]["score"] == pytest.approx(50.0)  # mean of categories 50 and 50
+    tracks = {t["track"]: t["n"] for t in inst["tracks"]}
+    assert tracks == {"default": 10, "xlingual": 1}

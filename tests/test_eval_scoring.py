@@ -1,12 +1,14 @@
 """Packed rank classification == separate scoring; forced answers; batched greedy generation."""
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 import torch
 
 import test_eval_support as S
+from optiml_plugin.errors import BadRecordError, ConfigError
 from optiml_plugin.eval.config import EvalConfig
 from optiml_plugin.eval.runner import evaluate
 from optiml_plugin.eval.scoring import Tree, generate_all, score_separately, score_trees, tree_tensors
@@ -46,12 +48,14 @@ def test_packed_scores_equal_separate_scores(be):
         assert a.sums == pytest.approx(b.sums, abs=1e-4)
     # and against a plain forward of the model on each sequence without any custom mask
     t = trees[0]
-    for c, got in zip(t.candidates, packed[0].sums):
+    for c, got, last in zip(t.candidates, packed[0].sums, packed[0].last):
         seq = torch.tensor([t.prompt + c])
         with torch.no_grad():
             lp = be.model(input_ids=seq).logits[0].log_softmax(-1)
         want = sum(float(lp[len(t.prompt) - 1 + j, tok]) for j, tok in enumerate(c))
         assert got == pytest.approx(want, abs=1e-4)
+        assert last == pytest.approx(float(lp[len(t.prompt) + len(c) - 2, c[-1]]), abs=1e-4)
+    assert all(a.last == pytest.approx(b.last, abs=1e-4) for a, b in zip(packed, alone))
 
 
 def _force(be, token_ids):
@@ -77,7 +81,8 @@ def test_rank_classification_with_forced_answer(tmp_path, answer):
     rte = [t for t in res["aggregate"]["benchmark_tasks"] if t["task"] == "rte"]
     # rte's references cycle through yes/no/maybe/true: exactly one of 4 instances has `answer`
     assert [t["score"] for t in rte] == [25.0, 25.0]
-    assert {t["metrics"]["accuracy_norm"] for t in rte} == {25.0}
+    assert {t["metrics"]["lm_eval_acc"] for t in rte} == {t["metrics"]["lm_eval_acc_norm"] for t in rte} == {25.0}
+    assert set(res["scoring"]["rank_metrics"]) == {"accuracy", "lm_eval_acc", "lm_eval_acc_norm"}
 
 
 def test_batched_generation_equals_one_by_one(be):
@@ -95,3 +100,37 @@ def test_generation_stops_at_eos_and_max_tokens():
     assert be.generate([[2, 10, 11], [2, 12]], 5) == [[], []]
     _force(be, {42})
     assert be.generate([[2, 10, 11], [2, 12]], 5) == [[42] * 5, [42] * 5]
+
+
+def test_per_task_metric_and_shots_default_to_the_papers(tmp_path, be):
+    bench = S.write_bench(tmp_path / "bench", n=3)
+    manifest = json.loads((bench / "manifest.json").read_text())
+    for t in manifest["tasks"]:
+        if t["task"] == "task001_color":
+            t["category"] = "Summarization"
+    (bench / "manifest.json").write_text(json.dumps(manifest))
+
+    def run(split, **kw):
+        cfg = EvalConfig(model=be, bench=str(bench), out_dir=str(tmp_path / split), split=split, shots=(0, 1),
+                         max_per_task=2, max_new_tokens=2, progress=False, charts=False, **kw)
+        res = evaluate(cfg)
+        preds = [json.loads(line) for line in (tmp_path / split / "predictions.jsonl").read_text().splitlines()]
+        return res, {(p["task"], p["shots"]): p["kind"] for p in preds}
+
+    # test: accuracy where there are candidates; summarization 0-shot only
+    res, kinds = run("test")
+    assert kinds[("rte", 0)] == kinds[("sst2", 1)] == "rank" and kinds[("task002_translate", 1)] == "generate"
+    assert ("task001_color", 0) in kinds and ("task001_color", 1) not in kinds
+    assert res["counts"]["not_run_at_shots"] == {"niv2/task001_color": 2}
+    # valid: the paper scores dev tasks by generation (Rouge-L)
+    _, kinds = run("valid")
+    assert kinds[("rte", 0)] == kinds[("sst2", 1)] == "generate"
+    # settings override both, and may add a shot count
+    _, kinds = run("test", task_settings={"rte": {"metric": "rougeL"}, "task001_color": {"shots": [0, 1]},
+                                          "sst2": {"shots": [2]}})
+    assert kinds[("rte", 0)] == "generate" and ("task001_color", 1) in kinds
+    assert ("sst2", 2) in kinds and ("sst2", 0) not in kinds and ("rte", 2) not in kinds
+    with pytest.raises(BadRecordError, match="no_candidates|no candidates"):
+        run("test", task_settings={"task001_color": {"metric": "accuracy"}})
+    with pytest.raises(ConfigError, match="metric"):
+        run("test", task_settings={"rte": {"metric": "bleu"}})

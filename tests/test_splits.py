@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from optiml_plugin.data.splits import (EVAL, LEVEL_CATEGORIES, LEVEL_TASKS, TRAIN, SplitConfig, TaskInfo,
-                                       assign_levels, assign_roles, cap_indices, split_eval_instances,
+                                       assign_levels, assign_roles, cap_indices, eval_draw, split_eval_instances,
                                        split_train_instances)
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy
 
@@ -59,11 +59,22 @@ def test_bad_plan_entries_error_or_count(cfg, reason):
     assert problems.skipped == {reason: 1}
 
 
-def test_eval_instances_first_n_test_then_valid():
+def test_eval_sets_drawn_as_the_paper_draws_them():
     cfg = SplitConfig(eval_valid=5, eval_test=3)
-    assert split_eval_instances(10, cfg, valid_only=False) == ([3, 4, 5, 6, 7], [0, 1, 2])
-    assert split_eval_instances(2, cfg, valid_only=False) == ([], [0, 1])
-    assert split_eval_instances(10, cfg, valid_only=True) == ([0, 1, 2, 3, 4], [])
+    # SNI test: the first N in file order; valid: a seeded random draw from the rest
+    valid, test = split_eval_instances(20, cfg, False, 0, ("niv2", "t"))
+    assert test == [0, 1, 2] and len(valid) == 5 and min(valid) >= 3 and valid == sorted(valid)
+    assert len({tuple(split_eval_instances(20, cfg, False, s, ("niv2", "t"))[0]) for s in range(4)}) > 1
+    assert split_eval_instances(20, cfg, False, 0, ("niv2", "t")) == (valid, test)  # reproducible
+    assert split_eval_instances(2, cfg, False, 0, ("niv2", "t")) == ([], [0, 1])
+    # FLAN / PromptSource test: every prompt and example
+    for bench in ("flan", "PromptSource"):
+        assert split_eval_instances(20, cfg, False, 0, (bench, "t")) == ([], list(range(20)))
+    # valid tasks: a random sample of all their prompts merged
+    v, t = split_eval_instances(40, cfg, True, 0, ("flan", "t"))
+    assert t == [] and len(v) == 5 and v != list(range(5))
+    draw = eval_draw(cfg)
+    assert "first 3" in draw["test"] and "flan" in draw["test"] and "5 instances" in draw["valid"]
 
 
 def test_train_instances_seeded_disjoint_and_bounded():

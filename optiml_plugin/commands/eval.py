@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from optiml_plugin.errors import ConfigError
 
@@ -40,12 +40,19 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--max-batch-tokens", type=int, default=8192, help="padded tokens per scoring batch")
     p.add_argument("--seed", type=int, default=0, help="seed of the demonstration draw")
     p.add_argument("--separator", default="\\n\\n", help="between demonstrations (escapes allowed)")
+    p.add_argument("--prompt-format", choices=("paper", "sni"), default="paper",
+                   help="paper: the bench's prompts; sni: Tk-Instruct's rendering for SNI tasks")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable; escapes allowed)")
     p.add_argument("--max-length", type=int, default=None, help="context length (default: model's)")
     p.add_argument("--scoring", choices=("packed", "separate"), default="packed",
                    help="candidates in one tree-masked row (packed) or one sequence each")
     p.add_argument("--task-groups", default=None, help="JSON file: {sub-task: task} merged by mean")
+    p.add_argument("--task-settings", default=None,
+                   help='JSON file: {task: {"metric": "accuracy"|"rougeL", "shots": [0, 5]}} '
+                        "(default: the paper's metric and shots per task)")
+    p.add_argument("--xlingual-bpe", default=None,
+                   help="dir with OPT/GPT-2 BPE files for non-English Rouge-L (default: --model)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
     p.add_argument("--on-bad-record", choices=("error", "skip"), default="error")
@@ -73,27 +80,37 @@ def _eval(args: argparse.Namespace) -> int:
 
     if not args.model or not args.bench:
         raise ConfigError("optiml eval needs --model DIR and --bench DIR")
-    groups: Dict[str, str] = {}
-    if args.task_groups:
-        try:
-            with open(args.task_groups, encoding="utf-8") as f:
-                groups = json.load(f)
-        except (OSError, json.JSONDecodeError) as err:
-            raise ConfigError(f"--task-groups {args.task_groups}: {err}") from None
-        if not isinstance(groups, dict) or not all(isinstance(v, str) for v in groups.values()):
-            raise ConfigError(f"--task-groups {args.task_groups}: expected a JSON object of strings")
+    groups = _json_object(args.task_groups, "--task-groups", str, "strings")
+    settings = _json_object(args.task_settings, "--task-settings", dict, "objects")
     config = EvalConfig(model=args.model, bench=args.bench, out_dir=args.out, split=args.split,
                         shots=args.shots, levels=args.levels, max_per_task=args.max_per_task,
                         batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
                         seed=args.seed, separator=_unescape(args.separator),
+                        prompt_format=args.prompt_format,
                         max_new_tokens=args.max_new_tokens,
                         stop_strings=tuple(_unescape(s) for s in args.stop), task_groups=groups,
-                        scoring=args.scoring, max_length=args.max_length, device=args.device,
+                        task_settings=settings,
+                        scoring=args.scoring, max_length=args.max_length,
+                        xlingual_bpe=args.xlingual_bpe, device=args.device,
                         dtype=args.dtype, on_bad_record=args.on_bad_record,
                         progress=not args.no_progress, charts=not args.no_charts)
     results = evaluate(config)
     print(_summary(results))
     return 0
+
+
+def _json_object(path: Optional[str], flag: str, value_type: type, what: str) -> Dict[str, Any]:
+    """A JSON file holding one object whose values are all `value_type` ({} when no path)."""
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{flag} {path}: {err}") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, value_type) for v in obj.values()):
+        raise ConfigError(f"{flag} {path}: expected a JSON object of {what}")
+    return obj
 
 
 def _summary(results: Dict) -> str:

@@ -27,7 +27,7 @@ from optiml_plugin.data.multiplex import multiplex_train
 from optiml_plugin.data.official import MODES as OFFICIAL_MODES, official_instances
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.splits import (EVAL, TRAIN, SplitConfig, TaskInfo, TaskKey, absent_from_lists,
-                                       assign_levels, assign_roles, cap_indices, read_task_list,
+                                       assign_levels, eval_draw, assign_roles, cap_indices, read_task_list,
                                        split_eval_instances, split_train_instances)
 from optiml_plugin.data.templates import Rendered, render
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError, OptimlError
@@ -38,7 +38,7 @@ DEFAULT_CAP = 100_000
 DEFAULT_BENCHMARK_CAPS = {"flan": 30_000}  # the paper's per-task caps (§2.1)
 _TOP_KEYS = ("sources", "taxonomy", "split", "caps", "decontamination", "seed", "on_bad_record",
              "multiplex", "heldout_instances")
-_LIST_KEYS = ("heldout_categories", "heldout_tasks", "valid_tasks")
+_LIST_KEYS = ("heldout_categories", "heldout_tasks", "valid_tasks", "eval_test_all")
 _FILE_LIST_KEYS = ("heldout_tasks", "valid_tasks")
 
 
@@ -372,7 +372,7 @@ def _plan(config: BuildConfig, tasks: Dict[TaskKey, _Task], problems: BadRecordP
     for key in sorted(plan.roles):
         t = tasks[key]
         if plan.roles[key] == EVAL:
-            valid, test = split_eval_instances(len(t.records), cfg, key[1] in cfg.valid_tasks)
+            valid, test = split_eval_instances(len(t.records), cfg, key[1] in cfg.valid_tasks, seed, key)
             t.parts = {"valid": valid, "test": test}
             removed["eval_cap"] += len(t.records) - len(valid) - len(test)
         else:
@@ -403,6 +403,7 @@ def _plan(config: BuildConfig, tasks: Dict[TaskKey, _Task], problems: BadRecordP
     report = {
         "split_plan": {
             "sni_split_dir": cfg.sni_split_dir,
+            "eval_draw": eval_draw(cfg),
             "absent_from_sni_lists": absent_from_lists(sni_lists, {k[1] for k in tasks}),
             "unlisted_tasks": [k[1] for k in roles.unlisted],
             "dropped_tasks": [{"benchmark": k[0], "task": k[1], "reason": r}
@@ -513,7 +514,7 @@ def _row(t: _Task, i: int, split: str) -> Dict[str, Any]:
             "src": rendered.src, "tgt": rendered.tgt, "references": list(r.outputs),
             "candidates": None if r.candidates is None else list(r.candidates),
             "instruction": r.instruction, "input": r.input, "template": r.template,
-            "language": r.language}
+            "language": r.language, "output_language": r.meta.get("output_language", r.language)}
 
 
 def _write(config: BuildConfig, tasks: Dict[TaskKey, _Task], plan: _Plan, removed: Counter,
@@ -544,8 +545,12 @@ def _write(config: BuildConfig, tasks: Dict[TaskKey, _Task], plan: _Plan, remove
             splits[split]["tasks"] += 1
             splits[split]["examples"] += n
             kept += n
-        entries.append({"task": key[1], "benchmark": key[0], "category": t.category, "level": level,
-                        "sources": list(t.info().sources), "files": files, "counts": counts})
+        entry = {"task": key[1], "benchmark": key[0], "category": t.category, "level": level,
+                 "sources": list(t.info().sources), "files": files, "counts": counts}
+        positives = t.records[0].meta.get("positive_examples") if t.records else None
+        if positives:  # SNI's k-shot demonstrations (eval/prompts.py)
+            entry["positive_examples"] = positives
+        entries.append(entry)
     skipped = dict(sorted(policy.skipped.items()))
     removed_d = {k: v for k, v in sorted(removed.items()) if v}
     balanced = policy.read == kept + sum(skipped.values()) + sum(removed_d.values())

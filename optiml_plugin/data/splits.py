@@ -31,8 +31,11 @@ class SplitConfig:
     """The split plan. `sni_split_dir` holds SNI's train/test/excluded lists (test -> eval tasks,
     excluded -> dropped); `heldout_categories`/`heldout_tasks` add eval tasks; `valid_tasks` are eval
     tasks that go wholly to the valid splits (the paper's dev tasks were disjoint from its test tasks);
-    other eval tasks give their first `eval_test` instances to test (SNI: first 100) and up to
-    `eval_valid` more to valid (paper: 250). Training tasks hold out `heldout_valid`/`heldout_test`
+    other eval tasks give their test instances as the paper draws them (§4.1, §5): every instance
+    (all prompts and examples) for benchmarks in `eval_test_all` (FLAN, PromptSource), the first
+    `eval_test` in file order elsewhere (SNI: first 100); valid sets are `eval_valid` instances (paper:
+    250) drawn at random from all of a task's prompts merged, among those not in test (see
+    `eval_draw`). Training tasks hold out `heldout_valid`/`heldout_test`
     random instances each (at most a quarter of the task each, so training keeps the rest).
     `sni_lists_complete`: the data should hold every task SNI's lists name (a full checkout); a
     partial copy (the default) only counts the absent ones. `origins` names the split file a task
@@ -44,6 +47,7 @@ class SplitConfig:
     valid_tasks: Tuple[str, ...] = ()
     eval_valid: int = 250
     eval_test: int = 100
+    eval_test_all: Tuple[str, ...] = ("flan", "promptsource")
     heldout_valid: int = 50
     heldout_test: int = 50
     sni_lists_complete: bool = False
@@ -147,13 +151,31 @@ def assign_levels(roles: Mapping[TaskKey, str], categories: Mapping[TaskKey, str
     return out
 
 
-def split_eval_instances(size: int, cfg: SplitConfig, valid_only: bool) -> Tuple[List[int], List[int]]:
-    """(valid, test) instance indices of an eval task; file order, as SNI's "first 100" rule."""
+def split_eval_instances(size: int, cfg: SplitConfig, valid_only: bool, seed: int,
+                         key: TaskKey) -> Tuple[List[int], List[int]]:
+    """(valid, test) instance indices of an eval task, drawn as the paper draws them (`SplitConfig`).
+
+    Test keeps file order (SNI's "first 100"); valid is a seeded random sample, sorted.
+    """
     if valid_only:
-        return list(range(min(size, cfg.eval_valid))), []
-    n_test = min(size, cfg.eval_test)
-    n_valid = min(size - n_test, cfg.eval_valid)
-    return list(range(n_test, n_test + n_valid)), list(range(n_test))
+        test: List[int] = []
+    elif normalize_name(key[0]) in {normalize_name(b) for b in cfg.eval_test_all}:
+        test = list(range(size))
+    else:
+        test = list(range(min(size, cfg.eval_test)))
+    rest = size - len(test)
+    pick = task_rng(seed, key, "eval_valid").permutation(rest)[:min(rest, cfg.eval_valid)]
+    return sorted(len(test) + int(i) for i in pick), test
+
+
+def eval_draw(cfg: SplitConfig) -> Dict[str, str]:
+    """How eval tasks' test and valid sets were drawn, in words, for the manifest."""
+    every = ", ".join(cfg.eval_test_all) or "none"
+    return {"test": f"every instance (all prompts and examples) for benchmarks [{every}]; the first "
+                    f"{cfg.eval_test} instances in file order for other benchmarks",
+            "valid": f"{cfg.eval_valid} instances per task drawn at random (seeded) from all of its "
+                     f"prompts merged, excluding test instances; valid_tasks give all their "
+                     f"instances to this draw"}
 
 
 def split_train_instances(size: int, cfg: SplitConfig, seed: int,

@@ -130,6 +130,11 @@ class OptTokenizer:
     def encode(self, text: str) -> List[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def pieces(self, text: str) -> List[str]:
+        """BPE token strings of `text` (byte-level, `Ġ` marks a leading space): the xlingual
+        Rouge-L track of SNI's scorer splits text into these."""
+        return self._tok.encode(text, add_special_tokens=False).tokens
+
     def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
         """Batch encoding (parallel inside `tokenizers`; without offsets where the installed
         version has `encode_batch_fast`, which we never need)."""

@@ -7,6 +7,11 @@ Why a separate module: the arithmetic is what users compare with the paper's tab
 Each instance record carries `shots`, `level`, `benchmark`, `category`, `task`, `score` (its primary
 metric: accuracy for candidates, Rouge-L otherwise) and `metrics` (every metric of the instance).
 Sub-tasks merge by the macro mean of their task scores; BLEU comes in per task from the caller.
+
+Two averagings are reported side by side, each labeled in `averaging`: the paper's macro means
+(task -> category -> level) and the official SNI script's instance means (its per-category and
+overall numbers average instances, so a category with many instances weighs more). On the same
+instance scores they differ whenever tasks have different sizes.
 """
 from __future__ import annotations
 
@@ -72,10 +77,43 @@ def merge_subtasks(tasks: Iterable[Mapping[str, Any]],
     return out
 
 
+AVERAGING = {
+    "benchmark_tasks": "mean over the task's instances in one benchmark (sub-tasks: mean of their means)",
+    "tasks": "mean over the benchmarks holding the task of its per-benchmark score",
+    "categories": "mean over the category's tasks (paper, recipe 4.2)",
+    "levels": "mean over the level's categories (paper)",
+    "model_selection": "mean over categories of every level and shot count (paper)",
+    "instance_means": "mean over instances, as the official SNI evaluation.py reports its overall, "
+                      "per-track and per-category numbers",
+}
+
+
+def _instance_group(key: Dict[str, Any], recs: List[Record]) -> Dict[str, Any]:
+    names = sorted({m for r in recs for m in r["metrics"]})
+    return dict(key, n=len(recs), score=_mean(r["score"] for r in recs),
+                metrics={m: _mean(r["metrics"][m] for r in recs if m in r["metrics"]) for m in names})
+
+
+def instance_means(records: Iterable[Record]) -> Dict[str, List[Dict[str, Any]]]:
+    """Instance means per (shots, level), per official track, and per category (official SNI)."""
+    records = list(records)
+    fields = {"overall": ("shots", "level"), "tracks": ("shots", "level", "track"),
+              "categories": ("shots", "level", "category")}
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    for name, keys in fields.items():
+        groups: Dict[Tuple, List[Record]] = defaultdict(list)
+        for r in records:
+            if name != "tracks" or r.get("track"):
+                groups[tuple(r[k] for k in keys)].append(r)
+        out[name] = [_instance_group(dict(zip(keys, k)), v) for k, v in sorted(groups.items())]
+    return out
+
+
 def aggregate(records: Iterable[Record], task_groups: Optional[Mapping[str, str]] = None,
               extra: Optional[Mapping[Tuple[int, str, str, str], Dict[str, float]]] = None
               ) -> Dict[str, Any]:
     """Every level of the paper's aggregation; see the module docstring."""
+    records = list(records)
     per_bench = merge_subtasks(task_table(records, extra), task_groups or {})
     # the same task in several benchmarks: average over those benchmarks
     cross: Dict[Tuple[int, str, str, str], List[Mapping[str, Any]]] = OrderedDict()
@@ -99,5 +137,6 @@ def aggregate(records: Iterable[Record], task_groups: Optional[Mapping[str, str]
         by_level[c["level"]].append(c["score"])
     selection = {"overall": _mean(c["score"] for c in categories),
                  "per_level": {lv: _mean(v) for lv, v in sorted(by_level.items())}}
-    return {"benchmark_tasks": per_bench, "tasks": tasks, "categories": categories,
-            "levels": levels, "model_selection": selection}
+    return {"averaging": dict(AVERAGING), "benchmark_tasks": per_bench, "tasks": tasks,
+            "categories": categories, "levels": levels, "model_selection": selection,
+            "instance_means": instance_means(records)}

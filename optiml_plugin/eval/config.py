@@ -7,9 +7,11 @@ from typing import Any, Dict, Optional, Tuple
 from optiml_plugin.data.benchfiles import LEVELS
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.eval.backend import Backend
-from optiml_plugin.eval.prompts import TASK_LEVEL_BENCHMARKS
+from optiml_plugin.eval.prompts import PROMPT_FORMATS, TASK_LEVEL_BENCHMARKS
 
 SPLIT_KINDS = ("valid", "test")
+TASK_METRICS = ("accuracy", "rougeL")  # rank classification, or generation scored by Rouge-L (and EM)
+_TASK_KEYS = ("metric", "shots")
 SCORING_MODES = ("packed", "separate")
 
 
@@ -22,6 +24,12 @@ class EvalConfig:
     `max_per_task` keeps the first N instances of each task file (SNI's "first 100").
     `task_groups` maps a task name to the task it is a sub-task of (e.g. the 57 MMLU subjects).
     `max_length` caps prompt + continuation tokens (default: the model's position limit).
+    `prompt_format`: `paper` (the bench's rendering, OPT-IML's placement of demonstrations) or
+    `sni` (Tk-Instruct's rendering for SNI tasks; docs/evaluation.md).
+    `task_settings` maps a task name to {"metric": "accuracy" | "rougeL", "shots": [k, ...]}; a task
+    not listed gets the paper's choice (`task_metric`, `task_shots`).
+    `xlingual_bpe` is a directory with GPT-2/OPT byte-level BPE files for Rouge-L of non-English
+    outputs (SNI's xlingual track); default: the model directory.
     """
 
     model: Any
@@ -35,12 +43,15 @@ class EvalConfig:
     max_batch_tokens: int = 8192
     seed: int = 0
     separator: str = "\n\n"
+    prompt_format: str = "paper"
     max_new_tokens: int = 256
     stop_strings: Tuple[str, ...] = ()
     task_groups: Dict[str, str] = field(default_factory=dict)
+    task_settings: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     task_level_benchmarks: Tuple[str, ...] = TASK_LEVEL_BENCHMARKS
     scoring: str = "packed"
     max_length: Optional[int] = None
+    xlingual_bpe: Optional[str] = None
     device: Optional[str] = None
     dtype: Optional[str] = None
     on_bad_record: str = "error"
@@ -63,17 +74,48 @@ class EvalConfig:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.scoring not in SCORING_MODES:
             raise ConfigError(f"scoring must be one of {SCORING_MODES}, got {self.scoring!r}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
         if self.on_bad_record not in ("error", "skip"):
             raise ConfigError(f"on_bad_record must be 'error' or 'skip', got {self.on_bad_record!r}")
+        for task, setting in self.task_settings.items():
+            if not isinstance(setting, dict) or set(setting) - set(_TASK_KEYS):
+                raise ConfigError(f"task_settings[{task!r}] must be a mapping with keys {_TASK_KEYS}, "
+                                  f"got {setting!r}")
+            if "metric" in setting and setting["metric"] not in TASK_METRICS:
+                raise ConfigError(f"task_settings[{task!r}].metric must be one of {TASK_METRICS}, "
+                                  f"got {setting['metric']!r}")
+            shots = setting.get("shots", [0])
+            if not isinstance(shots, list) or not all(isinstance(k, int) and k >= 0 for k in shots):
+                raise ConfigError(f"task_settings[{task!r}].shots must be a list of integers >= 0, "
+                                  f"got {shots!r}")
         self.shots = tuple(sorted({int(k) for k in self.shots}))
         self.levels = tuple(self.levels)
         return self
+
+    def task_metric(self, task: str, has_candidates: bool) -> str:
+        """The task's metric: its setting, else the paper's. Test: accuracy for tasks with candidates
+        (FLAN, PromptSource and OPT evals, P §5), Rouge-L otherwise; valid: Rouge-L (P §4.1: the dev
+        tasks are scored as generation, all but four the paper does not name)."""
+        metric = self.task_settings.get(task, {}).get("metric")
+        if metric is not None:
+            return metric
+        return "accuracy" if has_candidates and self.split == "test" else "rougeL"
+
+    def task_shots(self, task: str, category: str) -> Tuple[int, ...]:
+        """The task's shot counts: its setting, else `shots` (summarization: 0-shot only, P §4.1)."""
+        if "shots" in self.task_settings.get(task, {}):
+            return tuple(self.task_settings[task]["shots"])
+        if "summarization" in category.lower():
+            return tuple(k for k in self.shots if k == 0)
+        return self.shots
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-safe view (a loaded backend is recorded by its model id)."""
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         out["model"] = (self.model.model_id if isinstance(self.model, Backend) else str(self.model))
         out["bench"] = str(self.bench)
+        out["xlingual_bpe"] = None if self.xlingual_bpe is None else str(self.xlingual_bpe)
         out["out_dir"] = None if self.out_dir is None else str(self.out_dir)
         out["shots"] = list(self.shots)
         out["levels"] = list(self.levels)

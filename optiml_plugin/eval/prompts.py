@@ -1,35 +1,76 @@
-"""Zero- and k-shot prompts from bench rows, with demonstrations that always fit the context.
+"""Zero- and k-shot prompts in two formats, with demonstrations that always fit the context.
 
-Why: the paper (recipe §2.2) puts demonstrations between the task definition and the target example
-for task-level-instruction benchmarks (Super-NaturalInstructions), and full demonstrations before the
-example for instance-level ones (FLAN, PromptSource). Demonstrations are drawn deterministically from
-the task's training pool (seeded by task and instance, never the evaluated instance), and the oldest
-ones are dropped when the prompt would not fit.
+Why two formats: numbers are only comparable with published ones when the prompt is the one they
+were measured with.
+
+- `paper` (OPT-IML, recipe §2.2): the bench's rendered prompt. For task-level-instruction benchmarks
+  (Super-NaturalInstructions) demonstrations go between the task definition and the target example;
+  for instance-level ones (FLAN, PromptSource) full demonstrations go before the example. Every
+  demonstration is rendered with the evaluated row's own template (OPTIONS block or not, output
+  delimiter), so a prompt has one delimiter.
+- `sni` (Tk-Instruct's `src/ni_collator.py`, the format of published SNI numbers): `Definition: ...`,
+  k ` Positive Example i -` blocks and `Now complete the following example -\\nInput: ...\\nOutput: `.
+  It applies to task-level benchmarks; other rows keep the `paper` format.
+
+Demonstrations come from SNI's Positive Examples for SNI tasks (the first k, in file order, as
+Tk-Instruct takes them) and from the task's training pool elsewhere (a deterministic draw), never
+from evaluated instances. Demonstrations that do not fit are dropped (`paper`: oldest first; `sni`:
+the examples after the first that does not fit, as Tk-Instruct does).
 """
 from __future__ import annotations
 
 import hashlib
 import random
+import string
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from optiml_plugin.data.benchfiles import normalize_name
+from optiml_plugin.data.templates import render_prompt
 from optiml_plugin.data.tokenizer import join_texts
 
 Row = Dict[str, Any]
+PROMPT_FORMATS = ("paper", "sni")
 # benchmarks whose instruction is a task-level definition (normalized names)
 TASK_LEVEL_BENCHMARKS = ("niv2", "sni", "natural_instructions", "super_natural_instructions",
                          "supernatural_instructions", "supernaturalinstructions")
+_PUNCT = frozenset(string.punctuation)
 
 
 @dataclass(frozen=True)
 class Pool:
-    """Where demonstrations come from: `size` rows read by `get`; `exclude` is the evaluated row's
-    index when the pool is the evaluated file itself (no training instances for the task)."""
+    """A task's training rows: `size` rows read by `get` (never the evaluated file)."""
 
     size: int
     get: Callable[[int], Row]
-    same_file: bool
+
+
+@dataclass(frozen=True)
+class Demo:
+    """One demonstration from its raw fields, so it can be rendered with the target's template.
+
+    `src` is the demonstration's own rendering, used only when the target's template is unknown.
+    """
+
+    id: str
+    instruction: str
+    input: str
+    output: str
+    candidates: Optional[Tuple[str, ...]] = None
+    src: Optional[str] = None
+
+    @classmethod
+    def from_row(cls, row: Row) -> "Demo":
+        cands = row.get("candidates")
+        return cls(id=str(row.get("id", "")), instruction=row.get("instruction") or "",
+                   input=row.get("input") or "", output=row["tgt"],
+                   candidates=None if cands is None else tuple(cands), src=row.get("src"))
+
+
+def positive_demos(examples: Sequence[Dict[str, str]], k: int) -> List[Demo]:
+    """The first k of SNI's Positive Examples (Tk-Instruct's `[:num_pos_examples]`)."""
+    return [Demo(id=f"positive_example_{i + 1}", instruction="", input=ex["input"], output=ex["output"])
+            for i, ex in enumerate(examples[:k])]
 
 
 @dataclass(frozen=True)
@@ -39,6 +80,7 @@ class Prompt:
     text: str
     demo_ids: Tuple[str, ...]
     dropped: int
+    format: str
 
 
 def split_instruction(row: Row, task_level: bool) -> Tuple[str, str, str]:
@@ -56,26 +98,41 @@ def split_instruction(row: Row, task_level: bool) -> Tuple[str, str, str]:
     return "", "", src
 
 
-def demonstration(row: Row, task_level: bool) -> str:
-    """A demonstration: the example part of the rendered prompt joined to its target as in training."""
-    _, _, body = split_instruction(row, task_level)
-    src, tgt = join_texts(body, row["tgt"])
-    return src + tgt
+def row_template(row: Row) -> Optional[Tuple[bool, str]]:
+    """(OPTIONS block shown, output delimiter) of the bench's rendering of `row`, or None when `src`
+    is not that rendering of the row's fields (then demonstrations keep their own rendering)."""
+    src, cands = row["src"], row.get("candidates")
+    for options in ((True, False) if cands else (False,)):
+        body = render_prompt(row.get("instruction") or "", row.get("input") or "",
+                             cands if options else None, "")
+        if src.startswith(body):
+            return options, src[len(body):]
+    return None
 
 
-def demo_indices(pool: Pool, k: int, seed: int, key: str, instance_id: str,
-                 own_index: Optional[int]) -> List[int]:
+def demonstration(demo: Demo, task_level: bool, template: Optional[Tuple[bool, str]]) -> str:
+    """A `paper` demonstration: the target's template filled with the demo's fields, then its answer
+    joined as in training (task-level: without the definition, which the prompt holds once)."""
+    if template is None and demo.src is not None:
+        row = {"src": demo.src, "instruction": demo.instruction}
+        src = split_instruction(row, task_level)[2]
+    else:
+        options, delimiter = template or (True, "")
+        src = render_prompt("" if task_level else demo.instruction, demo.input,
+                            demo.candidates if options else None, delimiter)
+    return "".join(join_texts(src, demo.output))
+
+
+def demo_indices(pool: Pool, k: int, seed: int, key: str, instance_id: str) -> List[int]:
     """Up to k distinct pool indices, a pure function of (seed, key, instance id).
 
     Drawn one at a time, so the demonstrations for k shots are a prefix of those for k' > k.
     """
-    forbidden = own_index if pool.same_file else None
-    available = pool.size - (1 if forbidden is not None else 0)
-    k = min(k, max(available, 0))
+    k = min(k, pool.size)
     digest = hashlib.sha256(f"{seed}\x1f{key}\x1f{instance_id}".encode("utf-8")).digest()
     rng = random.Random(int.from_bytes(digest[:8], "little"))
     chosen: List[int] = []
-    taken = set() if forbidden is None else {forbidden}
+    taken = set()
     while len(chosen) < k:
         j = rng.randrange(pool.size)
         if j not in taken:
@@ -88,15 +145,16 @@ def is_task_level(benchmark: str, task_level_benchmarks: Sequence[str]) -> bool:
     return normalize_name(benchmark) in {normalize_name(b) for b in task_level_benchmarks}
 
 
-def build_prompt(row: Row, demos: Sequence[Row], task_level: bool, separator: str,
+def paper_prompt(row: Row, demos: Sequence[Demo], task_level: bool, separator: str,
                  fits: Callable[[str], bool]) -> Prompt:
-    """The k-shot prompt; demonstrations are dropped from the front until `fits(text)` holds.
+    """The `paper` k-shot prompt; demonstrations are dropped from the front until `fits(text)`.
 
     With no demonstrations the prompt is `src` exactly, so zero-shot is the rendered prompt.
     """
     header, gap, body = split_instruction(row, task_level)
-    texts = [demonstration(d, task_level) for d in demos]
-    ids = [str(d.get("id", "")) for d in demos]
+    template = row_template(row)
+    texts = [demonstration(d, task_level, template) for d in demos]
+    ids = [d.id for d in demos]
     dropped = 0
     while True:
         shown = texts[dropped:]
@@ -107,5 +165,35 @@ def build_prompt(row: Row, demos: Sequence[Row], task_level: bool, separator: st
         else:
             text = separator.join(shown + [body])
         if not shown or fits(text):
-            return Prompt(text=text, demo_ids=tuple(ids[dropped:]), dropped=dropped)
+            return Prompt(text=text, demo_ids=tuple(ids[dropped:]), dropped=dropped, format="paper")
         dropped += 1
+
+
+def _period(text: str) -> str:
+    """Tk-Instruct's rule: a period when the text does not already end in ASCII punctuation."""
+    return text if text[-1] in _PUNCT else text + "."
+
+
+def sni_prompt(row: Row, demos: Sequence[Demo], fits: Callable[[str], bool]) -> Prompt:
+    """Tk-Instruct's rendering: definition, positive examples while they fit, the target example."""
+    definition = _period("Definition: " + (row.get("instruction") or "").strip()) + "\n\n"
+    target = ("Now complete the following example -\n"
+              + _period(f"Input: {(row.get('input') or '').strip()}") + "\nOutput: ")
+    shown: List[str] = []
+    for i, d in enumerate(demos):
+        block = (_period(f" Positive Example {i + 1} -\nInput: {d.input.strip()}") + "\n"
+                 + _period(f" Output: {d.output.strip()}") + "\n\n")
+        if not fits(definition + "".join(shown) + block + target):
+            break
+        shown.append(block)
+    return Prompt(text=definition + "".join(shown) + target,
+                  demo_ids=tuple(d.id for d in demos[:len(shown)]),
+                  dropped=len(demos) - len(shown), format="sni")
+
+
+def build_prompt(row: Row, demos: Sequence[Demo], task_level: bool, prompt_format: str,
+                 separator: str, fits: Callable[[str], bool]) -> Prompt:
+    """The prompt of `row` in `prompt_format` (`sni` applies to task-level benchmarks only)."""
+    if prompt_format == "sni" and task_level:
+        return sni_prompt(row, demos, fits)
+    return paper_prompt(row, demos, task_level, separator, fits)

@@ -71,6 +71,12 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines.append(f"| {level} | " + " | ".join(_fmt(lv.get((level, k))) for k in shots) + " |")
     sel = agg["model_selection"]
     lines += ["", f"Model selection (mean over categories of all shot counts): **{_fmt(sel['overall'])}**", ""]
+    inst = {(r["level"], r["shots"]): r["score"] for r in agg.get("instance_means", {}).get("overall", [])}
+    if inst:  # the official SNI script's averaging, beside the paper's macro means above
+        lines += ["Mean over instances (as SNI's official script averages):", "", head.rstrip()]
+        for level in _levels({"level": lv} for lv, _ in inst):
+            lines.append(f"| {level} | " + " | ".join(_fmt(inst.get((level, k))) for k in shots) + " |")
+        lines.append("")
     cat = {(r["level"], r["category"], r["shots"]): r["score"] for r in agg["categories"]}
     for level in _levels(agg["categories"]):
         lines += [f"## {level}: categories", "", head.rstrip()]

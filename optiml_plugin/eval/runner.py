@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -15,14 +15,17 @@ from tqdm import tqdm
 
 from optiml_plugin import __version__
 from optiml_plugin.data.benchfiles import Bench, TaskFile
+from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 from optiml_plugin.eval import metrics as M
 from optiml_plugin.eval.aggregate import aggregate
 from optiml_plugin.eval.backend import Backend
 from optiml_plugin.eval.config import EvalConfig
-from optiml_plugin.eval.prompts import Pool, build_prompt, demo_indices, is_task_level
+from optiml_plugin.eval.prompts import (Demo, Pool, build_prompt, demo_indices, is_task_level,
+                                        positive_demos)
 from optiml_plugin.eval.report import default_run_dir, write_run
-from optiml_plugin.eval.scoring import Tree, cut_at_stops, generate_all, score_separately, score_trees
+from optiml_plugin.eval.scoring import (CandidateScores, Tree, cut_at_stops, generate_all, score_separately,
+                                        score_trees)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Instance:
     references: Tuple[str, ...]
     candidates: Optional[Tuple[str, ...]]
     gold: Tuple[int, ...]
+    rank: bool = False  # scored by rank classification (else generated)
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Prepared:
     demo_ids: Tuple[str, ...]
     dropped: int
     truncated: bool
+    prompt_format: str
 
 
 def load_backend(config: EvalConfig) -> Backend:
@@ -94,9 +99,17 @@ def select_instances(bench: Bench, config: EvalConfig, policy: BadRecordPolicy
             for i in range(n):
                 policy.count_read()
                 try:
-                    out.append((level, _check_row(tf, i, bench.read(tf, i))))
+                    inst = _check_row(tf, i, bench.read(tf, i))
                 except BadRecordError as err:
                     policy.handle(err)
+                    continue
+                metric = config.task_metric(tf.task, inst.candidates is not None)
+                if metric == "accuracy" and inst.candidates is None:
+                    policy.handle(BadRecordError(str(tf.path), i + 1, "candidates", "no_candidates",
+                                                 f"task {tf.task} is set to accuracy but the row has "
+                                                 f"no candidates"))
+                    continue
+                out.append((level, replace(inst, rank=metric == "accuracy")))
     return out
 
 
@@ -106,31 +119,38 @@ class _Prompter:
     def __init__(self, bench: Bench, backend: Backend, config: EvalConfig, max_len: int) -> None:
         self.bench, self.backend, self.config, self.max_len = bench, backend, config, max_len
         self.train = {(t.benchmark, t.category, t.task): t for t in bench.task_files("train")}
+        self.positives = {(t["benchmark"], t["category"], t["task"]): t["positive_examples"]
+                          for t in bench.manifest["tasks"] if t.get("positive_examples")}
         self.counts: Counter = Counter()
 
-    def _pool(self, tf: TaskFile) -> Pool:
-        train = self.train.get((tf.benchmark, tf.category, tf.task))
-        src = train if train is not None and train.count > 0 else tf
-        return Pool(size=src.count, get=lambda i, s=src: self.bench.read(s, i), same_file=src is tf)
+    def demos(self, inst: Instance, shots: int, task_level: bool) -> List[Demo]:
+        """SNI's Positive Examples for task-level tasks that have them, else the training pool."""
+        key = (inst.file.benchmark, inst.file.category, inst.file.task)
+        if task_level and key in self.positives:
+            return positive_demos(self.positives[key], shots)
+        train = self.train.get(key)
+        if train is None or train.count == 0:
+            self.counts["no_demo_pool"] += 1
+            return []
+        pool = Pool(size=train.count, get=lambda i: self.bench.read(train, i))
+        idx = demo_indices(pool, shots, self.config.seed, f"{inst.file.benchmark}/{inst.file.task}",
+                           str(inst.row.get("id", inst.index)))
+        return [Demo.from_row(pool.get(j)) for j in idx]
 
     def prepare(self, inst: Instance, shots: int) -> Prepared:
         be, cfg, row = self.backend, self.config, inst.row
         prefix = list(be.prefix_ids)
-        cand_ids = [be.encode_target(row["src"], c) + [be.eos_id] for c in (inst.candidates or ())]
+        cand_ids = [be.encode_target(row["src"], c) + [be.eos_id] for c in inst.candidates or () if inst.rank]
         reserve = max(len(c) for c in cand_ids) if cand_ids else cfg.max_new_tokens
         budget = self.max_len - reserve - len(prefix)
         if budget < 1:
             raise ConfigError(f"max_length {self.max_len} leaves no room for a prompt when "
                               f"{reserve} tokens are reserved for the answer "
                               f"({inst.file.path}:{inst.index + 1}); lower --max-new-tokens")
-        demos = []
-        if shots:
-            pool = self._pool(inst.file)
-            idx = demo_indices(pool, shots, cfg.seed, f"{inst.file.benchmark}/{inst.file.task}",
-                               str(row.get("id", inst.index)), inst.index)
-            if len(idx) < shots:
-                self.counts["short_demo_pool"] += 1
-            demos = [pool.get(j) for j in idx]
+        task_level = is_task_level(inst.file.benchmark, cfg.task_level_benchmarks)
+        demos = self.demos(inst, shots, task_level) if shots else []
+        if len(demos) < shots:
+            self.counts["short_demo_pool"] += 1
         cache: Dict[str, List[int]] = {}
 
         def encode(text: str) -> List[int]:
@@ -138,37 +158,35 @@ class _Prompter:
                 cache[text] = be.encode(text.rstrip(" "))
             return cache[text]
 
-        task_level = is_task_level(inst.file.benchmark, cfg.task_level_benchmarks)
-        prompt = build_prompt(row, demos, task_level, cfg.separator, lambda t: len(encode(t)) <= budget)
+        prompt = build_prompt(row, demos, task_level, cfg.prompt_format, cfg.separator,
+                              lambda t: len(encode(t)) <= budget)
         ids = encode(prompt.text)
         truncated = len(ids) > budget
         if truncated:  # left truncation, as the paper trained with
             ids = ids[-budget:]
             self.counts["prompts_truncated"] += 1
         self.counts["demos_dropped"] += prompt.dropped
-        return Prepared(inst, prefix + ids, cand_ids, prompt.demo_ids, prompt.dropped, truncated)
+        self.counts[f"prompts_{prompt.format}"] += 1
+        return Prepared(inst, prefix + ids, cand_ids, prompt.demo_ids, prompt.dropped, truncated,
+                        prompt.format)
 
 
 def _record(level: str, shots: int, p: Prepared, split: str) -> Dict[str, Any]:
     tf, row = p.inst.file, p.inst.row
     return {"id": row.get("id"), "benchmark": tf.benchmark, "category": tf.category, "task": tf.task,
-            "level": level, "split": split, "shots": shots, "demo_ids": list(p.demo_ids),
+            "level": level, "split": split, "shots": shots, "prompt_format": p.prompt_format,
+            "demo_ids": list(p.demo_ids),
             "demos_dropped": p.dropped, "prompt_tokens": len(p.prompt_ids), "truncated": p.truncated,
             "references": list(p.inst.references)}
 
 
-def _rank_record(rec: Dict[str, Any], inst: Instance, sums, means) -> Dict[str, Any]:
-    def correct(scores) -> bool:
-        best_gold = max(scores[g] for g in inst.gold)
-        return all(best_gold > s for j, s in enumerate(scores) if j not in inst.gold)
-
-    pick = max(range(len(sums)), key=lambda j: sums[j])
-    pick_norm = max(range(len(means)), key=lambda j: means[j])
-    acc, acc_norm = 100.0 * correct(sums), 100.0 * correct(means)
-    rec.update(kind="rank", candidates=list(inst.candidates), loglik_sum=list(sums),
-               loglik_mean=list(means), prediction=inst.candidates[pick],
-               prediction_norm=inst.candidates[pick_norm], score=acc,
-               metrics={"accuracy": acc, "accuracy_norm": acc_norm})
+def _rank_record(rec: Dict[str, Any], inst: Instance, s: CandidateScores) -> Dict[str, Any]:
+    cands = list(inst.candidates or ())
+    m = M.rank_metrics(s.sums, s.last, cands, inst.gold)
+    pick = max(range(len(s.sums)), key=lambda j: s.sums[j])
+    rec.update(kind="rank", candidates=cands, loglik_sum=list(s.sums),
+               loglik_no_eos=[a - b for a, b in zip(s.sums, s.last)], prediction=cands[pick],
+               score=m["accuracy"], metrics=m)
     return rec
 
 
@@ -186,12 +204,20 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
     max_len = min(config.max_length or backend.max_positions, backend.max_positions)
     prompter = _Prompter(bench, backend, config, max_len)
     records: List[Dict[str, Any]] = []
-    bar = tqdm(total=len(chosen) * len(config.shots), desc="eval", unit="inst",
+    xlingual = XlingualLoader(config)
+    plan = {id(inst): config.task_shots(inst.file.task, inst.file.category) for _, inst in chosen}
+    bar = tqdm(total=sum(len(v) for v in plan.values()), desc="eval", unit="inst",
                disable=not config.progress)
-    for shots in config.shots:
-        prepared = [(lv, prompter.prepare(inst, shots)) for lv, inst in chosen]
-        ranked = [(lv, p) for lv, p in prepared if p.inst.candidates]
-        generated = [(lv, p) for lv, p in prepared if not p.inst.candidates]
+    skipped_shots: Counter = Counter()
+    for shots in sorted(set(config.shots).union(*plan.values())):
+        prepared = []
+        for lv, inst in chosen:
+            if shots in plan[id(inst)]:
+                prepared.append((lv, prompter.prepare(inst, shots)))
+            else:
+                skipped_shots[f"{inst.file.benchmark}/{inst.file.task}"] += 1
+        ranked = [(lv, p) for lv, p in prepared if p.inst.rank]
+        generated = [(lv, p) for lv, p in prepared if not p.inst.rank]
         trees = [Tree(tuple(p.prompt_ids), tuple(tuple(c) for c in p.candidate_ids)) for _, p in ranked]
         scorer = score_trees if config.scoring == "packed" else score_separately
         scores = scorer(backend, trees, max_batch_tokens=config.max_batch_tokens,
@@ -200,27 +226,33 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
         if config.scoring == "separate":
             bar.update(len(trees))
         for (lv, p), s in zip(ranked, scores):
-            records.append(_rank_record(_record(lv, shots, p, config.split), p.inst, s.sums, s.means))
+            records.append(_rank_record(_record(lv, shots, p, config.split), p.inst, s))
         outs = generate_all(backend, [p.prompt_ids for _, p in generated], config.max_new_tokens,
                             config.batch_size, on_batch=bar.update)
         for (lv, p), ids in zip(generated, outs):
             text = cut_at_stops(backend.decode(ids), config.stop_strings)
-            lang = p.inst.row.get("language")
-            m = {"rougeL": M.rouge_l(text, p.inst.references, lang),
+            lang = output_language(p.inst.row)
+            track = M.track(lang)
+            xl = xlingual() if track == M.XLINGUAL_TRACK else None
+            m = {"rougeL": M.rouge_l(text, p.inst.references, lang, xl),
                  "exact_match": M.exact_match(text, p.inst.references)}
             rec = _record(lv, shots, p, config.split)
-            rec.update(kind="generate", prediction=text, new_tokens=len(ids), score=m["rougeL"], metrics=m)
+            rec.update(kind="generate", prediction=text, new_tokens=len(ids), output_language=lang,
+                       track=track, score=m["rougeL"], metrics=m)
             records.append(rec)
     bar.close()
-    extra = _bleu(records)
+    extra, bleu_tokenize = _bleu(records)
     counts = dict(prompter.counts)
-    counts.update(instances=len(chosen), evaluations=len(records),
+    counts.update(instances=len(chosen), evaluations=len(records), not_run_at_shots=dict(skipped_shots),
                   rank=sum(r["kind"] == "rank" for r in records),
                   generate=sum(r["kind"] == "generate" for r in records),
                   per_level=dict(Counter(lv for lv, _ in chosen)), bad_records=policy.to_dict())
     results: Dict[str, Any] = {
         "model_id": backend.model_id, "optiml_version": __version__, "config": config.to_dict(),
         "max_length": max_len, "counts": counts,
+        "scoring": {"rouge_tracks": dict(Counter(r["track"] for r in records if r.get("track"))),
+                    "xlingual_bpe": xlingual.origin, "bleu_tokenize": bleu_tokenize,
+                    "rank_metrics": dict(M.RANK_METRICS)},
         "aggregate": aggregate(records, config.task_groups, extra),
         "elapsed_s": round(time.time() - started, 3)}
     out_dir = Path(config.out_dir) if config.out_dir else default_run_dir(
@@ -231,11 +263,57 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
     return results
 
 
-def _bleu(records: List[Dict[str, Any]]) -> Dict[Tuple[int, str, str, str], Dict[str, float]]:
-    """Corpus BLEU per (shots, level, benchmark, task) for generated translation tasks."""
+def _bleu(records: List[Dict[str, Any]]
+          ) -> Tuple[Dict[Tuple[int, str, str, str], Dict[str, float]], Dict[str, str]]:
+    """Corpus BLEU per (shots, level, benchmark, task) of generated translation tasks, tokenized
+    for the task's output language; and the sacrebleu tokenizer used per `benchmark/task`."""
     groups: Dict[Tuple[int, str, str, str], List[Dict[str, Any]]] = {}
     for r in records:
         if r["kind"] == "generate" and M.is_translation(r["category"]):
             groups.setdefault((r["shots"], r["level"], r["benchmark"], r["task"]), []).append(r)
-    return {k: {"bleu": M.corpus_bleu([r["prediction"] for r in rs], [r["references"] for r in rs])}
-            for k, rs in groups.items()}
+    scores, used = {}, {}
+    for key, rs in groups.items():
+        tok = M.bleu_tokenize(rs[0]["output_language"])
+        used[f"{key[2]}/{key[3]}"] = tok
+        scores[key] = {"bleu": M.corpus_bleu([r["prediction"] for r in rs],
+                                             [r["references"] for r in rs], tokenize=tok)}
+    return scores, used
+
+
+def output_language(row: Dict[str, Any]) -> str:
+    """The language a row's answer is written in (SNI's `Output_language`; else the row's language)."""
+    return row.get("output_language") or row.get("language") or "en"
+
+
+GPT2_VOCAB = 50257
+
+
+class XlingualLoader:
+    """The xlingual track's BPE tokenizer, loaded on first use (English-only runs never need it).
+
+    From `config.xlingual_bpe`, else from the model directory: OPT's own BPE files have GPT-2's
+    tokens and merges, which is what the official scorer splits with.
+    """
+
+    def __init__(self, config: EvalConfig) -> None:
+        model_dir = None if isinstance(config.model, Backend) else config.model
+        self.source = config.xlingual_bpe or model_dir
+        self.origin: Optional[str] = None
+        self._tok: Optional[M.XlingualTokenizer] = None
+
+    def __call__(self) -> M.XlingualTokenizer:
+        if self._tok is None:
+            if self.source is None:
+                raise ConfigError("non-English outputs are scored on SNI's xlingual track, which "
+                                  "splits text with GPT-2 byte-level BPE: set xlingual_bpe "
+                                  "(--xlingual-bpe DIR with OPT's vocab/merges files)")
+            try:
+                tok = OptTokenizer.from_dir(self.source)
+            except ConfigError as err:
+                raise ConfigError(f"xlingual Rouge-L needs GPT-2/OPT byte-level BPE files: {err}; "
+                                  f"pass --xlingual-bpe DIR") from None
+            if tok.vocab_size < GPT2_VOCAB:  # e.g. the demo's small BPE: not the official pieces
+                raise ConfigError(f"xlingual Rouge-L needs GPT-2's byte-level BPE; {tok.origin} has "
+                                  f"{tok.vocab_size} tokens: pass --xlingual-bpe DIR with OPT's files")
+            self._tok, self.origin = M.XlingualTokenizer(tok.pieces), tok.origin
+        return self._tok

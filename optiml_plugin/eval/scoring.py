@@ -29,14 +29,11 @@ class Tree:
 
 @dataclass(frozen=True)
 class CandidateScores:
-    """Summed log-likelihood and token count of each candidate of one tree."""
+    """Summed log-likelihood, token count and final-token (`</s>`) log-probability of each candidate."""
 
     sums: Tuple[float, ...]
     lengths: Tuple[int, ...]
-
-    @property
-    def means(self) -> Tuple[float, ...]:
-        return tuple(s / max(n, 1) for s, n in zip(self.sums, self.lengths))
+    last: Tuple[float, ...]
 
 
 def tree_tensors(trees: Sequence[Tree], pad_id: int):
@@ -107,11 +104,12 @@ def score_trees(backend: Backend, trees: Sequence[Tree], max_batch_tokens: int =
         with torch.no_grad():
             lp = backend.token_logprobs(ids, pos, mask, gpos, gtok).double().cpu()
         for row, (i, t) in enumerate(zip(batch, chunk)):
-            sums, at = [], 0
+            sums, last, at = [], [], 0
             for c in t.candidates:
                 sums.append(float(lp[row, at:at + len(c)].sum()))
+                last.append(float(lp[row, at + len(c) - 1]))
                 at += len(c)
-            out[i] = CandidateScores(tuple(sums), tuple(len(c) for c in t.candidates))
+            out[i] = CandidateScores(tuple(sums), tuple(len(c) for c in t.candidates), tuple(last))
         if on_batch is not None:
             on_batch(len(batch))
     return out  # type: ignore[return-value]
@@ -124,7 +122,8 @@ def score_separately(backend: Backend, trees: Sequence[Tree], **kwargs) -> List[
     out, at = [], 0
     for t in trees:
         part = scores[at:at + len(t.candidates)]
-        out.append(CandidateScores(tuple(s.sums[0] for s in part), tuple(s.lengths[0] for s in part)))
+        out.append(CandidateScores(tuple(s.sums[0] for s in part), tuple(s.lengths[0] for s in part),
+                                   tuple(s.last[0] for s in part)))
         at += len(t.candidates)
     return out
 

@@ -3,7 +3,8 @@
 Why: SNI is the primary benchmark and its categories the primary taxonomy. One task file becomes one
 Record per instance: instruction = Definition[0], outputs = the instance's reference list (scored
 with Rouge-L, so no candidates), sources = `Source`, category = `Categories[0]`. The positive
-examples are kept in `meta["positive_examples"]` for few-shot evaluation. The real files contain a
+examples are kept in `meta["positive_examples"]` for few-shot evaluation, and `Output_language` in
+`meta["output_language"]` (it picks the SNI scorer's track). The real files contain a
 bare `NaN` in `URL`, which Python's json accepts; that field is not used.
 """
 from __future__ import annotations
@@ -40,6 +41,9 @@ def _load_task(path: Path, task: str, spec: SourceSpec, gate: RecordGate) -> Ite
     doc, instruction, sources, category, language = header
     benchmark = spec.benchmark or DEFAULT_BENCHMARK
     positives = _positive_examples(doc.get("Positive Examples"))
+    outputs = as_str_tuple(doc.get("Output_language") or []) or ()
+    # the official scorer's track follows the output language (English->German is xlingual)
+    output_language = language_code(outputs[0]) if outputs else language
     for i, inst in enumerate(doc["Instances"]):
         gate.policy.count_read()
         where: str = f"Instances[{i}]"
@@ -69,7 +73,7 @@ def _load_task(path: Path, task: str, spec: SourceSpec, gate: RecordGate) -> Ite
             benchmark=benchmark, task=task, category=category, sources=sources,
             instruction=instruction, input=inst["input"], outputs=outputs_value(inst["output"]),
             id=inst["id"], candidates=None,
-            language=language, meta={"positive_examples": positives})
+            language=language, meta={"positive_examples": positives, "output_language": output_language})
         kept = gate.admit(record, path, where)
         if kept is not None:
             yield kept
