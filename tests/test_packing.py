@@ -21,7 +21,8 @@ def examples_strategy(max_len: int = 40):
 
 
 def expected_example(src: List[int], tgt: List[int]) -> Tuple[List[int], List[bool]]:
-    src = src or [EOS]
+    """The BOS rule: `</s>` opens every example (source side), `</s>` closes it (target side)."""
+    src = [EOS] + src
     return src + tgt + [EOS], [False] * len(src) + [True] * (len(tgt) + 1)
 
 
@@ -73,11 +74,11 @@ def authors_next_fit(examples: List[List[int]], block_size: int) -> List[List[in
 @settings(max_examples=60, deadline=None)
 @given(examples_strategy(max_len=60), st.integers(min_value=60, max_value=150))
 def test_sequential_matches_authors_blocks(pairs, tps):
-    pairs = [(s or [5], t) for s, t in pairs]       # the authors had no BOS for empty sources
     cfg = PackingConfig(tokens_per_sample=tps, strategy="sequential")
     items = [make_item(s, t, cfg, index=i) for i, (s, t) in enumerate(pairs)]
     assert all(not it.cut_left and not it.cut_right for it in items)
     ours = [b.indices for b in pack(items, cfg)]
+    # the authors' next-fit over our examples (which carry the opening `</s>` theirs lacked)
     assert ours == authors_next_fit([list(it.tokens) for it in items], tps + 1)
 
 
@@ -97,23 +98,23 @@ def test_best_fit_fills_gaps_and_is_deterministic():
 
 def test_truncation_left_then_right_counted():
     cfg = PackingConfig(tokens_per_sample=9)                 # block of 10 tokens
-    item = make_item(list(range(10, 20)), [30, 31, 32], cfg)  # 10 + 3 + eos = 14
-    assert item.tokens.tolist() == [14, 15, 16, 17, 18, 19, 30, 31, 32, EOS]
-    assert (item.cut_left, item.cut_right, item.n_src) == (4, 0, 6)
+    item = make_item(list(range(10, 20)), [30, 31, 32], cfg)  # bos + 10 + 3 + eos = 15
+    assert item.tokens.tolist() == [EOS, 15, 16, 17, 18, 19, 30, 31, 32, EOS]  # the opening </s> stays
+    assert (item.cut_left, item.cut_right, item.n_src) == (5, 0, 6)
     long_tgt = make_item([10, 11], list(range(40, 52)), cfg)  # target of 12 + eos cannot fit
-    assert long_tgt.tokens.tolist() == [11] + list(range(40, 49))
-    assert (long_tgt.cut_left, long_tgt.cut_right, long_tgt.n_src) == (1, 4, 1)
+    assert long_tgt.tokens.tolist() == [EOS] + list(range(40, 49))
+    assert (long_tgt.cut_left, long_tgt.cut_right, long_tgt.n_src) == (2, 4, 1)
     stats = PackingStats.of(pack([item, long_tgt], cfg))
-    assert (stats.cut_left_examples, stats.cut_left_tokens) == (2, 5)
+    assert (stats.cut_left_examples, stats.cut_left_tokens) == (2, 7)
     assert (stats.cut_right_examples, stats.cut_right_tokens) == (1, 4)
     assert stats.blocks == 2 and stats.non_pad_fraction == 1.0
 
 
 def test_right_truncation_mode():
     cfg = PackingConfig(tokens_per_sample=9, truncation="right")
-    item = make_item(list(range(10, 18)), [30, 31, 32], cfg)  # 8 + 4 = 12 > 10
-    assert item.tokens.tolist() == list(range(10, 18)) + [30, 31]
-    assert (item.cut_left, item.cut_right, item.n_src) == (0, 2, 8)
+    item = make_item(list(range(10, 18)), [30, 31, 32], cfg)  # 1 + 8 + 4 = 13 > 10
+    assert item.tokens.tolist() == [EOS] + list(range(10, 18)) + [30]
+    assert (item.cut_left, item.cut_right, item.n_src) == (0, 3, 9)
 
 
 @settings(max_examples=40, deadline=None)
@@ -123,21 +124,22 @@ def test_truncation_accounts_for_every_token(lens, mode):
     cfg = PackingConfig(tokens_per_sample=127, truncation=mode)
     for ns, nt in lens:
         item = make_item([5] * ns, [6] * nt, cfg)
-        full = max(ns, 1) + nt + 1
+        full = 1 + ns + nt + 1
         assert len(item) <= cfg.block_size
         assert len(item) + item.cut_left + item.cut_right == full
         assert (full > cfg.block_size) == bool(item.cut_left or item.cut_right)
 
 
-def test_empty_source_gets_bos_and_stats():
+def test_every_example_opens_with_eos_and_stats():
     cfg = PackingConfig(tokens_per_sample=15)
     blocks = pack([make_item([], [9, 9], cfg), make_item([4], [], cfg)], cfg)
     assert len(blocks) == 1
     b = blocks[0]
-    assert b.tokens[:7].tolist() == [EOS, 9, 9, EOS, 4, EOS, PAD]
+    assert b.tokens[:8].tolist() == [EOS, 9, 9, EOS, EOS, 4, EOS, PAD]
+    assert b.positions[:7].tolist() == [0, 1, 2, 3, 0, 1, 2]
     stats = PackingStats.of(blocks).to_dict()
     assert stats["examples_per_row"] == 2 and stats["target_tokens"] == 4
-    assert stats["non_pad_fraction"] == pytest.approx(6 / 16)
+    assert stats["non_pad_fraction"] == pytest.approx(7 / 16)
     assert PackingStats.from_dict(stats).to_dict() == stats
 
 

@@ -224,10 +224,10 @@ def test_collate_pads_rows(tok):
     blocks = pack([make_item([5, 6], [7], cfg, task_id=3, benchmark_id=1)], cfg)
     batch = collate_blocks(blocks, rows=3)
     assert batch["input_ids"].shape == (3, 16)
-    assert batch["input_ids"][0, :4].tolist() == [5, 6, 7, 2]
-    assert batch["loss_mask"][0, :4].tolist() == [False, True, True, False]
-    assert batch["target_ids"][0, :4].tolist() == [1, 7, 2, 1]
-    assert batch["task_ids"][0, :5].tolist() == [3, 3, 3, 3, -1]
+    assert batch["input_ids"][0, :5].tolist() == [2, 5, 6, 7, 2]   # </s> opens the example (BOS rule)
+    assert batch["loss_mask"][0, :5].tolist() == [False, False, True, True, False]
+    assert batch["target_ids"][0, :5].tolist() == [1, 1, 7, 2, 1]
+    assert batch["task_ids"][0, :6].tolist() == [3, 3, 3, 3, 3, -1]
     assert (batch["segment_ids"][1:] == 0).all() and (batch["benchmark_ids"][1:] == -1).all()
     with pytest.raises(ConfigError):
         collate_blocks(blocks * 2, rows=1)

@@ -9,12 +9,11 @@ pure function of the input order (needed for exact resume).
 
 A block holds `tokens_per_sample + 1` tokens (input = block[:-1], target = block[1:]). Each token
 carries a segment id (0 = padding, 1.. = the examples of the block in order), a position that
-restarts at 0 with each example and a target flag (target tokens and the closing `</s>`). An
-example with an empty source gets `</s>` as a one-token source (OPT's BOS convention), so its first
-target token is predicted from inside its own segment, never from the previous example.
+restarts at 0 with each example and a target flag (target tokens and the closing `</s>`). Every
+example opens with `</s>` (the BOS rule, `tokenizer.EXAMPLE_START_ID`: OPT's document start), so even
+an empty source predicts its first target token from inside its own segment.
 
-Too long: the source is truncated from the left (the paper's choice, keeping at least one source
-token); a target that still cannot fit is cut on the right and its `</s>` dropped (a cut target
+Too long: the source is truncated from the left (the paper's choice; the opening `</s>` is kept); a target that still cannot fit is cut on the right and its `</s>` dropped (a cut target
 does not end there). Both are counted, in examples and tokens.
 """
 from __future__ import annotations
@@ -25,7 +24,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-from optiml_plugin.data.tokenizer import EOS_ID, PAD_ID
+from optiml_plugin.data.tokenizer import EOS_ID, EXAMPLE_START_ID, PAD_ID
 from optiml_plugin.errors import ConfigError
 
 STRATEGIES = ("best_fit", "sequential")
@@ -84,21 +83,22 @@ class PackItem:
 
 def make_item(src_ids: Sequence[int], tgt_ids: Sequence[int], config: PackingConfig, index: int = 0,
               task_id: int = 0, benchmark_id: int = 0, eos_id: int = EOS_ID) -> PackItem:
-    """Build the example `src + tgt + </s>` (BOS-sourced when `src` is empty) and fit it to a block."""
+    """Build the example `</s> src tgt </s>` (the BOS rule: `tokenizer.EXAMPLE_START_ID` opens it) and
+    fit it to a block. The opening `</s>` counts as source and is never truncated."""
     block = config.block_size
-    n_src = len(src_ids) or 1
+    n_src = len(src_ids) + 1
     if n_src + len(tgt_ids) + 1 <= block:  # the common case: one conversion, no truncation
-        tokens = np.array([*(src_ids if len(src_ids) else (eos_id,)), *tgt_ids, eos_id], dtype=np.int64)
+        tokens = np.array([EXAMPLE_START_ID, *src_ids, *tgt_ids, eos_id], dtype=np.int64)
         return PackItem(index, task_id, benchmark_id, tokens, n_src)
-    src = np.asarray(src_ids, dtype=np.int64) if len(src_ids) else np.array([eos_id], dtype=np.int64)
+    src = np.array([EXAMPLE_START_ID, *src_ids], dtype=np.int64)
     tgt = np.concatenate([np.asarray(tgt_ids, dtype=np.int64), np.array([eos_id], dtype=np.int64)])
     if config.truncation == "right":
         whole = np.concatenate([src, tgt])
         return PackItem(index, task_id, benchmark_id, whole[:block], min(len(src), block), 0,
                         len(whole) - block)
-    keep_src = max(1, block - len(tgt))
+    keep_src = max(1, block - len(tgt))   # the opening `</s>` at least
     cut_left = len(src) - keep_src
-    src = src[cut_left:]
+    src = np.concatenate([src[:1], src[1 + cut_left:]])
     cut_right = max(0, len(src) + len(tgt) - block)
     tgt = tgt[:len(tgt) - cut_right]
     tokens = np.concatenate([src, tgt])

@@ -23,6 +23,10 @@ PathLike = Union[str, "os.PathLike[str]"]
 BOS, PAD, EOS, UNK = "<s>", "<pad>", "</s>", "<unk>"
 SPECIALS = (BOS, PAD, EOS, UNK)
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+# The BOS rule, one for training (both trainers, the metaseq task) and evaluation: every example opens
+# with `</s>`, as every document did in OPT's pre-training (and as transformers' OPT tokenizer prepends);
+# the example attends to it and its positions start there at 0. `<s>` (id 0) is never used.
+EXAMPLE_START_ID = EOS_ID
 TOKENIZER_JSON = "tokenizer.json"
 # file pairs `from_dir` accepts, in order of preference after tokenizer.json
 _VOCAB_PAIRS = (("vocab.json", "merges.txt"), ("gpt2-vocab.json", "gpt2-merges.txt"))
