@@ -33,6 +33,7 @@ setup(
         "pyyaml>=5.4",
         "tqdm>=4.60",
         "matplotlib>=3.5",
+        "pydantic>=2",
     ],
     extras_require=EXTRAS,
     package_data={"optiml_plugin.data": ["taxonomy.yaml"]},

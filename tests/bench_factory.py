@@ -68,12 +68,12 @@ def make_bench(root: Union[str, Path], tasks: List[Dict[str, Any]], seed: int = 
 def micro_train_config(bench: Path, out: Path, **sections: Dict[str, Any]):
     """A local-trainer config for a micro OPT on `bench` (a few seconds per run); `sections` update
     the model/data/optim/run sections key by key."""
-    from optiml_plugin.local.config import config_from_dict
+    from optiml_plugin.recipe import config_from_dict
 
     values = {"model": {"preset": "micro", "dropout": 0.1},
               "data": {"bench": str(bench), "tokens_per_sample": 64, "batch_size": 2, "builtin_vocab_size": 300,
                        "max_valid_examples_per_task": 8},
-              "optim": {"lr": 3e-3, "warmup_steps": 2, "max_steps": 6},
+              "optim": {"lr": 3e-3, "warmup_updates": 2, "max_update": 6},
               "run": {"out_dir": str(out), "log_every": 1, "valid_every": 0, "save_every": 3, "progress": False,
                       "tensorboard": False, "threads": 1}}
     for name, extra in sections.items():

@@ -62,7 +62,7 @@ def _worker(rank: int, port: int, bench: Path, root: Path) -> None:
     dist.init_process_group("gloo", timeout=timedelta(seconds=120))
     try:
         # DDP, no dropout: the first update's loss is recomputable from the initial model
-        trainer = Trainer(_config(bench, root / "ddp_step", dropout=0.0, max_steps=3))
+        trainer = Trainer(_config(bench, root / "ddp_step", dropout=0.0, max_update=3))
         seen: List[List[Dict[str, Any]]] = []
         _record_steps(trainer, seen)
         before = _params(trainer)
@@ -84,7 +84,7 @@ def _worker(rank: int, port: int, bench: Path, root: Path) -> None:
         _run_and_resume(_config(bench, root / "fsdp_cut", mode="fsdp"), cut=3)
         # sharded vs replicated training, clipping out of play (see test_fsdp_clips_by_the_global_norm)
         for mode in ("ddp", "fsdp"):
-            Trainer(_config(bench, root / f"{mode}_noclip", mode=mode, clip_norm=1e9, max_steps=4)).train()
+            Trainer(_config(bench, root / f"{mode}_noclip", mode=mode, clip_norm=1e9, max_update=4)).train()
     finally:
         dist.destroy_process_group()
 
@@ -146,7 +146,7 @@ def test_ddp_ranks_read_disjoint_partitions_of_one_stream(world, bench):
 
     cfg = _config(bench, world / "unused")
     b = Bench(str(bench))
-    mixture = Mixture.from_bench(b, MixtureConfig(proportions=cfg.data.proportions, eps=cfg.data.eps))
+    mixture = Mixture.from_bench(b, MixtureConfig(proportions=cfg.data.benchmark_proportions, eps=cfg.data.eps))
     single = ExampleStream(b, mixture, seed=cfg.run.seed)
     consumed = []
     for rank, rec in enumerate(_ranks(world, "ddp_step")):

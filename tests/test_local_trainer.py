@@ -10,7 +10,7 @@ from bench_factory import make_bench, micro_train_config
 from optiml_plugin.cli import main as cli_main
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.local import checkpoint as ckpt
-from optiml_plugin.local.config import config_from_dict, load_config
+from optiml_plugin.recipe import config_from_dict, load_config
 from optiml_plugin.local.trainer import Trainer, lr_lambda, read_log
 
 
@@ -31,7 +31,7 @@ def _train_losses(log):
 
 
 def test_a_few_steps_lower_the_loss(bench, tmp_path):
-    trainer = Trainer(micro_train_config(bench, tmp_path / "run", optim={"lr": 1e-2, "max_steps": 12}))
+    trainer = Trainer(micro_train_config(bench, tmp_path / "run", optim={"lr": 1e-2, "max_update": 12}))
     before = trainer.validate()
     final = trainer.train()
     after = trainer.validate()
@@ -125,7 +125,7 @@ def test_ddp_world_of_one_matches_single_process(bench, tmp_path, monkeypatch):
 def test_low_precision_autocast_trains_and_resumes_exactly(bench, tmp_path, precision):
     """bf16/fp16 autocast (CPU here; the same code path on GPUs): the model runs in low precision, the loss
     falls, fp16's loss scaler is checkpointed, and a resumed run continues exactly."""
-    opts = dict(model={"preset": "micro", "dropout": 0.0}, optim={"lr": 1e-2, "max_steps": 6})
+    opts = dict(model={"preset": "micro", "dropout": 0.0}, optim={"lr": 1e-2, "max_update": 6})
     fp32 = Trainer(micro_train_config(bench, tmp_path / "fp32", **opts))
     fp32.train()
     run = {"precision": precision, "save_every": 3}
@@ -159,9 +159,9 @@ def test_config_errors_name_the_key(bench, tmp_path):
 
 
 def test_fresh_run_refuses_a_directory_with_checkpoints(bench, tmp_path):
-    Trainer(micro_train_config(bench, tmp_path / "run", optim={"max_steps": 1})).train()
+    Trainer(micro_train_config(bench, tmp_path / "run", optim={"max_update": 1})).train()
     with pytest.raises(ConfigError, match="--resume"):
-        Trainer(micro_train_config(bench, tmp_path / "run", optim={"max_steps": 1}))
+        Trainer(micro_train_config(bench, tmp_path / "run", optim={"max_update": 1}))
 
 
 def test_schedule_warms_up_then_decays_to_zero():
@@ -219,10 +219,10 @@ def test_old_split_cap_key_names_its_replacement(bench, tmp_path):
 
 
 def test_adamw_is_fused_where_torch_has_it_and_falls_back_otherwise(monkeypatch):
-    from optiml_plugin.local.config import OptimConfig
+    from optiml_plugin.recipe import OptimConfig
     from optiml_plugin.local.trainer import adamw
 
-    o = OptimConfig(lr=0.1, betas=[0.8, 0.9], adam_eps=1e-6)
+    o = OptimConfig(lr=0.1, adam_betas=[0.8, 0.9], adam_eps=1e-6)
     p = torch.nn.Parameter(torch.ones(3))
     opt = adamw([{"params": [p]}], o)
     assert opt.defaults["betas"] == (0.8, 0.9) and opt.defaults["eps"] == 1e-6 and opt.defaults["lr"] == 0.1

@@ -15,7 +15,7 @@ from optiml_plugin.data.packing import PackingConfig, pack
 from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.data.validation import ValidationSet, validation_set
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.local.config import DataConfig
+from optiml_plugin.recipe import DataConfig
 
 TOKENIZER_SAMPLE_PER_TASK = 2000
 
@@ -42,7 +42,7 @@ def load_tokenizer(cfg: DataConfig, bench: Bench, saved: Optional[Path] = None) 
 
 
 def packing_config(cfg: DataConfig) -> PackingConfig:
-    return PackingConfig(tokens_per_sample=cfg.tokens_per_sample, strategy=cfg.packing, window=cfg.window,
+    return PackingConfig(tokens_per_sample=cfg.tokens_per_sample, strategy=cfg.packing_strategy, window=cfg.packing_window,
                          truncation=cfg.truncation)
 
 

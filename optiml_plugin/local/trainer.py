@@ -30,7 +30,7 @@ from optiml_plugin.errors import ConfigError, CorruptFileError, WriteError, firs
 from optiml_plugin.fsio import replace_dir
 from optiml_plugin.local import checkpoint as ckpt
 from optiml_plugin.local.attention_backends import DocumentAttention
-from optiml_plugin.local.config import OptimConfig, TrainConfig
+from optiml_plugin.recipe import OptimConfig, TrainConfig
 from optiml_plugin.local.data import load_tokenizer, packing_config, validation_batches
 from optiml_plugin.local.distributed import (Dist, clip_grad_norm, full_state_dict, init_distributed,
                                              load_full_state_dict, load_optimizer_state, optimizer_state,
@@ -74,7 +74,7 @@ def adamw(param_groups: List[Dict[str, Any]], o: OptimConfig) -> torch.optim.Ada
     """AdamW with the config's lr/betas/eps; the fused kernel where this torch has it for the parameters'
     device (CUDA since 2.0, CPU since 2.4): one pass over each tensor instead of a dozen, and no temporaries
     the size of the 50k-row embedding (measured 6x faster steps on CPU for opt-125m's embedding)."""
-    kwargs = dict(lr=o.lr, betas=tuple(o.betas), eps=o.adam_eps)
+    kwargs = dict(lr=o.lr, betas=tuple(o.adam_betas), eps=o.adam_eps)
     try:
         return torch.optim.AdamW(param_groups, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device/dtype/torch
@@ -82,7 +82,7 @@ def adamw(param_groups: List[Dict[str, Any]], o: OptimConfig) -> torch.optim.Ada
 
 
 class Trainer:
-    """Builds everything from a `TrainConfig`; `train()` runs to `optim.max_steps` and saves the final model."""
+    """Builds everything from a `TrainConfig`; `train()` runs to `optim.max_update` and saves the final model."""
 
     def __init__(self, config: TrainConfig, resume: bool = False) -> None:
         self.cfg = config
@@ -105,8 +105,8 @@ class Trainer:
         if self.dist.is_main:
             self.tokenizer.save(self.out / "tokenizer")
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        self.mixture = Mixture.from_bench(self.bench, MixtureConfig(proportions=config.data.proportions,
-                                                                    eps=config.data.eps))
+        self.mixture = Mixture.from_bench(self.bench, MixtureConfig(proportions=config.data.benchmark_proportions,
+                                                                    eps=config.data.eps, caps=config.data.benchmark_caps))
         self.stream = ExampleStream(self.bench, self.mixture, seed=run.seed, rank=self.dist.rank,
                                     world_size=self.dist.world_size)
         from optiml_plugin.data.pipeline import PackedBatches
@@ -136,7 +136,7 @@ class Trainer:
         o = config.optim
         self.optimizer = adamw([{"params": decay, "weight_decay": o.weight_decay},
                                 {"params": no_decay, "weight_decay": 0.0}], o)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(o.warmup_steps, o.max_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(o.warmup_updates, o.max_update))
         self.scaler = _grad_scaler(self.device) if self.dtype == torch.float16 else None
         self.step = 0
         self.log_path = self.out / "log.jsonl"
@@ -154,7 +154,7 @@ class Trainer:
     def _forward(self, batch: Dict[str, torch.Tensor], scale: float) -> Tuple[torch.Tensor, LossSums]:
         """(`scale` x the loss numerator, to backward; the micro-batch's loss sums, detached, to log)."""
         batch = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS}
-        normalize = self.cfg.optim.loss_normalize
+        normalize = self.cfg.data.loss_normalization
         groups = example_groups(batch["segment_ids"], batch["loss_mask"])
         with self._autocast():
             loss, nll = self.model(batch["loss_mask"], batch["target_ids"],
@@ -166,7 +166,7 @@ class Trainer:
         """Forward/backward every micro-batch with the update's global normalizer, clip, step."""
         self.model.train()
         o = self.cfg.optim
-        if o.loss_normalize == "token":
+        if self.cfg.data.loss_normalization == "token":
             local = sum(int(b["loss_mask"].sum()) for b in micro)
         else:  # examples with at least one target token
             local = sum(int(example_groups(b["segment_ids"], b["loss_mask"]).unique().numel()) for b in micro)
@@ -193,7 +193,7 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1
-        num = total.nll_sum if o.loss_normalize == "token" else total.example_nll_sum
+        num = total.nll_sum if self.cfg.data.loss_normalization == "token" else total.example_nll_sum
         red = self.dist.all_reduce_sum(torch.stack([num.detach().float(), total.target_tokens.float()]))
         return {"loss": float(red[0]) / denom, "target_tokens": float(red[1]), "lr": lr,
                 "grad_norm": float(grad_norm)}
@@ -255,19 +255,19 @@ class Trainer:
     # ---- loop ----
 
     def _micro_batches(self, it: Iterator[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        return [next(it) for _ in range(self.cfg.optim.grad_accum)]
+        return [next(it) for _ in range(self.cfg.optim.update_freq)]
 
     def train(self, until: Optional[int] = None) -> Optional[Path]:
-        """Run to max_steps (from the resumed step), validating/saving on schedule; returns the final dir.
+        """Run to max_update (from the resumed step), validating/saving on schedule; returns the final dir.
 
         `until` stops after that step with a checkpoint and no final model (time-limited jobs, tests)."""
         run, o = self.cfg.run, self.cfg.optim
-        stop = o.max_steps if until is None else min(until, o.max_steps)
+        stop = o.max_update if until is None else min(until, o.max_update)
         bar = None
         if run.progress and self.dist.is_main:
             from tqdm import tqdm
 
-            bar = tqdm(total=o.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=o.max_update, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         if self.step == 0 and run.valid_every:  # the starting point of every validation curve
             self._validate_and_log()
         it = iter(self.batches)
@@ -278,7 +278,7 @@ class Trainer:
             window_tokens += sum(int((b["segment_ids"] > 0).sum()) for b in micro)
             window_slots += sum(int(b["segment_ids"].numel()) for b in micro)
             window_targets += stats["target_tokens"]
-            last = self.step == o.max_steps
+            last = self.step == o.max_update
             if self.step % run.log_every == 0 or last:
                 dt = max(time.perf_counter() - t0, 1e-9)
                 record = {"step": self.step, "loss": stats["loss"], "lr": stats["lr"],
@@ -305,7 +305,7 @@ class Trainer:
         self._say(f"step {self.step}: the packer cut {cut['cut_left_examples']} examples on the left (source, "
                   f"{cut['cut_left_tokens']} tokens) and {cut['cut_right_examples']} on the right (target, "
                   f"{cut['cut_right_tokens']} tokens) to fit data.tokens_per_sample")
-        return self.save_final() if self.step >= o.max_steps else None
+        return self.save_final() if self.step >= o.max_update else None
 
     # ---- logs ----
 
