@@ -21,6 +21,7 @@ from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from optiml_plugin.data.hashing import GOLDEN, MASK64, mix64
 from optiml_plugin.data.packing import Block, Packer, PackingConfig, PackingStats, PackItem, build_block, make_item
 from optiml_plugin.data.tokenizer import PAD_ID, OptTokenizer
 from optiml_plugin.errors import BadRecordError, ConfigError, mismatch_error
@@ -30,7 +31,6 @@ STATE_WORDS = {"tokens_per_sample": "data.tokens_per_sample", "strategy": "the p
                "window": "the packing window", "truncation": "the truncation side",
                "batch_size": "data.batch_size", "seed": "the seed (run.seed)",
                "shuffle_buffer": "the shuffle buffer", "vocab_size": "the tokenizer's vocabulary size"}
-_MASK64 = (1 << 64) - 1
 DEFAULT_ENCODE_CHUNK = 256
 # a chunk of stream examples and the future of its (src_ids, tgt_ids) pairs
 _InFlight = Tuple[List[Any], "Future[List[Tuple[List[int], List[int]]]]"]
@@ -224,11 +224,9 @@ class PackedBatches:
 
         splitmix64 of the pair; the modulo bias (n / 2^64) is nil for buffer-sized n.
         """
-        x = (self.seed * 0x9E3779B97F4A7C15 + self._draws * 0xD1B54A32D192ED03 + 0x5B0FF) & _MASK64
-        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+        x = mix64((self.seed * GOLDEN + self._draws * 0xD1B54A32D192ED03 + 0x5B0FF) & MASK64)
         self._draws += 1
-        return (x ^ (x >> 31)) % n
+        return int(x) % n
 
     def _step(self) -> bool:
         """Advance by one unit of work; False when a finite stream is fully drained."""

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.data.hashing import GOLDEN, mix64
 from optiml_plugin.data.mixture import Mixture
 from optiml_plugin.errors import ConfigError, mismatch_error
 
@@ -36,9 +37,7 @@ STATE_WORDS = {"seed": "the seed (run.seed)", "chunk_size": "the stream chunk si
                "worker": "the data-loader worker", "num_workers": "the number of data-loader workers"}
 DEFAULT_CHUNK_SIZE = 8192
 FEISTEL_ROUNDS = 6
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_GOLDEN = np.uint64(GOLDEN)
 _ROUND_KEYS = [np.uint64((r + 1) * 0x632BE59BD9B4E019 % (1 << 64)) for r in range(FEISTEL_ROUNDS)]
 
 
@@ -52,19 +51,12 @@ class Example:
     row: Dict[str, Any]
 
 
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: a fast avalanche hash on uint64 (wrapping arithmetic)."""
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
-
-
 def permutation_keys(seed: int, task_ids: np.ndarray, passes: np.ndarray) -> np.ndarray:
     """The Feistel key of (seed, task, pass): a different permutation of each task in each pass."""
     with np.errstate(over="ignore"):
-        k = _mix64(np.uint64(seed) * _GOLDEN + np.uint64(0x5EED))
-        k = _mix64(k ^ task_ids.astype(np.uint64))
-        return _mix64(k ^ (passes.astype(np.uint64) * _GOLDEN))
+        k = mix64(np.uint64(seed) * _GOLDEN + np.uint64(0x5EED))
+        k = mix64(k ^ task_ids.astype(np.uint64))
+        return mix64(k ^ (passes.astype(np.uint64) * _GOLDEN))
 
 
 def keyed_bijection(x: np.ndarray, n: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -88,7 +80,7 @@ def keyed_bijection(x: np.ndarray, n: np.ndarray, keys: np.ndarray) -> np.ndarra
             wl, wr, k = high_bits[todo], low_bits[todo], keys[todo]
             left, right = x[todo] >> wr, x[todo] & ((one << wr) - one)
             for rk in _ROUND_KEYS:
-                left, right = right, left ^ (_mix64(k ^ _mix64(right + rk)) & ((one << wl) - one))
+                left, right = right, left ^ (mix64(k ^ mix64(right + rk)) & ((one << wl) - one))
                 wl, wr = wr, wl
             x[todo] = (left << wr) | right
             todo = x >= n

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from optiml_plugin.data.benchfiles import Bench, TRAIN_SPLIT
+from optiml_plugin.conventions import TRAIN_SPLIT
+from optiml_plugin.data.benchfiles import Bench
 from optiml_plugin.data.packing import PackingConfig, pack
 from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.data.validation import ValidationSet, validation_set
