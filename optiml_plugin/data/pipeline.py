@@ -98,16 +98,18 @@ class PackedBatches:
     `example_indices` (per row, the stream index of each segment's example).
 
     `stream` is duck-typed: an iterable of examples with `index`, `task_id`, `benchmark_id`, `row`
-    (a dict with "src" and "tgt"), plus `example(i)`, `state_dict()`, `load_state_dict()` and
-    `record_tokens(benchmark_id, tokens, target_tokens)`, and optionally `take(n)` (the next n
-    examples at once) (data.stream.ExampleStream).
+    (a dict with "src" and "tgt"), plus `example(i)`, `state_dict()` and `load_state_dict()`, and
+    optionally `take(n)` (the next n examples at once) (data.stream.ExampleStream).
+    `observer` (optional; data.shares.ShareCounters) hears `observe(benchmark_id, tokens,
+    target_tokens)` once per example when it is first tokenized; its counts are part of the state.
     `shuffle_buffer` counts blocks (default 10 x batch_size, the authors' 10 x batch x shards per
     shard); 0 disables shuffling. `drop_last` drops a final partial batch of a finite stream.
     """
 
     def __init__(self, stream: Any, tokenizer: OptTokenizer, packing: PackingConfig, batch_size: int,
                  seed: int, shuffle_buffer: Optional[int] = None, drop_last: bool = True,
-                 encode_chunk: int = DEFAULT_ENCODE_CHUNK, prefetch: bool = True) -> None:
+                 encode_chunk: int = DEFAULT_ENCODE_CHUNK, prefetch: bool = True,
+                 observer: Optional[Any] = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         buffer = 10 * batch_size if shuffle_buffer is None else shuffle_buffer
@@ -124,6 +126,7 @@ class PackedBatches:
         self.drop_last = drop_last
         self.encode_chunk = int(encode_chunk)
         self.prefetch = prefetch
+        self.observer = observer
         self._executor: Optional[ThreadPoolExecutor] = None
         self._inflight: Optional[_InFlight] = None  # a chunk read, its encoding under way
         self.stats = PackingStats()   # over every block yielded so far
@@ -149,8 +152,8 @@ class PackedBatches:
         for ex, (src, tgt) in zip(examples, pairs):
             item = make_item(src, tgt, self.packing, index=ex.index, task_id=ex.task_id,
                              benchmark_id=ex.benchmark_id, eos_id=self.tokenizer.eos_id)
-            if record:
-                self.stream.record_tokens(ex.benchmark_id, len(item), len(item) - item.n_src)
+            if record and self.observer is not None:
+                self.observer.observe(ex.benchmark_id, len(item), len(item) - item.n_src)
             items.append(item)
         return items
 
@@ -283,7 +286,8 @@ class PackedBatches:
                 "buffer": [b.indices for b in self._buffer],
                 "ready": [b.indices for b in self._ready],
                 "draws": self._draws, "exhausted": self._exhausted, "stats": self.stats.to_dict(),
-                "packer_stats": self._packer.stats.to_dict()}
+                "packer_stats": self._packer.stats.to_dict(),
+                "observer": self.observer.to_dict() if self.observer is not None else None}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -314,6 +318,8 @@ class PackedBatches:
         self._draws = int(state["draws"])
         self._exhausted = bool(state["exhausted"])
         self.stats = PackingStats.from_dict(state["stats"])
+        if self.observer is not None and state.get("observer") is not None:
+            self.observer.load_dict(state["observer"])
 
     @property
     def held_examples(self) -> int:

@@ -87,64 +87,6 @@ def keyed_bijection(x: np.ndarray, n: np.ndarray, keys: np.ndarray) -> np.ndarra
     return x
 
 
-class ShareCounters:
-    """Realized examples, tokens and target tokens per benchmark, against the requested shares."""
-
-    def __init__(self, benchmarks: List[str], requested: np.ndarray) -> None:
-        self.benchmarks = list(benchmarks)
-        self.requested = np.asarray(requested, dtype=np.float64)
-        size = len(benchmarks)
-        self.examples = np.zeros(size, dtype=np.int64)
-        self.tokens = np.zeros(size, dtype=np.int64)
-        self.target_tokens = np.zeros(size, dtype=np.int64)
-
-    def record_tokens(self, benchmark_id: int, tokens: int, target_tokens: int) -> None:
-        self.tokens[benchmark_id] += tokens
-        self.target_tokens[benchmark_id] += target_tokens
-
-    def merge(self, other: "ShareCounters") -> None:
-        """Add another partition's counters (sum over ranks/workers for the global picture)."""
-        if other.benchmarks != self.benchmarks:
-            raise ConfigError(f"cannot merge share counters of benchmarks {other.benchmarks} "
-                              f"into {self.benchmarks}")
-        self.examples += other.examples
-        self.tokens += other.tokens
-        self.target_tokens += other.target_tokens
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"benchmarks": self.benchmarks, "examples": self.examples.tolist(),
-                "tokens": self.tokens.tolist(), "target_tokens": self.target_tokens.tolist()}
-
-    def load_dict(self, d: Dict[str, Any]) -> None:
-        if list(d["benchmarks"]) != self.benchmarks:
-            raise ConfigError(f"share counters were saved for benchmarks {d['benchmarks']}, "
-                              f"this mixture has {self.benchmarks}")
-        self.examples[:] = d["examples"]
-        self.tokens[:] = d["tokens"]
-        self.target_tokens[:] = d["target_tokens"]
-
-    def shares(self) -> Dict[str, np.ndarray]:
-        out = {}
-        for name in ("examples", "tokens", "target_tokens"):
-            v = getattr(self, name).astype(np.float64)
-            out[name] = v / v.sum() if v.sum() > 0 else np.zeros_like(v)
-        return out
-
-    def report(self) -> str:
-        """Requested vs realized share per benchmark, by examples, tokens and target tokens."""
-        s = self.shares()
-        lines = [f"{'benchmark':<24} {'requested':>9} {'examples':>9} {'ex.share':>8} {'tokens':>11} "
-                 f"{'tok.share':>9} {'target tok':>11} {'tgt.share':>9}"]
-        for b, name in enumerate(self.benchmarks):
-            lines.append(f"{name:<24} {self.requested[b]:>9.4f} {int(self.examples[b]):>9} "
-                         f"{s['examples'][b]:>8.4f} {int(self.tokens[b]):>11} {s['tokens'][b]:>9.4f} "
-                         f"{int(self.target_tokens[b]):>11} {s['target_tokens'][b]:>9.4f}")
-        dev = np.abs(s["examples"] - self.requested).max() if self.examples.sum() else 0.0
-        lines.append(f"total examples {int(self.examples.sum())}, max |realized - requested| "
-                     f"example share {dev:.4f}")
-        return "\n".join(lines)
-
-
 class ExampleStream:
     """Iterator over this partition's examples; `example(i)` gives any global index's example."""
 
@@ -166,7 +108,6 @@ class ExampleStream:
         self.chunk_size = int(chunk_size)
         self.partition = self.rank * self.num_workers + self.worker
         self.num_partitions = self.world_size * self.num_workers
-        self.counters = ShareCounters(mixture.benchmarks, mixture.effective_benchmark_probs())
         self._probs = mixture.probs
         self._sizes = mixture.sizes.astype(np.uint64)
         # cursor: next global index of this partition, and S (global draws per task) at its chunk start
@@ -281,16 +222,8 @@ class ExampleStream:
                 current = task_list[k]
                 reader = self.bench.reader(self.mixture.tasks[current])
             read[k] = reader[row_list[k]]
-        self.counters.examples += np.bincount(benchmark_ids, minlength=len(self.counters.examples))
         return [Example(index=start + k, task_id=t, benchmark_id=b, row=row)
                 for k, (t, b, row) in enumerate(zip(task_list, benchmark_ids.tolist(), read))]
-
-    def record_tokens(self, benchmark_id: int, tokens: int, target_tokens: int) -> None:
-        """Called by the pipeline once an example is tokenized, for realized token shares."""
-        self.counters.record_tokens(benchmark_id, tokens, target_tokens)
-
-    def report(self) -> str:
-        return self.counters.report()
 
     def seek(self, index: int) -> None:
         """Move the cursor to this partition's first index >= `index` (O(index / chunk_size) work).
@@ -312,9 +245,9 @@ class ExampleStream:
                 "worker": self.worker, "num_workers": self.num_workers}
 
     def state_dict(self) -> Dict[str, Any]:
-        """JSON-serializable, O(#tasks): the next index, S at its chunk start, and the counters."""
+        """JSON-serializable, O(#tasks): the next index and S at its chunk start."""
         return {"version": STATE_VERSION, **self._identity(), "next_index": self._next,
-                "chunk_counts": self._chunk_counts.tolist(), "counters": self.counters.to_dict()}
+                "chunk_counts": self._chunk_counts.tolist()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -334,4 +267,3 @@ class ExampleStream:
         self._next = index
         self._chunk_counts = counts
         self._cache.clear()
-        self.counters.load_dict(state["counters"])
