@@ -7,6 +7,7 @@ every rank saves what it saw, and the tests below check those records against in
 """
 from __future__ import annotations
 
+import math
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -195,8 +196,8 @@ def test_ddp_logged_loss_is_the_global_target_weighted_loss(world):
     nll, targets = per_rank[0] + per_rank[1]
     logged = read_log(world / "ddp_step" / "log.jsonl")[0]
     assert logged["step"] == 1
-    assert logged["loss"] == pytest.approx(float(nll / targets), rel=1e-5)
-    mean_of_means = float(sum(p[0] / p[1] for p in per_rank) / WORLD)
+    assert logged["loss"] == pytest.approx(float(nll / targets) / math.log(2), rel=1e-5)   # bits
+    mean_of_means = float(sum(p[0] / p[1] for p in per_rank) / WORLD) / math.log(2)
     assert abs(logged["loss"] - mean_of_means) > 1e-4
 
 
@@ -245,7 +246,7 @@ def test_validation_shared_over_ranks_equals_one_process(world, bench, tmp_path,
 
     logged = [r for r in read_log(world / f"{mode}_full" / "log.jsonl") if "split" in r][-1]
     single = Trainer(_config(bench, tmp_path / "single", mode="none"))
-    assert len(single.valid[logged["split"]][1]) == 3
+    assert len(single.data.validation[logged["split"]].batches) == 3
     final = OPTForCausalLM.from_pretrained(str(world / f"{mode}_full" / "final"))
     single.lm.load_state_dict(final.state_dict())
     ref = single.validate_detailed()[logged["split"]]
