@@ -3,8 +3,9 @@
 Why: reproducing OPT-IML at 1.3B/30B/175B is a cluster job driven by metaseq's launcher
 conventions (a grid of hyperparameters, run directories named from the swept values, one sbatch
 job per grid point). This module renders those jobs from YAML presets (the paper's live in
-`projects/opt_iml/presets/` and are installed with the package, `preset_dir`) without importing metaseq, so a dry run works on any machine and the
-exact command lines can be reviewed (and tested) before anything is submitted.
+`projects/opt_iml/presets/` and are installed with the package, `preset_dir`) without importing
+metaseq, so a dry run works on any machine and the exact command lines can be reviewed (and tested)
+before anything is submitted.
 """
 from __future__ import annotations
 

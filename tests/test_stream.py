@@ -149,23 +149,6 @@ def test_state_is_small_and_checked(bench, mixture):
         ExampleStream(bench, mixture, seed=1, chunk_size=CHUNK, rank=1, world_size=2).load_state_dict(state)
 
 
-def test_seek_matches_iteration(bench, mixture):
-    walked = ExampleStream(bench, mixture, seed=8, chunk_size=CHUNK, worker=1, num_workers=2)
-    take(walked, 5 * CHUNK + 7)
-    target = walked.state_dict()
-    jumped = ExampleStream(bench, mixture, seed=8, chunk_size=CHUNK, worker=1, num_workers=2)
-    jumped.seek(target["next_index"] - CHUNK)  # not this partition's: moves to its next chunk start
-    jumped.seek(target["next_index"])
-    assert jumped.state_dict()["chunk_counts"] == target["chunk_counts"]
-    back = ExampleStream(bench, mixture, seed=8, chunk_size=CHUNK, worker=1, num_workers=2)
-    back.load_state_dict(target)
-    back.seek(CHUNK + 3)  # walks S backwards from the cursor
-    fresh = ExampleStream(bench, mixture, seed=8, chunk_size=CHUNK, worker=1, num_workers=2)
-    take(fresh, 3)
-    assert back.next_index == fresh.next_index
-    assert back.state_dict()["chunk_counts"] == fresh.state_dict()["chunk_counts"]
-
-
 def test_bad_partition_arguments(bench, mixture):
     with pytest.raises(ConfigError, match="rank 2 is outside 0..1"):
         ExampleStream(bench, mixture, seed=0, rank=2, world_size=2)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench_factory import make_bench, micro_train_config
+from bench_factory import make_bench
 from optiml_plugin.data.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture, MixtureConfig
 from optiml_plugin.data.tokenizer import OptTokenizer

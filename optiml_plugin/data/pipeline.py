@@ -75,10 +75,6 @@ def collate_blocks(blocks: Sequence[Block], rows: Optional[int] = None,
             "task_ids": as_t(np.ascontiguousarray(task[:, :-1]))}
 
 
-# the name the metaseq task's brief uses
-collate = collate_blocks
-
-
 def _source_target(example: Any) -> Sequence[str]:
     """The (src, tgt) strings of a stream example; a clear error names the example and field."""
     row = example.row if isinstance(example.row, dict) else {}

@@ -114,7 +114,6 @@ class ExampleStream:
         self._next = 0
         self._chunk_counts = np.zeros(len(mixture.tasks), dtype=np.int64)
         self._cache: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
-        self.seek(0)
 
     # ---- the pure function of (seed, index) ----
 
@@ -224,20 +223,6 @@ class ExampleStream:
             read[k] = reader[row_list[k]]
         return [Example(index=start + k, task_id=t, benchmark_id=b, row=row)
                 for k, (t, b, row) in enumerate(zip(task_list, benchmark_ids.tolist(), read))]
-
-    def seek(self, index: int) -> None:
-        """Move the cursor to this partition's first index >= `index` (O(index / chunk_size) work).
-
-        For tools and benchmarks; training resumes through `load_state_dict`, which is O(1).
-        """
-        if index < 0:
-            raise IndexError(f"stream index must be >= 0, got {index}")
-        chunk = index // self.chunk_size
-        if self.owner(index) != self.partition:
-            chunk += 1 + (self.partition - chunk - 1) % self.num_partitions
-            index = chunk * self.chunk_size
-        self._chunk_counts = self._counts_at(chunk)
-        self._next = index
 
     def _identity(self) -> Dict[str, Any]:
         return {"seed": self.seed, "chunk_size": self.chunk_size, "mixture": self.mixture.fingerprint(),
