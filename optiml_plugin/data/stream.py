@@ -114,6 +114,9 @@ class ExampleStream:
         self._next = 0
         self._chunk_counts = np.zeros(len(mixture.tasks), dtype=np.int64)
         self._cache: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+        # this partition's first chunk is chunk `partition` (partition r owns chunks r mod R)
+        self._chunk_counts = self._counts_at(self.partition)
+        self._next = self.partition * self.chunk_size
 
     # ---- the pure function of (seed, index) ----
 
