@@ -40,8 +40,34 @@ def collate_blocks(blocks: Sequence[Block], rows: Optional[int] = None,
                    pad_id: int = PAD_ID) -> Dict[str, torch.Tensor]:
     """Blocks as a batch of `[rows, L]` tensors (L = block size - 1); all-pad rows fill up to `rows`.
 
-    `target_ids` holds `pad_id` wherever `loss_mask` is False; `benchmark_ids`/`task_ids` are -1 on
-    padding; `position_ids` restart at 0 with each example.
+    A block of tokens_per_sample + 1 tokens becomes one row: its first L tokens are the inputs, its last
+    L the targets (the next token). Two examples packed in a 10-token row, A = (source 10 11 12,
+    target 13 14) and B = (source 20 21, target 22), each closed by `</s>` (2), then padding (1):
+
+        block           10  11  12  13  14   2  20  21  22   2   1
+        input_ids       10  11  12  13  14   2  20  21  22   2       <- block[:-1]
+        target_ids       1   1  13  14   2   1   1  22   2   1       <- block[1:], pad where no loss
+        loss_mask        0   0   1   1   1   0   0   1   1   0       <- predicts a target token or </s>
+        segment_ids      1   1   1   1   1   1   2   2   2   2       <- example of the input (0: padding)
+        position_ids     0   1   2   3   4   5   0   1   2   3       <- restart with each example
+                        |------------ A ----------|------ B -------|
+
+    The loss covers only target tokens and each example's `</s>`; A's `</s>` does not predict B's first
+    token (mask 0), and document masking keeps B from attending to A. `benchmark_ids`/`task_ids` are
+    per token too (-1 on padding). The picture, as code (run as a doctest by tests/test_docs.py):
+
+    >>> from optiml_plugin.data.packing import PackingConfig, make_item, pack
+    >>> cfg = PackingConfig(tokens_per_sample=10, strategy="sequential")
+    >>> a = make_item([10, 11, 12], [13, 14], cfg, index=0, task_id=0, benchmark_id=0)
+    >>> b = make_item([20, 21], [22], cfg, index=1, task_id=1, benchmark_id=1)
+    >>> batch = collate_blocks(pack([a, b], cfg))
+    >>> for key in ("input_ids", "target_ids", "loss_mask", "segment_ids", "position_ids"):
+    ...     print(f"{key:<14}" + "".join(f"{int(v):>4}" for v in batch[key][0]))
+    input_ids       10  11  12  13  14   2  20  21  22   2
+    target_ids       1   1  13  14   2   1   1  22   2   1
+    loss_mask        0   0   1   1   1   0   0   1   1   0
+    segment_ids      1   1   1   1   1   1   2   2   2   2
+    position_ids     0   1   2   3   4   5   0   1   2   3
     """
     n = len(blocks) if rows is None else rows
     if n < len(blocks):
