@@ -40,16 +40,6 @@ TASK = "instruction_meta_learning"
 CRITERION = "target_only_cross_entropy"
 VALID_SUBSETS = VALID_SPLITS
 
-# Fixed metaseq settings for fine-tuning an OPT checkpoint (FSDP + Megatron tensor parallelism, as
-# OPT was trained; metaseq/launcher/opt_baselines.py). They are not hyperparameters of the recipe.
-FIXED_FLAGS: Tuple[str, ...] = (
-    "--ddp-backend", "fully_sharded", "--use-sharded-state", "--checkpoint-activations",
-    "--distribute-checkpointed-activations", "--tensor-parallel-init-model-on-gpu",
-    "--memory-efficient-fp16", "--arch", "transformer_lm_megatron", "--activation-fn", "relu",
-    "--decoder-learned-pos", "--no-scale-embedding", "--share-decoder-input-output-embed",
-    "--train-subset", "train", "--ignore-unused-valid-subsets", "--required-batch-size-multiple", "1",
-    "--log-format", "json", "--log-interval", "10",
-)
 RESET_FLAGS: Tuple[str, ...] = ("--reset-optimizer", "--reset-dataloader", "--reset-meters")
 
 
@@ -157,6 +147,7 @@ class ModelPreset:
     global_batch: Optional[int]
     mixture: MixturePreset
     recipe: str = ""
+    fixed_flags: Tuple[str, ...] = ()   # the recipe's `metaseq_flags`: settings that are not hyperparameters
 
     @property
     def nodes(self) -> int:
@@ -247,11 +238,16 @@ def load_mixture_preset(path: Union[str, Path]) -> MixturePreset:
                          proportions={str(k): float(v) for k, v in props.items()}, path=path)
 
 
-def load_recipe(path: Union[str, Path]) -> Tuple[str, Dict[str, Any]]:
+def load_recipe(path: Union[str, Path]) -> Tuple[str, Dict[str, Any], Tuple[str, ...]]:
+    """(name, hyperparameters, fixed metaseq flags) of a recipe preset."""
     path = Path(path)
     data, lines = _read_yaml(path, "recipe")
-    _check_keys(data, ("kind", "name", "train"), path)
-    return _require(data, "name", str, path), _train_section(data.get("train"), path, ("train",), lines)
+    _check_keys(data, ("kind", "name", "train", "metaseq_flags"), path)
+    flags = data.get("metaseq_flags") or []
+    if not isinstance(flags, list) or not all(isinstance(f, (str, int, float)) for f in flags):
+        raise ConfigError(f"{path}: field 'metaseq_flags' must be a list of command-line words, got {flags!r}")
+    return (_require(data, "name", str, path), _train_section(data.get("train"), path, ("train",), lines),
+            tuple(str(f) for f in flags))
 
 
 def resolve_preset_path(name_or_path: Union[str, Path], directory: Union[str, Path, None] = None) -> Path:
@@ -274,7 +270,7 @@ def load_model_preset(name_or_path: Union[str, Path], mixture_path: Union[str, P
     data, lines = _read_yaml(path, "model")
     _check_keys(data, ("kind", "name", "recipe", "mixture", "model", "restore_file", "cluster",
                        "train", "global_batch", "max"), path)
-    recipe_name, train = load_recipe(path.parent / _require(data, "recipe", str, path))
+    recipe_name, train, fixed_flags = load_recipe(path.parent / _require(data, "recipe", str, path))
     train.update(_train_section(data.get("train"), path, ("train",), lines))
     missing = [h.key for h in HPARAMS if h.key not in train and h.key != "eps"]
     if missing:
@@ -296,7 +292,7 @@ def load_model_preset(name_or_path: Union[str, Path], mixture_path: Union[str, P
     if global_batch is not None:
         _require(data, "global_batch", int, path)
     preset = ModelPreset(
-        name=_require(data, "name", str, path), path=path, recipe=recipe_name,
+        name=_require(data, "name", str, path), path=path, recipe=recipe_name, fixed_flags=fixed_flags,
         layers=arch["layers"], embed_dim=arch["embed_dim"], ffn_embed_dim=arch["ffn_embed_dim"],
         attention_heads=arch["attention_heads"], model_parallel=arch["model_parallel"],
         restore_file=_require(data, "restore_file", str, path),
@@ -467,7 +463,7 @@ def train_command(preset: ModelPreset, run: Run, paths: Paths, launcher: str = "
             "--decoder-layers", str(preset.layers), "--decoder-embed-dim", str(preset.embed_dim),
             "--decoder-ffn-embed-dim", str(preset.ffn_embed_dim),
             "--decoder-attention-heads", str(preset.attention_heads)]
-    cmd += list(FIXED_FLAGS)
+    cmd += list(preset.fixed_flags)
     cmd += hparam_args(run.config)
     cmd += ["--distributed-world-size", str(preset.gpus),
             "--distributed-port", str(distributed_port(run.name)),
