@@ -156,6 +156,8 @@ def test_resume_at_any_point_is_exact(bench, mixture, tok, cut, strategy, buffer
         assert_same(a, b)
     assert resumed.stats.to_dict() == stats
     assert recorded_tokens(resumed) == expected_tokens(resumed)
+    rows = torch.cat([b["row_ids"] for b in head + tail]).tolist()   # sample ids continue across resume
+    assert rows == list(range(len(rows)))
 
 
 def test_state_mismatch_rejected(bench, mixture, tok):

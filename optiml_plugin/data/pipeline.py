@@ -116,8 +116,9 @@ def _source_target(example: Any) -> Sequence[str]:
 class PackedBatches:
     """Endless (or, for a finite stream, exhausting) iterator of packed dict batches.
 
-    Each batch is `collate_blocks(...)` plus `stats` (the batch's PackingStats as a dict) and
-    `example_indices` (per row, the stream index of each segment's example).
+    Each batch is `collate_blocks(...)` plus `stats` (the batch's PackingStats as a dict),
+    `example_indices` (per row, the stream index of each segment's example) and `row_ids` (this
+    pipeline's running row number, continued across a resume: metaseq's sample ids).
 
     `stream` is duck-typed: an iterable of examples with `index`, `task_id`, `benchmark_id`, `row`
     (a dict with "src" and "tgt"), plus `example(i)`, `state_dict()` and `load_state_dict()`, and
@@ -285,6 +286,8 @@ class PackedBatches:
             raise StopIteration
         batch: Dict[str, Any] = collate_blocks(blocks, pad_id=self.tokenizer.pad_id)
         batch_stats = PackingStats.of(blocks)
+        first = self.stats.blocks
+        batch["row_ids"] = torch.arange(first, first + len(blocks), dtype=torch.long)
         for block in blocks:
             self.stats.add_block(block)
         batch["stats"] = batch_stats.to_dict()
