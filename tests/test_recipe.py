@@ -97,6 +97,7 @@ def test_sweep_dry_run_works_from_a_non_editable_install(tmp_path):
     """Build the wheel from a copy of the sources, unpack it outside the repository and run
     `optiml sweep --preset 30b --dry-run` with that copy imported (no source checkout around); the
     recipe and the sweep import neither metaseq nor transformers."""
+    pytest.importorskip("setuptools", reason="building the wheel offline needs setuptools in this environment")
     src = tmp_path / "src"
     src.mkdir()
     for name in ("setup.py", "README.md"):
