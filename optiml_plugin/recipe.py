@@ -14,7 +14,8 @@ Names follow metaseq's flags (`warmup_updates`, `max_update`, `adam_betas`, `upd
 `packing_strategy`, `loss_normalization`): the paper's presets, the released checkpoint names and
 `metaseq-train` command lines already use them. Defaults are those of `optiml train` (a laptop-sized
 starting point, docs/local_training.md); the paper's values live in the presets
-(optiml_plugin/presets/recipe.yaml), which set every key the sweep renders.
+(projects/opt_iml/presets/recipe.yaml, installed as optiml_plugin/presets), which set every key the
+sweep renders.
 """
 from __future__ import annotations
 
