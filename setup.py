@@ -25,7 +25,10 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["optiml_plugin", "optiml_plugin.*"]),
+    # the paper's presets live beside their project (projects/opt_iml/presets) and are installed as the
+    # package data optiml_plugin/presets, so `optiml sweep --preset 30b` works from any install
+    packages=find_packages(include=["optiml_plugin", "optiml_plugin.*"]) + ["optiml_plugin.presets"],
+    package_dir={"optiml_plugin.presets": "projects/opt_iml/presets"},
     install_requires=[
         "torch>=2.0",
         "numpy>=1.21",
@@ -33,9 +36,10 @@ setup(
         "pyyaml>=5.4",
         "tqdm>=4.60",
         "matplotlib>=3.5",
+        "pydantic>=2",
     ],
     extras_require=EXTRAS,
-    package_data={"optiml_plugin.data": ["taxonomy.yaml"]},
+    package_data={"optiml_plugin.data": ["taxonomy.yaml"], "optiml_plugin.presets": ["*.yaml"]},
     entry_points={"console_scripts": [
         "optiml=optiml_plugin.cli:main",
         "optiml-metaseq-train=optiml_plugin.metaseq.train_cli:main",

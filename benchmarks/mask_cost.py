@@ -23,9 +23,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "tests"))
 
+from attention_reference import metaseq_doc_sep  # noqa: E402
 from optiml_plugin.attention import (document_causal_mask, flex_attention_available,  # noqa: E402
-                                     flex_block_mask, metaseq_doc_sep, position_ids_from_segments)
+                                     flex_block_mask, position_ids_from_segments)
 from optiml_plugin.data.packing import PackingConfig, make_item, pack  # noqa: E402
 from optiml_plugin.data.pipeline import collate_blocks  # noqa: E402
 from packing_efficiency import synthetic_pairs  # noqa: E402

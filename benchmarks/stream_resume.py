@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -39,14 +39,24 @@ def synthetic_bench(root: Path, tasks: int, max_rows: int, seed: int) -> Path:
     return make_bench(root, specs)
 
 
+def state_at(stream: ExampleStream, index: int) -> Dict[str, Any]:
+    """The stream's state at the start of its partition's first chunk at or after `index`, built from
+    the public chunk compositions (S = the sum of every earlier chunk's)."""
+    chunk = -(-index // stream.chunk_size)
+    chunk += (stream.partition - chunk) % stream.num_partitions
+    counts = np.zeros(len(stream.mixture.tasks), dtype=np.int64)
+    for c in range(chunk):
+        counts += stream.chunk_composition(c)
+    return {**stream.state_dict(), "next_index": chunk * stream.chunk_size, "chunk_counts": counts.tolist()}
+
+
 def resume_seconds(bench: Bench, mixture: Mixture, args: argparse.Namespace, index: int) -> Tuple[float, float]:
     """Median (wall, CPU) time of: new stream, load a state saved at `index`, yield the first example.
 
     CPU time is printed beside wall time because a shared machine inflates wall time."""
     src = ExampleStream(bench, mixture, seed=args.seed, chunk_size=args.chunk_size, rank=args.partitions - 1,
                         world_size=args.partitions)
-    src.seek(index)  # build the state at `index` (not timed: training gets it from a checkpoint)
-    state = src.state_dict()
+    state = state_at(src, index)  # not timed: training gets it from a checkpoint
     times, cpu = [], []
     for _ in range(args.repeats):
         t0, c0 = time.perf_counter(), time.process_time()

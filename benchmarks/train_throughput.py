@@ -33,7 +33,7 @@ from optiml_plugin.data.stream import ExampleStream  # noqa: E402
 from optiml_plugin.data.tokenizer import OptTokenizer  # noqa: E402
 from optiml_plugin.local.attention_backends import DocumentAttention  # noqa: E402
 from optiml_plugin.local.data import training_texts  # noqa: E402
-from optiml_plugin.local.config import OptimConfig  # noqa: E402
+from optiml_plugin.recipe import OptimConfig  # noqa: E402
 from optiml_plugin.local.model import TargetLM, build_model  # noqa: E402
 from optiml_plugin.local.trainer import adamw  # noqa: E402
 

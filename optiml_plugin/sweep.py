@@ -2,14 +2,16 @@
 
 Why: reproducing OPT-IML at 1.3B/30B/175B is a cluster job driven by metaseq's launcher
 conventions (a grid of hyperparameters, run directories named from the swept values, one sbatch
-job per grid point). This module renders those jobs from the YAML presets in
-`projects/opt_iml/presets/` without importing metaseq, so a dry run works on any machine and the
-exact command lines can be reviewed (and tested) before anything is submitted.
+job per grid point). This module renders those jobs from YAML presets (the paper's live in
+`projects/opt_iml/presets/` and are installed with the package, `preset_dir`) without importing
+metaseq, so a dry run works on any machine and the exact command lines can be reviewed (and tested)
+before anything is submitted.
 """
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import shlex
 import zlib
 from dataclasses import dataclass, field
@@ -17,28 +19,27 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 
+import yaml
+
+from optiml_plugin import recipe
+from optiml_plugin.conventions import VALID_SPLITS
 from optiml_plugin.data.mixture import validate_proportions
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.yamlio import read_yaml_mapping
+from optiml_plugin.yamlio import KeyPath, read_yaml_mapping_lines
 
-PRESET_DIR = Path(__file__).resolve().parents[1] / "projects" / "opt_iml" / "presets"
+# Where presets are found, first hit wins: $OPTIML_PRESET_DIR; the copy installed with the package
+# (setup.py ships projects/opt_iml/presets as the package data optiml_plugin/presets); the source
+# checkout's projects/opt_iml/presets (an editable install or a run from the repository).
+PRESET_DIR_ENV = "OPTIML_PRESET_DIR"
+PACKAGE_PRESETS = "presets"
+CHECKOUT_PRESETS = Path(__file__).resolve().parents[1] / "projects" / "opt_iml" / "presets"
 MODEL_PRESETS = ("1.3b", "30b", "175b")
 
 # Metaseq flags of the instruction_meta_learning task (optiml_plugin/metaseq/task.py).
 TASK = "instruction_meta_learning"
 CRITERION = "target_only_cross_entropy"
-VALID_SUBSETS = ("valid_heldout_instances", "valid_heldout_tasks", "valid_heldout_categories")
+VALID_SUBSETS = VALID_SPLITS
 
-# Fixed metaseq settings for fine-tuning an OPT checkpoint (FSDP + Megatron tensor parallelism, as
-# OPT was trained; metaseq/launcher/opt_baselines.py). They are not hyperparameters of the recipe.
-FIXED_FLAGS: Tuple[str, ...] = (
-    "--ddp-backend", "fully_sharded", "--use-sharded-state", "--checkpoint-activations",
-    "--distribute-checkpointed-activations", "--tensor-parallel-init-model-on-gpu",
-    "--memory-efficient-fp16", "--arch", "transformer_lm_megatron", "--activation-fn", "relu",
-    "--decoder-learned-pos", "--no-scale-embedding", "--share-decoder-input-output-embed",
-    "--train-subset", "train", "--ignore-unused-valid-subsets", "--required-batch-size-multiple", "1",
-    "--log-format", "json", "--log-interval", "10",
-)
 RESET_FLAGS: Tuple[str, ...] = ("--reset-optimizer", "--reset-dataloader", "--reset-meters")
 
 
@@ -51,19 +52,18 @@ def _fmt(value: Any) -> str:
 
 @dataclass(frozen=True)
 class HParam:
-    """One recipe hyperparameter: its metaseq flag and its run-directory key.
+    """One recipe hyperparameter: its metaseq flag and its run-directory key (its type, default and
+    help are the recipe schema's, optiml_plugin/recipe.py, under the same name).
 
     `in_name`: always part of the run-directory name (the keys of the released checkpoint names);
     any other hyperparameter enters the name only when a grid sweeps it over several values.
     """
 
     key: str
-    kind: type
     flag: str
     name_key: Callable[[Any, Mapping[str, Any]], str]
     in_name: bool = False
     binary: bool = False          # a store_true flag: present when the value is true
-    choices: Tuple[str, ...] = ()
 
 
 def _k(fmt: str) -> Callable[[Any, Mapping[str, Any]], str]:
@@ -74,73 +74,47 @@ def _k(fmt: str) -> Callable[[Any, Mapping[str, Any]], str]:
 # keys in this order, which is the released checkpoints' order (eps_4096.docsep_2.mu4000.wu60.bsz8.
 # clip1.0.fp32adam.rs1234.lr5e-05).
 HPARAMS: Tuple[HParam, ...] = (
-    HParam("eps", int, "--eps", _k("eps_{}"), in_name=True),
-    HParam("self_attn_doc_sep", int, "--self-attn-doc-sep", _k("docsep_{}"), in_name=True),
-    HParam("max_update", int, "--max-update", _k("mu{}"), in_name=True),
-    HParam("warmup_updates", int, "--warmup-updates", _k("wu{}"), in_name=True),
-    HParam("batch_size", int, "--batch-size", _k("bsz{}"), in_name=True),
-    HParam("clip_norm", float, "--clip-norm", _k("clip{}"), in_name=True),
-    HParam("optimizer", str, "--optimizer",
-           lambda v, cfg: f"{'fp16' if cfg.get('fp16_adam_stats') else 'fp32'}{v}", in_name=True,
-           choices=("adam",)),
-    HParam("seed", int, "--seed", _k("rs{}"), in_name=True),
-    HParam("lr", float, "--lr", _k("lr{}"), in_name=True),
-    HParam("tokens_per_sample", int, "--tokens-per-sample", _k("tps{}")),
-    HParam("adam_betas", list, "--adam-betas", lambda v, cfg: f"b2_{v[1]}"),
-    HParam("fp16_adam_stats", bool, "--fp16-adam-stats", _k("fp16stats{}"), binary=True),
-    HParam("adam_eps", float, "--adam-eps", _k("adameps{}")),
-    HParam("weight_decay", float, "--weight-decay", _k("wd{}")),
-    HParam("lr_scheduler", str, "--lr-scheduler", _k("{}"), choices=("polynomial_decay",)),
-    HParam("power", float, "--power", _k("pow{}")),
-    HParam("end_learning_rate", float, "--end-learning-rate", _k("endlr{}")),
-    HParam("dropout", float, "--dropout", _k("dr{}")),
-    HParam("attention_dropout", float, "--attention-dropout", _k("atdr{}")),
-    HParam("update_freq", int, "--update-freq", _k("uf{}")),
-    HParam("fp16_init_scale", int, "--fp16-init-scale", _k("initscale{}")),
-    HParam("packing", str, "--packing-strategy", _k("pack_{}"), choices=("sequential", "best_fit")),
-    HParam("save_interval_updates", int, "--save-interval-updates", _k("si{}")),
-    HParam("validate_interval_updates", int, "--validate-interval-updates", _k("vi{}")),
-    HParam("max_valid_examples_per_task", int, "--max-valid-examples-per-task", _k("mve{}")),
+    HParam("eps", "--eps", _k("eps_{}"), in_name=True),
+    HParam("self_attn_doc_sep", "--self-attn-doc-sep", _k("docsep_{}"), in_name=True),
+    HParam("max_update", "--max-update", _k("mu{}"), in_name=True),
+    HParam("warmup_updates", "--warmup-updates", _k("wu{}"), in_name=True),
+    HParam("batch_size", "--batch-size", _k("bsz{}"), in_name=True),
+    HParam("clip_norm", "--clip-norm", _k("clip{}"), in_name=True),
+    HParam("optimizer", "--optimizer",
+           lambda v, cfg: f"{'fp16' if cfg.get('fp16_adam_stats') else 'fp32'}{v}", in_name=True),
+    HParam("seed", "--seed", _k("rs{}"), in_name=True),
+    HParam("lr", "--lr", _k("lr{}"), in_name=True),
+    HParam("tokens_per_sample", "--tokens-per-sample", _k("tps{}")),
+    HParam("adam_betas", "--adam-betas", lambda v, cfg: f"b2_{v[1]}"),
+    HParam("fp16_adam_stats", "--fp16-adam-stats", _k("fp16stats{}"), binary=True),
+    HParam("adam_eps", "--adam-eps", _k("adameps{}")),
+    HParam("weight_decay", "--weight-decay", _k("wd{}")),
+    HParam("lr_scheduler", "--lr-scheduler", _k("{}")),
+    HParam("power", "--power", _k("pow{}")),
+    HParam("end_learning_rate", "--end-learning-rate", _k("endlr{}")),
+    HParam("dropout", "--dropout", _k("dr{}")),
+    HParam("attention_dropout", "--attention-dropout", _k("atdr{}")),
+    HParam("update_freq", "--update-freq", _k("uf{}")),
+    HParam("fp16_init_scale", "--fp16-init-scale", _k("initscale{}")),
+    HParam("packing_strategy", "--packing-strategy", _k("pack_{}")),
+    HParam("save_interval_updates", "--save-interval-updates", _k("si{}")),
+    HParam("validate_interval_updates", "--validate-interval-updates", _k("vi{}")),
+    HParam("max_valid_examples_per_task", "--max-valid-examples-per-task", _k("mve{}")),
 )
 HPARAM_BY_KEY: Dict[str, HParam] = {h.key: h for h in HPARAMS}
 # Short names accepted by --grid: the run-directory keys of the released checkpoints.
 ALIASES = {"bsz": "batch_size", "mu": "max_update", "wu": "warmup_updates", "rs": "seed",
            "clip": "clip_norm", "docsep": "self_attn_doc_sep", "tps": "tokens_per_sample",
-           "uf": "update_freq", "wd": "weight_decay", "dr": "dropout"}
+           "uf": "update_freq", "wd": "weight_decay", "dr": "dropout", "pack": "packing_strategy"}
 
 
-def coerce(key: str, value: Any, where: str) -> Any:
-    """Check and convert one hyperparameter value (YAML reads `5e-5` as a string, so parse it)."""
-    spec = HPARAM_BY_KEY.get(key)
-    if spec is None:
+def coerce(key: str, value: Any, where: str, lines: Optional[Dict[KeyPath, int]] = None,
+           prefix: KeyPath = ()) -> Any:
+    """One hyperparameter value checked by the recipe schema's type for `key` (YAML reads `5e-5` as a
+    string; the schema parses it). `lines`/`prefix` locate the key in a preset file for errors."""
+    if key not in HPARAM_BY_KEY:
         raise ConfigError(f"{where}: unknown hyperparameter {key!r}; known: {sorted(HPARAM_BY_KEY)}")
-    bad = ConfigError(f"{where}: {key} must be {spec.kind.__name__}, got {value!r}")
-    if spec.kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise bad
-    if spec.kind is list:
-        if not isinstance(value, (list, tuple)) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            raise bad
-        return [float(v) for v in value]
-    if isinstance(value, bool):
-        raise bad
-    if spec.kind is str:
-        if not isinstance(value, str) or (spec.choices and value not in spec.choices):
-            raise ConfigError(f"{where}: {key} must be one of {list(spec.choices)}, got {value!r}")
-        return value
-    try:
-        out = spec.kind(value)
-    except (TypeError, ValueError):
-        raise bad from None
-    if spec.kind is int and isinstance(value, float) and value != out:
-        raise bad
-    if out < 0:
-        raise ConfigError(f"{where}: {key} must not be negative, got {value!r}")
-    return out
+    return recipe.check_value(key, value, where, lines, prefix)
 
 
 # ----------------------------------------------------------------------------------------- presets
@@ -173,6 +147,7 @@ class ModelPreset:
     global_batch: Optional[int]
     mixture: MixturePreset
     recipe: str = ""
+    fixed_flags: Tuple[str, ...] = ()   # the recipe's `metaseq_flags`: settings that are not hyperparameters
 
     @property
     def nodes(self) -> int:
@@ -186,19 +161,37 @@ class ModelPreset:
         return int(cfg["batch_size"]) * self.data_parallel * int(cfg.get("update_freq", 1))
 
 
-def preset_dir() -> Path:
-    if not PRESET_DIR.is_dir():
-        raise ConfigError(
-            f"preset directory {PRESET_DIR} not found: optiml finds the paper presets in the source "
-            f"checkout (install it with `pip install -e .`), or pass --preset-file PATH")
-    return PRESET_DIR
+def preset_dir(override: Union[str, Path, None] = None) -> Path:
+    """The preset folder: `override` (--preset-dir), else $OPTIML_PRESET_DIR, else the installed
+    package data, else the source checkout's projects/opt_iml/presets."""
+    chosen = override or os.environ.get(PRESET_DIR_ENV)
+    if chosen:
+        path = Path(chosen)
+        if not path.is_dir():
+            raise ConfigError(f"preset directory {path} not found (from "
+                              f"{'--preset-dir' if override else '$' + PRESET_DIR_ENV})")
+        return path
+    for path in (installed_presets(), CHECKOUT_PRESETS):
+        if path is not None and path.is_dir():
+            return path
+    raise ConfigError(f"no preset directory: neither the package data optiml_plugin/{PACKAGE_PRESETS} "
+                      f"nor {CHECKOUT_PRESETS} exists; set ${PRESET_DIR_ENV}, pass --preset-dir DIR "
+                      f"or --preset-file PATH")
 
 
-def _read_yaml(path: Path, kind: str) -> Dict[str, Any]:
-    data = read_yaml_mapping(path, "preset")
+def installed_presets() -> Optional[Path]:
+    """The presets installed as package data (`optiml_plugin/presets`), if this install has them."""
+    from importlib.resources import files
+
+    path = Path(str(files("optiml_plugin") / PACKAGE_PRESETS))
+    return path if path.is_dir() else None
+
+
+def _read_yaml(path: Path, kind: str) -> Tuple[Dict[str, Any], Dict[KeyPath, int]]:
+    data, lines = read_yaml_mapping_lines(path, "preset")
     if data.get("kind") != kind:
         raise ConfigError(f"{path}: field 'kind' must be {kind!r}, got {data.get('kind')!r}")
-    return data
+    return data, lines
 
 
 def _require(data: Mapping[str, Any], key: str, kind: type, path: Path, section: str = "") -> Any:
@@ -222,18 +215,18 @@ def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], path: Path, sec
                           f"allowed: {sorted(allowed)}")
 
 
-def _train_section(data: Any, path: Path, section: str) -> Dict[str, Any]:
+def _train_section(data: Any, path: Path, section: KeyPath, lines: Dict[KeyPath, int]) -> Dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: field '{section}' must be a mapping, got {data!r}")
-    return {k: coerce(k, v, f"{path}: field '{section}.{k}'") for k, v in data.items()}
+        raise ConfigError(f"{path}: field '{'.'.join(section)}' must be a mapping, got {data!r}")
+    return {k: coerce(k, v, str(path), lines, section) for k, v in data.items()}
 
 
 def load_mixture_preset(path: Union[str, Path]) -> MixturePreset:
     """A mixture preset; its shares must cover every benchmark it names and sum to 1."""
     path = Path(path)
-    data = _read_yaml(path, "mixture")
+    data, _ = _read_yaml(path, "mixture")
     _check_keys(data, ("kind", "name", "tag", "eps", "proportions"), path)
     props = _require(data, "proportions", dict, path)
     try:
@@ -245,34 +238,40 @@ def load_mixture_preset(path: Union[str, Path]) -> MixturePreset:
                          proportions={str(k): float(v) for k, v in props.items()}, path=path)
 
 
-def load_recipe(path: Union[str, Path]) -> Tuple[str, Dict[str, Any]]:
+def load_recipe(path: Union[str, Path]) -> Tuple[str, Dict[str, Any], Tuple[str, ...]]:
+    """(name, hyperparameters, fixed metaseq flags) of a recipe preset."""
     path = Path(path)
-    data = _read_yaml(path, "recipe")
-    _check_keys(data, ("kind", "name", "train"), path)
-    return _require(data, "name", str, path), _train_section(data.get("train"), path, "train")
+    data, lines = _read_yaml(path, "recipe")
+    _check_keys(data, ("kind", "name", "train", "metaseq_flags"), path)
+    flags = data.get("metaseq_flags") or []
+    if not isinstance(flags, list) or not all(isinstance(f, (str, int, float)) for f in flags):
+        raise ConfigError(f"{path}: field 'metaseq_flags' must be a list of command-line words, got {flags!r}")
+    return (_require(data, "name", str, path), _train_section(data.get("train"), path, ("train",), lines),
+            tuple(str(f) for f in flags))
 
 
-def resolve_preset_path(name_or_path: Union[str, Path]) -> Path:
-    """A preset name (`30b`) in the preset directory, or a path to a YAML file."""
+def resolve_preset_path(name_or_path: Union[str, Path], directory: Union[str, Path, None] = None) -> Path:
+    """A preset name (`30b`) in the preset directory (`preset_dir(directory)`), or a path to a YAML file."""
     text = str(name_or_path)
     if text.endswith((".yaml", ".yml")) or "/" in text:
         return Path(text)
-    path = preset_dir() / f"{text}.yaml"
+    folder = preset_dir(directory)
+    path = folder / f"{text}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown preset {text!r}; {preset_dir()} has "
-                          f"{sorted(p.stem for p in preset_dir().glob('*.yaml'))}")
+        raise ConfigError(f"unknown preset {text!r}; {folder} has "
+                          f"{sorted(p.stem for p in folder.glob('*.yaml'))}")
     return path
 
 
-def load_model_preset(name_or_path: Union[str, Path],
-                      mixture_path: Union[str, Path, None] = None) -> ModelPreset:
+def load_model_preset(name_or_path: Union[str, Path], mixture_path: Union[str, Path, None] = None,
+                      directory: Union[str, Path, None] = None) -> ModelPreset:
     """Load a model preset with the recipe and mixture it names (paths relative to the preset)."""
-    path = resolve_preset_path(name_or_path)
-    data = _read_yaml(path, "model")
+    path = resolve_preset_path(name_or_path, directory)
+    data, lines = _read_yaml(path, "model")
     _check_keys(data, ("kind", "name", "recipe", "mixture", "model", "restore_file", "cluster",
                        "train", "global_batch", "max"), path)
-    recipe_name, train = load_recipe(path.parent / _require(data, "recipe", str, path))
-    train.update(_train_section(data.get("train"), path, "train"))
+    recipe_name, train, fixed_flags = load_recipe(path.parent / _require(data, "recipe", str, path))
+    train.update(_train_section(data.get("train"), path, ("train",), lines))
     missing = [h.key for h in HPARAMS if h.key not in train and h.key != "eps"]
     if missing:
         raise ConfigError(f"{path}: the recipe and 'train' leave {missing} unset")
@@ -293,14 +292,14 @@ def load_model_preset(name_or_path: Union[str, Path],
     if global_batch is not None:
         _require(data, "global_batch", int, path)
     preset = ModelPreset(
-        name=_require(data, "name", str, path), path=path, recipe=recipe_name,
+        name=_require(data, "name", str, path), path=path, recipe=recipe_name, fixed_flags=fixed_flags,
         layers=arch["layers"], embed_dim=arch["embed_dim"], ffn_embed_dim=arch["ffn_embed_dim"],
         attention_heads=arch["attention_heads"], model_parallel=arch["model_parallel"],
         restore_file=_require(data, "restore_file", str, path),
         gpus=_require(cluster, "gpus", int, path, "cluster."),
         gpus_per_node=_require(cluster, "gpus_per_node", int, path, "cluster."),
         time_minutes=_require(cluster, "time_minutes", int, path, "cluster."),
-        train=train, max_train=_train_section(max_section.get("train"), path, "max.train"),
+        train=train, max_train=_train_section(max_section.get("train"), path, ("max", "train"), lines),
         global_batch=global_batch, mixture=mixture)
     _check_shapes(preset)
     return preset
@@ -344,11 +343,19 @@ def parse_grid(specs: Sequence[str]) -> Dict[str, List[Any]]:
                               f"pass --mixture-file with another eps")
         if key in grid:
             raise ConfigError(f"--grid {spec!r}: {key} is given twice")
-        if key in HPARAM_BY_KEY and HPARAM_BY_KEY[key].kind is list:
+        if key in HPARAM_BY_KEY and isinstance(recipe.default(key), list):
             raise ConfigError(f"--grid {spec!r}: {key} cannot be swept from the command line; "
                               f"edit the recipe or pass --preset-file")
-        grid[key] = [coerce(key, v.strip(), f"--grid {spec!r}") for v in values.split(",")]
+        grid[key] = [coerce(key, _scalar(v), f"--grid {spec!r}") for v in values.split(",")]
     return grid
+
+
+def _scalar(text: str) -> Any:
+    """A --grid value as YAML reads it (`4` an int, `true` a bool, `5e-5` a string the schema parses)."""
+    try:
+        return yaml.safe_load(text.strip())
+    except yaml.YAMLError:
+        return text.strip()
 
 
 @dataclass(frozen=True)
@@ -456,7 +463,7 @@ def train_command(preset: ModelPreset, run: Run, paths: Paths, launcher: str = "
             "--decoder-layers", str(preset.layers), "--decoder-embed-dim", str(preset.embed_dim),
             "--decoder-ffn-embed-dim", str(preset.ffn_embed_dim),
             "--decoder-attention-heads", str(preset.attention_heads)]
-    cmd += list(FIXED_FLAGS)
+    cmd += list(preset.fixed_flags)
     cmd += hparam_args(run.config)
     cmd += ["--distributed-world-size", str(preset.gpus),
             "--distributed-port", str(distributed_port(run.name)),

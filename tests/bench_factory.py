@@ -1,4 +1,5 @@
-"""`make_bench`: a small, valid bench directory written in code, for tests of every stage after build.
+"""`write_bench` / `make_bench`: small, valid bench directories written in code, for tests of every stage
+after build (the evaluator's fixtures in eval_support.py use the same writer).
 
 Why: the mixture, stream, packer, tasks and trainers all read a bench; building one through the
 real builder would tie their tests to the sources. Rows have sources and targets of varying length
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, Iterable, List, Tuple, Union
 
 from optiml_plugin.data.benchfiles import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, SPLITS, TRAIN_SPLIT,
                                            atomic_write_bytes, file_stem, split_path,
@@ -28,52 +29,64 @@ def make_row(benchmark: str, category: str, task: str, split: str, i: int) -> Di
             "instruction": instruction, "input": " ".join(words), "template": "test", "language": "en"}
 
 
-def make_bench(root: Union[str, Path], tasks: List[Dict[str, Any]], seed: int = 0) -> Path:
-    """Write a bench under `root`; each dict is {benchmark, category, task, n, level?, split?}.
+TaskRows = Tuple[str, str, str, str, str, List[Dict[str, Any]]]   # benchmark, category, task, level, split, rows
 
-    The same (benchmark, category, task) may appear once per split; `level` defaults to "train",
-    `split` to "train". Returns `root`.
-    """
+
+def write_bench(root: Union[str, Path], parts: Iterable[TaskRows], seed: int = 0) -> Path:
+    """The one test bench writer: each part is one task's rows of one split, written with the core's
+    `write_jsonl_with_index` into the builder's layout, and a manifest listing the tasks in the order
+    first given (a task may come once per split). Returns `root`."""
     root = Path(root)
     merged: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
     splits: Dict[str, Dict[str, int]] = {}
-    for spec in tasks:
-        b, c, t = spec["benchmark"], spec["category"], spec["task"]
-        split, n = spec.get("split", TRAIN_SPLIT), int(spec["n"])
+    for b, c, t, level, split, rows in parts:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
-        entry = merged.setdefault((b, c, t), {"task": t, "benchmark": b, "category": c,
-                                              "level": spec.get("level", "train"), "sources": ["test"],
-                                              "files": {}, "counts": {}})
+        entry = merged.setdefault((b, c, t), {"task": t, "benchmark": b, "category": c, "level": level,
+                                              "sources": [t], "files": {}, "counts": {}})
         if split in entry["files"]:
             raise ValueError(f"task {(b, c, t)} listed twice for split {split!r}")
-        stem = file_stem(b, c, t)
-        path = split_path(root, split, stem)
-        write_jsonl_with_index(path, (make_row(b, c, t, split, i) for i in range(n)))
+        path = split_path(root, split, file_stem(b, c, t))
+        n = write_jsonl_with_index(path, rows)
         entry["files"][split] = path.relative_to(root).as_posix()
         entry["counts"][split] = n
         agg = splits.setdefault(split, {"tasks": 0, "examples": 0})
         agg["tasks"] += 1
         agg["examples"] += n
-    ordered = [merged[k] for k in sorted(merged, key=lambda k: file_stem(*k))]
     total = sum(s["examples"] for s in splits.values())
     manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "seed": seed, "optiml_version": "test",
-                "config": {"made_by": "tests/bench_factory.py"}, "tasks": ordered, "splits": splits,
-                "decontamination": {}, "accounting": {"read": total, "kept": total, "skipped": {},
-                                                      "removed": {}, "balanced": True}}
+                "config": {"made_by": "tests/bench_factory.py"}, "tasks": list(merged.values()),
+                "splits": splits, "decontamination": {},
+                "accounting": {"read": total, "kept": total, "skipped": {}, "removed": {}, "balanced": True}}
     atomic_write_bytes(root / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
     return root
+
+
+def make_bench(root: Union[str, Path], tasks: List[Dict[str, Any]], seed: int = 0) -> Path:
+    """Write a bench under `root`; each dict is {benchmark, category, task, n, level?, split?}, rows from
+    `make_row`, tasks in file-name order (as the builder orders them).
+
+    The same (benchmark, category, task) may appear once per split; `level` defaults to "train",
+    `split` to "train". Returns `root`.
+    """
+    parts = []
+    for spec in sorted(tasks, key=lambda s: file_stem(s["benchmark"], s["category"], s["task"])):
+        b, c, t = spec["benchmark"], spec["category"], spec["task"]
+        split = spec.get("split", TRAIN_SPLIT)
+        parts.append((b, c, t, spec.get("level", "train"), split,
+                      [make_row(b, c, t, split, i) for i in range(int(spec["n"]))]))
+    return write_bench(root, parts, seed)
 
 
 def micro_train_config(bench: Path, out: Path, **sections: Dict[str, Any]):
     """A local-trainer config for a micro OPT on `bench` (a few seconds per run); `sections` update
     the model/data/optim/run sections key by key."""
-    from optiml_plugin.local.config import config_from_dict
+    from optiml_plugin.recipe import config_from_dict
 
     values = {"model": {"preset": "micro", "dropout": 0.1},
               "data": {"bench": str(bench), "tokens_per_sample": 64, "batch_size": 2, "builtin_vocab_size": 300,
                        "max_valid_examples_per_task": 8},
-              "optim": {"lr": 3e-3, "warmup_steps": 2, "max_steps": 6},
+              "optim": {"lr": 3e-3, "warmup_updates": 2, "max_update": 6},
               "run": {"out_dir": str(out), "log_every": 1, "valid_every": 0, "save_every": 3, "progress": False,
                       "tensorboard": False, "threads": 1}}
     for name, extra in sections.items():

@@ -6,8 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attention_reference import metaseq_doc_sep, segment_lengths
 from optiml_plugin.attention import (document_causal_mask, flex_attention_available, flex_block_mask,
-                                     metaseq_doc_sep, position_ids_from_segments, segment_lengths)
+                                     position_ids_from_segments)
 
 
 def rows_strategy():

@@ -4,7 +4,7 @@ training row as when the evaluator scores that example.
 Why: OPT opens every document with `</s>`; the evaluator scores `</s> prompt answer </s>`. Training used
 to start each example at its first source token, with nothing before it, so the same tokens were scored
 in two different contexts (measured: up to 3.49 nats apart). Now `</s>` opens every packed example too
-(tokenizer.EXAMPLE_START_ID), the example attends to it and its positions start there.
+(conventions.EXAMPLE_START_ID), the example attends to it and its positions start there.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 
 from optiml_plugin.data.packing import PackingConfig, make_item, pack
 from optiml_plugin.data.pipeline import collate_blocks
-from optiml_plugin.data.tokenizer import EXAMPLE_START_ID, OptTokenizer
+from optiml_plugin.conventions import EXAMPLE_START_ID
+from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.eval.backends.hf import HFBackend
 from optiml_plugin.eval.scoring import Tree, tree_tensors
 from optiml_plugin.local.attention_backends import DocumentAttention

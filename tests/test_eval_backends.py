@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-import test_eval_support as S
+import eval_support as S
 from optiml_plugin.eval.backends.hf import HFBackend
 from optiml_plugin.eval.scoring import Tree, score_separately, score_trees
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import test_eval_support as S
+import eval_support as S
 from optiml_plugin.cli import main
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.eval.backends.metaseq_convert import convert

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-import test_eval_support as S
+import eval_support as S
 from optiml_plugin.data.sources import load_source
 from optiml_plugin.data.templates import render
 from optiml_plugin.errors import BadRecordPolicy

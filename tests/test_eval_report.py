@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-import test_eval_support as S
+import eval_support as S
 from optiml_plugin.cli import main
 from optiml_plugin.data.benchfiles import write_jsonl_with_index
 

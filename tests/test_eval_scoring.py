@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-import test_eval_support as S
+import eval_support as S
 from optiml_plugin.errors import BadRecordError, ConfigError
 from optiml_plugin.eval.config import EvalConfig
 from optiml_plugin.eval.runner import evaluate

@@ -271,7 +271,7 @@ def trained(tmp_path_factory) -> Tuple[Path, Path]:
     root = tmp_path_factory.mktemp("faults")
     bench = make_bench(root / "bench", [dict(benchmark="b1", category="c1", task="t1", n=40),
                                         dict(benchmark="b2", category="c2", task="t2", n=30)])
-    trainer = Trainer(micro_train_config(bench, root / "run", optim={"max_steps": 9}))
+    trainer = Trainer(micro_train_config(bench, root / "run", optim={"max_update": 9}))
     assert trainer.train(until=6) is None
     return bench, root / "run"
 
@@ -282,7 +282,7 @@ def run(trained, tmp_path) -> Path:
 
 
 def resume(bench: Path, run_dir: Path, **sections) -> Trainer:
-    sections.setdefault("optim", {"max_steps": 9})
+    sections.setdefault("optim", {"max_update": 9})
     return Trainer(micro_train_config(bench, run_dir, **sections), resume=True)
 
 
@@ -390,7 +390,7 @@ def test_resume_with_another_bench_names_the_mixture(trained, run, tmp_path):
     other = make_bench(tmp_path / "other", [dict(benchmark="b1", category="c1", task="t1", n=40),
                                             dict(benchmark="b2", category="c2", task="t2", n=31)])
     with pytest.raises(ConfigError, match=r"the bench's training tasks or the mixture \(data.bench"):
-        Trainer(micro_train_config(other, run, optim={"max_steps": 9}), resume=True)
+        Trainer(micro_train_config(other, run, optim={"max_update": 9}), resume=True)
 
 
 def test_truncation_is_counted_in_the_log_and_on_screen(trained, run, capsys):
@@ -408,7 +408,7 @@ def test_model_dir_without_weights_or_tokenizer_is_named(trained, tmp_path):
     pytest.importorskip("transformers")
     from optiml_plugin.eval.backends.hf import HFBackend
 
-    model = Trainer(micro_train_config(trained[0], tmp_path / "m", optim={"max_steps": 1})).save_final()
+    model = Trainer(micro_train_config(trained[0], tmp_path / "m", optim={"max_update": 1})).save_final()
     no_tok = Path(shutil.copytree(model, tmp_path / "no_tok"))
     for p in no_tok.glob("tokenizer*"):
         p.unlink()

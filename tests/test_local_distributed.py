@@ -7,6 +7,7 @@ every rank saves what it saw, and the tests below check those records against in
 """
 from __future__ import annotations
 
+import math
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -62,7 +63,7 @@ def _worker(rank: int, port: int, bench: Path, root: Path) -> None:
     dist.init_process_group("gloo", timeout=timedelta(seconds=120))
     try:
         # DDP, no dropout: the first update's loss is recomputable from the initial model
-        trainer = Trainer(_config(bench, root / "ddp_step", dropout=0.0, max_steps=3))
+        trainer = Trainer(_config(bench, root / "ddp_step", dropout=0.0, max_update=3))
         seen: List[List[Dict[str, Any]]] = []
         _record_steps(trainer, seen)
         before = _params(trainer)
@@ -84,7 +85,7 @@ def _worker(rank: int, port: int, bench: Path, root: Path) -> None:
         _run_and_resume(_config(bench, root / "fsdp_cut", mode="fsdp"), cut=3)
         # sharded vs replicated training, clipping out of play (see test_fsdp_clips_by_the_global_norm)
         for mode in ("ddp", "fsdp"):
-            Trainer(_config(bench, root / f"{mode}_noclip", mode=mode, clip_norm=1e9, max_steps=4)).train()
+            Trainer(_config(bench, root / f"{mode}_noclip", mode=mode, clip_norm=1e9, max_update=4)).train()
     finally:
         dist.destroy_process_group()
 
@@ -146,7 +147,7 @@ def test_ddp_ranks_read_disjoint_partitions_of_one_stream(world, bench):
 
     cfg = _config(bench, world / "unused")
     b = Bench(str(bench))
-    mixture = Mixture.from_bench(b, MixtureConfig(proportions=cfg.data.proportions, eps=cfg.data.eps))
+    mixture = Mixture.from_bench(b, MixtureConfig(proportions=cfg.data.benchmark_proportions, eps=cfg.data.eps))
     single = ExampleStream(b, mixture, seed=cfg.run.seed)
     consumed = []
     for rank, rec in enumerate(_ranks(world, "ddp_step")):
@@ -195,8 +196,8 @@ def test_ddp_logged_loss_is_the_global_target_weighted_loss(world):
     nll, targets = per_rank[0] + per_rank[1]
     logged = read_log(world / "ddp_step" / "log.jsonl")[0]
     assert logged["step"] == 1
-    assert logged["loss"] == pytest.approx(float(nll / targets), rel=1e-5)
-    mean_of_means = float(sum(p[0] / p[1] for p in per_rank) / WORLD)
+    assert logged["loss"] == pytest.approx(float(nll / targets) / math.log(2), rel=1e-5)   # bits
+    mean_of_means = float(sum(p[0] / p[1] for p in per_rank) / WORLD) / math.log(2)
     assert abs(logged["loss"] - mean_of_means) > 1e-4
 
 
@@ -245,7 +246,7 @@ def test_validation_shared_over_ranks_equals_one_process(world, bench, tmp_path,
 
     logged = [r for r in read_log(world / f"{mode}_full" / "log.jsonl") if "split" in r][-1]
     single = Trainer(_config(bench, tmp_path / "single", mode="none"))
-    assert len(single.valid[logged["split"]][1]) == 3
+    assert len(single.data.validation[logged["split"]].batches) == 3
     final = OPTForCausalLM.from_pretrained(str(world / f"{mode}_full" / "final"))
     single.lm.load_state_dict(final.state_dict())
     ref = single.validate_detailed()[logged["split"]]

@@ -1,6 +1,7 @@
 """The local trainer on a micro OPT: learning, exact resume, checkpoints, gradient accumulation, DDP (gloo, 1)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,8 @@ from bench_factory import make_bench, micro_train_config
 from optiml_plugin.cli import main as cli_main
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.local import checkpoint as ckpt
-from optiml_plugin.local.config import config_from_dict, load_config
-from optiml_plugin.local.trainer import Trainer, lr_lambda, read_log
+from optiml_plugin.recipe import config_from_dict, load_config
+from optiml_plugin.local.trainer import BATCH_KEYS, Trainer, lr_lambda, read_log
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def _train_losses(log):
 
 
 def test_a_few_steps_lower_the_loss(bench, tmp_path):
-    trainer = Trainer(micro_train_config(bench, tmp_path / "run", optim={"lr": 1e-2, "max_steps": 12}))
+    trainer = Trainer(micro_train_config(bench, tmp_path / "run", optim={"lr": 1e-2, "max_update": 12}))
     before = trainer.validate()
     final = trainer.train()
     after = trainer.validate()
@@ -40,6 +41,14 @@ def test_a_few_steps_lower_the_loss(bench, tmp_path):
         assert after[split] < before[split] - 0.3, split
     losses = _train_losses(read_log(trainer.log_path))
     assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+    # in bits, per benchmark too, with the realized shares (the metaseq task's telemetry)
+    train = [r for r in read_log(trainer.log_path) if "split" not in r]
+    assert set(train[0]["loss_by_benchmark"]) <= {"b1", "b2"} and train[0]["loss_by_benchmark"]
+    shares = train[-1]["realized_share"]
+    assert set(shares) == {"b1", "b2"} and math.isclose(sum(shares.values()), 1.0)
+    assert trainer.data.shares.examples.sum() == trainer.data.stream.next_index
+    valid = [r for r in read_log(trainer.log_path) if "split" in r][-1]
+    assert valid["valid_ppl"] == pytest.approx(2 ** valid["valid_loss"])
     assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
     from transformers import OPTForCausalLM
     reloaded = OPTForCausalLM.from_pretrained(str(final))
@@ -94,10 +103,11 @@ def test_gradient_accumulation_is_exactly_token_normalized(bench, tmp_path):
     it = iter(a.batches)
     m1, m2 = next(it), next(it)
     assert int(m1["loss_mask"].sum()) != int(m2["loss_mask"].sum())  # uneven, so averaging would differ
-    joined = {k: torch.cat([m1[k], m2[k]]) for k in ("input_ids", "target_ids", "loss_mask", "segment_ids",
-                                                    "position_ids")}
+    joined = {k: torch.cat([m1[k], m2[k]]) for k in BATCH_KEYS}
     sa, sb = a.train_step([m1, m2]), b.train_step([joined])
     assert abs(sa["loss"] - sb["loss"]) < 1e-5
+    assert sa["loss_by_benchmark"].keys() == sb["loss_by_benchmark"].keys() and sa["loss_by_benchmark"]
+    assert all(abs(sa["loss_by_benchmark"][k] - sb["loss_by_benchmark"][k]) < 1e-5 for k in sa["loss_by_benchmark"])
     for p, q in zip(a.model.parameters(), b.model.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
 
@@ -125,7 +135,7 @@ def test_ddp_world_of_one_matches_single_process(bench, tmp_path, monkeypatch):
 def test_low_precision_autocast_trains_and_resumes_exactly(bench, tmp_path, precision):
     """bf16/fp16 autocast (CPU here; the same code path on GPUs): the model runs in low precision, the loss
     falls, fp16's loss scaler is checkpointed, and a resumed run continues exactly."""
-    opts = dict(model={"preset": "micro", "dropout": 0.0}, optim={"lr": 1e-2, "max_steps": 6})
+    opts = dict(model={"preset": "micro", "dropout": 0.0}, optim={"lr": 1e-2, "max_update": 6})
     fp32 = Trainer(micro_train_config(bench, tmp_path / "fp32", **opts))
     fp32.train()
     run = {"precision": precision, "save_every": 3}
@@ -159,9 +169,9 @@ def test_config_errors_name_the_key(bench, tmp_path):
 
 
 def test_fresh_run_refuses_a_directory_with_checkpoints(bench, tmp_path):
-    Trainer(micro_train_config(bench, tmp_path / "run", optim={"max_steps": 1})).train()
+    Trainer(micro_train_config(bench, tmp_path / "run", optim={"max_update": 1})).train()
     with pytest.raises(ConfigError, match="--resume"):
-        Trainer(micro_train_config(bench, tmp_path / "run", optim={"max_steps": 1}))
+        Trainer(micro_train_config(bench, tmp_path / "run", optim={"max_update": 1}))
 
 
 def test_schedule_warms_up_then_decays_to_zero():
@@ -186,7 +196,8 @@ def test_validation_cap_is_per_task_so_later_tasks_count(tmp_path):
     cfg = micro_train_config(root, tmp_path / "run", data={"max_valid_examples_per_task": 3,
                                                            "valid_splits": ["valid_heldout_tasks"]})
     trainer = Trainer(cfg)
-    vset, batches = trainer.valid["valid_heldout_tasks"]
+    subset = trainer.data.validation["valid_heldout_tasks"]
+    (vset,), batches = subset.sets, subset.batches
     assert [t.task for t in vset.tasks] == ["t1", "t2", "t3"]
     assert vset.taken == [3, 3, 2] and vset.available == [20, 20, 2]
     assert [it.task_id for it in vset.items] == [0, 0, 0, 1, 1, 1, 2, 2]
@@ -219,10 +230,10 @@ def test_old_split_cap_key_names_its_replacement(bench, tmp_path):
 
 
 def test_adamw_is_fused_where_torch_has_it_and_falls_back_otherwise(monkeypatch):
-    from optiml_plugin.local.config import OptimConfig
+    from optiml_plugin.recipe import OptimConfig
     from optiml_plugin.local.trainer import adamw
 
-    o = OptimConfig(lr=0.1, betas=[0.8, 0.9], adam_eps=1e-6)
+    o = OptimConfig(lr=0.1, adam_betas=[0.8, 0.9], adam_eps=1e-6)
     p = torch.nn.Parameter(torch.ones(3))
     opt = adamw([{"params": [p]}], o)
     assert opt.defaults["betas"] == (0.8, 0.9) and opt.defaults["eps"] == 1e-6 and opt.defaults["lr"] == 0.1

@@ -15,6 +15,7 @@ from bench_factory import make_bench, make_row
 from optiml_plugin.data.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture, MixtureConfig
 from optiml_plugin.data.packing import PackingConfig, make_item
+from optiml_plugin.data.shares import ShareCounters
 from optiml_plugin.data.pipeline import PackedBatches, collate_blocks
 from optiml_plugin.data.stream import ExampleStream
 from optiml_plugin.data.tokenizer import OptTokenizer
@@ -45,8 +46,9 @@ def tok():
 def pipeline(bench, mixture, tok, strategy="best_fit", buffer=6, batch=3, tps=TPS, chunk=16):
     stream = ExampleStream(bench, mixture, seed=5, chunk_size=64)
     cfg = PackingConfig(tokens_per_sample=tps, strategy=strategy, window=4)
+    shares = ShareCounters(mixture.benchmarks, mixture.effective_benchmark_probs())
     return PackedBatches(stream, tok, cfg, batch_size=batch, seed=11, shuffle_buffer=buffer,
-                         encode_chunk=chunk)
+                         encode_chunk=chunk, observer=shares)
 
 
 def expected_item(pipe, index):
@@ -96,7 +98,7 @@ def test_batch_contract_and_every_example_once(bench, mixture, tok):
 
 def recorded_tokens(pipe):
     pipe.state_dict()  # settles the chunk the prefetch thread may still be tokenizing
-    return pipe.stream.counters.tokens.tolist(), pipe.stream.counters.target_tokens.tolist()
+    return pipe.observer.tokens.tolist(), pipe.observer.target_tokens.tolist()
 
 
 def expected_tokens(pipe):
@@ -154,6 +156,8 @@ def test_resume_at_any_point_is_exact(bench, mixture, tok, cut, strategy, buffer
         assert_same(a, b)
     assert resumed.stats.to_dict() == stats
     assert recorded_tokens(resumed) == expected_tokens(resumed)
+    rows = torch.cat([b["row_ids"] for b in head + tail]).tolist()   # sample ids continue across resume
+    assert rows == list(range(len(rows)))
 
 
 def test_state_mismatch_rejected(bench, mixture, tok):
@@ -176,7 +180,6 @@ class ListStream:
 
     def __init__(self, rows):
         self.rows, self.next = rows, 0
-        self.recorded = 0
 
     def __iter__(self):
         return self
@@ -190,9 +193,6 @@ class ListStream:
     def example(self, i):
         return FakeExample(i, i % 2, 0, self.rows[i])
 
-    def record_tokens(self, benchmark_id, tokens, target_tokens):
-        self.recorded += tokens
-
     def state_dict(self):
         return {"next": self.next}
 
@@ -203,11 +203,11 @@ class ListStream:
 def test_finite_stream_drains_everything(tok):
     rows = [{"id": str(i), "src": "word " * (i % 13 + 1), "tgt": "out " * (i % 5)} for i in range(50)]
     pipe = PackedBatches(ListStream(rows), tok, PackingConfig(tokens_per_sample=64), batch_size=4,
-                         seed=0, shuffle_buffer=3, drop_last=False)
+                         seed=0, shuffle_buffer=3, drop_last=False, observer=ShareCounters(["b"], [1.0]))
     batches = list(pipe)
     indices = [i for b in batches for row in b["example_indices"] for i in row]
     assert sorted(indices) == list(range(50))
-    assert pipe.stats.examples == 50 and pipe.stats.tokens == pipe.stream.recorded
+    assert pipe.stats.examples == 50 and pipe.stats.tokens == int(pipe.observer.tokens.sum())
     assert batches[-1]["input_ids"].shape[0] <= 4
 
 

@@ -11,7 +11,7 @@ from optiml_plugin.data.build import load_build_config
 from optiml_plugin.data.sources import DEFAULT_BENCHMARKS
 from optiml_plugin.errors import ConfigError
 
-PRESETS = sweep.PRESET_DIR
+PRESETS = sweep.CHECKOUT_PRESETS
 
 
 def copy_presets(tmp_path, **edits):
@@ -117,7 +117,7 @@ def test_mixture_not_summing_to_one_fails_clearly(tmp_path):
     ("30b.yaml", "model_parallel: 2", "model_parallel: 3", "not a multiple of model.model_parallel 3"),
     ("30b.yaml", "  gpus: 64", "  gpus: 60", "cluster.gpus 60 is not a multiple"),
     ("30b.yaml", "  layers: 48", "  layer: 48", r"unknown field\(s\) \['model.layer'\]"),
-    ("recipe.yaml", "lr: 5.0e-5", "lr: fast", "field 'train.lr': lr must be float"),
+    ("recipe.yaml", "lr: 5.0e-5", "lr: fast", r"recipe\.yaml:\d+: train\.lr: expected a number, got 'fast'"),
     ("recipe.yaml", "  seed: 1234 ", "  # seed: 1234 ", r"leave \['seed'\] unset"),
     ("30b.yaml", "kind: model", "kind: mixture", "field 'kind' must be 'model'"),
 ])
@@ -135,6 +135,10 @@ def test_lr_written_without_a_dot_still_parses(tmp_path):
 def test_unknown_preset_and_missing_preset_dir(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match=r"unknown preset '7b'.*'30b'"):
         sweep.load_model_preset("7b")
-    monkeypatch.setattr(sweep, "PRESET_DIR", tmp_path / "absent")
-    with pytest.raises(ConfigError, match="preset directory .* not found.*--preset-file"):
+    monkeypatch.setattr(sweep, "CHECKOUT_PRESETS", tmp_path / "absent")
+    monkeypatch.setattr(sweep, "installed_presets", lambda: None)
+    with pytest.raises(ConfigError, match="no preset directory.*OPTIML_PRESET_DIR.*--preset-file"):
+        sweep.load_model_preset("30b")
+    monkeypatch.setenv("OPTIML_PRESET_DIR", str(tmp_path / "absent"))
+    with pytest.raises(ConfigError, match=r"preset directory .*absent not found \(from \$OPTIML_PRESET_DIR\)"):
         sweep.load_model_preset("30b")

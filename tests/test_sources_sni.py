@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from optiml_plugin.data.sources import load_source
-from optiml_plugin.data.sources.sni import absent_split_tasks, check_split_tasks, read_split_lists
+from optiml_plugin.data.sources.sni import absent_split_tasks, read_split_lists
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 
 
@@ -71,17 +71,15 @@ def test_real_split_lists(sni_dir):
     loaded = [name[:-5] for name, *_ in _index_rows(sni_dir)]
     absent = absent_split_tasks(sni_dir / "splits" / "default", loaded)
     assert len(absent) == 756 + 119 - 28
-    with pytest.raises(BadRecordError, match=r"train_tasks\.txt:1: field 'task'.*absent_task"):
-        check_split_tasks(sni_dir / "splits" / "default", loaded)
+    assert absent[0][0].endswith("train_tasks.txt") and absent[0][1] == 1
 
 
 def test_split_check_names_file_and_line(tmp_path):
     (tmp_path / "train_tasks.txt").write_text("task1_a\ntask2_b\n\ntask3_c\n")
     (tmp_path / "test_tasks.txt").write_text("task9_z\n")
-    check_split_tasks(tmp_path, ["task1_a", "task2_b", "task3_c", "task9_z"])
-    with pytest.raises(BadRecordError) as e:
-        check_split_tasks(tmp_path, ["task1_a", "task2_b", "task9_z"])
-    assert str(e.value).startswith(f"{tmp_path / 'train_tasks.txt'}:4: field 'task'")
+    assert absent_split_tasks(tmp_path, ["task1_a", "task2_b", "task3_c", "task9_z"]) == []
+    assert absent_split_tasks(tmp_path, ["task1_a", "task2_b", "task9_z"]) == \
+        [(str(tmp_path / "train_tasks.txt"), 4, "task3_c")]
     assert read_split_lists(tmp_path)["excluded"] == []
     (tmp_path / "test_tasks.txt").write_text("task9_z\ntask2_b\n")
     with pytest.raises(ConfigError,

@@ -67,7 +67,7 @@ def test_dry_run_30b_has_the_papers_settings(capsys):
         assert one(cmd, flag) == value, flag
     assert "--fp16-adam-stats" not in cmd          # fp32 Adam state
     assert json.loads(one(cmd, "--benchmark-proportions")) == sweep.load_mixture_preset(
-        sweep.PRESET_DIR / "mixture.yaml").proportions
+        sweep.CHECKOUT_PRESETS / "mixture.yaml").proportions
     assert one(cmd, "--restore-file").endswith("/30b/reshard.pt")
     for flag in ("--reset-optimizer", "--reset-dataloader", "--reset-meters"):
         assert cmd.count(flag) == 1
@@ -107,11 +107,11 @@ def test_175b_settings_and_sbatch(capsys):
 
 
 def test_sbatch_node_count_follows_cluster_shape(tmp_path):
-    text = (sweep.PRESET_DIR / "30b.yaml").read_text().replace("gpus_per_node: 8", "gpus_per_node: 4")
+    text = (sweep.CHECKOUT_PRESETS / "30b.yaml").read_text().replace("gpus_per_node: 8", "gpus_per_node: 4")
     path = tmp_path / "30b.yaml"
     path.write_text(text)
     for name in ("recipe.yaml", "mixture.yaml"):
-        (tmp_path / name).write_text((sweep.PRESET_DIR / name).read_text())
+        (tmp_path / name).write_text((sweep.CHECKOUT_PRESETS / name).read_text())
     preset = sweep.load_model_preset(str(path))
     (run,) = sweep.expand(preset)
     script = sweep.render_sbatch(preset, run, sweep.Paths(), dry_run=True)
@@ -138,10 +138,10 @@ def test_launch_without_paths_is_a_clear_error(capsys):
 @pytest.mark.parametrize("spec, message", [
     ("lr", "expected KEY=V1,V2"),
     ("nope=1", "unknown hyperparameter 'nope'"),
-    ("lr=fast", "lr must be float"),
-    ("bsz=2.5", "batch_size must be int"),
+    ("lr=fast", r"lr: expected a number, got 'fast'"),
+    ("bsz=2.5", "batch_size: Input should be a valid integer, got 2.5"),
     ("eps=128,4096", "EPS belongs to the mixture preset"),
-    ("packing=greedy", "packing must be one of"),
+    ("pack=greedy", "packing_strategy: must be one of"),
 ])
 def test_bad_grid_is_a_clear_error(spec, message):
     with pytest.raises(ConfigError, match=message):

@@ -21,8 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Turn a model preset (1.3b, 30b, 175b) and a hyperparameter grid into "
                     "metaseq-train command lines and one sbatch script per grid point.")
     p.add_argument("--preset", default="30b",
-                   help=f"model preset name ({', '.join(core.MODEL_PRESETS)}) from "
-                        "projects/opt_iml/presets (default: 30b)")
+                   help=f"model preset name ({', '.join(core.MODEL_PRESETS)}) from the preset directory "
+                        "(default: 30b)")
+    p.add_argument("--preset-dir", help=f"where --preset names are looked up (default: "
+                                        f"${core.PRESET_DIR_ENV}, else the presets installed with optiml)")
     p.add_argument("--preset-file", help="a model preset YAML file (overrides --preset)")
     p.add_argument("--mixture-file", help="a mixture preset YAML file (default: the preset's)")
     p.add_argument("--max", action="store_true", help="the OPT-IML-Max variant (longer schedule)")
@@ -51,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    preset = core.load_model_preset(args.preset_file or args.preset, args.mixture_file)
+    preset = core.load_model_preset(args.preset_file or args.preset, args.mixture_file, args.preset_dir)
     runs = core.expand(preset, core.parse_grid(args.grid), max_variant=args.max, prefix=args.prefix)
     paths = core.Paths(data=args.data, bpe_dir=args.bpe_dir, opt_checkpoints=args.opt_checkpoints,
                        checkpoints_dir=args.checkpoints_dir, user_dir=args.user_dir)

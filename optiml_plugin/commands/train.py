@@ -12,12 +12,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue exactly from the newest checkpoint in run.out_dir (from step 0 if none)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value (YAML-parsed), e.g. --set optim.max_steps=50")
+                   help="override a config value (YAML-parsed), e.g. --set optim.max_update=50")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from optiml_plugin.local.config import load_config
+    from optiml_plugin.recipe import load_config
     from optiml_plugin.local.trainer import Trainer
 
     config = load_config(args.config, args.overrides)

@@ -19,16 +19,13 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 
 import numpy as np
 
+from optiml_plugin.conventions import EVAL_SPLITS, LEVELS, SPLITS, TRAIN_SPLIT  # noqa: F401
 from optiml_plugin.errors import CorruptFileError, OptimlError
 from optiml_plugin.fsio import atomic_write_bytes
 
 FORMAT_NAME = "optiml-bench"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-TRAIN_SPLIT = "train"
-LEVELS = ("heldout_instances", "heldout_tasks", "heldout_categories")
-EVAL_SPLITS = tuple(f"{kind}_{level}" for level in LEVELS for kind in ("valid", "test"))
-SPLITS = (TRAIN_SPLIT,) + EVAL_SPLITS
 SHARD = "00"
 MAX_OPEN_FILES = 256
 _STEM_PART = re.compile(r"[^A-Za-z0-9._-]+")

@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 from tqdm import tqdm
 
 from optiml_plugin import __version__
+from optiml_plugin.conventions import LEVEL_INSTANCES, LEVEL_TRAIN
 from optiml_plugin.data import benchfiles, outdir
 from optiml_plugin.data.decontam import (REVIEW_FILE, DecontamConfig, ExactInputFilter, flagged_rows,
                                          ngram_overlap, source_conflicts)
@@ -505,7 +506,7 @@ def split_name(level: str, part: str) -> str:
     """The bench split of a task part: train, or valid/test + level (training tasks: heldout_instances)."""
     if part == "train":
         return benchfiles.TRAIN_SPLIT
-    return f"{part}_{'heldout_instances' if level == 'train' else level}"
+    return f"{part}_{LEVEL_INSTANCES if level == LEVEL_TRAIN else level}"
 
 
 def _row(t: _Task, i: int, split: str) -> Dict[str, Any]:

@@ -19,13 +19,14 @@ from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Seque
 
 import numpy as np
 
+from optiml_plugin.data.hashing import GOLDEN, mix64
+
 _NON_WORD = re.compile(r"[^\w\s]+|_")
 _SEP = "\x00"  # joins a batch of texts so one C-level pass normalizes all of them
 # ASCII fast path: one bytes.translate lower-cases and blanks everything but letters, digits,
 # whitespace and the separator, exactly as `normalize_text` does for ASCII text
 _ASCII_TABLE = bytes(c if (chr(c).isalnum() or chr(c).isspace() or c == 0) and chr(c) != "_"
                      else 32 for c in range(128)).lower() + bytes(range(128, 256))
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _BASE = np.uint64(0x100000001B3)
 
 
@@ -171,15 +172,9 @@ class NgramHasher:
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finalizer: spreads small token ids over 64 bits before the rolling hash."""
+    """splitmix64 (`mix64` of id x golden): spreads small token ids over 64 bits before the rolling hash."""
     with np.errstate(over="ignore"):
-        x = x * np.uint64(0x9E3779B97F4A7C15)
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return x & _MASK64
+        return mix64(x * np.uint64(GOLDEN))
 
 
 def _fold(x: np.ndarray) -> np.uint64:

@@ -10,7 +10,7 @@ pure function of the input order (needed for exact resume).
 A block holds `tokens_per_sample + 1` tokens (input = block[:-1], target = block[1:]). Each token
 carries a segment id (0 = padding, 1.. = the examples of the block in order), a position that
 restarts at 0 with each example and a target flag (target tokens and the closing `</s>`). Every
-example opens with `</s>` (the BOS rule, `tokenizer.EXAMPLE_START_ID`: OPT's document start), so even
+example opens with `</s>` (the BOS rule, `conventions.EXAMPLE_START_ID`: OPT's document start), so even
 an empty source predicts its first target token from inside its own segment.
 
 Too long: the source is truncated from the left (the paper's choice; the opening `</s>` is kept); a target that still cannot fit is cut on the right and its `</s>` dropped (a cut target
@@ -24,7 +24,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-from optiml_plugin.data.tokenizer import EOS_ID, EXAMPLE_START_ID, PAD_ID
+from optiml_plugin.conventions import EOS_ID, EXAMPLE_START_ID, PAD_ID
 from optiml_plugin.errors import ConfigError
 
 STRATEGIES = ("best_fit", "sequential")
@@ -83,7 +83,7 @@ class PackItem:
 
 def make_item(src_ids: Sequence[int], tgt_ids: Sequence[int], config: PackingConfig, index: int = 0,
               task_id: int = 0, benchmark_id: int = 0, eos_id: int = EOS_ID) -> PackItem:
-    """Build the example `</s> src tgt </s>` (the BOS rule: `tokenizer.EXAMPLE_START_ID` opens it) and
+    """Build the example `</s> src tgt </s>` (the BOS rule: `conventions.EXAMPLE_START_ID` opens it) and
     fit it to a block. The opening `</s>` counts as source and is never truncated."""
     block = config.block_size
     n_src = len(src_ids) + 1

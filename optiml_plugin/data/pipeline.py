@@ -21,6 +21,7 @@ from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from optiml_plugin.data.hashing import GOLDEN, MASK64, mix64
 from optiml_plugin.data.packing import Block, Packer, PackingConfig, PackingStats, PackItem, build_block, make_item
 from optiml_plugin.data.tokenizer import PAD_ID, OptTokenizer
 from optiml_plugin.errors import BadRecordError, ConfigError, mismatch_error
@@ -30,7 +31,6 @@ STATE_WORDS = {"tokens_per_sample": "data.tokens_per_sample", "strategy": "the p
                "window": "the packing window", "truncation": "the truncation side",
                "batch_size": "data.batch_size", "seed": "the seed (run.seed)",
                "shuffle_buffer": "the shuffle buffer", "vocab_size": "the tokenizer's vocabulary size"}
-_MASK64 = (1 << 64) - 1
 DEFAULT_ENCODE_CHUNK = 256
 # a chunk of stream examples and the future of its (src_ids, tgt_ids) pairs
 _InFlight = Tuple[List[Any], "Future[List[Tuple[List[int], List[int]]]]"]
@@ -40,8 +40,36 @@ def collate_blocks(blocks: Sequence[Block], rows: Optional[int] = None,
                    pad_id: int = PAD_ID) -> Dict[str, torch.Tensor]:
     """Blocks as a batch of `[rows, L]` tensors (L = block size - 1); all-pad rows fill up to `rows`.
 
-    `target_ids` holds `pad_id` wherever `loss_mask` is False; `benchmark_ids`/`task_ids` are -1 on
-    padding; `position_ids` restart at 0 with each example.
+    A block of tokens_per_sample + 1 tokens becomes one row: its first L tokens are the inputs, its last
+    L the targets (the next token). Two examples packed in a 12-token row, A = (source 10 11 12,
+    target 13 14) and B = (source 20 21, target 22), each opened by `</s>` (2, the BOS rule of
+    conventions.py) and closed by `</s>`, then padding (1):
+
+        block            2  10  11  12  13  14   2   2  20  21  22   2   1
+        input_ids        2  10  11  12  13  14   2   2  20  21  22   2       <- block[:-1]
+        target_ids       1   1   1  13  14   2   1   1   1  22   2   1       <- block[1:], pad where no loss
+        loss_mask        0   0   0   1   1   1   0   0   0   1   1   0       <- predicts a target token or </s>
+        segment_ids      1   1   1   1   1   1   1   2   2   2   2   2       <- example of the input (0: padding)
+        position_ids     0   1   2   3   4   5   6   0   1   2   3   4       <- restart with each example
+                        |------------- A -------------|------- B -------|
+
+    The loss covers only target tokens and each example's closing `</s>`; A's closing `</s>` does not
+    predict B's opening one (mask 0), and document masking keeps B from attending to A.
+    `benchmark_ids`/`task_ids` are per token too (-1 on padding). The picture, as code (run as a
+    doctest by tests/test_docs.py):
+
+    >>> from optiml_plugin.data.packing import PackingConfig, make_item, pack
+    >>> cfg = PackingConfig(tokens_per_sample=12, strategy="sequential")
+    >>> a = make_item([10, 11, 12], [13, 14], cfg, index=0, task_id=0, benchmark_id=0)
+    >>> b = make_item([20, 21], [22], cfg, index=1, task_id=1, benchmark_id=1)
+    >>> batch = collate_blocks(pack([a, b], cfg))
+    >>> for key in ("input_ids", "target_ids", "loss_mask", "segment_ids", "position_ids"):
+    ...     print(f"{key:<14}" + "".join(f"{int(v):>4}" for v in batch[key][0]))
+    input_ids        2  10  11  12  13  14   2   2  20  21  22   2
+    target_ids       1   1   1  13  14   2   1   1   1  22   2   1
+    loss_mask        0   0   0   1   1   1   0   0   0   1   1   0
+    segment_ids      1   1   1   1   1   1   1   2   2   2   2   2
+    position_ids     0   1   2   3   4   5   6   0   1   2   3   4
     """
     n = len(blocks) if rows is None else rows
     if n < len(blocks):
@@ -75,10 +103,6 @@ def collate_blocks(blocks: Sequence[Block], rows: Optional[int] = None,
             "task_ids": as_t(np.ascontiguousarray(task[:, :-1]))}
 
 
-# the name the metaseq task's brief uses
-collate = collate_blocks
-
-
 def _source_target(example: Any) -> Sequence[str]:
     """The (src, tgt) strings of a stream example; a clear error names the example and field."""
     row = example.row if isinstance(example.row, dict) else {}
@@ -94,20 +118,23 @@ def _source_target(example: Any) -> Sequence[str]:
 class PackedBatches:
     """Endless (or, for a finite stream, exhausting) iterator of packed dict batches.
 
-    Each batch is `collate_blocks(...)` plus `stats` (the batch's PackingStats as a dict) and
-    `example_indices` (per row, the stream index of each segment's example).
+    Each batch is `collate_blocks(...)` plus `stats` (the batch's PackingStats as a dict),
+    `example_indices` (per row, the stream index of each segment's example) and `row_ids` (this
+    pipeline's running row number, continued across a resume: metaseq's sample ids).
 
     `stream` is duck-typed: an iterable of examples with `index`, `task_id`, `benchmark_id`, `row`
-    (a dict with "src" and "tgt"), plus `example(i)`, `state_dict()`, `load_state_dict()` and
-    `record_tokens(benchmark_id, tokens, target_tokens)`, and optionally `take(n)` (the next n
-    examples at once) (data.stream.ExampleStream).
+    (a dict with "src" and "tgt"), plus `example(i)`, `state_dict()` and `load_state_dict()`, and
+    optionally `take(n)` (the next n examples at once) (data.stream.ExampleStream).
+    `observer` (optional; data.shares.ShareCounters) hears `observe(benchmark_id, tokens,
+    target_tokens)` once per example when it is first tokenized; its counts are part of the state.
     `shuffle_buffer` counts blocks (default 10 x batch_size, the authors' 10 x batch x shards per
     shard); 0 disables shuffling. `drop_last` drops a final partial batch of a finite stream.
     """
 
     def __init__(self, stream: Any, tokenizer: OptTokenizer, packing: PackingConfig, batch_size: int,
                  seed: int, shuffle_buffer: Optional[int] = None, drop_last: bool = True,
-                 encode_chunk: int = DEFAULT_ENCODE_CHUNK, prefetch: bool = True) -> None:
+                 encode_chunk: int = DEFAULT_ENCODE_CHUNK, prefetch: bool = True,
+                 observer: Optional[Any] = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         buffer = 10 * batch_size if shuffle_buffer is None else shuffle_buffer
@@ -124,6 +151,7 @@ class PackedBatches:
         self.drop_last = drop_last
         self.encode_chunk = int(encode_chunk)
         self.prefetch = prefetch
+        self.observer = observer
         self._executor: Optional[ThreadPoolExecutor] = None
         self._inflight: Optional[_InFlight] = None  # a chunk read, its encoding under way
         self.stats = PackingStats()   # over every block yielded so far
@@ -149,8 +177,8 @@ class PackedBatches:
         for ex, (src, tgt) in zip(examples, pairs):
             item = make_item(src, tgt, self.packing, index=ex.index, task_id=ex.task_id,
                              benchmark_id=ex.benchmark_id, eos_id=self.tokenizer.eos_id)
-            if record:
-                self.stream.record_tokens(ex.benchmark_id, len(item), len(item) - item.n_src)
+            if record and self.observer is not None:
+                self.observer.observe(ex.benchmark_id, len(item), len(item) - item.n_src)
             items.append(item)
         return items
 
@@ -224,11 +252,9 @@ class PackedBatches:
 
         splitmix64 of the pair; the modulo bias (n / 2^64) is nil for buffer-sized n.
         """
-        x = (self.seed * 0x9E3779B97F4A7C15 + self._draws * 0xD1B54A32D192ED03 + 0x5B0FF) & _MASK64
-        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+        x = mix64((self.seed * GOLDEN + self._draws * 0xD1B54A32D192ED03 + 0x5B0FF) & MASK64)
         self._draws += 1
-        return (x ^ (x >> 31)) % n
+        return int(x) % n
 
     def _step(self) -> bool:
         """Advance by one unit of work; False when a finite stream is fully drained."""
@@ -262,6 +288,8 @@ class PackedBatches:
             raise StopIteration
         batch: Dict[str, Any] = collate_blocks(blocks, pad_id=self.tokenizer.pad_id)
         batch_stats = PackingStats.of(blocks)
+        first = self.stats.blocks
+        batch["row_ids"] = torch.arange(first, first + len(blocks), dtype=torch.long)
         for block in blocks:
             self.stats.add_block(block)
         batch["stats"] = batch_stats.to_dict()
@@ -285,7 +313,8 @@ class PackedBatches:
                 "buffer": [b.indices for b in self._buffer],
                 "ready": [b.indices for b in self._ready],
                 "draws": self._draws, "exhausted": self._exhausted, "stats": self.stats.to_dict(),
-                "packer_stats": self._packer.stats.to_dict()}
+                "packer_stats": self._packer.stats.to_dict(),
+                "observer": self.observer.to_dict() if self.observer is not None else None}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -316,6 +345,8 @@ class PackedBatches:
         self._draws = int(state["draws"])
         self._exhausted = bool(state["exhausted"])
         self.stats = PackingStats.from_dict(state["stats"])
+        if self.observer is not None and state.get("observer") is not None:
+            self.observer.load_dict(state["observer"])
 
     @property
     def held_examples(self) -> int:

@@ -16,13 +16,11 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from optiml_plugin.conventions import LEVEL_CATEGORIES, LEVEL_INSTANCES, LEVEL_TASKS, LEVEL_TRAIN
 from optiml_plugin.data.benchfiles import normalize_name
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy
 
 TRAIN, EVAL = "train", "eval"
-LEVEL_TRAIN = "train"
-LEVEL_TASKS = "heldout_tasks"
-LEVEL_CATEGORIES = "heldout_categories"
 TaskKey = Tuple[str, str]  # (benchmark, task)
 
 
@@ -183,7 +181,7 @@ def split_train_instances(size: int, cfg: SplitConfig, seed: int,
     """(train, valid, test) indices of a training task: a seeded random hold-out, each split sorted."""
     n_valid = min(cfg.heldout_valid, size // 4)
     n_test = min(cfg.heldout_test, size // 4)
-    perm = task_rng(seed, key, "heldout_instances").permutation(size)
+    perm = task_rng(seed, key, LEVEL_INSTANCES).permutation(size)
     test = sorted(int(i) for i in perm[:n_test])
     valid = sorted(int(i) for i in perm[n_test:n_test + n_valid])
     train = sorted(int(i) for i in perm[n_test + n_valid:])

@@ -11,10 +11,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Tuple, Union
 
-from optiml_plugin.data.benchfiles import SPLITS, Bench
+from optiml_plugin.conventions import LEVEL_CATEGORIES, LEVEL_TASKS, LEVEL_TRAIN, SPLITS
+from optiml_plugin.data.benchfiles import Bench
 from optiml_plugin.errors import OptimlError
 
-LEVEL_ORDER = ("train", "heldout_tasks", "heldout_categories")
+LEVEL_ORDER = (LEVEL_TRAIN, LEVEL_TASKS, LEVEL_CATEGORIES)
 
 
 def composition(bench: Bench) -> List[Dict[str, Any]]:

@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.data.hashing import GOLDEN, mix64
 from optiml_plugin.data.mixture import Mixture
 from optiml_plugin.errors import ConfigError, mismatch_error
 
@@ -36,9 +37,7 @@ STATE_WORDS = {"seed": "the seed (run.seed)", "chunk_size": "the stream chunk si
                "worker": "the data-loader worker", "num_workers": "the number of data-loader workers"}
 DEFAULT_CHUNK_SIZE = 8192
 FEISTEL_ROUNDS = 6
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_GOLDEN = np.uint64(GOLDEN)
 _ROUND_KEYS = [np.uint64((r + 1) * 0x632BE59BD9B4E019 % (1 << 64)) for r in range(FEISTEL_ROUNDS)]
 
 
@@ -52,19 +51,12 @@ class Example:
     row: Dict[str, Any]
 
 
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer: a fast avalanche hash on uint64 (wrapping arithmetic)."""
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
-
-
 def permutation_keys(seed: int, task_ids: np.ndarray, passes: np.ndarray) -> np.ndarray:
     """The Feistel key of (seed, task, pass): a different permutation of each task in each pass."""
     with np.errstate(over="ignore"):
-        k = _mix64(np.uint64(seed) * _GOLDEN + np.uint64(0x5EED))
-        k = _mix64(k ^ task_ids.astype(np.uint64))
-        return _mix64(k ^ (passes.astype(np.uint64) * _GOLDEN))
+        k = mix64(np.uint64(seed) * _GOLDEN + np.uint64(0x5EED))
+        k = mix64(k ^ task_ids.astype(np.uint64))
+        return mix64(k ^ (passes.astype(np.uint64) * _GOLDEN))
 
 
 def keyed_bijection(x: np.ndarray, n: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -88,69 +80,11 @@ def keyed_bijection(x: np.ndarray, n: np.ndarray, keys: np.ndarray) -> np.ndarra
             wl, wr, k = high_bits[todo], low_bits[todo], keys[todo]
             left, right = x[todo] >> wr, x[todo] & ((one << wr) - one)
             for rk in _ROUND_KEYS:
-                left, right = right, left ^ (_mix64(k ^ _mix64(right + rk)) & ((one << wl) - one))
+                left, right = right, left ^ (mix64(k ^ mix64(right + rk)) & ((one << wl) - one))
                 wl, wr = wr, wl
             x[todo] = (left << wr) | right
             todo = x >= n
     return x
-
-
-class ShareCounters:
-    """Realized examples, tokens and target tokens per benchmark, against the requested shares."""
-
-    def __init__(self, benchmarks: List[str], requested: np.ndarray) -> None:
-        self.benchmarks = list(benchmarks)
-        self.requested = np.asarray(requested, dtype=np.float64)
-        size = len(benchmarks)
-        self.examples = np.zeros(size, dtype=np.int64)
-        self.tokens = np.zeros(size, dtype=np.int64)
-        self.target_tokens = np.zeros(size, dtype=np.int64)
-
-    def record_tokens(self, benchmark_id: int, tokens: int, target_tokens: int) -> None:
-        self.tokens[benchmark_id] += tokens
-        self.target_tokens[benchmark_id] += target_tokens
-
-    def merge(self, other: "ShareCounters") -> None:
-        """Add another partition's counters (sum over ranks/workers for the global picture)."""
-        if other.benchmarks != self.benchmarks:
-            raise ConfigError(f"cannot merge share counters of benchmarks {other.benchmarks} "
-                              f"into {self.benchmarks}")
-        self.examples += other.examples
-        self.tokens += other.tokens
-        self.target_tokens += other.target_tokens
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"benchmarks": self.benchmarks, "examples": self.examples.tolist(),
-                "tokens": self.tokens.tolist(), "target_tokens": self.target_tokens.tolist()}
-
-    def load_dict(self, d: Dict[str, Any]) -> None:
-        if list(d["benchmarks"]) != self.benchmarks:
-            raise ConfigError(f"share counters were saved for benchmarks {d['benchmarks']}, "
-                              f"this mixture has {self.benchmarks}")
-        self.examples[:] = d["examples"]
-        self.tokens[:] = d["tokens"]
-        self.target_tokens[:] = d["target_tokens"]
-
-    def shares(self) -> Dict[str, np.ndarray]:
-        out = {}
-        for name in ("examples", "tokens", "target_tokens"):
-            v = getattr(self, name).astype(np.float64)
-            out[name] = v / v.sum() if v.sum() > 0 else np.zeros_like(v)
-        return out
-
-    def report(self) -> str:
-        """Requested vs realized share per benchmark, by examples, tokens and target tokens."""
-        s = self.shares()
-        lines = [f"{'benchmark':<24} {'requested':>9} {'examples':>9} {'ex.share':>8} {'tokens':>11} "
-                 f"{'tok.share':>9} {'target tok':>11} {'tgt.share':>9}"]
-        for b, name in enumerate(self.benchmarks):
-            lines.append(f"{name:<24} {self.requested[b]:>9.4f} {int(self.examples[b]):>9} "
-                         f"{s['examples'][b]:>8.4f} {int(self.tokens[b]):>11} {s['tokens'][b]:>9.4f} "
-                         f"{int(self.target_tokens[b]):>11} {s['target_tokens'][b]:>9.4f}")
-        dev = np.abs(s["examples"] - self.requested).max() if self.examples.sum() else 0.0
-        lines.append(f"total examples {int(self.examples.sum())}, max |realized - requested| "
-                     f"example share {dev:.4f}")
-        return "\n".join(lines)
 
 
 class ExampleStream:
@@ -174,14 +108,15 @@ class ExampleStream:
         self.chunk_size = int(chunk_size)
         self.partition = self.rank * self.num_workers + self.worker
         self.num_partitions = self.world_size * self.num_workers
-        self.counters = ShareCounters(mixture.benchmarks, mixture.effective_benchmark_probs())
         self._probs = mixture.probs
         self._sizes = mixture.sizes.astype(np.uint64)
         # cursor: next global index of this partition, and S (global draws per task) at its chunk start
         self._next = 0
         self._chunk_counts = np.zeros(len(mixture.tasks), dtype=np.int64)
         self._cache: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
-        self.seek(0)
+        # this partition's first chunk is chunk `partition` (partition r owns chunks r mod R)
+        self._chunk_counts = self._counts_at(self.partition)
+        self._next = self.partition * self.chunk_size
 
     # ---- the pure function of (seed, index) ----
 
@@ -289,30 +224,8 @@ class ExampleStream:
                 current = task_list[k]
                 reader = self.bench.reader(self.mixture.tasks[current])
             read[k] = reader[row_list[k]]
-        self.counters.examples += np.bincount(benchmark_ids, minlength=len(self.counters.examples))
         return [Example(index=start + k, task_id=t, benchmark_id=b, row=row)
                 for k, (t, b, row) in enumerate(zip(task_list, benchmark_ids.tolist(), read))]
-
-    def record_tokens(self, benchmark_id: int, tokens: int, target_tokens: int) -> None:
-        """Called by the pipeline once an example is tokenized, for realized token shares."""
-        self.counters.record_tokens(benchmark_id, tokens, target_tokens)
-
-    def report(self) -> str:
-        return self.counters.report()
-
-    def seek(self, index: int) -> None:
-        """Move the cursor to this partition's first index >= `index` (O(index / chunk_size) work).
-
-        For tools and benchmarks; training resumes through `load_state_dict`, which is O(1).
-        """
-        if index < 0:
-            raise IndexError(f"stream index must be >= 0, got {index}")
-        chunk = index // self.chunk_size
-        if self.owner(index) != self.partition:
-            chunk += 1 + (self.partition - chunk - 1) % self.num_partitions
-            index = chunk * self.chunk_size
-        self._chunk_counts = self._counts_at(chunk)
-        self._next = index
 
     def _identity(self) -> Dict[str, Any]:
         return {"seed": self.seed, "chunk_size": self.chunk_size, "mixture": self.mixture.fingerprint(),
@@ -320,9 +233,9 @@ class ExampleStream:
                 "worker": self.worker, "num_workers": self.num_workers}
 
     def state_dict(self) -> Dict[str, Any]:
-        """JSON-serializable, O(#tasks): the next index, S at its chunk start, and the counters."""
+        """JSON-serializable, O(#tasks): the next index and S at its chunk start."""
         return {"version": STATE_VERSION, **self._identity(), "next_index": self._next,
-                "chunk_counts": self._chunk_counts.tolist(), "counters": self.counters.to_dict()}
+                "chunk_counts": self._chunk_counts.tolist()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -342,4 +255,3 @@ class ExampleStream:
         self._next = index
         self._chunk_counts = counts
         self._cache.clear()
-        self.counters.load_dict(state["counters"])

@@ -11,11 +11,11 @@ import fnmatch
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
 
 
 from optiml_plugin.data.records import Record
-from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
+from optiml_plugin.errors import BadRecordError, ConfigError
 from optiml_plugin.yamlio import read_yaml_mapping
 
 DEFAULT_PATH = Path(__file__).with_name("taxonomy.yaml")
@@ -134,13 +134,6 @@ class Taxonomy:
             name = cleaned
         return record if name == record.category else replace(record, category=name)
 
-    def categorize_all(self, records: Iterable[Record], policy: BadRecordPolicy) -> Iterator[Record]:
-        """`categorize` each record; unknown categories go through `policy` (raise, or skip and count)."""
-        for record in records:
-            try:
-                yield self.categorize(record)
-            except BadRecordError as err:
-                policy.handle(err)
 
 
 def _merged(path: Path) -> Dict[str, Any]:

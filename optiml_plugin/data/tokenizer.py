@@ -16,17 +16,11 @@ from typing import Iterable, List, Sequence, Tuple, Union
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from optiml_plugin.conventions import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, SPECIALS, UNK, UNK_ID  # noqa: F401
 from optiml_plugin.errors import ConfigError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-BOS, PAD, EOS, UNK = "<s>", "<pad>", "</s>", "<unk>"
-SPECIALS = (BOS, PAD, EOS, UNK)
-BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
-# The BOS rule, one for training (both trainers, the metaseq task) and evaluation: every example opens
-# with `</s>`, as every document did in OPT's pre-training (and as transformers' OPT tokenizer prepends);
-# the example attends to it and its positions start there at 0. `<s>` (id 0) is never used.
-EXAMPLE_START_ID = EOS_ID
 TOKENIZER_JSON = "tokenizer.json"
 # file pairs `from_dir` accepts, in order of preference after tokenizer.json
 _VOCAB_PAIRS = (("vocab.json", "merges.txt"), ("gpt2-vocab.json", "gpt2-merges.txt"))

@@ -17,7 +17,7 @@ from optiml_plugin.data.tokenizer import OptTokenizer
 
 @dataclass
 class ValidationSet:
-    """One split's capped examples; an item's `task_id` indexes `tasks`."""
+    """One split's capped examples; an item's `task_id` - `first_task` indexes `tasks`."""
 
     split: str
     tasks: List[TaskFile]
@@ -35,12 +35,12 @@ class ValidationSet:
 
 def validation_set(bench: Bench, split: str, tokenizer: OptTokenizer, packing: PackingConfig,
                    max_per_task: Optional[int], benchmarks: Sequence[str] = (),
-                   first_index: int = 0) -> ValidationSet:
+                   first_index: int = 0, first_task: int = 0) -> ValidationSet:
     """Items for the first `max_per_task` rows (None: all) of every task of `split`, in order.
 
     Benchmark ids index `benchmarks` (e.g. the training mixture's list, so per-benchmark losses share
-    its keys); a benchmark not in it gets -1. Item indices count up from `first_index`, so several
-    splits can be packed together without clashing.
+    its keys); a benchmark not in it gets -1. Item indices count up from `first_index` and task ids
+    from `first_task`, so several splits can be packed together without clashing.
     """
     bench_id = {name: i for i, name in enumerate(benchmarks)}
     out = ValidationSet(split, bench.task_files(split))
@@ -50,7 +50,7 @@ def validation_set(bench: Bench, split: str, tokenizer: OptTokenizer, packing: P
         n = len(reader) if max_per_task is None else min(len(reader), max_per_task)
         rows = [reader[i] for i in range(n)]
         for src_ids, tgt_ids in tokenizer.encode_pairs([(r["src"], r["tgt"]) for r in rows]):
-            out.items.append(make_item(src_ids, tgt_ids, packing, index=index, task_id=task_id,
+            out.items.append(make_item(src_ids, tgt_ids, packing, index=index, task_id=first_task + task_id,
                                        benchmark_id=bench_id.get(tf.benchmark, -1), eos_id=tokenizer.eos_id))
             index += 1
         out.taken.append(n)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from optiml_plugin.data.benchfiles import LEVELS
+from optiml_plugin.conventions import LEVELS
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.eval.backend import Backend
 from optiml_plugin.eval.prompts import PROMPT_FORMATS, TASK_LEVEL_BENCHMARKS

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Union
 
-from optiml_plugin.data.benchfiles import LEVELS, atomic_write_bytes, dumps_line, normalize_name
+from optiml_plugin.conventions import LEVELS
+from optiml_plugin.data.benchfiles import atomic_write_bytes, dumps_line, normalize_name
 
 RESULTS = "results.json"
 PREDICTIONS = "predictions.jsonl"

@@ -1,21 +1,18 @@
-"""The trainer's data side: tokenizer, the core stream + packing pipeline for training, and fixed
-validation batches per evaluation split.
+"""The local trainer's tokenizer: the run's saved one, the builtin BPE trained on the bench, or a directory.
 
-Why validation is built once: the eval splits are read in file order (never sampled, capped per task by
-the core's `validation_set`) and packed sequentially, so every validation pass scores exactly the same
-tokens and curves are comparable.
+Everything else the trainer takes from the data (batches, validation, logging keys) comes from the core's
+`data.training_data`, as for the metaseq task.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, Optional
 
-from optiml_plugin.data.benchfiles import Bench, TRAIN_SPLIT
-from optiml_plugin.data.packing import PackingConfig, pack
+from optiml_plugin.conventions import TRAIN_SPLIT
+from optiml_plugin.data.benchfiles import Bench
 from optiml_plugin.data.tokenizer import OptTokenizer
-from optiml_plugin.data.validation import ValidationSet, validation_set
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.local.config import DataConfig
+from optiml_plugin.recipe import DataConfig
 
 TOKENIZER_SAMPLE_PER_TASK = 2000
 
@@ -39,26 +36,3 @@ def load_tokenizer(cfg: DataConfig, bench: Bench, saved: Optional[Path] = None) 
     if not Path(cfg.tokenizer).is_dir():
         raise ConfigError(f"data.tokenizer: {cfg.tokenizer!r} is neither 'builtin' nor a directory")
     return OptTokenizer.from_dir(cfg.tokenizer)
-
-
-def packing_config(cfg: DataConfig) -> PackingConfig:
-    return PackingConfig(tokens_per_sample=cfg.tokens_per_sample, strategy=cfg.packing, window=cfg.window,
-                         truncation=cfg.truncation)
-
-
-def validation_batches(bench: Bench, tokenizer: OptTokenizer,
-                       cfg: DataConfig) -> Dict[str, Tuple[ValidationSet, List[dict]]]:
-    """Per eval split: the first `max_valid_examples_per_task` rows of every task, packed next-fit once."""
-    from optiml_plugin.data.pipeline import collate_blocks
-
-    packing = PackingConfig(tokens_per_sample=cfg.tokens_per_sample, strategy="sequential",
-                            truncation=cfg.truncation)
-    out: Dict[str, Tuple[ValidationSet, List[dict]]] = {}
-    for split in cfg.valid_splits:
-        vset = validation_set(bench, split, tokenizer, packing, cfg.max_valid_examples_per_task or None)
-        if not vset.items:
-            continue
-        blocks = pack(vset.items, packing, pad_id=tokenizer.pad_id)
-        out[split] = (vset, [collate_blocks(blocks[i:i + cfg.batch_size], pad_id=tokenizer.pad_id)
-                             for i in range(0, len(blocks), cfg.batch_size)])
-    return out

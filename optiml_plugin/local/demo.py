@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from optiml_plugin.data.benchfiles import atomic_write_bytes
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.local.config import config_from_dict
+from optiml_plugin.recipe import config_from_dict
 from optiml_plugin.local.trainer import Trainer, read_log
 
 
@@ -63,7 +63,7 @@ def run_demo(out: Optional[Path] = None, steps: Optional[int] = None, quick: boo
         "data": {"bench": str(bench), "tokenizer": "builtin", "builtin_vocab_size": 1024,
                  "tokens_per_sample": size.tokens_per_sample, "batch_size": size.batch_size,
                  "max_valid_examples_per_task": 16},
-        "optim": {"lr": size.lr, "warmup_steps": min(size.warmup, max(1, n_steps // 10)), "max_steps": n_steps},
+        "optim": {"lr": size.lr, "warmup_updates": min(size.warmup, max(1, n_steps // 10)), "max_update": n_steps},
         "run": {"out_dir": str(out / "train"), "seed": seed, "log_every": max(1, n_steps // 30),
                 "valid_every": max(1, n_steps // 3), "save_every": n_steps, "keep_last": 1, "progress": progress,
                 "threads": threads}})

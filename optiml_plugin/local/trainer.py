@@ -12,7 +12,6 @@ Why these choices:
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -24,14 +23,13 @@ import torch
 import yaml
 
 from optiml_plugin.data.benchfiles import Bench
-from optiml_plugin.data.mixture import Mixture, MixtureConfig
-from optiml_plugin.data.stream import ExampleStream
+from optiml_plugin.data.training_data import BITS_PER_NAT, benchmark_sums, training_data
 from optiml_plugin.errors import ConfigError, CorruptFileError, WriteError, first_line
 from optiml_plugin.fsio import replace_dir
 from optiml_plugin.local import checkpoint as ckpt
 from optiml_plugin.local.attention_backends import DocumentAttention
-from optiml_plugin.local.config import OptimConfig, TrainConfig
-from optiml_plugin.local.data import load_tokenizer, packing_config, validation_batches
+from optiml_plugin.recipe import OptimConfig, TrainConfig
+from optiml_plugin.local.data import load_tokenizer
 from optiml_plugin.local.distributed import (Dist, clip_grad_norm, full_state_dict, init_distributed,
                                              load_full_state_dict, load_optimizer_state, optimizer_state,
                                              wrap_model)
@@ -39,7 +37,7 @@ from optiml_plugin.local.model import TargetLM, build_model, count_parameters
 from optiml_plugin.local.runlog import read_log, trim_log  # noqa: F401  (read_log: the log's reader)
 from optiml_plugin.loss import LossSums, example_groups, loss_sums, token_coefficients
 
-BATCH_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "position_ids")
+BATCH_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "position_ids", "benchmark_ids")
 
 
 def lr_lambda(warmup: int, total: int):
@@ -74,7 +72,7 @@ def adamw(param_groups: List[Dict[str, Any]], o: OptimConfig) -> torch.optim.Ada
     """AdamW with the config's lr/betas/eps; the fused kernel where this torch has it for the parameters'
     device (CUDA since 2.0, CPU since 2.4): one pass over each tensor instead of a dozen, and no temporaries
     the size of the 50k-row embedding (measured 6x faster steps on CPU for opt-125m's embedding)."""
-    kwargs = dict(lr=o.lr, betas=tuple(o.betas), eps=o.adam_eps)
+    kwargs = dict(lr=o.lr, betas=tuple(o.adam_betas), eps=o.adam_eps)
     try:
         return torch.optim.AdamW(param_groups, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device/dtype/torch
@@ -82,7 +80,7 @@ def adamw(param_groups: List[Dict[str, Any]], o: OptimConfig) -> torch.optim.Ada
 
 
 class Trainer:
-    """Builds everything from a `TrainConfig`; `train()` runs to `optim.max_steps` and saves the final model."""
+    """Builds everything from a `TrainConfig`; `train()` runs to `optim.max_update` and saves the final model."""
 
     def __init__(self, config: TrainConfig, resume: bool = False) -> None:
         self.cfg = config
@@ -105,18 +103,13 @@ class Trainer:
         if self.dist.is_main:
             self.tokenizer.save(self.out / "tokenizer")
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        self.mixture = Mixture.from_bench(self.bench, MixtureConfig(proportions=config.data.proportions,
-                                                                    eps=config.data.eps))
-        self.stream = ExampleStream(self.bench, self.mixture, seed=run.seed, rank=self.dist.rank,
-                                    world_size=self.dist.world_size)
-        from optiml_plugin.data.pipeline import PackedBatches
-
-        self.batches = PackedBatches(self.stream, self.tokenizer, packing_config(config.data),
-                                     batch_size=config.data.batch_size, seed=run.seed)
-        self.valid = validation_batches(self.bench, self.tokenizer, config.data)
+        self.data = training_data(self.bench, self.tokenizer, config.data, config.data.batch_size, run.seed,
+                                  rank=self.dist.rank, world_size=self.dist.world_size)
+        self.batches = self.data.batches
         if self.dist.is_main:  # what the per-task cap used and left out, per task
-            (self.out / "validation_sets.json").write_text(
-                json.dumps([vset.counts() for vset, _ in self.valid.values()], indent=1) + "\n")
+            (self.out / "validation_sets.json").write_text(json.dumps(
+                [vset.counts() for subset in self.data.validation.values() for vset in subset.sets],
+                indent=1) + "\n")
 
         model = build_model(preset=config.model.preset if config.model.checkpoint is None else None,
                             checkpoint=config.model.checkpoint, vocab_size=self.tokenizer.vocab_size,
@@ -136,7 +129,7 @@ class Trainer:
         o = config.optim
         self.optimizer = adamw([{"params": decay, "weight_decay": o.weight_decay},
                                 {"params": no_decay, "weight_decay": 0.0}], o)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(o.warmup_steps, o.max_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(o.warmup_updates, o.max_update))
         self.scaler = _grad_scaler(self.device) if self.dtype == torch.float16 else None
         self.step = 0
         self.log_path = self.out / "log.jsonl"
@@ -151,36 +144,41 @@ class Trainer:
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
 
-    def _forward(self, batch: Dict[str, torch.Tensor], scale: float) -> Tuple[torch.Tensor, LossSums]:
-        """(`scale` x the loss numerator, to backward; the micro-batch's loss sums, detached, to log)."""
+    def _forward(self, batch: Dict[str, torch.Tensor], scale: float
+                 ) -> Tuple[torch.Tensor, LossSums, torch.Tensor]:
+        """(`scale` x the loss numerator, to backward; the micro-batch's loss sums, detached, to log;
+        its per-benchmark [NLL sum, target count], to log)."""
         batch = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS}
-        normalize = self.cfg.optim.loss_normalize
+        normalize = self.cfg.data.loss_normalization
         groups = example_groups(batch["segment_ids"], batch["loss_mask"])
         with self._autocast():
             loss, nll = self.model(batch["loss_mask"], batch["target_ids"],
                                    token_coefficients(groups, normalize) * scale,
                                    **self.attention.model_inputs(batch))
-        return loss, loss_sums(nll, groups, normalize)
+        by_bench = benchmark_sums(nll, batch["benchmark_ids"][batch["loss_mask"].bool()],
+                                  len(self.data.benchmarks))
+        return loss, loss_sums(nll, groups, normalize), torch.stack(by_bench)
 
     def train_step(self, micro: List[Dict[str, Any]]) -> Dict[str, float]:
         """Forward/backward every micro-batch with the update's global normalizer, clip, step."""
         self.model.train()
         o = self.cfg.optim
-        if o.loss_normalize == "token":
+        if self.cfg.data.loss_normalization == "token":
             local = sum(int(b["loss_mask"].sum()) for b in micro)
         else:  # examples with at least one target token
             local = sum(int(example_groups(b["segment_ids"], b["loss_mask"]).unique().numel()) for b in micro)
         denom = self.dist.all_reduce_sum(torch.tensor([float(local)], device=self.device)).item()
         denom = max(denom, 1.0)
-        total = None
+        total, by_bench = None, None
         for i, b in enumerate(micro):
             sync = i == len(micro) - 1 or self.dist.mode == "none"
             ctx = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else nullcontext()
             with ctx:
                 # DDP/FSDP average gradients over ranks: world_size / denom makes it the global mean
-                loss, sums = self._forward(b, self.dist.world_size / denom)
+                loss, sums, bench = self._forward(b, self.dist.world_size / denom)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             total = sums if total is None else total + sums
+            by_bench = bench if by_bench is None else by_bench + bench
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         grad_norm = clip_grad_norm(self.model, o.clip_norm, self.dist)
@@ -193,51 +191,53 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1
-        num = total.nll_sum if o.loss_normalize == "token" else total.example_nll_sum
-        red = self.dist.all_reduce_sum(torch.stack([num.detach().float(), total.target_tokens.float()]))
-        return {"loss": float(red[0]) / denom, "target_tokens": float(red[1]), "lr": lr,
-                "grad_norm": float(grad_norm)}
+        num = total.nll_sum if self.cfg.data.loss_normalization == "token" else total.example_nll_sum
+        red = self.dist.all_reduce_sum(torch.cat([torch.stack([num.detach().double(),
+                                                               total.target_tokens.double()]),
+                                                  by_bench.reshape(-1)]))
+        nll, count = red[2:].reshape(2, -1)
+        return {"loss": float(red[0]) / denom * BITS_PER_NAT, "target_tokens": float(red[1]), "lr": lr,
+                "grad_norm": float(grad_norm),
+                "loss_by_benchmark": {name: float(nll[b] / count[b]) * BITS_PER_NAT
+                                      for b, name in enumerate(self.data.benchmarks) if count[b] > 0}}
 
     # ---- validation ----
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
-        """Token-normalized target loss of every eval split (same tokens each time)."""
+        """Token-normalized target loss (bits) of every validation subset (same tokens each time)."""
         return {split: r["valid_loss"] for split, r in self.validate_detailed().items()}
 
     @torch.no_grad()
     def validate_detailed(self) -> Dict[str, Dict[str, Any]]:
-        """Per split: its loss, and the loss per benchmark and per category of its tasks (batches shared out
-        over the ranks, sums all-reduced).
+        """Per subset (one split each): its loss in bits per target token, and the loss per benchmark and per
+        category of its tasks (each rank scores its own fixed batches, sums all-reduced).
 
         Why per group: one split mixes benchmarks and categories whose losses differ a lot; the split mean
         hides which of them learning helps. Grouping costs one index_add per batch (per-token NLL is
         summed by task id, then tasks by their benchmark/category)."""
         self.model.eval()
         out: Dict[str, Dict[str, Any]] = {}
-        world, rank = self.dist.world_size, self.dist.rank
-        for split, (vset, batches) in self.valid.items():
-            sums = torch.zeros(len(vset.tasks), dtype=torch.float64)
-            counts = torch.zeros(len(vset.tasks), dtype=torch.float64)
-            # rank r scores batches r, r + world, ...; every rank runs the same number of forwards (FSDP
-            # gathers parameters collectively), a rank past the end scoring batch 0 and dropping it
-            for i in range(rank, world * math.ceil(len(batches) / world), world):
-                nll, task_ids = self._token_nll(batches[i if i < len(batches) else 0])
-                if i < len(batches):
-                    sums.index_add_(0, task_ids, nll.double())
-                    counts.index_add_(0, task_ids, torch.ones_like(nll, dtype=torch.float64))
+        for name, subset in self.data.validation.items():
+            tasks = subset.tasks
+            sums = torch.zeros(len(tasks), dtype=torch.float64)
+            counts = torch.zeros(len(tasks), dtype=torch.float64)
+            for batch in subset.batches:  # the same count on every rank (FSDP gathers collectively)
+                nll, task_ids = self._token_nll(batch)
+                sums.index_add_(0, task_ids, nll.double())
+                counts.index_add_(0, task_ids, torch.ones_like(nll, dtype=torch.float64))
             both = self.dist.all_reduce_sum(torch.stack([sums, counts]).to(self.device)).cpu()
-            sums, counts = both[0], both[1]
+            sums, counts = both[0] * BITS_PER_NAT, both[1]
             record: Dict[str, Any] = {"valid_loss": float(sums.sum() / counts.sum().clamp(min=1)),
                                       "valid_target_tokens": int(counts.sum())}
             for key in ("benchmark", "category"):
-                names = sorted({getattr(t, key) for t in vset.tasks})
-                of_task = torch.tensor([names.index(getattr(t, key)) for t in vset.tasks])
+                names = sorted({getattr(t, key) for t in tasks})
+                of_task = torch.tensor([names.index(getattr(t, key)) for t in tasks])
                 g_sum = torch.zeros(len(names), dtype=torch.float64).index_add_(0, of_task, sums)
                 g_cnt = torch.zeros(len(names), dtype=torch.float64).index_add_(0, of_task, counts)
                 record[f"valid_loss_by_{key}"] = {n: float(g_sum[i] / g_cnt[i]) for i, n in enumerate(names)
                                                   if g_cnt[i] > 0}
-            out[split] = record
+            out[name] = record
         return out
 
     def _token_nll(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -250,24 +250,24 @@ class Trainer:
     def _validate_and_log(self) -> None:
         for split, record in self.validate_detailed().items():
             self._log({"step": self.step, "split": split, **record,
-                       "valid_ppl": math.exp(min(record["valid_loss"], 50.0))})
+                       "valid_ppl": 2.0 ** min(record["valid_loss"], 64.0)})
 
     # ---- loop ----
 
     def _micro_batches(self, it: Iterator[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        return [next(it) for _ in range(self.cfg.optim.grad_accum)]
+        return [next(it) for _ in range(self.cfg.optim.update_freq)]
 
     def train(self, until: Optional[int] = None) -> Optional[Path]:
-        """Run to max_steps (from the resumed step), validating/saving on schedule; returns the final dir.
+        """Run to max_update (from the resumed step), validating/saving on schedule; returns the final dir.
 
         `until` stops after that step with a checkpoint and no final model (time-limited jobs, tests)."""
         run, o = self.cfg.run, self.cfg.optim
-        stop = o.max_steps if until is None else min(until, o.max_steps)
+        stop = o.max_update if until is None else min(until, o.max_update)
         bar = None
         if run.progress and self.dist.is_main:
             from tqdm import tqdm
 
-            bar = tqdm(total=o.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+            bar = tqdm(total=o.max_update, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
         if self.step == 0 and run.valid_every:  # the starting point of every validation curve
             self._validate_and_log()
         it = iter(self.batches)
@@ -278,11 +278,12 @@ class Trainer:
             window_tokens += sum(int((b["segment_ids"] > 0).sum()) for b in micro)
             window_slots += sum(int(b["segment_ids"].numel()) for b in micro)
             window_targets += stats["target_tokens"]
-            last = self.step == o.max_steps
+            last = self.step == o.max_update
             if self.step % run.log_every == 0 or last:
                 dt = max(time.perf_counter() - t0, 1e-9)
                 record = {"step": self.step, "loss": stats["loss"], "lr": stats["lr"],
-                          "grad_norm": stats["grad_norm"],
+                          "grad_norm": stats["grad_norm"], "loss_by_benchmark": stats["loss_by_benchmark"],
+                          "realized_share": self._realized_shares(),
                           "target_tokens_per_s": window_targets / dt,
                           "tokens_per_s": window_tokens * self.dist.world_size / dt,
                           "packing_efficiency": window_tokens / max(window_slots, 1),
@@ -305,7 +306,7 @@ class Trainer:
         self._say(f"step {self.step}: the packer cut {cut['cut_left_examples']} examples on the left (source, "
                   f"{cut['cut_left_tokens']} tokens) and {cut['cut_right_examples']} on the right (target, "
                   f"{cut['cut_right_tokens']} tokens) to fit data.tokens_per_sample")
-        return self.save_final() if self.step >= o.max_steps else None
+        return self.save_final() if self.step >= o.max_update else None
 
     # ---- logs ----
 
@@ -317,6 +318,12 @@ class Trainer:
         total = self.dist.all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device))
         names = ("cut_left_examples", "cut_left_tokens", "cut_right_examples", "cut_right_tokens")
         return {k: int(v) for k, v in zip(names, total.tolist())}
+
+    def _realized_shares(self) -> Dict[str, float]:
+        """Share of the examples read so far, per benchmark, over all ranks (requested: the mixture's)."""
+        counts = self.dist.all_reduce_sum(torch.as_tensor(self.data.shares.counts, dtype=torch.float64,
+                                                          device=self.device)).cpu().numpy()
+        return self.data.shares.shares(counts)["examples"]
 
     def _log(self, record: Dict[str, Any]) -> None:
         if not self.dist.is_main:

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from optiml_plugin.attention import document_causal_mask, position_ids_from_segments
-from optiml_plugin.data.tokenizer import PAD_ID
+from optiml_plugin.conventions import PAD_ID
 
 
 def additive_document_mask(segment_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

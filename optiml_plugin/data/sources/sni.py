@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 from optiml_plugin.data.records import Record, as_str_tuple
 from optiml_plugin.data.sources.base import RecordGate, SourceSpec, outputs_value
 from optiml_plugin.data.sources.languages import language_code
-from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
+from optiml_plugin.errors import BadRecordPolicy, ConfigError
 
 KEYS: Tuple[str, ...] = ()
 SUFFIXES = (".json",)
@@ -211,19 +211,4 @@ def absent_split_tasks(split_dir: Union[str, Path], loaded_tasks: Iterable[str],
     entries = _split_entries(split_dir)
     return [(str(path), lineno, task) for split in splits for path, lineno, task in entries.get(split, [])
             if task not in loaded]
-
-
-def check_split_tasks(split_dir: Union[str, Path], loaded_tasks: Iterable[str],
-                      splits: Iterable[str] = ("train", "test")) -> None:
-    """Raise a BadRecordError naming the split file and line of the first listed-but-absent task.
-
-    Use it when the loaded tasks should cover the split lists (a full SNI checkout or a user's own
-    lists); with a subset of SNI, report `absent_split_tasks` instead.
-    """
-    absent = absent_split_tasks(split_dir, loaded_tasks, splits)
-    if absent:
-        path, lineno, task = absent[0]
-        more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
-        raise BadRecordError(path, lineno, "task", "absent_task",
-                             f"task '{task}' is listed but was not loaded{more}")
 

@@ -13,6 +13,7 @@ from typing import Any, List, Optional, Sequence, Union
 
 import torch
 
+from optiml_plugin.conventions import EXAMPLE_START_ID
 from optiml_plugin.data.tokenizer import OptTokenizer, join_texts
 from optiml_plugin.errors import ConfigError, CorruptFileError, first_line
 from optiml_plugin.eval.backend import Backend
@@ -67,7 +68,7 @@ class HFBackend(Backend):
         self._opt = isinstance(tokenizer, OptTokenizer)
         if self._opt:
             self.eos_id, self.pad_id = tokenizer.eos_id, tokenizer.pad_id
-            self._prefix = [tokenizer.eos_id]  # OPT documents follow </s>, as HF's OPT tokenizer adds
+            self._prefix = [EXAMPLE_START_ID]  # the BOS rule: </s> opens every example, as in training
         else:
             self.eos_id = int(tokenizer.eos_token_id)
             pad = tokenizer.pad_token_id

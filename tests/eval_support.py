@@ -1,17 +1,14 @@
-"""Shared builders for the evaluator tests: a tiny OPT built in code, a tokenizer, a small bench.
-
-Kept in a test module (no tests inside) so every tests/test_eval_*.py file can import it.
-"""
+"""Shared builders for the evaluator tests: a tiny OPT built in code, a tokenizer, a small bench (written
+by bench_factory.write_bench, the tests' one bench writer)."""
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 
-from optiml_plugin.data.benchfiles import FORMAT_NAME, MANIFEST, file_stem, write_jsonl_with_index
+import bench_factory
 
 WORDS = ("yes no maybe red blue green cat dog bird the a is what color animal answer question "
          "translate hello world sentence positive negative true false").split()
@@ -66,11 +63,10 @@ def write_bench(root: Path, n: int = 6) -> Path:
         ("niv2", "Translation", "task002_translate", "heldout_categories", None),
         ("flan", "Textual Entailment", "rte", "heldout_categories", ["yes", "no", "maybe", "true"]),
     ]
-    tasks = []
+    parts = []
     for bench, cat, task, level, cands in specs:
         splits = ["train", "test_heldout_instances", "valid_heldout_instances"] if level == "train" else \
             [f"test_{level}", f"valid_{level}"]
-        files, counts = {}, {}
         for split in splits:
             rows = []
             for i in range(n):
@@ -78,12 +74,5 @@ def write_bench(root: Path, n: int = 6) -> Path:
                 refs = [cands[i % len(cands)]] if cands else [f"the {word} is {WORDS[i % 5]}", word]
                 rows.append(row(bench, cat, task, split, i, f"Answer the {cat.lower()} question.",
                                 f"what color is the {word} {i}", refs, cands))
-            rel = f"{split}/00/{file_stem(bench, cat, task)}.jsonl"
-            write_jsonl_with_index(root / rel, rows)
-            files[split], counts[split] = rel, n
-        tasks.append({"task": task, "benchmark": bench, "category": cat, "level": level,
-                      "sources": [task], "files": files, "counts": counts})
-    manifest = {"format": FORMAT_NAME, "version": 1, "seed": 0, "optiml_version": "test",
-                "config": {}, "tasks": tasks, "splits": {}, "decontamination": {}, "accounting": {}}
-    (root / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
-    return root
+            parts.append((bench, cat, task, level, split, rows))
+    return bench_factory.write_bench(root, parts)
