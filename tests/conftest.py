@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import metaseq_cpu
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,20 +32,4 @@ def opt_bpe_dir() -> Path:
     return path
 
 
-def _metaseq_cpu_standins() -> None:
-    """Where the real metaseq is installed without its CUDA kernels (the CPU check environment of
-    docs/metaseq.md), metaseq cannot even be imported; install the test-only CPU stand-ins before
-    anything imports it, so the `metaseq`-marked tests run. Elsewhere this does nothing."""
-    import importlib.util
-
-    try:
-        has_metaseq = importlib.util.find_spec("metaseq") is not None
-    except (ImportError, ValueError):
-        has_metaseq = False
-    if has_metaseq:
-        from metaseq_cpu import standins
-
-        standins.install()
-
-
-_metaseq_cpu_standins()
+metaseq_cpu.install_if_present()

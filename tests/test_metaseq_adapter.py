@@ -13,7 +13,7 @@ from optiml_plugin.data.benchfiles import Bench
 from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.loss import target_cross_entropy
-from optiml_plugin.metaseq import batches, iterator, lossmath, options, train_cli
+from optiml_plugin.metaseq import batches, iterator, lossmath, options, train_cli, wiring
 
 HAS_METASEQ = importlib.util.find_spec("metaseq") is not None and \
     importlib.util.find_spec("metaseq.tasks") is not None
@@ -30,33 +30,46 @@ def cfg(**kw):
 
 # ---- options ---------------------------------------------------------------------------------
 
-def test_settings_map_every_field_to_core_objects():
+def test_settings_are_the_recipe_data_fields():
     s = options.settings_from_cfg(cfg())
-    assert s.mixture.proportions == {"niv2": 0.5} and s.mixture.eps == 128 and s.mixture.caps == {"flan": 16}
-    assert (s.packing.tokens_per_sample, s.packing.strategy, s.packing.window, s.packing.truncation) == \
-        (64, "sequential", 8, "left")
-    assert s.document_masking and s.valid_splits == ["valid_heldout_tasks"]
-    assert s.max_valid_examples_per_task == 250
-    none = options.settings_from_cfg(cfg(eps=0, benchmark_proportions="", benchmark_caps="",
+    f = s.fields
+    assert f.benchmark_proportions == {"niv2": 0.5} and f.eps == 128 and f.benchmark_caps == {"flan": 16}
+    assert (f.tokens_per_sample, f.packing_strategy, f.packing_window, f.truncation) == (64, "sequential", 8, "left")
+    assert s.document_masking and f.valid_splits == ["valid_heldout_tasks"]
+    assert f.max_valid_examples_per_task == 250 and f.shuffle_buffer == 0
+    none = options.settings_from_cfg(cfg(eps=0, benchmark_proportions="", benchmark_caps="", shuffle_buffer=-1,
                                          max_valid_examples_per_task=0, no_document_masking=True))
-    assert none.mixture.eps is None and none.mixture.proportions is None and none.mixture.caps is None
-    assert none.max_valid_examples_per_task is None and not none.document_masking
+    f = none.fields
+    assert f.eps is None and f.benchmark_proportions is None and f.benchmark_caps is None and f.shuffle_buffer is None
+    assert f.max_valid_examples_per_task == 0 and not none.document_masking
+
+
+def test_task_options_have_the_recipe_names_and_defaults():
+    """The metaseq task's flags are generated from the recipe: same names, same defaults as `optiml train`."""
+    from optiml_plugin.recipe import DataFields
+
+    got = {name: default for name, _, default, _, _ in options.task_fields()}
+    assert set(got) == set(DataFields.model_fields)
+    defaults = DataFields()
+    assert options.fields_from_cfg(Namespace(**got)) == defaults
+    assert got["valid_splits"] == ",".join(defaults.valid_splits) and got["eps"] == defaults.eps == 4096
 
 
 def test_proportions_from_yaml_file(tmp_path):
     path = tmp_path / "mix.yaml"
     path.write_text("niv2: 0.25\nflan: 0.75\n")
-    assert options.settings_from_cfg(cfg(benchmark_proportions=str(path))).mixture.proportions == \
+    assert options.settings_from_cfg(cfg(benchmark_proportions=str(path))).fields.benchmark_proportions == \
         {"niv2": 0.25, "flan": 0.75}
 
 
 @pytest.mark.parametrize("kw, message", [
     (dict(data=""), "data argument is required"),
     (dict(benchmark_caps="{bad"), "--benchmark-caps"),
-    (dict(benchmark_caps='{"flan": 0}'), "positive integer"),
-    (dict(valid_splits="train"), "not an evaluation split"),
-    (dict(loss_normalization="row"), "--loss-normalization"),
-    (dict(packing_strategy="first_fit"), "packing strategy"),
+    (dict(benchmark_caps='{"flan": 0}'), "benchmark_caps.flan"),
+    (dict(valid_splits="train"), "valid_splits.0: must be one of"),
+    (dict(loss_normalization="row"), "loss_normalization: must be one of"),
+    (dict(packing_strategy="first_fit"), "packing_strategy: must be one of"),
+    (dict(tokens_per_sample=2048.5), "tokens_per_sample"),
     (dict(add_bos_token=True), "--add-bos-token is not supported"),
 ])
 def test_bad_settings_say_what_to_change(kw, message):
@@ -133,16 +146,18 @@ def tokenizer(opt_bpe_dir):
 
 def test_validation_is_in_order_capped_and_equal_on_every_rank(bench, tokenizer):
     s = options.settings_from_cfg(cfg(max_valid_examples_per_task=5, tokens_per_sample=128))
-    blocks = batches.validation_blocks(bench, ["valid_heldout_tasks"], tokenizer, s.packing, 5, ["niv2", "flan"])
-    indices = [i for blk in blocks for i in blk.indices]
-    assert sorted(indices) == list(range(10))  # first 5 of each of the two tasks, each once
-    assert {bid for blk in blocks for bid in blk.benchmark_ids} == {0, 1}
     world, bsz = 3, 2
-    per_rank = [batches.shard_validation(blocks, bsz, r, world, s.packing.block_size) for r in range(world)]
-    assert len({len(p) for p in per_rank}) == 1
-    total_targets = sum(smp["ntokens_target"] for p in per_rank for smp in p)
-    assert total_targets == sum(blk.target_tokens for blk in blocks)
-    again = batches.shard_validation(blocks, bsz, 0, world, s.packing.block_size)
+    per_rank = [wiring.build_valid_samples(s, bench, tokenizer, "valid_heldout_tasks", bsz, r, world,
+                                           ["niv2", "flan"], True) for r in range(world)]
+    assert len({len(p) for p in per_rank}) == 1  # every rank runs the same number of batches
+    examples = sum(int(smp["segment_ids"].max(dim=1).values.sum()) for p in per_rank for smp in p)
+    assert examples == 10  # first 5 of each of the two tasks, each once
+    ids = sorted(int(i) for p in per_rank for smp in p for i in smp["id"])
+    assert ids == list(range(len(ids)))  # row ids number the rows across ranks
+    bench_ids = {int(b) for p in per_rank for smp in p for b in smp["benchmark_ids"][smp["segment_ids"] > 0]}
+    assert bench_ids == {0, 1}
+    again = wiring.build_valid_samples(s, bench, tokenizer, "valid_heldout_tasks", bsz, 0, world,
+                                       ["niv2", "flan"], True)
     assert all(a["net_input"]["src_tokens"].equal(b["net_input"]["src_tokens"]) for a, b in zip(again, per_rank[0]))
 
 

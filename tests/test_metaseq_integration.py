@@ -11,6 +11,7 @@ import torch
 from bench_factory import make_bench
 from optiml_plugin.data.pipeline import PackedBatches
 from optiml_plugin.data.stream import ExampleStream
+from optiml_plugin.data.training_data import packing_config
 from optiml_plugin.loss import target_cross_entropy
 from optiml_plugin.metaseq import lossmath, options, wiring
 
@@ -51,7 +52,8 @@ def test_train_samples_are_the_core_batches_in_metaseq_format(setup):
     train, epoch_itr = make_train(setup)
     assert train.batches.shuffle_buffer == 10 * BATCH  # -1 = the pipeline's default
     # the same core pipeline, built directly, gives the reference batches
-    ref = PackedBatches(ExampleStream(bench, train.mixture, seed=7), tokenizer, settings.packing, BATCH, 7)
+    ref = PackedBatches(ExampleStream(bench, train.mixture, seed=7), tokenizer, packing_config(settings.fields),
+                        BATCH, 7)
     itr = epoch_itr.next_epoch_itr(shuffle=True, fix_batches_to_gpus=False)
     names = wiring.benchmark_names(settings, bench)
     assert names == list(train.mixture.benchmarks) and set(names) == {"niv2", "flan", "t5"}
@@ -62,7 +64,7 @@ def test_train_samples_are_the_core_batches_in_metaseq_format(setup):
     for _ in range(3):
         sample, core = next(itr), next(ref)
         src, target = sample["net_input"]["src_tokens"], sample["target"]
-        assert src.shape == (BATCH, settings.packing.tokens_per_sample)
+        assert src.shape == (BATCH, settings.fields.tokens_per_sample)
         assert src.equal(core["input_ids"]) and sample["segment_ids"].equal(core["segment_ids"])
         assert target.equal(torch.where(core["loss_mask"], core["target_ids"], torch.tensor(PAD)))
         assert sample["ntokens_target"] == int(core["loss_mask"].sum()) == int(target.ne(PAD).sum())

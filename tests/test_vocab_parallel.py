@@ -17,7 +17,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from optiml_plugin.metaseq.lossmath import target_nll, target_sums
+import metaseq_cpu
+
+metaseq_cpu.install_if_present()  # spawned workers import this module, and optiml_plugin imports metaseq
+
+from optiml_plugin.metaseq.lossmath import target_nll, target_sums  # noqa: E402
 
 WORLD = 2
 VOCAB = 24          # divisible by WORLD: Megatron pads the vocabulary to a multiple of 8 x model parallel

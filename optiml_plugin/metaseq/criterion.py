@@ -25,7 +25,7 @@ class TargetOnlyCrossEntropyCriterion(BaseCriterion):
     def __init__(self, task: Any) -> None:
         super().__init__(task)
         settings = getattr(task, "settings", None)
-        self.normalize = settings.loss_normalization if settings is not None else "token"
+        self.normalize = settings.fields.loss_normalization if settings is not None else "token"
         self.benchmarks: List[str] = list(getattr(task, "benchmarks", []))
 
     def forward(self, model: Any, sample: Dict[str, Any], reduce: bool = True) -> Tuple[Any, Any, Dict[str, Any]]:

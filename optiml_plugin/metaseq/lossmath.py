@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from optiml_plugin.data.training_data import benchmark_sums
 from optiml_plugin.loss import LossSums, example_groups, loss_sums, vocab_parallel_nll
 
 LN2 = math.log(2)
@@ -46,13 +47,10 @@ def target_sums(nll: torch.Tensor, loss_mask: torch.Tensor, segment_ids: Optiona
     """
     mask = loss_mask.bool()
     sums = loss_sums(nll, example_groups(segment_ids, mask), normalize)
-    bnll = torch.zeros(n_benchmarks, dtype=torch.float32, device=nll.device)
-    bcount = torch.zeros(n_benchmarks, dtype=torch.float32, device=nll.device)
     if benchmark_ids is not None and n_benchmarks:
-        ids = benchmark_ids[mask].long()
-        ok = (ids >= 0) & (ids < n_benchmarks)
-        bnll.index_add_(0, ids[ok], nll.detach().float()[ok])
-        bcount.index_add_(0, ids[ok], torch.ones(int(ok.sum()), dtype=torch.float32, device=nll.device))
+        bnll, bcount = (t.float() for t in benchmark_sums(nll, benchmark_ids[mask], n_benchmarks))
+    else:
+        bnll = bcount = torch.zeros(n_benchmarks, dtype=torch.float32, device=nll.device)
     return sums, bnll, bcount
 
 

@@ -1,44 +1,62 @@
-"""The metaseq task's settings turned into core objects, and the checks run before training starts.
+"""The metaseq task's settings turned into the recipe's data settings, and the checks run before training.
 
-Why: metaseq hands the task an omegaconf node (or a Namespace) of flat fields; everything that
-decides data, packing and loss is built here, without importing metaseq, so the same code is
-tested everywhere and the task module stays a thin shell. The checks refuse configurations that
-would silently train the wrong thing (document masking off in the model, the xformers attention
-path that drops the mask, gradient accumulation through metaseq's length-based grouping).
+Why: metaseq hands the task an omegaconf node (or a Namespace) of flat fields. The data, mixture,
+packing and loss settings are the recipe's `DataFields` (the same names and defaults as `optiml
+train`'s `data:` section, see `task_fields`); they are read back here, the text forms metaseq's
+command line needs (JSON objects, comma lists) parsed, and checked by the same schema, without
+importing metaseq, so the same code is tested everywhere and the task module stays a thin shell.
+The checks refuse configurations that would silently train the wrong thing (the xformers attention
+path that drops the mask, gradient accumulation through metaseq's length-based grouping, more than
+one data-parallel rank outside FSDP).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from optiml_plugin.data.benchfiles import EVAL_SPLITS
-from optiml_plugin.data.mixture import MixtureConfig, parse_proportions
-from optiml_plugin.data.packing import PackingConfig
-from optiml_plugin.data.tokenizer import EOS_ID
+from optiml_plugin.conventions import EVAL_SPLITS
+from optiml_plugin.data.mixture import parse_proportions
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.loss import NORMALIZE
+from optiml_plugin.recipe import DataFields, FieldSpec, metaseq_fields, validate
 
 # the attention variant whose kernel ignores `attn_mask`
 XFORMERS_VARIANT = "xformers_default"
 # `--valid-subset valid` (metaseq's default) stands for every validation split of the bench
 VALID_ALIAS = "valid"
-DEFAULT_VALID_SPLITS = "valid_heldout_instances,valid_heldout_tasks,valid_heldout_categories"
+WHERE = "instruction_meta_learning options"
 
 
 @dataclass
 class AdapterSettings:
-    """What the task needs from its config, as core objects."""
+    """What the task needs from its config: the bench, the recipe's data settings, the mask switch."""
 
     data: Path
-    mixture: MixtureConfig
-    packing: PackingConfig
-    loss_normalization: str
+    fields: DataFields
     document_masking: bool
-    valid_splits: List[str]
-    max_valid_examples_per_task: Optional[int]
-    shuffle_buffer: Optional[int]   # blocks; None = the pipeline's default (10 x batch size)
+
+
+def task_fields() -> List[Tuple[str, Any, Any, str, Optional[Tuple[str, ...]]]]:
+    """(name, command-line type, default, help, choices) of every `DataFields` setting, for the task's
+    option dataclass: scalars keep their type; mappings and lists are text on metaseq's command line
+    (a JSON object or a .json/.yaml file; a comma list), read back by `fields_from_cfg`."""
+    out = []
+    for name, spec in metaseq_fields().items():
+        kind, default = _text_form(spec)
+        out.append((name, kind, default, spec.help, spec.choices))
+    return out
+
+
+def _text_form(spec: FieldSpec) -> Tuple[Any, Any]:
+    text = str(spec.type)
+    if "Dict" in text:
+        return Optional[str], ""
+    if "List" in text:
+        return str, ",".join(spec.default)
+    if spec.default is None or "Optional" in text or "Union" in text:
+        return Optional[int], spec.default
+    return spec.type, spec.default
 
 
 def _get(cfg: Any, name: str, default: Any = None) -> Any:
@@ -46,74 +64,58 @@ def _get(cfg: Any, name: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def parse_caps(text: Any) -> Optional[Dict[str, int]]:
-    """Per-benchmark EPS overrides from a JSON object string (opt_instruct's `--caps`), or None."""
+def _json_object(text: Any, name: str) -> Optional[Dict[str, Any]]:
     if text is None or (isinstance(text, str) and not text.strip()):
         return None
     if isinstance(text, dict):
-        caps = text
-    else:
-        try:
-            caps = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--benchmark-caps {text!r}: invalid JSON at column {e.colno}: {e.msg} "
-                              f"(give an object such as '{{\"niv2\": 1024}}')") from None
-    if not isinstance(caps, dict):
-        raise ConfigError(f"--benchmark-caps must be a JSON object {{benchmark: cap}}, got {caps!r:.80}")
-    out: Dict[str, int] = {}
-    for name, cap in caps.items():
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-            raise ConfigError(f"--benchmark-caps: cap of {name!r} must be a positive integer, got {cap!r}")
-        out[str(name)] = cap
-    return out
+        return dict(text)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{WHERE}: --{name.replace('_', '-')} {text!r}: invalid JSON at column {e.colno}: "
+                          f"{e.msg} (give an object such as '{{\"niv2\": 1024}}')") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{WHERE}: --{name.replace('_', '-')} must be a JSON object, got {value!r:.80}")
+    return value
 
 
-def parse_split_list(text: Any) -> List[str]:
-    """`"a,b"` or a list -> names, each a known bench split."""
-    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else list(text or []))]
-    names = [s for s in names if s]
-    for name in names:
-        if name not in EVAL_SPLITS:
-            raise ConfigError(f"--valid-splits: {name!r} is not an evaluation split; choose from "
-                              f"{list(EVAL_SPLITS)}")
-    return names
+def fields_from_cfg(cfg: Any) -> DataFields:
+    """The recipe's `DataFields` from the task config, checked by the recipe schema (errors name the option)."""
+    values: Dict[str, Any] = {}
+    for name, spec in metaseq_fields().items():
+        value = getattr(cfg, name, spec.default)
+        value = getattr(value, "value", value)  # metaseq's ChoiceEnum members
+        if name == "benchmark_proportions":
+            value = parse_proportions(value) if value is not None and str(value).strip() else None
+        elif name == "benchmark_caps":
+            value = _json_object(value, name)
+        elif name == "valid_splits":
+            parts = value.split(",") if isinstance(value, str) else list(value or [])
+            value = [part.strip() for part in parts if part.strip()]
+        elif name == "eps" and value is not None and int(value) <= 0:
+            value = None  # metaseq's command line has no null: `--eps 0` means no cap
+        elif name == "shuffle_buffer" and value is not None and int(value) < 0:
+            value = None  # `-1`: the pipeline's default (10 x batch size)
+        values[name] = value
+    return validate(DataFields, values, WHERE)
 
 
 def settings_from_cfg(cfg: Any) -> AdapterSettings:
-    """Build the mixture, packing and loss settings from the task config (omegaconf or Namespace)."""
+    """The bench, the data settings and the mask switch from the task config (omegaconf or Namespace)."""
     data = _get(cfg, "data", "")
     if not data:
         raise ConfigError("the data argument is required: metaseq-train BENCH_DIR ..., the bench directory "
                           "written by `optiml bench build`")
     if bool(_get(cfg, "add_bos_token", False)):
         raise ConfigError("--add-bos-token is not supported by instruction_meta_learning: every example "
-                          "already starts with its source (or `</s>` as BOS when the source is empty); "
-                          "drop the flag")
-    proportions_text = _get(cfg, "benchmark_proportions", "")
-    proportions = parse_proportions(proportions_text) if str(proportions_text).strip() else None
-    eps = int(_get(cfg, "eps", 4096))
-    mixture = MixtureConfig(proportions=proportions, eps=eps if eps > 0 else None,
-                            caps=parse_caps(_get(cfg, "benchmark_caps", "")))
-    packing = PackingConfig(tokens_per_sample=int(_get(cfg, "tokens_per_sample", 2048)),
-                            strategy=str(_get(cfg, "packing_strategy", "best_fit")),
-                            window=int(_get(cfg, "packing_window", 64)),
-                            truncation=str(_get(cfg, "truncation", "left")))
-    normalization = str(_get(cfg, "loss_normalization", "token"))
-    if normalization not in NORMALIZE:
-        raise ConfigError(f"--loss-normalization must be one of {NORMALIZE}, got {normalization!r}")
-    max_valid = int(_get(cfg, "max_valid_examples_per_task", 250))
-    shuffle = int(_get(cfg, "shuffle_buffer", -1))
-    return AdapterSettings(
-        data=Path(str(data)), mixture=mixture, packing=packing, loss_normalization=normalization,
-        document_masking=not bool(_get(cfg, "no_document_masking", False)),
-        valid_splits=parse_split_list(_get(cfg, "valid_splits", DEFAULT_VALID_SPLITS)),
-        max_valid_examples_per_task=max_valid if max_valid > 0 else None,
-        shuffle_buffer=shuffle if shuffle >= 0 else None)
+                          "already opens with `</s>` (the BOS rule, conventions.EXAMPLE_START_ID); drop the flag")
+    return AdapterSettings(data=Path(str(data)), fields=fields_from_cfg(cfg),
+                           document_masking=not bool(_get(cfg, "no_document_masking", False)))
 
 
 def resolve_valid_subset(name: str, settings: AdapterSettings, available: Sequence[str]) -> List[str]:
     """The bench splits a metaseq `--valid-subset` name reads: `valid` = `--valid-splits`."""
-    splits = list(settings.valid_splits) if name == VALID_ALIAS else [name]
+    splits = list(settings.fields.valid_splits) if name == VALID_ALIAS else [name]
     for split in splits:
         if split not in EVAL_SPLITS:
             raise ConfigError(f"--valid-subset {name!r}: {split!r} is not an evaluation split of the "

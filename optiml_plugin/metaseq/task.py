@@ -11,9 +11,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import typing
-from dataclasses import dataclass, field, fields
-from typing import Any, Dict, List, Optional
+from dataclasses import field, make_dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import II, DictConfig, open_dict
@@ -23,12 +22,10 @@ from metaseq.dataclass import ChoiceEnum, MetaseqDataclass
 from metaseq.distributed import utils as distributed_utils
 from metaseq.tasks import LegacyTask, register_task
 
-from optiml_plugin.data.packing import STRATEGIES, TRUNCATIONS
 from optiml_plugin.data.tokenizer import EOS_ID
-from optiml_plugin.loss import NORMALIZE
 from optiml_plugin.metaseq.iterator import PipelineEpochIterator
-from optiml_plugin.metaseq.options import (DEFAULT_VALID_SPLITS, check_model_cfg, check_resumable,
-                                           check_update_freq, settings_from_cfg)
+from optiml_plugin.metaseq.options import (check_model_cfg, check_resumable, check_update_freq, settings_from_cfg,
+                                           task_fields)
 from optiml_plugin.metaseq.segment_attention import use_segment_masks
 from optiml_plugin.metaseq.wiring import (TrainData, benchmark_names, build_train_data, build_valid_samples,
                                           load_tokenizer, open_bench, train_iterator, valid_iterator)
@@ -40,55 +37,43 @@ TASK_NAME = "instruction_meta_learning"
 VOCAB_PARALLEL_CRITERION = "vocab_parallel_cross_entropy"
 
 
-def resolved_field_types(cls: Any) -> Any:
-    """metaseq builds its argparse options from dataclass field types and refuses the strings that
-    `from __future__ import annotations` leaves there: evaluate them into real types."""
-    hints = typing.get_type_hints(cls)
-    for f in fields(cls):
-        f.type = hints[f.name]
-    return cls
+def _task_config() -> Any:
+    """The task's option dataclass: the recipe's data settings (`options.task_fields`: the same names and
+    defaults as `optiml train`'s `data:` section) plus the tokenizer, the mask switch and what
+    metaseq's model config reads from the task.
+
+    Why generated: one schema (`recipe.DataFields`) states every setting once; a hand-written copy here
+    would drift from it. metaseq builds `--flags` from the dataclass field types, so they are real types
+    (choices become metaseq's ChoiceEnum)."""
+    specs: List[Tuple[str, Any, Any]] = [
+        ("data", Optional[str], field(default=None, metadata={"help": "bench directory (optiml bench build)"})),
+        ("vocab_filename", Optional[str], field(default="", metadata={"help": "OPT gpt2-vocab.json"})),
+        ("merges_filename", Optional[str], field(default="", metadata={"help": "OPT gpt2-merges.txt"})),
+        ("hf_tokenizer", Optional[str],
+         field(default="", metadata={"help": "tokenizer.json (instead of vocab+merges)"})),
+    ]
+    for name, kind, default, help_text, choices in task_fields():
+        if choices:
+            kind = ChoiceEnum(list(choices))
+        specs.append((name, kind, field(default=default, metadata={"help": help_text})))
+    specs += [
+        # read by metaseq's transformer_lm config (II("task.max_target_positions"), II("task.add_bos_token"))
+        ("max_target_positions", Optional[int],
+         field(default=None, metadata={"help": "model positions (default: --tokens-per-sample)"})),
+        ("add_bos_token", bool, field(default=False, metadata={
+            "help": "refused: every example already opens with `</s>` (conventions.EXAMPLE_START_ID)"})),
+        ("no_document_masking", bool, field(default=False, metadata={
+            "help": "let packed examples attend to each other (default: masks from the batch's segment ids)"})),
+        ("seed", int, field(default=II("common.seed"))),
+        ("batch_size", Optional[int], field(default=II("dataset.batch_size"))),
+        ("batch_size_valid", Optional[int], field(default=II("dataset.batch_size_valid"))),
+        ("update_freq", List[int], field(default=II("optimization.update_freq"))),
+        ("ddp_backend", Optional[str], field(default=II("distributed_training.ddp_backend"))),
+    ]
+    return make_dataclass("InstructionMetaLearningConfig", specs, bases=(MetaseqDataclass,))
 
 
-@resolved_field_types
-@dataclass
-class InstructionMetaLearningConfig(MetaseqDataclass):
-    data: Optional[str] = field(default=None, metadata={"help": "bench directory (optiml bench build)"})
-    vocab_filename: Optional[str] = field(default="", metadata={"help": "OPT gpt2-vocab.json"})
-    merges_filename: Optional[str] = field(default="", metadata={"help": "OPT gpt2-merges.txt"})
-    hf_tokenizer: Optional[str] = field(default="", metadata={"help": "tokenizer.json (instead of vocab+merges)"})
-    tokens_per_sample: int = field(default=2048, metadata={"help": "tokens per packed row"})
-    # read by metaseq's transformer_lm config (II("task.max_target_positions"), II("task.add_bos_token"))
-    max_target_positions: Optional[int] = field(
-        default=None, metadata={"help": "model positions (default: --tokens-per-sample)"})
-    add_bos_token: bool = field(
-        default=False, metadata={"help": "refused: every example already starts with its source "
-                                         "(or `</s>` as BOS when the source is empty)"})
-    benchmark_proportions: Optional[str] = field(
-        default="", metadata={"help": "benchmark shares: JSON object or .json/.yaml file; unlisted "
-                                      "benchmarks share the rest by capped size"})
-    eps: int = field(default=4096, metadata={"help": "examples-proportional cap per task (<= 0: none)"})
-    benchmark_caps: Optional[str] = field(default="", metadata={"help": "JSON {benchmark: cap} overriding eps"})
-    packing_strategy: ChoiceEnum(list(STRATEGIES)) = field(  # type: ignore[valid-type]
-        default="best_fit", metadata={"help": "best_fit (bounded window) or sequential (next-fit, as OPT-IML)"})
-    packing_window: int = field(default=64, metadata={"help": "open blocks for best_fit"})
-    shuffle_buffer: int = field(
-        default=-1, metadata={"help": "packed rows held for shuffling (0: none; < 0: 10 x --batch-size)"})
-    truncation: ChoiceEnum(list(TRUNCATIONS)) = field(  # type: ignore[valid-type]
-        default="left", metadata={"help": "too-long examples: cut the source from the left (paper)"})
-    loss_normalization: ChoiceEnum(list(NORMALIZE)) = field(  # type: ignore[valid-type]
-        default="token", metadata={"help": "token: sample_size = target tokens (paper); example"})
-    no_document_masking: bool = field(
-        default=False, metadata={"help": "let packed examples attend to each other (default: the model "
-                                         "must run --self-attn-doc-sep 2)"})
-    valid_splits: str = field(default=DEFAULT_VALID_SPLITS,
-                              metadata={"help": "bench splits that --valid-subset valid reads"})
-    max_valid_examples_per_task: int = field(
-        default=250, metadata={"help": "first N examples of each task in validation (<= 0: all)"})
-    seed: int = II("common.seed")
-    batch_size: Optional[int] = II("dataset.batch_size")
-    batch_size_valid: Optional[int] = II("dataset.batch_size_valid")
-    update_freq: List[int] = II("optimization.update_freq")
-    ddp_backend: Optional[str] = II("distributed_training.ddp_backend")
+InstructionMetaLearningConfig = _task_config()
 
 
 def sharded_logits_cfg(model_cfg: Any) -> Any:

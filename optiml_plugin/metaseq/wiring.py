@@ -1,7 +1,8 @@
-"""Wire the core (bench, mixture, stream, tokenizer, pipeline) for one data-parallel rank.
+"""The metaseq task's data for one data-parallel rank, from the core's one data path.
 
-Why: the metaseq task only knows its config and its rank; everything between is the core's, put
-together here without metaseq so the same wiring is tested everywhere.
+Why: the metaseq task only knows its config and its rank; training batches, validation batches and
+logging keys come from `data.training_data` (as for the local trainer) and are only turned into
+metaseq samples and iterators here, without metaseq, so the same wiring is tested everywhere.
 """
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-import torch
 
 from optiml_plugin.data.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture
 from optiml_plugin.data.pipeline import PackedBatches
 from optiml_plugin.data.stream import ExampleStream
 from optiml_plugin.data.tokenizer import OptTokenizer
+from optiml_plugin.data.training_data import TrainingData, mixture_config, training_data, validation_subset
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.metaseq.batches import shard_validation, to_metaseq_sample, validation_blocks
+from optiml_plugin.metaseq.batches import to_metaseq_sample
 from optiml_plugin.metaseq.iterator import PipelineEpochIterator, endless
 from optiml_plugin.metaseq.options import AdapterSettings, resolve_valid_subset
 
@@ -49,49 +50,52 @@ def open_bench(settings: AdapterSettings) -> Bench:
 
 @dataclass
 class TrainData:
-    """One rank's training pipeline plus the mixture it samples (benchmark names for logging)."""
+    """One rank's training data (`data.training_data`, the local trainer's path too) and its rank."""
 
-    mixture: Mixture
-    stream: ExampleStream
-    batches: PackedBatches
+    data: TrainingData
     rank: int
-    batch_size: int
+
+    @property
+    def mixture(self) -> Mixture:
+        return self.data.mixture
+
+    @property
+    def stream(self) -> ExampleStream:
+        return self.data.stream
+
+    @property
+    def batches(self) -> PackedBatches:
+        return self.data.batches
 
     def restore(self, state: Dict[str, Any]) -> None:
         """Set the pipeline to a saved state (no replay) and say so in the log."""
         self.batches.load_state_dict(state)
         say_on_every_rank("rank %d: data stream restored at example index %d, %d rows trained so far; re-read "
-                    "%d held examples, no replay", self.rank, self.stream.next_index,
-                    int(self.batches.stats.blocks), self.batches.held_examples)
+                          "%d held examples, no replay", self.rank, self.stream.next_index,
+                          int(self.batches.stats.blocks), self.batches.held_examples)
 
     def samples(self, pad: int, document_masking: bool) -> Iterator[Dict[str, Any]]:
-        """metaseq samples, endlessly; `id` numbers this rank's rows (continued across a resume:
-        the pipeline's block count is part of its state)."""
+        """metaseq samples, endlessly; `id` numbers this rank's rows (continued across a resume)."""
         for batch in self.batches:
-            rows = int(batch["input_ids"].shape[0])
-            end = int(self.batches.stats.blocks)
-            ids = torch.arange(end - rows, end, dtype=torch.long)
-            yield to_metaseq_sample(batch, ids, pad=pad, document_masking=document_masking)
+            yield to_metaseq_sample(batch, batch["row_ids"], pad=pad, document_masking=document_masking)
 
 
 def build_train_data(settings: AdapterSettings, bench: Bench, tokenizer: OptTokenizer, batch_size: int,
                      seed: int, rank: int = 0, world_size: int = 1) -> TrainData:
     if not batch_size or batch_size < 1:
         raise ConfigError("--batch-size is required (rows of tokens_per_sample tokens per rank and step)")
-    mixture = Mixture.from_bench(bench, settings.mixture, split="train")
-    stream = ExampleStream(bench, mixture, seed=seed, rank=rank, world_size=world_size)
-    batches = PackedBatches(stream, tokenizer, settings.packing, batch_size, seed,
-                            shuffle_buffer=settings.shuffle_buffer)
+    data = training_data(bench, tokenizer, settings.fields, batch_size, seed, rank, world_size, valid_subsets={})
+    stream = data.stream
     say_on_every_rank("rank %d of %d data-parallel ranks reads stream partition %d of %d: the chunks of %d "
                       "stream indices numbered %d mod %d (seed %d, %d tasks)", rank, world_size, stream.partition,
                       stream.num_partitions, stream.chunk_size, stream.partition, stream.num_partitions, seed,
-                      len(mixture.tasks))
-    return TrainData(mixture, stream, batches, rank, batch_size)
+                      len(data.mixture.tasks))
+    return TrainData(data, rank)
 
 
 def benchmark_names(settings: AdapterSettings, bench: Bench) -> List[str]:
     """The training mixture's benchmarks: the per-benchmark logging keys, the same on every worker."""
-    return list(Mixture.from_bench(bench, settings.mixture, split="train").benchmarks)
+    return list(Mixture.from_bench(bench, mixture_config(settings.fields), split="train").benchmarks)
 
 
 def train_iterator(train: TrainData, pad: int, document_masking: bool, epoch: int = 1,
@@ -112,9 +116,10 @@ def valid_iterator(samples: List[Dict[str, Any]]) -> PipelineEpochIterator:
 def build_valid_samples(settings: AdapterSettings, bench: Bench, tokenizer: OptTokenizer, subset: str,
                         batch_size: int, rank: int, world_size: int, benchmarks: List[str],
                         document_masking: bool) -> List[Dict[str, Any]]:
-    """This rank's samples of one `--valid-subset` (in order, first N examples per task)."""
+    """This rank's samples of one `--valid-subset` (in order, first N examples per task, packed next-fit,
+    sharded so every rank runs the same number of batches: `data.training_data.validation_subset`)."""
     splits = resolve_valid_subset(subset, settings, bench.splits())
-    blocks = validation_blocks(bench, splits, tokenizer, settings.packing,
-                               settings.max_valid_examples_per_task, benchmarks)
-    return shard_validation(blocks, batch_size, rank, world_size, settings.packing.block_size,
-                            document_masking=document_masking, pad=tokenizer.pad_id)
+    valid = validation_subset(bench, subset, splits, tokenizer, settings.fields, benchmarks, batch_size, rank,
+                              world_size)
+    return [to_metaseq_sample(batch, batch["row_ids"], pad=tokenizer.pad_id, document_masking=document_masking)
+            for batch in valid.batches]
