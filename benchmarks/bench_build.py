@@ -82,7 +82,7 @@ def main() -> None:
         m = build_bench(config, Path(tmp) / "bench", records=records, progress=False)
         secs, cpu = time.perf_counter() - start, time.process_time() - cpu
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-        files = [p for p in (Path(tmp) / "bench").rglob("*.jsonl")]
+        files = list((Path(tmp) / "bench").glob("*/00/*.jsonl"))  # split files, not the review files
         bench_bytes = sum(p.stat().st_size for p in files)
         index_bytes = sum(os.path.getsize(f"{p}.idx") for p in files)
         source_bytes = (Path(tmp) / "data.jsonl").stat().st_size if args.jsonl else 0
