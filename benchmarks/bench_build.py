@@ -1,17 +1,23 @@
-"""Bench-build throughput (records/s) on a synthetic source, end to end: planning, decontamination
-(all three checks), rendering and writing.
+"""Bench-build throughput (records/s), peak memory and disk bytes per row on a synthetic source, end to
+end: planning, decontamination (all three checks), rendering and writing.
 
     python benchmarks/bench_build.py               # 50k records (default, ~seconds)
     python benchmarks/bench_build.py --records 1000000 --tasks 500
+    python benchmarks/bench_build.py --sizes 100000,1000000 --tasks 500   # one process per size, via JSONL
 
 Records are generated in memory (loader speed is a property of each source format, not of the
 builder); `--jsonl` instead writes them to a generic JSONL file and builds through the loader.
+`--sizes` runs each size in a fresh process through the JSONL loader (the way a real build reads),
+so each peak (`ru_maxrss` of that process) belongs to that size alone.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +52,14 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=50_000)
     ap.add_argument("--tasks", type=int, default=100)
     ap.add_argument("--jsonl", action="store_true", help="go through the generic JSONL loader")
+    ap.add_argument("--sizes", default="", help="comma-separated record counts, one process each (JSONL)")
     args = ap.parse_args()
+    if args.sizes:
+        for n in (int(float(x)) for x in args.sizes.split(",")):
+            print(f"--- {n:,} records, {args.tasks} tasks", flush=True)
+            subprocess.run([sys.executable, __file__, "--records", str(n), "--tasks", str(args.tasks),
+                            "--jsonl"], check=True)
+        return
     heldout = [f"task{t:04d}" for t in range(0, args.tasks, 10)]
     raw = {"sources": [{"type": "builtin"}], "seed": 0,
            "split": {"heldout_tasks": heldout, "heldout_categories": ["Textual Entailment"],
@@ -64,9 +77,15 @@ def main() -> None:
         else:
             records = list(synthetic(args.records, args.tasks, 0))
         config = load_build_config(raw)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         start, cpu = time.perf_counter(), time.process_time()
         m = build_bench(config, Path(tmp) / "bench", records=records, progress=False)
         secs, cpu = time.perf_counter() - start, time.process_time() - cpu
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        files = list((Path(tmp) / "bench").glob("*/00/*.jsonl"))  # split files, not the review files
+        bench_bytes = sum(p.stat().st_size for p in files)
+        index_bytes = sum(os.path.getsize(f"{p}.idx") for p in files)
+        source_bytes = (Path(tmp) / "data.jsonl").stat().st_size if args.jsonl else 0
     acc = m["accounting"]
     print(f"records read: {acc['read']}  kept: {acc['kept']}  removed: {acc['removed']}")
     print(f"tasks: {len(m['tasks'])}  n-gram pairs checked: {m['decontamination']['ngram']['pairs_checked']}")
@@ -74,6 +93,11 @@ def main() -> None:
           f"({'generic JSONL loader' if args.jsonl else 'in-memory records'})")
     print(f"CPU time: {cpu:.2f} s  ({acc['read'] / cpu:,.0f} records per CPU-second; wall-clock figures "
           f"drop when other processes share the cores)")
+    print(f"peak memory (ru_maxrss): {peak / 2**20:.2f} GiB ({(peak - before) * 1024 / acc['read']:,.0f} bytes "
+          f"per record above the {before / 2**10:,.0f} MiB before the build)")
+    print(f"disk: {bench_bytes / acc['kept']:,.0f} bytes per kept row in JSONL (+{index_bytes / acc['kept']:.0f} "
+          f"index)" + (f"; source JSONL {source_bytes / acc['read']:,.0f} bytes per record, bench/source "
+                       f"{bench_bytes / acc['kept'] / (source_bytes / acc['read']):.2f}x" if source_bytes else ""))
 
 
 if __name__ == "__main__":

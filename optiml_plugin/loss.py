@@ -152,11 +152,24 @@ def vocab_parallel_nll(shard: torch.Tensor, targets: torch.Tensor, rank: int = 0
     return _VocabParallelNLL.apply(shard, targets, rank * shard.shape[-1], group)
 
 
-def default_chunk_rows(vocab: int, device: torch.device) -> int:
-    """Rows of logits per chunk: ~16 MiB of fp32 on CPU (below glibc's mmap threshold, so buffers are reused
-    instead of page-faulted in every step), ~256 MiB on accelerators."""
-    budget = 2 ** 24 if device.type == "cpu" else 2 ** 28
-    return max(1, budget // (4 * vocab))
+MIN_CHUNK_ROWS = 64
+
+
+def default_chunk_rows(vocab: int, dim: int, rows: int, compute_dtype: torch.dtype = torch.float32) -> int:
+    """Rows per chunk: the chunk's buffers (logits in the accumulation dtype, plus a low-precision copy
+    under autocast) may take as much memory as the [vocab, dim] weight gradient the call returns anyway,
+    so the fused loss's own memory is at most that gradient's size again, never targets x vocab.
+
+    Why not smaller: every chunk adds its product into the whole weight gradient, which is then read and
+    rewritten once per chunk; with ~`dim` rows per chunk that traffic is ~1/dim of the chunk's matmul
+    work (a fixed 16 MiB chunk was 83 rows at OPT's vocabulary, and its rewrites and zero-fill took 18%
+    of a step). At least MIN_CHUNK_ROWS rows, at most `rows`.
+    """
+    acc = torch.promote_types(compute_dtype, torch.float32)
+    acc_size = torch.empty((), dtype=acc).element_size()
+    per_row = vocab * (acc_size + (0 if compute_dtype == acc else torch.empty((), dtype=compute_dtype).element_size()))
+    budget = vocab * dim * acc_size
+    return max(1, min(rows, max(MIN_CHUNK_ROWS, budget // per_row)))
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -166,6 +179,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     softmax, its gradient and the weight-gradient product are all taken inside one chunk, so nothing of
     size targets x vocab is ever allocated. The gradients are computed in the forward (the coefficients are
     known), so the output projection costs three matmuls, as unfused, and backward only scales them.
+    One logits buffer serves every chunk (allocated once: large buffers come fresh from the OS, page by
+    page), the first chunk writes the weight gradient (no zero-fill) and later ones add into it.
     """
 
     @staticmethod
@@ -173,15 +188,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 coefficients: torch.Tensor, chunk: int, compute_dtype: torch.dtype,
                 need_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
-        n = h.shape[0]
+        n, vocab = h.shape[0], w.shape[0]
+        chunk = max(1, min(chunk, n))
         acc = torch.promote_types(compute_dtype, torch.float32)  # softmax and weight-gradient sums
         nll = torch.empty(n, dtype=acc, device=h.device)
         grad_h = torch.empty_like(h) if need_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=h.device) if need_grad else None
+        grad_w = torch.empty(weight.shape, dtype=acc, device=h.device) if need_grad else None
+        buf = torch.empty(chunk, vocab, dtype=acc, device=h.device)
+        low = None if compute_dtype == acc else torch.empty(chunk, vocab, dtype=compute_dtype, device=h.device)
+        w_t = w.t()
         for s in range(0, n, chunk):
             e = min(n, s + chunk)
             t = targets[s:e].long()
-            logits = (h[s:e] @ w.t()).to(acc)
+            logits = buf[:e - s]
+            if low is None:
+                torch.mm(h[s:e], w_t, out=logits)
+            else:
+                logits.copy_(torch.mm(h[s:e], w_t, out=low[:e - s]))
             top = logits.amax(dim=-1, keepdim=True)
             picked = logits.gather(1, t[:, None])
             exp = logits.sub_(top).exp_()  # in place: no second [chunk, vocab] buffer
@@ -191,9 +214,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 c = coefficients[s:e, None].to(acc)
                 g = exp.mul_(c / total)
                 g[torch.arange(e - s, device=h.device), t] -= c.squeeze(1)
-                g = g.to(compute_dtype)
-                grad_h[s:e] = g @ w
-                if compute_dtype == acc:
+                if low is not None:
+                    g = low[:e - s].copy_(g)
+                torch.mm(g, w, out=grad_h[s:e])
+                if s == 0:
+                    if low is None:
+                        torch.mm(g.t(), h[s:e], out=grad_w)
+                    else:
+                        grad_w.copy_(g.t() @ h[s:e])
+                elif low is None:
                     grad_w.addmm_(g.t(), h[s:e])
                 else:  # a low-precision product, summed over chunks in fp32
                     grad_w.add_(g.t() @ h[s:e])
@@ -227,7 +256,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
                     else coefficients.to(device))
     dtype = _autocast_dtype(device.type) or hidden.dtype
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    chunk = chunk or default_chunk_rows(weight.shape[0], device)
+    chunk = chunk or default_chunk_rows(weight.shape[0], weight.shape[1], hidden.shape[0], dtype)
     with torch.autocast(device.type, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight, targets, coefficients, chunk, dtype, need_grad)
 

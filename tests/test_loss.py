@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.loss import (example_groups, linear_cross_entropy, loss_sums, target_cross_entropy,
-                               token_coefficients)
+from optiml_plugin.loss import (MIN_CHUNK_ROWS, default_chunk_rows, example_groups, linear_cross_entropy,
+                               loss_sums, target_cross_entropy, token_coefficients)
 
 
 def batch(seed=0, B=4, L=16, V=11):
@@ -165,3 +165,29 @@ def test_linear_cross_entropy_refuses_a_second_backward():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="second backward"):
         loss.backward()
+
+
+def test_default_chunk_uses_the_weight_gradients_memory_not_a_fixed_16_mib():
+    """The chunk's buffers take at most the [V, d] weight gradient's bytes again: at OPT's vocabulary and
+    opt-125m's width that is 768 fp32 rows (the old fixed 16 MiB rule gave 83 whatever the width), 512 under
+    bf16 autocast (an fp32 and a bf16 buffer per row); never more rows than there are targets."""
+    V, d = 50272, 768
+    assert default_chunk_rows(V, d, 100_000) == d
+    assert default_chunk_rows(V, d, 100_000, torch.bfloat16) == 512
+    assert 512 * V * (4 + 2) <= V * d * 4 < 513 * V * (4 + 2)
+    assert default_chunk_rows(V, 2048, 100_000) == 2048            # wider models: larger chunks
+    assert default_chunk_rows(V, d, 300) == 300                    # one chunk for a small batch
+    assert default_chunk_rows(V, 8, 100_000) == MIN_CHUNK_ROWS
+
+
+def test_linear_cross_entropy_default_chunking_equals_unfused_over_several_chunks():
+    hidden, weight, targets, coefficients = _projection(4, n=3 * MIN_CHUNK_ROWS + 5)
+    assert default_chunk_rows(weight.shape[0], weight.shape[1], hidden.shape[0]) < hidden.shape[0]
+    ref_nll = F.cross_entropy(hidden @ weight.t(), targets, reduction="none")
+    (ref_nll * coefficients).sum().backward()
+    ref_h, ref_w = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    loss, nll = linear_cross_entropy(hidden, weight, targets, coefficients)
+    loss.backward()
+    assert torch.allclose(nll, ref_nll.detach())
+    assert torch.allclose(hidden.grad, ref_h) and torch.allclose(weight.grad, ref_w)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -27,7 +28,9 @@ FORMAT_NAME = "optiml-bench"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD = "00"
-MAX_OPEN_FILES = 256
+MIN_OPEN_READERS = 64
+_OFFSET = struct.Struct("<Q")
+_OFFSET_PAIR = struct.Struct("<QQ")
 _STEM_PART = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -66,61 +69,90 @@ def write_jsonl_with_index(path: Union[str, Path], rows: Iterable[Dict[str, Any]
 class IndexedJsonl:
     """Random access to one JSONL file through its `.idx`.
 
-    The offsets are memory-mapped (the OS pages them in; a 17.9M-row bench costs no heap per
-    worker) and rows are read with `os.pread` on a file descriptor opened on first use.
+    A row costs two `os.pread` calls on descriptors opened on first use: 16 bytes of the index, then
+    the row. No offsets live on the heap (a 17.9M-row bench costs no memory per worker), and opening
+    is two `os.open` plus two `fstat` (about 20 us), so a reader that was closed to bound the open
+    descriptors reopens cheaply (mapping the index with numpy cost 4x that, and a descriptor more).
     """
 
     def __init__(self, path: Union[str, Path]) -> None:
-        self._fd: Optional[int] = None
+        self._fds: Optional[Tuple[int, int]] = None
         self.path = Path(path)
         self._idx = Path(f"{self.path}.idx")
         if not self._idx.exists():
             raise CorruptFileError(f"{self._idx}: offset index missing (rebuild the bench with "
                                    f"`optiml bench build`)")
-        self._offsets = self._map_offsets()
-
-    def _map_offsets(self) -> "np.ndarray":
         if not self.path.is_file():
             raise CorruptFileError(f"{self.path}: bench file missing (its index exists); rebuild the bench")
-        if self._idx.stat().st_size < 8 or self._idx.stat().st_size % 8:
+        self._rows = -1
+        self._size = -1
+        self._open()
+
+    def _open(self) -> Tuple[int, int]:
+        """Open both files and check the index against the data file (again on every reopen: a bench
+        replaced in place must not be read through a stale row count)."""
+        idx_fd = os.open(self._idx, os.O_RDONLY)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except BaseException:
+            os.close(idx_fd)
+            raise
+        self._fds = (idx_fd, fd)
+        try:
+            idx_size, size = os.fstat(idx_fd).st_size, os.fstat(fd).st_size
+            if self._rows < 0:
+                self._check(idx_fd, idx_size, size)
+            elif (idx_size, size) != (8 * (self._rows + 1), self._size):
+                raise CorruptFileError(f"{self.path}: changed on disk since it was first opened "
+                                       f"(a bench must not be rebuilt under a running reader)")
+        except BaseException:
+            self.close()
+            raise
+        return self._fds
+
+    def _check(self, idx_fd: int, idx_size: int, size: int) -> None:
+        if idx_size < 8 or idx_size % 8:
             raise CorruptFileError(f"{self._idx}: size is not a whole number of 8-byte offsets (truncated index?); "
                                    f"rebuild the bench")
-        offsets = np.memmap(self._idx, dtype="<u8", mode="r")
-        size = self.path.stat().st_size
-        if len(offsets) == 0 or int(offsets[-1]) != size:
-            last = int(offsets[-1]) if len(offsets) else "nothing"
+        last = _OFFSET.unpack(os.pread(idx_fd, 8, idx_size - 8))[0]
+        if last != size:
             raise CorruptFileError(f"{self._idx}: index does not match {self.path.name} "
                                    f"(index ends at {last}, file has {size} bytes; truncated or edited?): "
                                    f"rebuild the bench")
-        return offsets
+        self._rows, self._size = idx_size // 8 - 1, size
 
     def __len__(self) -> int:
-        return len(self._offsets) - 1
+        return self._rows
 
     @property
     def is_open(self) -> bool:
-        return self._fd is not None
+        return self._fds is not None
 
-    def read_bytes(self, i: int) -> bytes:
-        if not 0 <= i < len(self):
-            raise IndexError(f"{self.path}: row {i} out of range 0..{len(self) - 1}")
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        start, end = int(self._offsets[i]), int(self._offsets[i + 1])
+    def _span(self, i: int) -> Tuple[int, int]:
+        """Row i's byte range, read from the index."""
+        if not 0 <= i < self._rows:
+            raise IndexError(f"{self.path}: row {i} out of range 0..{self._rows - 1}")
+        idx_fd = (self._fds or self._open())[0]
+        start, end = _OFFSET_PAIR.unpack(os.pread(idx_fd, 16, 8 * i))
         if end < start:
             raise CorruptFileError(f"{self._idx}: offsets {i} and {i + 1} decrease ({start} > {end}); the "
                                    f"index is corrupt: rebuild the bench")
-        return os.pread(self._fd, end - start, start)
+        return start, end
+
+    def read_bytes(self, i: int) -> bytes:
+        start, end = self._span(i)
+        return os.pread((self._fds or self._open())[1], end - start, start)
 
     def __getitem__(self, i: int) -> Dict[str, Any]:
         data = self.read_bytes(i)
         try:
             row = json.loads(data.decode("utf-8"))  # str skips json's encoding sniffing
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            start, end = self._span(i)
             raise CorruptFileError(
-                f"{self.path}: row {i} (bytes {int(self._offsets[i])}..{int(self._offsets[i + 1])} per "
-                f"{self._idx.name}) is not one JSON line ({e}); the file or its index was changed after "
-                f"the build: rebuild the bench with `optiml bench build`") from None
+                f"{self.path}: row {i} (bytes {start}..{end} per {self._idx.name}) is not one JSON line ({e}); "
+                f"the file or its index was changed after the build: rebuild the bench with "
+                f"`optiml bench build`") from None
         if not isinstance(row, dict):
             raise CorruptFileError(f"{self.path}: row {i} is not a JSON object; rebuild the bench")
         return row
@@ -130,22 +162,18 @@ class IndexedJsonl:
             yield self[i]
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._fds is not None:
+            fds, self._fds = self._fds, None
+            for fd in fds:
+                os.close(fd)
 
     def __del__(self) -> None:
         self.close()
 
     def __getstate__(self) -> Dict[str, Any]:  # picklable for DataLoader workers: reopen lazily
         state = dict(self.__dict__)
-        state["_fd"] = None
-        state["_offsets"] = None
+        state["_fds"] = None
         return state
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._offsets = self._map_offsets()
 
 
 @dataclass(frozen=True)
@@ -161,11 +189,30 @@ class TaskFile:
     count: int
 
 
-class Bench:
-    """Read side of a bench directory: the manifest and O(1) example access."""
+def default_max_open_readers() -> int:
+    """A quarter of the process's descriptor limit (a reader holds two): at the usual soft limit of
+    1024 that is 256 readers, at 65536 a paper-scale bench of ~2,000 task files stays open throughout."""
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # no `resource` module (Windows)
+        return MIN_OPEN_READERS * 4
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return 1 << 14
+    return max(MIN_OPEN_READERS, soft // 4)
 
-    def __init__(self, root: Union[str, Path]) -> None:
+
+class Bench:
+    """Read side of a bench directory: the manifest and O(1) example access.
+
+    Readers of every task file read so far are kept (a few hundred bytes each, no offsets on the
+    heap); at most `max_open` of them hold descriptors, the least recently used is closed and reopens
+    on its next read, so throughput does not fall off a cliff with the number of task files.
+    """
+
+    def __init__(self, root: Union[str, Path], max_open: Optional[int] = None) -> None:
         self.root = Path(root)
+        self.max_open = default_max_open_readers() if max_open is None else max(1, int(max_open))
         mpath = self.root / MANIFEST
         if not mpath.exists():
             raise OptimlError(f"{self.root}: not a bench directory ({MANIFEST} missing; "
@@ -177,6 +224,7 @@ class Bench:
         if self.manifest.get("format") != FORMAT_NAME:
             raise OptimlError(f"{mpath}: field 'format' is {self.manifest.get('format')!r}, "
                               f"expected {FORMAT_NAME!r}")
+        self._readers: Dict[Path, IndexedJsonl] = {}
         self._open: "OrderedDict[Path, IndexedJsonl]" = OrderedDict()
 
     def task_files(self, split: str) -> List[TaskFile]:
@@ -195,20 +243,25 @@ class Bench:
         return [s for s in SPLITS if any(s in t["files"] for t in self.manifest["tasks"])]
 
     def reader(self, task_file: TaskFile) -> IndexedJsonl:
-        """The file's reader; at most MAX_OPEN_FILES keep a descriptor (a full bench has ~2000 files)."""
-        r = self._open.get(task_file.path)
+        """The file's reader, counted as open (most recently used); the oldest beyond `max_open` is closed."""
+        path = task_file.path
+        r = self._open.get(path)
+        if r is not None:
+            self._open.move_to_end(path)
+            return r
+        r = self._readers.get(path)
         if r is None:
-            r = IndexedJsonl(task_file.path)
+            r = IndexedJsonl(path)
             if len(r) != task_file.count:
+                r.close()
                 raise CorruptFileError(
                     f"{task_file.path}: has {len(r)} rows but {MANIFEST} field 'counts.{task_file.split}' of "
                     f"task '{task_file.task}' says {task_file.count}; the bench was changed after it was "
                     f"built: rebuild it with `optiml bench build`")
-            self._open[task_file.path] = r
-        self._open.move_to_end(task_file.path)
-        if len(self._open) > MAX_OPEN_FILES:
-            _, oldest = self._open.popitem(last=False)
-            oldest.close()
+            self._readers[path] = r
+        self._open[path] = r
+        if len(self._open) > self.max_open:
+            self._open.popitem(last=False)[1].close()
         return r
 
     def read(self, task_file: TaskFile, i: int) -> Dict[str, Any]:
@@ -221,6 +274,6 @@ class Bench:
 
     def __getstate__(self) -> Dict[str, Any]:
         state = dict(self.__dict__)
-        state["_open"] = OrderedDict()
+        state["_readers"], state["_open"] = {}, OrderedDict()
         return state
 
