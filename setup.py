@@ -20,7 +20,7 @@ EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 # `optiml eval suite` (the paper's Tab 9 / Tab 14 through lm-evaluation-harness). Not in `all`:
 # it pulls datasets, pandas, scikit-learn, accelerate and peft (about 2 minutes to install);
 # tests that need it skip without it.
-EXTRAS["lmeval"] = ["lm-eval[hf]>=0.4.9"]
+EXTRAS["lmeval"] = ["lm-eval[hf]>=0.4.13"]
 
 setup(
     name="optiml",
