@@ -234,3 +234,25 @@ def test_raft_configs_build_helm_prompts():
     out = mod.process_docs(ds)
     assert out["prompt"] == ["Sentence: a\nLabel:", "Sentence: b\nLabel:"]  # the unlabeled row is dropped
     assert out["gold"] == [0, 1] and out["choices"][0] == ["ADE-related", "not ADE-related"]
+
+
+@needs_lmeval
+def test_metaseq_checkpoint_is_converted_then_evaluated(tmp_path, monkeypatch):
+    from test_eval_convert import _save, to_metaseq_shards
+
+    from optiml_plugin.eval.backends.hf import HFBackend
+
+    ref = S.tiny_opt(vocab_size=S.tokenizer().vocab_size, seed=5, max_positions=32)
+    tok_dir = tmp_path / "tok"
+    S.tokenizer().save(tok_dir)
+    ckpts = _save(to_metaseq_shards(ref, 2), tmp_path)
+    seen = {}
+    monkeypatch.setattr(SU, "run_suites", lambda model, suites, out, **kw: seen.update(
+        model=model, suites=[s.name for s in suites]) or {"suites": {"mmlu": {"average": []}}, "out_dir": out})
+    assert main(["eval", "suite", "mmlu", "--metaseq-checkpoint", *map(str, ckpts),
+                 "--tokenizer-dir", str(tok_dir), "--out", str(tmp_path / "run")]) == 0
+    assert seen == {"model": str(tmp_path / "run" / "model"), "suites": ["mmlu"]}
+    ids = torch.tensor([[2, 40, 41, 42]])
+    with torch.no_grad():  # the directory handed to lm-eval is the checkpoint's model
+        got = HFBackend.from_dir(seen["model"], device="cpu").model(input_ids=ids).logits
+        assert torch.allclose(got, ref(input_ids=ids).logits, atol=1e-5)
