@@ -88,9 +88,9 @@ def test_fold_macro_averages_subtasks_and_records_versions(tmp_path):
     assert g["lmeval_group_score"] == pytest.approx(90.0)  # lm-eval's own number kept beside it
     assert g["task_versions"] == {"a": 1.0, "b": 2.0, "c": 1.0} and t["task_versions"] == {"t": 3.0}
     assert math.isclose(t["score"], 20.0) and t["n"] == 5
-    assert SU.averages(rows + SU.fold(suite, 5, _raw(0.5))) == [
-        {"shots": 0, "tasks": 2, "score": pytest.approx((g["score"] + 20.0) / 2)},
-        {"shots": 5, "tasks": 2, "score": pytest.approx((g["score"] + 20.0) / 4)}]
+    assert SU.averages(rows + SU.fold(suite, 5, _raw(0.5), suite.tasks[1:]), 2) == [
+        {"shots": 0, "tasks": 2, "complete": True, "score": pytest.approx((g["score"] + 20.0) / 2)},
+        {"shots": 5, "tasks": 1, "complete": False, "score": pytest.approx(10.0)}]
 
 
 def test_fold_missing_metric_names_task_and_preset(tmp_path):
@@ -127,11 +127,12 @@ def test_tokenizer_for_lm_eval_starts_with_eos(model_dir):
 
 
 MC_ROWS = [{"q": f"what color is the {w} {i}", "choices": ["red", "blue", "green cat", "the dog"],
-            "label": i % 4} for i, w in enumerate(S.WORDS[:12])]
+            "label": i % 4} for i, w in enumerate(S.WORDS[:8])]
 
 
 def _write_tasks(root: Path) -> Path:
-    """Two local-JSON lm-eval tasks (ranked, generated) and a group over them, plus a preset."""
+    """Local-JSON lm-eval tasks (ranked, generated), a group holding a copy of the ranked one, a task
+    whose data file is missing, and a preset naming them."""
     data = root / "data"
     data.mkdir(parents=True)
     for split in ("train", "test"):
@@ -152,15 +153,18 @@ def _write_tasks(root: Path) -> Path:
         "generation_kwargs: {until: [\"\\n\\n\"], do_sample: false, max_gen_toks: 4}\n"
         "metric_list:\n  - {metric: exact_match, aggregation: mean, higher_is_better: true}\n"
         "metadata: {version: 2.0}\n", encoding="utf-8")
-    (tasks / "group.yaml").write_text("group: toy_group\ntask: [toy_mc_copy, toy_mc_copy2]\n"
+    (tasks / "group.yaml").write_text("group: toy_group\ntask: [toy_mc_copy]\n"
                                       "metadata: {version: 1.0}\n", encoding="utf-8")
-    for copy in ("toy_mc_copy", "toy_mc_copy2"):  # lm-eval refuses one task twice in a run
-        (tasks / f"{copy}.yaml").write_text(f"include: mc.yaml\ntask: {copy}\n", encoding="utf-8")
+    # lm-eval refuses one task twice in a run: the group holds a copy
+    (tasks / "mc_copy.yaml").write_text("include: mc.yaml\ntask: toy_mc_copy\n", encoding="utf-8")
+    (tasks / "gone.yaml").write_text((tasks / "mc.yaml").read_text().replace("task: toy_mc", "task: toy_gone")
+                                     .replace(str(data / "test.json"), str(data / "missing.json")))
     preset = root / "toy.yaml"
-    preset.write_text("name: toy\ntitle: Toy suite\npaper: none\nshots: [0, 2]\nmetric: acc\n"
+    preset.write_text("name: toy\ntitle: Toy suite\npaper: none\nshots: [0, 1]\nmetric: acc\n"
                       "include: tasks\nbuiltin_tasks: false\n"
                       "tasks:\n  - {name: MC, lmeval: toy_mc}\n  - {name: Group, lmeval: toy_group}\n"
                       "  - {name: Gen, lmeval: toy_gen, metric: exact_match}\n"
+                      "  - {name: Gone, lmeval: toy_gone}\n"
                       "chosen: [\"toy choice\"]\ndifferences: [\"toy difference\"]\n", encoding="utf-8")
     return preset
 
@@ -198,25 +202,30 @@ def test_suite_folds_into_the_bench_run(tmp_path, model_dir, monkeypatch, capsys
     preds = (run / "predictions.jsonl").read_text()
     preset = _write_tasks(tmp_path / "suite")
     assert main(["eval", "suite", str(preset), "--model", str(model_dir), "--out", str(run),
-                 "--device", "cpu", "--batch-size", "4"]) == 0
-    assert "Toy suite: 0-shot" in capsys.readouterr().out
+                 "--device", "cpu", "--batch-size", "4"]) == 1  # one task cannot load its data
+    out = capsys.readouterr().out
+    assert "Toy suite: 0-shot" in out and "(3/4 tasks)" in out and "FAILED Gone (toy_gone), 0-shot" in out
     res = json.loads((run / "results.json").read_text())
     assert res["aggregate"]["levels"] and (run / "predictions.jsonl").read_text() == preds  # bench kept
     s = res["suites"]["toy"]
     assert s["lm_eval_version"] == lm_eval.__version__ and s["preset"]["chosen"] == ["toy choice"]
     rows = {(r["task"], r["shots"]): r for r in s["tasks"]}
-    assert set(rows) == {(t, k) for t in ("MC", "Group", "Gen") for k in (0, 2)}
-    assert rows[("MC", 0)]["task_versions"] == {"toy_mc": 1.0} and rows[("Gen", 2)]["task_versions"] == {
+    assert set(rows) == {(t, k) for t in ("MC", "Group", "Gen") for k in (0, 1)}
+    assert rows[("MC", 0)]["task_versions"] == {"toy_mc": 1.0} and rows[("Gen", 1)]["task_versions"] == {
         "toy_gen": 2.0}
-    assert rows[("MC", 0)]["n"] == len(MC_ROWS) and rows[("Group", 0)]["subtasks"] == ["toy_mc_copy", "toy_mc_copy2"]
+    assert rows[("MC", 0)]["n"] == len(MC_ROWS) and rows[("Group", 0)]["subtasks"] == ["toy_mc_copy"]
+    assert rows[("Group", 1)]["task_versions"] == {"toy_mc_copy": 1.0}
     assert rows[("MC", 0)]["score"] == pytest.approx(_direct_accuracy(model_dir))  # lm-eval saw OPT's tokens
     assert rows[("Group", 0)]["score"] == pytest.approx(rows[("MC", 0)]["score"])  # same task twice
     assert rows[("Gen", 0)]["metric"] == "exact_match" and 0.0 <= rows[("Gen", 0)]["score"] <= 100.0
+    assert [(f["task"], f["shots"]) for f in s["failed"]] == [("Gone", 0), ("Gone", 1)]
+    assert "missing.json" in s["failed"][0]["error"]
     for a in s["average"]:
+        assert a["tasks"] == 3 and not a["complete"]
         assert a["score"] == pytest.approx(sum(rows[(t, a["shots"])]["score"] for t in ("MC", "Group", "Gen")) / 3)
     md = (run / "results.md").read_text()
     assert "## Generalization levels" in md and "### Toy suite" in md and "toy difference" in md
-    assert "| MC | toy_mc | acc | 12 |" in md
+    assert "| MC | toy_mc | acc | 8 |" in md and "Gone (toy_gone), 1-shot:" in md and "(3/4 tasks)" in md
     assert (run / "chart_suite_toy.png").stat().st_size > 0 and "chart_suite_toy.png" in res["files"]["charts"]
 
 
@@ -247,8 +256,9 @@ def test_metaseq_checkpoint_is_converted_then_evaluated(tmp_path, monkeypatch):
     S.tokenizer().save(tok_dir)
     ckpts = _save(to_metaseq_shards(ref, 2), tmp_path)
     seen = {}
+    done = {"suites": {"mmlu": {"average": [], "failed": []}}}
     monkeypatch.setattr(SU, "run_suites", lambda model, suites, out, **kw: seen.update(
-        model=model, suites=[s.name for s in suites]) or {"suites": {"mmlu": {"average": []}}, "out_dir": out})
+        model=model, suites=[s.name for s in suites]) or dict(done, out_dir=out))
     assert main(["eval", "suite", "mmlu", "--metaseq-checkpoint", *map(str, ckpts),
                  "--tokenizer-dir", str(tok_dir), "--out", str(tmp_path / "run")]) == 0
     assert seen == {"model": str(tmp_path / "run" / "model"), "suites": ["mmlu"]}

@@ -164,11 +164,17 @@ def _suite(args: argparse.Namespace) -> int:
                             tokenizer_dir=args.tokenizer_dir))
     results = run_suites(model, suites, args.out, batch_size=args.batch_size, device=args.device,
                          dtype=args.dtype, limit=args.limit, seed=args.seed, charts=not args.no_charts)
+    failed = 0
     for s in suites:
-        avg = ", ".join(f"{a['shots']}-shot {a['score']:.2f}" for a in results["suites"][s.name]["average"])
-        print(f"{s.title}: {avg}")
+        entry = results["suites"][s.name]
+        print(f"{s.title}: " + ", ".join(f"{a['shots']}-shot {a['score']:.2f}"
+                                         + ("" if a["complete"] else f" ({a['tasks']}/{len(s.tasks)} tasks)")
+                                         for a in entry["average"]))
+        for f in entry["failed"]:
+            print(f"  FAILED {f['task']} ({f['lmeval_task']}), {f['shots']}-shot: {f['error']}")
+        failed += len(entry["failed"])
     print(f"wrote {results['out_dir']}")
-    return 0
+    return 1 if failed else 0
 
 
 def _convert(args: argparse.Namespace) -> int:

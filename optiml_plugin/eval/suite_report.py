@@ -38,9 +38,14 @@ def markdown(results: Mapping[str, Any]) -> str:
             r = meta[task]
             lines.append(f"| {task} | {r['lmeval_task']} | {r['metric']} | {r['n']} | "
                          + " | ".join(_fmt(by_shot.get(k)) for k in shots) + " |")
-        avg = {a["shots"]: a["score"] for a in s["average"]}
-        lines.append("| **Avg** | | | | " + " | ".join(f"**{_fmt(avg.get(k))}**" for k in shots) + " |")
-        notes = [("Chosen where the paper is silent", preset["chosen"]),
+        avg = {a["shots"]: a for a in s["average"]}
+        lines.append("| **Avg** | | | | " + " | ".join(
+            "–" if k not in avg else f"**{_fmt(avg[k]['score'])}**" + (
+                "" if avg[k]["complete"] else f" ({avg[k]['tasks']}/{len(preset['tasks'])} tasks)")
+            for k in shots) + " |")
+        notes = [("Failed (not in the table or the average)",
+                  [f"{f['task']} ({f['lmeval_task']}), {f['shots']}-shot: {f['error']}" for f in s["failed"]]),
+                 ("Chosen where the paper is silent", preset["chosen"]),
                  ("Differs from the paper", preset["differences"])]
         for head, items in notes:
             if items:

@@ -119,12 +119,15 @@ def _metric(entry: Mapping[str, Any], metric: str) -> Optional[float]:
     return None
 
 
-def fold(suite: Suite, shots: int, raw: Mapping[str, Any]) -> List[Dict[str, Any]]:
-    """Task rows (scores x100) for one shot count from `lm_eval.simple_evaluate`'s result dict."""
+def fold(suite: Suite, shots: int, raw: Mapping[str, Any], tasks: Optional[Sequence[SuiteTask]] = None
+         ) -> List[Dict[str, Any]]:
+    """Task rows (scores x100) for one shot count from `lm_eval.simple_evaluate`'s result dict
+    (of `tasks`, default all the suite's)."""
+    tasks = suite.tasks if tasks is None else tasks
     results, groups = raw["results"], raw.get("group_subtasks", {})
     versions, samples = raw.get("versions", {}), raw.get("n-samples", {})
     leaf_rows, groups_of = [], {}
-    for t in suite.tasks:
+    for t in tasks:
         for leaf in _leaves(t.lmeval, groups):
             value = _metric(results.get(leaf, {}), t.metric)
             if value is None:
@@ -140,24 +143,27 @@ def fold(suite: Suite, shots: int, raw: Mapping[str, Any]) -> List[Dict[str, Any
                                           and k != "sample_len" and "," in k}})
     rows = []
     for row in merge_subtasks(leaf_rows, groups_of):
-        task = next(t for t in suite.tasks if t.name == row["task"])
-        leaves = row["subtasks"] or [task.lmeval]
-        group = _metric(results.get(task.lmeval, {}), task.metric) if row["subtasks"] else None
+        task = next(t for t in tasks if t.name == row["task"])
+        leaves = sorted(leaf for leaf, name in groups_of.items() if name == task.name)
+        is_group = task.lmeval in groups
+        group = _metric(results.get(task.lmeval, {}), task.metric) if is_group else None
         rows.append({"shots": shots, "task": task.name, "lmeval_task": task.lmeval, "metric": task.metric,
                      "n": row["n"], "score": row["score"], "metrics": row["metrics"],
-                     "subtasks": row["subtasks"],
+                     "subtasks": leaves if is_group else [],
                      "task_versions": {leaf: versions.get(leaf) for leaf in leaves},
                      "lmeval_group_score": None if group is None else 100.0 * group,
                      "n_shot": raw.get("n-shot", {}).get(task.lmeval)})
     return rows
 
 
-def averages(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    """The suite's 'Avg' column: mean task score per shot count."""
+def averages(rows: Sequence[Mapping[str, Any]], expected: int) -> List[Dict[str, Any]]:
+    """The suite's 'Avg' column: mean task score per shot count, and whether every one of the
+    `expected` tasks is in it."""
     out = []
     for k in sorted({r["shots"] for r in rows}):
         scores = [r["score"] for r in rows if r["shots"] == k]
-        out.append({"shots": k, "tasks": len(scores), "score": sum(scores) / len(scores)})
+        out.append({"shots": k, "tasks": len(scores), "complete": len(scores) == expected,
+                    "score": sum(scores) / len(scores)})
     return out
 
 
@@ -186,16 +192,22 @@ def run_suites(model_dir: str, suites: Sequence[Suite], out_dir: str, batch_size
         results = {"model_id": Path(model_dir).resolve().name, "optiml_version": __version__}
     model = lmeval.load_model(model_dir, batch_size=batch_size, device=device, dtype=dtype)
     results.setdefault("suites", {})
+    results["out_dir"] = str(out)
     for suite in suites:
         started = time.time()
-        rows = []
-        for k in suite.shots:
-            raw = lmeval.evaluate(model, suite, k, limit=limit, seed=seed)
-            rows.extend(fold(suite, k, raw))
-        results["suites"][suite.name] = {
+        entry = results["suites"][suite.name] = {
             "model": str(model_dir), "lm_eval_version": lm_eval.__version__, "limit": limit, "seed": seed,
-            "preset": suite.to_dict(), "tasks": rows, "average": averages(rows),
-            "elapsed_s": round(time.time() - started, 3)}
-    results["out_dir"] = str(out)
+            "preset": suite.to_dict(), "tasks": [], "failed": [], "average": []}
+        for k in suite.shots:
+            for task in suite.tasks:  # one task per call: a task that cannot load spoils no other
+                try:
+                    entry["tasks"].extend(fold(suite, k, lmeval.evaluate(model, [task.lmeval], k, suite,
+                                                                         limit=limit, seed=seed), [task]))
+                except Exception as err:  # lm-eval and datasets raise many types; recorded, reported
+                    entry["failed"].append({"task": task.name, "lmeval_task": task.lmeval, "shots": k,
+                                            "error": f"{type(err).__name__}: {err}"})
+                entry["average"] = averages(entry["tasks"], len(suite.tasks))
+                entry["elapsed_s"] = round(time.time() - started, 3)
+                write_summary(results, out, with_charts=False)  # progress survives an interrupted run
     write_summary(results, out, with_charts=charts)
     return results

@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from optiml_plugin.errors import ConfigError
 
@@ -75,17 +75,18 @@ def task_manager(include: Optional[str], builtin: bool) -> Any:
     return TaskManager(include_path=include, include_defaults=builtin)
 
 
-def evaluate(model: Any, suite: Any, shots: int, limit: Optional[int] = None, seed: int = 1234
-             ) -> Dict[str, Any]:
-    """`lm_eval.simple_evaluate` on one suite at one shot count: results, versions, sample counts."""
+def evaluate(model: Any, tasks: List[str], shots: int, suite: Any, limit: Optional[int] = None,
+             seed: int = 1234) -> Dict[str, Any]:
+    """`lm_eval.simple_evaluate` of lm-eval `tasks` (with the suite's task configs) at one shot
+    count: results, versions, sample counts."""
     import lm_eval
 
     tm = task_manager(None if suite.include is None else str(suite.include), suite.builtin_tasks)
-    raw = lm_eval.simple_evaluate(model=model, tasks=[t.lmeval for t in suite.tasks], num_fewshot=shots,
+    raw = lm_eval.simple_evaluate(model=model, tasks=list(tasks), num_fewshot=shots,
                                   task_manager=tm, limit=limit, log_samples=False, bootstrap_iters=1000,
                                   random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                                   fewshot_random_seed=seed)
     if raw is None:
-        raise ConfigError(f"suite {suite.name}: lm-eval returned no results")
+        raise ConfigError(f"suite {suite.name}: lm-eval returned no results for {tasks}")
     return {k: raw.get(k) for k in ("results", "versions", "n-shot", "n-samples", "group_subtasks",
                                     "higher_is_better")}
