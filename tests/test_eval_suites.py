@@ -230,6 +230,14 @@ def test_suite_folds_into_the_bench_run(tmp_path, model_dir, monkeypatch, capsys
 
 
 @needs_lmeval
+def test_raft_configs_index_in_lm_eval():
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=str(SU.load_suite("raft").include), include_defaults=False)
+    assert tm.all_groups == ["optiml_raft"] and len(tm.all_subtasks) == 11
+
+
+@needs_lmeval
 def test_raft_configs_build_helm_prompts():
     from datasets import ClassLabel, Dataset, Features, Value
 
