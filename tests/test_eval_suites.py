@@ -100,6 +100,23 @@ def test_fold_missing_metric_names_task_and_preset(tmp_path):
         SU.fold(_suite(tmp_path), 0, raw)
 
 
+def test_suites_only_run_directory(tmp_path):
+    from optiml_plugin.eval.report import write_summary
+
+    suite = _suite(tmp_path)
+    rows = SU.fold(suite, 0, _raw(), suite.tasks[:1])  # task T failed
+    results = {"model_id": "m", "suites": {"s": {
+        "lm_eval_version": "x", "limit": None, "preset": suite.to_dict(), "tasks": rows,
+        "failed": [{"task": "T", "lmeval_task": "t", "shots": 0, "error": "OSError: gone"}],
+        "average": SU.averages(rows, 2)}}}
+    files = write_summary(results, tmp_path / "run")
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert md.startswith("# Evaluation of `m`") and "Generalization levels" not in md
+    assert "| G | g | acc | 9 | 58.33 |" in md and "**58.33** (1/2 tasks)" in md and "T (t), 0-shot: OSError" in md
+    assert files["charts"] == "chart_suite_s.png" and "predictions" not in files
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["suites"]["s"]["tasks"][0]["n"] == 9
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("model")
