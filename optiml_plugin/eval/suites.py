@@ -112,7 +112,8 @@ def _leaves(name: str, group_subtasks: Mapping[str, Sequence[str]]) -> List[str]
 
 
 def _metric(entry: Mapping[str, Any], metric: str) -> Optional[float]:
-    """lm-eval keys metrics as 'name,filter'; a group without its own aggregate has none."""
+    """lm-eval keys metrics as 'name,filter' (the first filter listed wins); a group without its own
+    aggregate has none."""
     for key, value in entry.items():
         if key.split(",")[0] == metric and "_stderr" not in key and isinstance(value, (int, float)):
             return float(value)
@@ -139,8 +140,7 @@ def fold(suite: Suite, shots: int, raw: Mapping[str, Any], tasks: Optional[Seque
                               "category": t.name, "task": leaf, "n": n, "metric": t.metric,
                               "score": 100.0 * value,
                               "metrics": {k.split(",")[0]: 100.0 * v for k, v in results[leaf].items()
-                                          if isinstance(v, (int, float)) and "_stderr" not in k
-                                          and k != "sample_len" and "," in k}})
+                                          if isinstance(v, (int, float)) and "," in k and "_stderr" not in k}})
     rows = []
     for row in merge_subtasks(leaf_rows, groups_of):
         task = next(t for t in tasks if t.name == row["task"])
