@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import test_eval_support as S
+import eval_support as S
 from optiml_plugin.cli import main
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.eval import suites as SU
