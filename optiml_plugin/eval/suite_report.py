@@ -29,7 +29,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         preset = s["preset"]
         shots = list(preset["shots"])
         lines += [f"### {preset['title']}", "",
-                  f"preset `{name}` ({preset['source']}), lm-eval {s['lm_eval_version']}"
+                  f"model `{s.get('model', '?')}`, preset `{name}` ({preset['source']}), "
+                  f"lm-eval {s['lm_eval_version']}"
                   + (f", first {s['limit']} documents per task" if s.get("limit") else ""), "",
                   "| task | lm-eval task | metric | n | " + " | ".join(f"{k}-shot" for k in shots) + " |",
                   "|---" * (4 + len(shots)) + "|"]
