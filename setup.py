@@ -17,6 +17,10 @@ EXTRAS = {
     "dev": ["pytest>=7", "hypothesis>=6", "pyarrow>=10"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
+# `optiml eval suite` (the paper's Tab 9 / Tab 14 through lm-evaluation-harness). Not in `all`:
+# it pulls datasets, pandas, scikit-learn, accelerate and peft (about 2 minutes to install);
+# tests that need it skip without it.
+EXTRAS["lmeval"] = ["lm-eval[hf]>=0.4.13"]
 
 setup(
     name="optiml",
@@ -39,7 +43,9 @@ setup(
         "pydantic>=2",
     ],
     extras_require=EXTRAS,
-    package_data={"optiml_plugin.data": ["taxonomy.yaml"], "optiml_plugin.presets": ["*.yaml"]},
+    package_data={"optiml_plugin.data": ["taxonomy.yaml"], "optiml_plugin.presets": ["*.yaml"],
+                  "optiml_plugin.eval": ["presets/*.yaml", "presets/lmeval_tasks/*/*.yaml",
+                                         "presets/lmeval_tasks/*/_*_yaml", "presets/lmeval_tasks/*/*.py"]},
     entry_points={"console_scripts": [
         "optiml=optiml_plugin.cli:main",
         "optiml-metaseq-train=optiml_plugin.metaseq.train_cli:main",

@@ -73,6 +73,26 @@ def register(sub: "argparse._SubParsersAction") -> None:
                       help="the run used --no-scale-embedding but its config does not say so")
     conv.set_defaults(func=_convert)
 
+    from optiml_plugin.eval.suites import available
+
+    st = esub.add_parser("suite", help="the paper's other evaluations (Tab 9, Tab 14) through lm-eval",
+                         description="Run lm-evaluation-harness suites with the paper's settings and "
+                                     "fold the scores into a run directory (docs/evaluation.md).")
+    st.add_argument("suites", nargs="+", help=f"presets ({', '.join(available())}) or preset YAML paths")
+    st.add_argument("--model", help="transformers model directory")
+    st.add_argument("--metaseq-checkpoint", nargs="+", default=None,
+                    help="metaseq checkpoint(s), converted to OUT/model first (instead of --model)")
+    st.add_argument("--num-heads", type=int, default=None, help="with --metaseq-checkpoint, when it has no cfg")
+    st.add_argument("--tokenizer-dir", default=None, help="with --metaseq-checkpoint: OPT BPE files")
+    st.add_argument("--out", required=True, help="run directory (an `optiml eval` one gains the suites)")
+    st.add_argument("--batch-size", type=int, default=8)
+    st.add_argument("--device", default=None)
+    st.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
+    st.add_argument("--limit", type=int, default=None, help="first N documents per task (smoke runs)")
+    st.add_argument("--seed", type=int, default=1234, help="lm-eval's seeds (demonstration draw)")
+    st.add_argument("--no-charts", action="store_true")
+    st.set_defaults(func=_suite)
+
 
 def _eval(args: argparse.Namespace) -> int:
     from optiml_plugin.eval.config import EvalConfig
@@ -124,6 +144,37 @@ def _summary(results: Dict) -> str:
     lines.append(f"  model selection      {agg['model_selection']['overall']:.2f}")
     lines.append(f"wrote {results['out_dir']}")
     return "\n".join(lines)
+
+
+def _suite(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from optiml_plugin.eval.backends.lmeval import require
+    from optiml_plugin.eval.suites import load_suite, run_suites
+
+    if bool(args.model) == bool(args.metaseq_checkpoint):
+        raise ConfigError("optiml eval suite needs --model DIR or --metaseq-checkpoint CKPT [CKPT ...]")
+    suites = [load_suite(s) for s in args.suites]
+    require()  # before a long conversion
+    model = args.model
+    if args.metaseq_checkpoint:
+        from optiml_plugin.eval.backends.metaseq_convert import convert
+
+        model = str(convert(args.metaseq_checkpoint, Path(args.out) / "model", num_heads=args.num_heads,
+                            tokenizer_dir=args.tokenizer_dir))
+    results = run_suites(model, suites, args.out, batch_size=args.batch_size, device=args.device,
+                         dtype=args.dtype, limit=args.limit, seed=args.seed, charts=not args.no_charts)
+    failed = 0
+    for s in suites:
+        entry = results["suites"][s.name]
+        print(f"{s.title}: " + ", ".join(f"{a['shots']}-shot {a['score']:.2f}"
+                                         + ("" if a["complete"] else f" ({a['tasks']}/{len(s.tasks)} tasks)")
+                                         for a in entry["average"]))
+        for f in entry["failed"]:
+            print(f"  FAILED {f['task']} ({f['lmeval_task']}), {f['shots']}-shot: {f['error']}")
+        failed += len(entry["failed"])
+    print(f"wrote {results['out_dir']}")
+    return 1 if failed else 0
 
 
 def _convert(args: argparse.Namespace) -> int:

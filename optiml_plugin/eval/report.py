@@ -9,7 +9,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 from optiml_plugin.conventions import LEVELS
 from optiml_plugin.data.benchfiles import atomic_write_bytes, dumps_line, normalize_name
@@ -60,7 +60,11 @@ def _fmt(x: Any) -> str:
 
 
 def markdown(results: Mapping[str, Any]) -> str:
-    """Level x shots table, then categories per level, then tasks."""
+    """Level x shots table, then categories per level, then tasks; then the lm-eval suites."""
+    from optiml_plugin.eval import suite_report
+
+    if "aggregate" not in results:  # a run of lm-eval suites only
+        return f"# Evaluation of `{results['model_id']}`\n\n" + suite_report.markdown(results)
     agg = results["aggregate"]
     shots = sorted({r["shots"] for r in agg["levels"]})
     head = "| | " + " | ".join(f"{k}-shot" for k in shots) + " |\n|---|" + "---|" * len(shots) + "\n"
@@ -97,38 +101,47 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines.append("| " + " | ".join(key) + f" | {any_t['metric']} | {any_t['n']} | "
                      + " | ".join(_fmt(by_shot[k]["score"]) if k in by_shot else "–" for k in shots)
                      + f" | {_fmt(em)} |")
-    return "\n".join(lines) + "\n"
+    suites = suite_report.markdown(results)
+    return "\n".join(lines) + "\n" + (f"\n{suites}" if suites else "")
 
 
-def charts(results: Mapping[str, Any], out_dir: Path) -> List[str]:
-    """One bar chart per level: category scores, one bar per shot count."""
+def bar_chart(path: Path, title: str, ylabel: str, labels: List[str], shots: List[int],
+              value: Callable[[str, int], Optional[float]]) -> str:
+    """Grouped bars: one group per label, one bar per shot count; returns the file name."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(labels) + 2), 3.5))
+    width = 0.8 / max(len(shots), 1)
+    for j, k in enumerate(shots):
+        xs = [i + j * width for i in range(len(labels))]
+        ax.bar(xs, [value(c, k) or 0.0 for c in labels], width=width, label=f"{k}-shot")
+    ax.set_xticks([i + width * (len(shots) - 1) / 2 for i in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
+def charts(results: Mapping[str, Any], out_dir: Path) -> List[str]:
+    """One bar chart per level: category scores, one bar per shot count."""
+    if "aggregate" not in results:
+        return []
     agg = results["aggregate"]
     shots = sorted({r["shots"] for r in agg["categories"]})
     written = []
     for level in _levels(agg["categories"]):
         cats = sorted({r["category"] for r in agg["categories"] if r["level"] == level})
         score = {(r["category"], r["shots"]): r["score"] for r in agg["categories"] if r["level"] == level}
-        fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(cats) + 2), 3.5))
-        width = 0.8 / max(len(shots), 1)
-        for j, k in enumerate(shots):
-            xs = [i + j * width for i in range(len(cats))]
-            ys = [score.get((c, k)) or 0.0 for c in cats]
-            ax.bar(xs, ys, width=width, label=f"{k}-shot")
-        ax.set_xticks([i + width * (len(shots) - 1) / 2 for i in range(len(cats))])
-        ax.set_xticklabels(cats, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("score (accuracy / Rouge-L)")
-        ax.set_title(f"{results['model_id']}: {level}")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / f"chart_{level}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path.name)
+        written.append(bar_chart(out_dir / f"chart_{level}.png", f"{results['model_id']}: {level}",
+                                 "score (accuracy / Rouge-L)", cats, shots,
+                                 lambda c, k, score=score: score.get((c, k))))
     return written
 
 
@@ -137,11 +150,21 @@ def write_run(results: Dict[str, Any], predictions: Iterable[Mapping[str, Any]],
     """Write every report file atomically; returns {kind: file name}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / PREDICTIONS, b"".join(dumps_line(_finite(dict(p))) for p in predictions))
-    files = {"predictions": PREDICTIONS, "table": TABLE, "results": RESULTS}
     for stale in out_dir.glob("chart_*.png"):  # an earlier run's charts must not pass for this run's
         stale.unlink()
+    return write_summary(results, out_dir, with_charts)
+
+
+def write_summary(results: Dict[str, Any], out_dir: Path, with_charts: bool = True) -> Dict[str, str]:
+    """results.md, the charts and results.json (predictions.jsonl, if any, is left as it is)."""
+    from optiml_plugin.eval import suite_report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"table": TABLE, "results": RESULTS}
+    if (out_dir / PREDICTIONS).is_file():
+        files["predictions"] = PREDICTIONS
     if with_charts:
-        files["charts"] = ", ".join(charts(results, out_dir))
+        files["charts"] = ", ".join(charts(results, out_dir) + suite_report.charts(results, out_dir))
     results["files"] = files
     atomic_write_bytes(out_dir / TABLE, markdown(results).encode("utf-8"))
     atomic_write_bytes(out_dir / RESULTS, (json.dumps(_finite(results), indent=1, ensure_ascii=False)
