@@ -31,7 +31,7 @@ def _main(cfg: Any) -> None:
     loss, size, log = criterion(model, sample)
     (loss / size).backward()
     out: Dict[str, Any] = {
-        "packed_vs_alone": _packed_vs_alone(model, sample, criterion.padding_idx),
+        "alone": _packed_vs_alone(model, sample, criterion.padding_idx),
         "loss": float(loss) / float(size), "sample_size": float(size),
         "benchmarks": {k: float(v) for k, v in log.items() if k.startswith(("bnll_", "btgt_"))},
         "params": {n: p.detach().clone() for n, p in model.named_parameters()},
@@ -53,9 +53,10 @@ def _target_nll(model: Any, net_input: Dict[str, Any], target: torch.Tensor, pad
 
 
 @torch.no_grad()
-def _packed_vs_alone(model: Any, sample: Dict[str, Any], pad: int) -> float:
-    """Largest |NLL difference| of any target token between the packed rows and each example alone
-    in a row of its own (position 0 on, padding after): document masking and positions are exact."""
+def _packed_vs_alone(model: Any, sample: Dict[str, Any], pad: int) -> Dict[str, Any]:
+    """Each example alone in a row of its own (position 0 on, padding after): its rows, targets and
+    per-target NLL (for comparing a converted model), and the largest |NLL difference| of any target
+    token from the packed rows (document masking and positions are exact when it is ~0)."""
     model.eval()
     src, target, seg = sample["net_input"]["src_tokens"], sample["target"], sample["segment_ids"]
     packed = _target_nll(model, sample["net_input"], target, pad)
@@ -70,7 +71,7 @@ def _packed_vs_alone(model: Any, sample: Dict[str, Any], pad: int) -> float:
     alone_src, alone_tgt, alone_seg = (torch.stack([row[i] for row in rows]) for i in range(3))
     alone = _target_nll(model, {"src_tokens": alone_src, "segment_ids": alone_seg}, alone_tgt, pad)
     model.train()
-    return float((packed - alone).abs().max())
+    return {"max_diff": float((packed - alone).abs().max()), "src": alone_src, "target": alone_tgt, "nll": alone}
 
 
 def main(argv: list) -> None:
