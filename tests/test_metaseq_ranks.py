@@ -9,7 +9,6 @@ wrong gradient would hide behind Adam's scale invariance in logged losses alone.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -17,21 +16,15 @@ import sys
 from pathlib import Path
 from typing import Dict, List
 
+import metaseq_cpu
 import pytest
 import torch
 
 from optiml_plugin.eval.backends.metaseq_convert import merge_shards
 
 
-def _has_metaseq() -> bool:
-    try:
-        return importlib.util.find_spec("metaseq.tasks") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 pytestmark = [pytest.mark.metaseq,
-              pytest.mark.skipif(not _has_metaseq(), reason="metaseq.tasks is not importable (install metaseq "
+              pytest.mark.skipif(not metaseq_cpu.has_metaseq(), reason="metaseq is not installed (install it "
                                  "from its git repository, see docs/metaseq.md)")]
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,23 +1,16 @@
 """With the real metaseq: the task and criterion register and the task refuses unsafe model configs."""
 from __future__ import annotations
 
-import importlib.util
 from argparse import Namespace
 
+import metaseq_cpu
 import pytest
 import torch
 
 
-def _has_metaseq() -> bool:
-    try:
-        return importlib.util.find_spec("metaseq.tasks") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 pytestmark = [pytest.mark.metaseq,
-              pytest.mark.skipif(not _has_metaseq(), reason="metaseq.tasks is not importable (install "
-                                 "metaseq from its git repository, see docs/metaseq.md)")]
+              pytest.mark.skipif(not metaseq_cpu.has_metaseq(), reason="metaseq is not installed (install it "
+                                 "from its git repository, see docs/metaseq.md)")]
 
 
 def test_task_and_criterion_are_registered():
