@@ -53,7 +53,8 @@ def main() -> None:
         weight = (0.02 * torch.randn(args.vocab, d, generator=g)).requires_grad_()
         targets = torch.randint(0, args.vocab, (args.targets,), generator=g)
 
-        def unfused() -> None:
+        def unfused(hidden: torch.Tensor = hidden, weight: torch.Tensor = weight,
+                    targets: torch.Tensor = targets) -> None:
             hidden.grad = weight.grad = None
             F.cross_entropy(hidden @ weight.t(), targets, reduction="sum").backward()
 
@@ -63,7 +64,8 @@ def main() -> None:
         for chunk in (int(x) for x in args.chunks.split(",")):
             rows = chunk or default_chunk_rows(args.vocab, d, args.targets)
 
-            def fused() -> None:
+            def fused(hidden: torch.Tensor = hidden, weight: torch.Tensor = weight, targets: torch.Tensor = targets,
+                      rows: int = rows) -> None:
                 hidden.grad = weight.grad = None
                 linear_cross_entropy(hidden, weight, targets, chunk=rows)[0].backward()
 

@@ -127,7 +127,7 @@ def metaseq_forward(sd: dict, tokens: torch.Tensor, activation: str, scale_embed
     causal = torch.full((t, t), float("-inf")).triu(1)
     hd = D // HEADS
     for i in range(LAYERS):
-        p = lambda n: sd[f"decoder.layers.{i}.{n}"]  # noqa: E731
+        p = lambda n, i=i: sd[f"decoder.layers.{i}.{n}"]  # noqa: E731
         h = ln(x, (D,), p("self_attn_layer_norm.weight"), p("self_attn_layer_norm.bias"))
         q, k, v = (h @ p(f"self_attn.{n}.weight").T + p(f"self_attn.{n}.bias") for n in ("q_proj", "k_proj", "v_proj"))
         q, k, v = (z.view(b, t, HEADS, hd).transpose(1, 2) for z in (q, k, v))

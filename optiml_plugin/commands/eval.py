@@ -31,7 +31,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
                        description="Evaluate a transformers causal LM on a bench (docs/evaluation.md).")
     p.add_argument("--model", help="transformers model directory (OPT or any AutoModelForCausalLM)")
     p.add_argument("--bench", help="bench directory (optiml bench build)")
-    p.add_argument("--out", default=None, help="run directory (default: a new eval_runs/<parent>_<model>_<split>_<time>)")
+    p.add_argument("--out", default=None,
+                   help="run directory (default: a new eval_runs/<parent>_<model>_<split>_<time>)")
     p.add_argument("--split", choices=("test", "valid"), default="test")
     p.add_argument("--shots", type=_ints, default=(0, 5), help="comma-separated shot counts (0,5)")
     p.add_argument("--levels", type=_words, default=LEVELS, help=f"comma-separated subset of {LEVELS}")

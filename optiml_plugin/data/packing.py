@@ -13,8 +13,8 @@ restarts at 0 with each example and a target flag (target tokens and the closing
 example opens with `</s>` (the BOS rule, `conventions.EXAMPLE_START_ID`: OPT's document start), so even
 an empty source predicts its first target token from inside its own segment.
 
-Too long: the source is truncated from the left (the paper's choice; the opening `</s>` is kept); a target that still cannot fit is cut on the right and its `</s>` dropped (a cut target
-does not end there). Both are counted, in examples and tokens.
+Too long: the source is truncated from the left (the paper's choice; the opening `</s>` is kept); a
+target that still cannot fit is cut on the right and its `</s>` dropped (a cut target does not end there). Both are counted, in examples and tokens.
 """
 from __future__ import annotations
 
