@@ -14,7 +14,8 @@ example opens with `</s>` (the BOS rule, `conventions.EXAMPLE_START_ID`: OPT's d
 an empty source predicts its first target token from inside its own segment.
 
 Too long: the source is truncated from the left (the paper's choice; the opening `</s>` is kept); a
-target that still cannot fit is cut on the right and its `</s>` dropped (a cut target does not end there). Both are counted, in examples and tokens.
+target that still cannot fit is cut on the right and its `</s>` dropped (a cut target does not end
+there). Both are counted, in examples and tokens.
 """
 from __future__ import annotations
 
