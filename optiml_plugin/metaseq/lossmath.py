@@ -25,6 +25,16 @@ def bench_key(name: str) -> Tuple[str, str]:
     return f"bnll_{name}", f"btgt_{name}"
 
 
+def examples_by_benchmark(segment_ids: torch.Tensor, benchmark_ids: torch.Tensor, n_benchmarks: int) -> torch.Tensor:
+    """How many examples of each benchmark the batch holds (one per segment start; the realized shares)."""
+    seg = segment_ids.long()
+    starts = seg > 0
+    starts[:, 1:] &= seg[:, 1:] != seg[:, :-1]
+    ids = benchmark_ids.long()[starts]
+    ids = ids[(ids >= 0) & (ids < n_benchmarks)]
+    return torch.bincount(ids, minlength=n_benchmarks).float()
+
+
 def target_nll(logits: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor, mp_rank: int = 0,
                mp_group: Any = None) -> torch.Tensor:
     """Per-target-token NLL [n] (row-major order of `loss_mask`, differentiable) of `logits` [B, T, V/p].
@@ -74,10 +84,15 @@ def loss_and_logging(sums: LossSums, normalize: str, sample: Dict[str, Any], ben
     }
     if "segment_ids" in sample:
         log["nexamples"] = int(sample["segment_ids"].max(dim=1).values.clamp(min=0).sum())
+    examples = None
+    if "segment_ids" in sample and "benchmark_ids" in sample:
+        examples = examples_by_benchmark(sample["segment_ids"], sample["benchmark_ids"], len(benchmarks))
     for b, name in enumerate(benchmarks):
         k_nll, k_tgt = bench_key(name)
         log[k_nll] = bench_nll[b]
         log[k_tgt] = bench_count[b]
+        if examples is not None:
+            log[f"bex_{name}"] = examples[b]
     return loss, sample_size, log
 
 
@@ -102,10 +117,13 @@ def reduced_scalars(logs: Sequence[Dict[str, Any]]) -> List[Tuple[str, float, fl
     if rows > 0 and any("nexamples" in log for log in logs):
         out.append(("docsperex", _total(logs, "nexamples") / rows, rows, 3))
     names = sorted({k[len("bnll_"):] for log in logs for k in log if k.startswith("bnll_")})
+    examples = sum(_total(logs, f"bex_{name}") for name in names)
     for name in names:
         k_nll, k_tgt = bench_key(name)
         count = _total(logs, k_tgt)
         if count > 0:
             out.append((f"loss_{name}", _total(logs, k_nll) / count / LN2, count, 3))
+        if examples > 0:  # realized share of the examples trained on (the local trainer's realized_share)
+            out.append((f"share_{name}", _total(logs, f"bex_{name}") / examples, examples, 4))
     return out
 
