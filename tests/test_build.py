@@ -101,6 +101,19 @@ def test_sni_same_seed_identical_other_seed_changes_instance_holdout(sni_dir, tm
     assert ids(a, "test_heldout_categories") == ids(c, "test_heldout_categories")
 
 
+def test_prompt_format_is_a_build_setting_recorded_in_the_manifest(sni_dir, tmp_path):
+    """`prompt_format: sni` renders SNI rows as Tk-Instruct's 0-shot prompt; the manifest says which."""
+    raw = dict(sni_config(sni_dir).raw, prompt_format="sni")
+    m = build_bench(load_build_config(raw), tmp_path / "sni_format", progress=False)
+    assert m["prompt_format"] == "sni"
+    bench = Bench(tmp_path / "sni_format")
+    row = bench.read(bench.task_files("train")[0], 0)
+    assert row["src"].startswith("Definition: ") and row["src"].endswith("\nOutput: ")
+    assert "Now complete the following example -\nInput: " in row["src"]
+    with pytest.raises(ConfigError, match="'prompt_format' must be one of paper, sni"):
+        load_build_config(dict(raw, prompt_format="tk"))
+
+
 def test_sni_listed_but_absent_is_an_error_when_lists_are_complete(sni_dir, tmp_path):
     config = load_build_config({"sources": [{"type": "sni", "path": str(sni_dir / "tasks")}],
                                 "split": {"sni_split_dir": str(sni_dir / "splits" / "default"),

@@ -148,6 +148,8 @@ def test_sni_format_equals_tk_instruct_on_real_sni_tasks(sni_records, task, k, i
     demos = positive_demos(record.meta["positive_examples"], k)
     text = build_prompt(row, demos, True, "sni", "\n\n", lambda t: True).text
     assert len(text) == length and hashlib.sha256(text.encode("utf-8")).hexdigest() == digest
+    if k == 0:  # a bench built with `prompt_format: sni` trains on the very same 0-shot prompt
+        assert render(record, seed=0, prompt_format="sni").src == text
     # the paper format of the same demonstrations: one delimiter, the definition once
     paper = build_prompt(row, demos, True, "paper", "\n\n", lambda t: True).text
     if k:

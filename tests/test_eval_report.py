@@ -44,6 +44,7 @@ def test_cli_writes_the_run_directory(tmp_path, model_dir, capsys):
     # evaluated instance, and counted
     assert all(p["demo_ids"] == [] for p in one_shot if p["task"] != "sst2")
     assert res["counts"]["no_demo_pool"] == 6 and res["config"]["prompt_format"] == "paper"
+    assert res["bench_prompt_format"] == "paper"  # the bench's own rendering, from its manifest
     assert all("\n" not in p["prediction"] for p in preds if p["kind"] == "generate")
     bleu = [t for t in res["aggregate"]["benchmark_tasks"] if t["category"] == "Translation"]
     assert bleu and all("bleu" in t["metrics"] for t in bleu)

@@ -30,7 +30,7 @@ from optiml_plugin.data.records import Record
 from optiml_plugin.data.splits import (EVAL, TRAIN, SplitConfig, TaskInfo, TaskKey, absent_from_lists,
                                        assign_levels, eval_draw, assign_roles, cap_indices, read_task_list,
                                        split_eval_instances, split_train_instances)
-from optiml_plugin.data.templates import Rendered, render
+from optiml_plugin.data.templates import PROMPT_FORMATS, Rendered, render
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError, OptimlError
 from optiml_plugin.fsio import replace_dir, write_error
 from optiml_plugin.yamlio import read_yaml
@@ -38,7 +38,7 @@ from optiml_plugin.yamlio import read_yaml
 DEFAULT_CAP = 100_000
 DEFAULT_BENCHMARK_CAPS = {"flan": 30_000}  # the paper's per-task caps (§2.1)
 _TOP_KEYS = ("sources", "taxonomy", "split", "caps", "decontamination", "seed", "on_bad_record",
-             "multiplex", "heldout_instances")
+             "multiplex", "heldout_instances", "prompt_format")
 _LIST_KEYS = ("heldout_categories", "heldout_tasks", "valid_tasks", "eval_test_all")
 _FILE_LIST_KEYS = ("heldout_tasks", "valid_tasks")
 
@@ -48,7 +48,8 @@ class BuildConfig:
     """A validated build config. `caps` maps a benchmark to its per-task training cap ("default" for
     the rest); `multiplex`: draw a training task's examples from all its templates' instantiations
     (data/multiplex.py); `heldout_instances`: training tasks' held-out instances are "random" rows or
-    the release's "official" dev/test splits (data/official.py); `raw` is the config as given (it
+    the release's "official" dev/test splits (data/official.py); `prompt_format`: how `src` is rendered,
+    "paper" or "sni" (Tk-Instruct's prompt for SNI tasks, data/templates.py); `raw` is the config as given (it
     goes into the manifest); relative paths resolve against `base_dir` (the config file's directory)."""
 
     sources: Tuple[Mapping[str, Any], ...]
@@ -61,6 +62,7 @@ class BuildConfig:
     on_bad_record: str = "error"
     multiplex: bool = True
     heldout_instances: str = "random"
+    prompt_format: str = "paper"
     base_dir: str = "."
     raw: Mapping[str, Any] = field(default_factory=dict)
 
@@ -100,12 +102,17 @@ def load_build_config(source: Union[str, Path, Mapping[str, Any]],
     multiplex = raw.get("multiplex", True)
     if not isinstance(multiplex, bool):
         raise ConfigError(f"{origin}: 'multiplex' must be true or false, got {multiplex!r}")
+    prompt_format = raw.get("prompt_format", "paper")
+    if prompt_format not in PROMPT_FORMATS:
+        raise ConfigError(f"{origin}: 'prompt_format' must be one of {', '.join(PROMPT_FORMATS)}, "
+                          f"got {prompt_format!r}")
     heldout = raw.get("heldout_instances", "random")
     if heldout not in OFFICIAL_MODES:
         raise ConfigError(f"{origin}: 'heldout_instances' must be one of {', '.join(OFFICIAL_MODES)}, "
                           f"got {heldout!r}")
     return BuildConfig(
         sources=tuple(dict(s) for s in sources), multiplex=multiplex, heldout_instances=heldout,
+        prompt_format=prompt_format,
         split=_split_config(raw.get("split") or {}, origin, base),
         decontamination=_decontam_config(raw.get("decontamination") or {}, origin),
         caps=_caps(raw.get("caps") or {}, origin), taxonomy=taxonomy, seed=seed,
@@ -391,7 +398,8 @@ def _plan(config: BuildConfig, tasks: Dict[TaskKey, _Task], problems: BadRecordP
                     removed["multiplex"] += mux.instantiations - mux.drawn
                     multiplexed.append(mux.to_dict())
             t.parts = {"train": train, "valid": valid, "test": test}
-        t.rendered = {i: render(t.records[i], seed) for part in t.parts.values() for i in part}
+        t.rendered = {i: render(t.records[i], seed, config.prompt_format)
+                      for part in t.parts.values() for i in part}
     exact = _exact_inputs(plan, tasks, removed)
     for key, role in plan.roles.items():
         if role == TRAIN:
@@ -563,7 +571,7 @@ def _write(config: BuildConfig, tasks: Dict[TaskKey, _Task], plan: _Plan, remove
     benchfiles.atomic_write_bytes(root / REVIEW_FILE, b"".join(benchfiles.dumps_line(r) for r in review))
     manifest = {
         "format": benchfiles.FORMAT_NAME, "version": benchfiles.FORMAT_VERSION, "seed": config.seed,
-        "optiml_version": __version__, "config": _jsonable(config.raw),
+        "optiml_version": __version__, "config": _jsonable(config.raw), "prompt_format": config.prompt_format,
         "tasks": entries, "splits": splits,
         "split_plan": report["split_plan"],
         "multiplexing": report["multiplexing"],

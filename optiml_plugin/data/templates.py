@@ -9,10 +9,12 @@ arrive in.
 """
 from __future__ import annotations
 
+import string
 import zlib
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
+from optiml_plugin.data.benchfiles import normalize_name
 from optiml_plugin.data.records import Record
 
 # The paper's eight delimiters (P §2.4). The PDF prints the last one as "\output:", which is almost
@@ -31,6 +33,33 @@ class Rendered:
 
 
 OPTIONS_HEADER = "OPTIONS:"
+# how a prompt is rendered: `paper` (instruction, input, options, a delimiter: OPT-IML's) or `sni`
+# (Tk-Instruct's collator: "Definition: ...", "Now complete the following example - Input: ... Output: ")
+PROMPT_FORMATS = ("paper", "sni")
+# benchmarks whose instruction is a task-level definition (normalized names): the `sni` format applies
+TASK_LEVEL_BENCHMARKS = ("niv2", "sni", "natural_instructions", "super_natural_instructions",
+                         "supernatural_instructions", "supernaturalinstructions")
+_PUNCT = frozenset(string.punctuation)
+
+
+def is_task_level(benchmark: str, task_level_benchmarks: Sequence[str] = TASK_LEVEL_BENCHMARKS) -> bool:
+    """Whether `benchmark`'s instructions are task-level definitions (SNI's), by normalized name."""
+    return normalize_name(benchmark) in {normalize_name(b) for b in task_level_benchmarks}
+
+
+def sni_period(text: str) -> str:
+    """Tk-Instruct's rule: a period when the text does not already end in ASCII punctuation."""
+    return text if text[-1] in _PUNCT else text + "."
+
+
+def sni_definition(instruction: str) -> str:
+    """The opening of a Tk-Instruct prompt: `Definition: <definition>.` and a blank line."""
+    return sni_period("Definition: " + (instruction or "").strip()) + "\n\n"
+
+
+def sni_target(input: str) -> str:
+    """The closing of a Tk-Instruct prompt: the example to complete, ending with `Output: `."""
+    return "Now complete the following example -\n" + sni_period(f"Input: {(input or '').strip()}") + "\nOutput: "
 
 
 def format_options(candidates: Sequence[str]) -> str:
@@ -58,12 +87,16 @@ def _body(instruction: str, input: str, candidates: Optional[Sequence[str]]) -> 
     return "\n\n".join(parts)
 
 
-def render(record: Record, seed: int) -> Rendered:
+def render(record: Record, seed: int, prompt_format: str = "paper") -> Rendered:
     """The (src, tgt) of one record: tgt is outputs[0]; pretraining text has an empty src.
 
-    The candidates stay on the record either way (rank classification scores them)."""
+    With `prompt_format="sni"`, records of task-level benchmarks (SNI) render as Tk-Instruct's 0-shot
+    prompt. The candidates stay on the record either way (rank classification scores them)."""
     if record.is_text:
         return Rendered(src="", tgt=record.outputs[0], delimiter="")
+    if prompt_format == "sni" and is_task_level(record.benchmark):
+        return Rendered(src=sni_definition(record.instruction) + sni_target(record.input),
+                        tgt=record.outputs[0], delimiter="")
     body = _body(record.instruction, record.input, record.candidates if record.options_block else None)
     delimiter = "" if body.endswith(":") else draw_delimiter(seed, record.task, record.id)
     return Rendered(src=body + delimiter, tgt=record.outputs[0], delimiter=delimiter)

@@ -21,20 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import random
-import string
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from optiml_plugin.data.benchfiles import normalize_name
-from optiml_plugin.data.templates import render_prompt
+from optiml_plugin.data.templates import render_prompt, sni_definition, sni_period, sni_target
 from optiml_plugin.data.tokenizer import join_texts
 
 Row = Dict[str, Any]
-PROMPT_FORMATS = ("paper", "sni")
-# benchmarks whose instruction is a task-level definition (normalized names)
-TASK_LEVEL_BENCHMARKS = ("niv2", "sni", "natural_instructions", "super_natural_instructions",
-                         "supernatural_instructions", "supernaturalinstructions")
-_PUNCT = frozenset(string.punctuation)
 
 
 @dataclass(frozen=True)
@@ -141,10 +134,6 @@ def demo_indices(pool: Pool, k: int, seed: int, key: str, instance_id: str) -> L
     return chosen
 
 
-def is_task_level(benchmark: str, task_level_benchmarks: Sequence[str]) -> bool:
-    return normalize_name(benchmark) in {normalize_name(b) for b in task_level_benchmarks}
-
-
 def paper_prompt(row: Row, demos: Sequence[Demo], task_level: bool, separator: str,
                  fits: Callable[[str], bool]) -> Prompt:
     """The `paper` k-shot prompt; demonstrations are dropped from the front until `fits(text)`.
@@ -169,20 +158,13 @@ def paper_prompt(row: Row, demos: Sequence[Demo], task_level: bool, separator: s
         dropped += 1
 
 
-def _period(text: str) -> str:
-    """Tk-Instruct's rule: a period when the text does not already end in ASCII punctuation."""
-    return text if text[-1] in _PUNCT else text + "."
-
-
 def sni_prompt(row: Row, demos: Sequence[Demo], fits: Callable[[str], bool]) -> Prompt:
     """Tk-Instruct's rendering: definition, positive examples while they fit, the target example."""
-    definition = _period("Definition: " + (row.get("instruction") or "").strip()) + "\n\n"
-    target = ("Now complete the following example -\n"
-              + _period(f"Input: {(row.get('input') or '').strip()}") + "\nOutput: ")
+    definition, target = sni_definition(row.get("instruction") or ""), sni_target(row.get("input") or "")
     shown: List[str] = []
     for i, d in enumerate(demos):
-        block = (_period(f" Positive Example {i + 1} -\nInput: {d.input.strip()}") + "\n"
-                 + _period(f" Output: {d.output.strip()}") + "\n\n")
+        block = (sni_period(f" Positive Example {i + 1} -\nInput: {d.input.strip()}") + "\n"
+                 + sni_period(f" Output: {d.output.strip()}") + "\n\n")
         if not fits(definition + "".join(shown) + block + target):
             break
         shown.append(block)

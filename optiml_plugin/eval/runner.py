@@ -21,8 +21,8 @@ from optiml_plugin.eval import metrics as M
 from optiml_plugin.eval.aggregate import aggregate
 from optiml_plugin.eval.backend import Backend
 from optiml_plugin.eval.config import EvalConfig
-from optiml_plugin.eval.prompts import (Demo, Pool, build_prompt, demo_indices, is_task_level,
-                                        positive_demos)
+from optiml_plugin.data.templates import is_task_level
+from optiml_plugin.eval.prompts import Demo, Pool, build_prompt, demo_indices, positive_demos
 from optiml_plugin.eval.report import default_run_dir, write_run
 from optiml_plugin.eval.scoring import (CandidateScores, Tree, cut_at_stops, generate_all, score_separately,
                                         score_trees)
@@ -250,6 +250,8 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
     results: Dict[str, Any] = {
         "model_id": backend.model_id, "optiml_version": __version__, "config": config.to_dict(),
         "max_length": max_len, "counts": counts,
+        # the bench's own rendering of `src` (build config `prompt_format`), beside this eval's (config)
+        "bench_prompt_format": bench.manifest.get("prompt_format", "paper"),
         "scoring": {"rouge_tracks": dict(Counter(r["track"] for r in records if r.get("track"))),
                     "xlingual_bpe": xlingual.origin, "bleu_tokenize": bleu_tokenize,
                     "rank_metrics": dict(M.RANK_METRICS)},
