@@ -17,9 +17,13 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from bench_factory import make_bench, micro_train_config
-from optiml_plugin.errors import ConfigError
-from optiml_plugin.local.trainer import Trainer, read_log
+import metaseq_cpu
+
+metaseq_cpu.install_if_present()  # spawned workers import this module, and optiml_plugin imports metaseq
+
+from bench_factory import make_bench, micro_train_config  # noqa: E402
+from optiml_plugin.errors import ConfigError  # noqa: E402
+from optiml_plugin.local.trainer import Trainer, read_log  # noqa: E402
 
 WORLD = 2
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
