@@ -7,7 +7,7 @@ import os
 import pytest
 
 from optiml_plugin.cli import HelpFormatter, _parsers, build_parser, main
-from optiml_plugin.local.config import load_config
+from optiml_plugin.recipe import load_config
 
 WORKING_VERBS = {("bench", "build"), ("demo",), ("eval",), ("train",)}   # build, train or evaluate
 

@@ -6,9 +6,10 @@ categories never trained on. Every input is a list of 3-5 words from four lexico
 foods, things), and the instruction names what to do with it ("Keep only the animals.", "Does the list
 name a food?"). What transfers must be learnable by a 0.8M-parameter model in a few CPU minutes: the
 meaning of each kind word, learned from the training tasks that use it. So the held-out tasks ask a
-trained question about another position ("Is the last word ...?" when training asks about the first
-word and selects the last one) or in other words, and the held-out category ("Word Classification")
-asks for the kind of a single word, a format training never shows. Generation tasks (select, reorder, filter, two steps) keep the
+trained question with its labels in another order, or a trained yes/no question about a kind it never
+asks about ("Does the list name a thing?"; "thing" is trained through the other formats), and the
+held-out category ("Word Classification") asks for the kind of a single word, a format training
+never shows. Generation tasks (select, reorder, filter, two steps) keep the
 generation path in the loop. `builtin_config()` holds the split plan; everything is a pure function
 of the seed.
 """
@@ -52,9 +53,10 @@ PAIRS: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = (
     ("Two Steps", (("first", "upper"), ("last", "plural"), ("animals", "reverse"), ("colors", "upper"))),
 )
 # The held-out category classifies a single word (training only asks about words in lists); the held-out
-# tasks ask a trained question about another position, and in other words.
+# tasks ask a trained question with its labels in another order, and about a kind the yes/no questions
+# never ask about (training teaches "thing" through the other formats).
 HELDOUT_CATEGORY = "Word Classification"
-HELDOUT_TASKS = ("kind_of_last", "what_is_first")
+HELDOUT_TASKS = ("first_kind_reordered", "has_thing")
 
 Gen = Callable[[random.Random], Tuple[str, str, Optional[Sequence[str]]]]
 
@@ -153,23 +155,22 @@ def _tasks() -> List[Tuple[str, str, Tuple[str, ...], Gen]]:
                                          "The first word: is it an animal, a color, a food or a thing?",
                                          "Tell whether the first word is an animal, a color, a food or a thing."),
          _kind_of(0)),
-        ("Word Kinds", "kind_of_last", ("Is the last word an animal, a color, a food or a thing?",), _kind_of(-1)),
-        ("Word Kinds", "what_is_first", ("What is the first word: an animal, a color, a food or a thing?",),
+        ("Word Kinds", "first_kind_reordered", ("Is the first word a thing, a food, a color or an animal?",),
          _kind_of(0)),
         ("Word Kinds", "has_animal", ("Does the list name an animal?", "Is there an animal in the list?"),
          _has("animal")),
         ("Word Kinds", "has_color", ("Does the list name a color?", "Is there a color in the list?"), _has("color")),
         ("Word Kinds", "has_food", ("Does the list name a food?", "Is there a food in the list?"), _has("food")),
+        ("Word Kinds", "has_thing", ("Does the list name a thing?",), _has("thing")),
         ("Word Kinds", "count_words", "How many words are there?", _count),
         ("Word Choice", "which_animal", "Which word is an animal?", _which_kind("animal")),
         ("Word Choice", "which_color", "Which word is a color?", _which_kind("color")),
         ("Word Choice", "which_food", "Which word is a food?", _which_kind("food")),
         ("Word Choice", "which_thing", "Which word is a thing?", _which_kind("thing")),
         ("Word Classification", "word_kind", "Is this word an animal, a color, a food or a thing?", _single(kinds)),
-        ("Word Classification", "is_animal", "Is this word an animal?", _single(("yes", "no"), ("animal",))),
-        ("Word Classification", "is_food", "Is this word a food?", _single(("yes", "no"), ("food",))),
-        ("Word Classification", "animal_or_food", "Is this word an animal or a food?",
-         _single(("animal", "food"), ("animal", "food"))),
+        ("Word Classification", "word_is_animal", "Does the word name an animal?", _single(("yes", "no"), ("animal",))),
+        ("Word Classification", "word_is_color", "Does the word name a color?", _single(("yes", "no"), ("color",))),
+        ("Word Classification", "word_is_food", "Does the word name a food?", _single(("yes", "no"), ("food",))),
     ]
     for category, pairs in PAIRS:
         tasks += [(category, f"{a}_then_{b}", _instruction([a, b]), _apply([a, b])) for a, b in pairs]
