@@ -29,10 +29,12 @@ def test_rules_are_right_on_samples():
     r = recs["last_then_plural"]
     assert r.instruction == "Keep only the last word. Then add the letter s to every word."
     assert r.outputs[0] == r.input.split()[-1] + "s"
-    r = recs["animal_or_food"]
-    assert r.candidates == ("animal", "food") and r.input.split()[-1] in KINDS[r.outputs[0]]
-    r = recs["kind_of_last"]
-    assert r.input.split()[-1] in KINDS[r.outputs[0]]
+    r = recs["word_kind"]
+    assert r.candidates == tuple(KINDS) and [r.input] == r.input.split() and r.input in KINDS[r.outputs[0]]
+    r = recs["first_kind_reordered"]
+    assert r.input.split()[0] in KINDS[r.outputs[0]] and r.instruction.endswith("a color or an animal?")
+    yes = [x for x in builtin_records(0) if x.task == "word_is_food" and x.outputs[0] == "yes"]
+    assert yes and all(x.input in KINDS["food"] for x in yes)
     r = recs["which_color"]
     assert [w for w in r.input.split() if w in COLORS] == [r.outputs[0]]
     assert sorted(r.candidates) == sorted(r.input.split())
