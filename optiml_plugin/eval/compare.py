@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.eval.report import PREDICTIONS, RESULTS, _fmt, _levels, interval_chart
+from optiml_plugin.eval.report import PREDICTIONS, RESULTS, _fmt, _levels, interval_chart, read_predictions
 
 TABLE = "compare.md"
 CHART = "compare.png"
@@ -39,10 +39,8 @@ def load_run(path: str, name: Optional[str] = None, seed: int = 0) -> Run:
     if "aggregate" not in results:
         raise ConfigError(f"{results_file}: no 'aggregate' field; is it an `optiml eval` results.json?")
     intervals: Dict[Tuple[str, int], Dict[str, Any]] = {}
-    preds = results_file.parent / PREDICTIONS
-    if preds.is_file():
-        with open(preds, encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
+    if (results_file.parent / PREDICTIONS).is_file():
+        records = read_predictions(results_file.parent)
         intervals = {(r["level"], r["shots"]): r for r in level_intervals(records, seed=seed)}
     label = name or (p.name if p.is_dir() else p.parent.name)
     return Run(label, results_file.parent, results, intervals)

@@ -38,6 +38,12 @@ def default_run_dir(model: Union[str, Path], split: str, root: Union[str, Path] 
     raise FileExistsError(f"{root}/{stem}: 999 runs in one second")
 
 
+def read_predictions(run_dir: Path) -> List[Dict[str, Any]]:
+    """The instance records of a run directory (what `write_run` wrote to predictions.jsonl)."""
+    with open(Path(run_dir) / PREDICTIONS, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _finite(obj: Any) -> Any:
     """JSON has no NaN: undefined means become null."""
     if isinstance(obj, float) and not math.isfinite(obj):

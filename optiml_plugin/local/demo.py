@@ -123,13 +123,9 @@ def _intervals(trained_dir: Path, untrained_dir: Path, seed: int) -> List[Dict[s
     """Per level and shot count: the trained model's score, chance and the untrained model's, with 95%
     bootstrap intervals and paired gains (eval/intervals.py)."""
     from optiml_plugin.eval.intervals import level_intervals
-    from optiml_plugin.eval.report import PREDICTIONS
+    from optiml_plugin.eval.report import read_predictions
 
-    def read(d: Path) -> List[Dict[str, Any]]:
-        with open(d / PREDICTIONS, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-
-    return level_intervals(read(trained_dir), baseline=read(untrained_dir), seed=seed)
+    return level_intervals(read_predictions(trained_dir), baseline=read_predictions(untrained_dir), seed=seed)
 
 
 def _splits(log: List[Dict[str, Any]]) -> List[str]:
