@@ -37,7 +37,8 @@ def test_every_action_has_help_and_states_its_default():
                 continue
             assert action.help, f"optiml {' '.join(path)}: {action.option_strings or action.dest} has no help"
             default = action.default
-            if action.option_strings and default not in (None, False, [], ()):
+            trivial = default is None or default is False or (isinstance(default, (list, tuple)) and not default)
+            if action.option_strings and not trivial:
                 assert "default" in fmt._get_help_string(action), (path, action.option_strings)
 
 

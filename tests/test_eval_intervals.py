@@ -59,4 +59,5 @@ def test_baseline_on_other_instances_gives_no_paired_gain():
     a = records({("A", "t1"): [100] * 10})
     b = [dict(r, id="other-" + r["id"]) for r in a]
     row, = level_intervals(a, baseline=b)
-    assert "gain_over_baseline" not in row and verdict(row).startswith("shown:")
+    assert "gain_over_baseline" not in row and row["baseline_unpaired"] and verdict(row).startswith("shown:")
+    assert verdict(row).endswith("untrained scored other instances: no paired comparison")

@@ -112,6 +112,8 @@ def level_intervals(records: Iterable[Record], baseline: Optional[Iterable[Recor
             "chance": round(point["chance"], 3),
             "gain_over_chance": round(point["score"] - point["chance"], 3),
             "gain_over_chance_ci": _interval(sums["score"] - sums["chance"])}
+        if base and not paired:   # said, not dropped: the baseline scored other instances
+            row["baseline_unpaired"] = True
         if base and paired:
             row.update(baseline=round(point["baseline"], 3), baseline_ci=_interval(sums["baseline"]),
                        gain_over_baseline=round(point["score"] - point["baseline"], 3),
@@ -136,5 +138,6 @@ def verdict(row: Mapping[str, Any], baseline_name: str = "untrained") -> str:
     if "gain_over_baseline_ci" in row:
         parts.append(_versus(baseline_name, row["baseline"], row["gain_over_baseline_ci"]))
     head = "shown" if all(sign > 0 for _, sign in parts) else "not shown"
+    note = f"; {baseline_name} scored other instances: no paired comparison" if row.get("baseline_unpaired") else ""
     return (f"{head}: {row['score']:.1f} [{row['ci'][0]:.1f}, {row['ci'][1]:.1f}] is "
-            + " and ".join(text for text, _ in parts))
+            + " and ".join(text for text, _ in parts) + note)
