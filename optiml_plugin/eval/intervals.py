@@ -137,7 +137,8 @@ def verdict(row: Mapping[str, Any], baseline_name: str = "untrained") -> str:
     parts = [_versus("chance", row["chance"], row["gain_over_chance_ci"])]
     if "gain_over_baseline_ci" in row:
         parts.append(_versus(baseline_name, row["baseline"], row["gain_over_baseline_ci"]))
+    if row.get("baseline_unpaired"):
+        parts.append((f"not compared with {baseline_name} (it scored other instances)", 0))
     head = "shown" if all(sign > 0 for _, sign in parts) else "not shown"
-    note = f"; {baseline_name} scored other instances: no paired comparison" if row.get("baseline_unpaired") else ""
     return (f"{head}: {row['score']:.1f} [{row['ci'][0]:.1f}, {row['ci'][1]:.1f}] is "
-            + " and ".join(text for text, _ in parts) + note)
+            + " and ".join(text for text, _ in parts))
