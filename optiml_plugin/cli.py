@@ -7,12 +7,35 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from typing import List, Optional
 
 from optiml_plugin import __version__
 from optiml_plugin.errors import OptimlError
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends an option's default to its help unless the help already states one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in text or default is None or default is False
+                or default is argparse.SUPPRESS or (isinstance(default, (list, tuple)) and not default)):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _parsers(parser: argparse.ArgumentParser) -> List[argparse.ArgumentParser]:
+    """`parser` and every sub-parser under it."""
+    out = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                out += _parsers(sub)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,10 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"optiml_plugin.commands.{info.name}")
         module.register(sub)
+    for p in _parsers(parser):
+        p.formatter_class = HelpFormatter
     return parser
 
 
+SMALL_MACHINE_CPUS = 4
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    # tokenizers' own thread pool competes with torch on a few cores; the user's setting wins
+    if (os.cpu_count() or 1) <= SMALL_MACHINE_CPUS:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

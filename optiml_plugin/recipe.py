@@ -139,7 +139,9 @@ class RunConfig(Section):
     attention: str = _help("auto", "auto | per_example | dense | flex | causal (no document mask)")
     distributed: _choice(("auto", "none", "ddp", "fsdp")) = _help(  # type: ignore[valid-type]
         "auto", "auto (ddp when WORLD_SIZE > 1) | none | ddp | fsdp")
-    threads: NonNegInt = _help(0, "CPU threads for torch; 0 keeps torch's default")
+    threads: Union[_choice(("auto",)), NonNegInt] = _help(  # type: ignore[valid-type]
+        "auto", "CPU threads for torch: auto (1 for models under 20M parameters on CPU, else torch's default) "
+                "| N | 0 (torch's default)")
     log_every: PosInt = _help(10, "updates between log lines")
     valid_every: NonNegInt = _help(100, "updates between validations (0: only at the end)")
     save_every: NonNegInt = _help(100, "updates between checkpoints (0: only at the end)")

@@ -12,7 +12,8 @@ from optiml_plugin.cli import main as cli_main
 def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert cli_main(["demo", "--quick", "--steps", "12", "--out", str(out), "--no-progress"]) == 0
-    assert str(out / "report.md") in capsys.readouterr().out
+    screen = capsys.readouterr().out
+    assert str(out / "report.md") in screen and "| level | n | chance | untrained 0-shot | trained 0-shot |" in screen
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 12 and len(report["train"]) >= 2
     assert report["train"][-1]["loss"] < report["train"][0]["loss"]
@@ -28,8 +29,16 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert (out / "train" / "untrained" / "config.json").is_file()
     assert {r["task"] for r in base["tasks"]} == {r["task"] for r in report["evaluation"]["tasks"]}
     md = (out / "report.md").read_text()
-    assert "Validation loss per generalization level" in md and "heldout_categories" in md
-    assert "| level | shots | untrained | trained |" in md
+    assert "![train and validation loss](loss_curve.png)" in md and "](levels.png)" in md
+    assert (out / "levels.png").read_bytes()[:4] == b"\x89PNG"
+    assert "`micro` preset" in md and f"{report['parameters']:,} parameters" in md
+    rows = report["intervals"]                                  # one row per level and shot count
+    assert {(r["level"], r["shots"]) for r in rows} == {(lv, 0) for lv in levels}
+    for r in rows:
+        assert r["ci"][0] <= r["score"] <= r["ci"][1] and "baseline" in r and 0 <= r["chance"] <= 100
+        line = next(x for x in md.splitlines() if x.startswith(f"- **{r['level']}, 0-shot**"))
+        assert "shown: " in line and "chance" in line and "untrained" in line
+        assert line in screen                                   # the same verdicts on screen
     task = report["evaluation"]["tasks"][0]["task"]
     assert any(line.startswith("| ") and f"| {task} |" in line for line in md.splitlines())
 

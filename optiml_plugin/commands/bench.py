@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import sys
 
+from optiml_plugin.commands import add_common
 from optiml_plugin.errors import ON_BAD_CHOICES, ConfigError
 
 
@@ -16,8 +17,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     build = bsub.add_parser("build", help="build a bench from a YAML config (or the built-in one)")
     build.add_argument("config", nargs="?", help="build config YAML (see docs/bench.md)")
     build.add_argument("--builtin", action="store_true", help="build the built-in synthetic benchmark")
-    build.add_argument("--out", required=True, help="bench directory to write")
-    build.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    add_common(build, out_help="bench directory to write", out_required=True, seed_default=None,
+               seed_help="seed of the split and templates (default: the config's seed, 0 for --builtin)")
     build.add_argument("--on-bad-record", choices=ON_BAD_CHOICES, default=None,
                        help="error (default) or skip and count bad records")
     build.add_argument("--overwrite", action="store_true", help="replace an existing bench at --out")
@@ -42,7 +43,7 @@ def _build(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, seed=args.seed)
     if args.on_bad_record is not None:
         config = dataclasses.replace(config, on_bad_record=args.on_bad_record)
-    manifest = build_bench(config, args.out, overwrite=args.overwrite)
+    manifest = build_bench(config, args.out, overwrite=args.overwrite, progress=False if args.no_progress else None)
     acc = manifest["accounting"]
     splits = ", ".join(f"{s}={v['examples']}" for s, v in manifest["splits"].items() if v["examples"])
     print(f"wrote {args.out}: {len(manifest['tasks'])} tasks; {splits}")

@@ -5,6 +5,7 @@ import argparse
 import json
 from typing import Any, Dict, List, Optional, Tuple
 
+from optiml_plugin.commands import add_common
 from optiml_plugin.errors import ConfigError
 
 
@@ -28,40 +29,51 @@ def register(sub: "argparse._SubParsersAction") -> None:
     from optiml_plugin.data.benchfiles import LEVELS
 
     p = sub.add_parser("eval", help="evaluate a model on a bench's held-out levels",
-                       description="Evaluate a transformers causal LM on a bench (docs/evaluation.md).")
-    p.add_argument("--model", help="transformers model directory (OPT or any AutoModelForCausalLM)")
-    p.add_argument("--bench", help="bench directory (optiml bench build)")
-    p.add_argument("--out", default=None,
-                   help="run directory (default: a new eval_runs/<parent>_<model>_<split>_<time>)")
-    p.add_argument("--split", choices=("test", "valid"), default="test")
-    p.add_argument("--shots", type=_ints, default=(0, 5), help="comma-separated shot counts (0,5)")
-    p.add_argument("--levels", type=_words, default=LEVELS, help=f"comma-separated subset of {LEVELS}")
-    p.add_argument("--max-per-task", type=int, default=None, help="first N instances of each task")
-    p.add_argument("--batch-size", type=int, default=8)
+                       usage="optiml eval --model DIR --bench DIR [options]\n"
+                             "       optiml eval convert-metaseq CHECKPOINT [CHECKPOINT ...] --out DIR\n"
+                             "       optiml eval suite SUITE [SUITE ...] --model DIR --out DIR",
+                       description="Evaluate a transformers causal LM on a bench (docs/evaluation.md); "
+                                   "--model and --bench are required unless ACTION is given.")
+    need = p.add_argument_group("required (unless ACTION)")
+    need.add_argument("--model", metavar="DIR", help="transformers model directory (OPT or any AutoModelForCausalLM)")
+    need.add_argument("--bench", metavar="DIR", help="bench directory (optiml bench build)")
+    add_common(p, out_help="run directory (default: a new eval_runs/<parent>_<model>_<split>_<time>)",
+               seed_default=0,
+               seed_help="seed of the demonstration draw")
+    p.add_argument("--split", choices=("test", "valid"), default="test",
+                   help="which held-out files of each level to score")
+    p.add_argument("--shots", type=_ints, default=(0, 5), help="comma-separated shot counts (default: 0,5)")
+    p.add_argument("--levels", type=_words, default=LEVELS,
+                   help=f"comma-separated subset of the levels (default: {','.join(LEVELS)})")
+    p.add_argument("--max-per-task", type=int, default=None, help="first N instances of each task (default: all)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per generation or scoring batch")
     p.add_argument("--max-batch-tokens", type=int, default=8192, help="padded tokens per scoring batch")
-    p.add_argument("--seed", type=int, default=0, help="seed of the demonstration draw")
-    p.add_argument("--separator", default="\\n\\n", help="between demonstrations (escapes allowed)")
+    p.add_argument("--separator", default="\\n\\n",
+                   help="between demonstrations; escapes \\n and \\t allowed (default: '\\n\\n')")
     p.add_argument("--prompt-format", choices=("paper", "sni"), default="paper",
                    help="paper: the bench's prompts; sni: Tk-Instruct's rendering for SNI tasks")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable; escapes allowed)")
-    p.add_argument("--max-length", type=int, default=None, help="context length (default: model's)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="generation length cap per instance")
+    p.add_argument("--stop", action="append", default=[],
+                   help="stop string (repeatable; escapes allowed; default: none)")
+    p.add_argument("--max-length", type=int, default=None, help="context length (default: the model's)")
     p.add_argument("--scoring", choices=("packed", "separate"), default="packed",
                    help="candidates in one tree-masked row (packed) or one sequence each")
-    p.add_argument("--task-groups", default=None, help="JSON file: {sub-task: task} merged by mean")
-    p.add_argument("--task-settings", default=None,
+    p.add_argument("--task-groups", default=None, metavar="JSON",
+                   help="JSON file: {sub-task: task} merged by mean (default: none)")
+    p.add_argument("--task-settings", default=None, metavar="JSON",
                    help='JSON file: {task: {"metric": "accuracy"|"rougeL", "shots": [0, 5]}} '
                         "(default: the paper's metric and shots per task)")
-    p.add_argument("--xlingual-bpe", default=None,
+    p.add_argument("--xlingual-bpe", default=None, metavar="DIR",
                    help="dir with OPT/GPT-2 BPE files for non-English Rouge-L (default: --model)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
-    p.add_argument("--on-bad-record", choices=("error", "skip"), default="error")
-    p.add_argument("--no-charts", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", default=None,
+                   help="weights and activations: float32 | bfloat16 | float16 (default: float32)")
+    p.add_argument("--on-bad-record", choices=("error", "skip"), default="error",
+                   help="stop at a malformed bench row, or skip and count it")
+    p.add_argument("--no-charts", action="store_true", help="write no PNG charts")
     p.set_defaults(func=_eval)
 
-    esub = p.add_subparsers(dest="eval_command", metavar="ACTION")
+    esub = p.add_subparsers(dest="eval_command", metavar="ACTION", title="optional ACTION")
     conv = esub.add_parser("convert-metaseq", help="metaseq checkpoint(s) -> transformers OPT directory")
     conv.add_argument("checkpoints", nargs="+", help="singleton checkpoint, or every model-parallel part")
     conv.add_argument("--out", required=True, help="output model directory")
@@ -86,12 +98,12 @@ def register(sub: "argparse._SubParsersAction") -> None:
     st.add_argument("--num-heads", type=int, default=None, help="with --metaseq-checkpoint, when it has no cfg")
     st.add_argument("--tokenizer-dir", default=None, help="with --metaseq-checkpoint: OPT BPE files")
     st.add_argument("--out", required=True, help="run directory (an `optiml eval` one gains the suites)")
-    st.add_argument("--batch-size", type=int, default=8)
-    st.add_argument("--device", default=None)
+    st.add_argument("--batch-size", type=int, default=8, help="lm-eval's batch size")
+    st.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
     st.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16")
     st.add_argument("--limit", type=int, default=None, help="first N documents per task (smoke runs)")
     st.add_argument("--seed", type=int, default=1234, help="lm-eval's seeds (demonstration draw)")
-    st.add_argument("--no-charts", action="store_true")
+    st.add_argument("--no-charts", action="store_true", help="write no PNG charts")
     st.set_defaults(func=_suite)
 
 

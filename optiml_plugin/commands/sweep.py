@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix", default="optiml", help="first part of the run-directory names")
     p.add_argument("--partition", help="SLURM partition")
     p.add_argument("--account", help="SLURM account")
-    p.add_argument("--cpus-per-task", type=int, default=12)
+    p.add_argument("--cpus-per-task", type=int, default=12, help="SLURM --cpus-per-task of each job")
     p.add_argument("--no-submit", action="store_true",
                    help="write the sbatch scripts into the run directories but do not submit")
     p.set_defaults(func=run)

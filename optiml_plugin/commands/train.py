@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+
+from optiml_plugin.commands import add_common
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,14 +16,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue exactly from the newest checkpoint in run.out_dir (from step 0 if none)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (YAML-parsed), e.g. --set optim.max_update=50")
+    add_common(p, out_help="run directory: checkpoints, log, final model (default: the config's run.out_dir)",
+               seed_default=None, seed_help="seed of initialization and data order (default: the config's run.seed)")
     p.set_defaults(func=run)
+
+
+def _flag_overrides(args: argparse.Namespace) -> list:
+    """The common flags as `--set` overrides, applied after the user's own (JSON strings are YAML)."""
+    out = []
+    if args.out is not None:
+        out.append(f"run.out_dir={json.dumps(args.out)}")
+    if args.seed is not None:
+        out.append(f"run.seed={args.seed}")
+    if args.no_progress:
+        out.append("run.progress=false")
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
     from optiml_plugin.recipe import load_config
     from optiml_plugin.local.trainer import Trainer
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, list(args.overrides) + _flag_overrides(args))
     trainer = Trainer(config, resume=args.resume)
     final = trainer.train()
     if trainer.dist.is_main:

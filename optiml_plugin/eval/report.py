@@ -9,7 +9,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from optiml_plugin.conventions import LEVELS
 from optiml_plugin.data.benchfiles import atomic_write_bytes, dumps_line, normalize_name
@@ -38,6 +38,12 @@ def default_run_dir(model: Union[str, Path], split: str, root: Union[str, Path] 
     raise FileExistsError(f"{root}/{stem}: 999 runs in one second")
 
 
+def read_predictions(run_dir: Path) -> List[Dict[str, Any]]:
+    """The instance records of a run directory (what `write_run` wrote to predictions.jsonl)."""
+    with open(Path(run_dir) / PREDICTIONS, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _finite(obj: Any) -> Any:
     """JSON has no NaN: undefined means become null."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -59,6 +65,22 @@ def _fmt(x: Any) -> str:
     return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.2f}"
 
 
+def _interval_table(rows: List[Mapping[str, Any]]) -> List[str]:
+    """Level scores with 95% bootstrap intervals, chance, and the gain over chance (eval/intervals.py)."""
+    if not rows:
+        return []
+    ci = "[{:.1f}, {:.1f}]".format
+    lines = ["", "95% bootstrap intervals over instances; chance: a uniform pick among the options, or for "
+             "generation the reference of another instance of the task.", "",
+             "| level | shots | n | score [95% interval] | chance | gain over chance [95% interval] |",
+             "|---|---|---|---|---|---|"]
+    order = {lv: i for i, lv in enumerate(_levels(rows))}
+    for r in sorted(rows, key=lambda r: (order[r["level"]], r["shots"])):
+        lines.append(f"| {r['level']} | {r['shots']} | {r['n']} | {r['score']:.1f} {ci(*r['ci'])} | "
+                     f"{r['chance']:.1f} | {r['gain_over_chance']:.1f} {ci(*r['gain_over_chance_ci'])} |")
+    return lines
+
+
 def markdown(results: Mapping[str, Any]) -> str:
     """Level x shots table, then categories per level, then tasks; then the lm-eval suites."""
     from optiml_plugin.eval import suite_report
@@ -74,6 +96,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     lv = {(r["level"], r["shots"]): r["score"] for r in agg["levels"]}
     for level in _levels(agg["levels"]):
         lines.append(f"| {level} | " + " | ".join(_fmt(lv.get((level, k))) for k in shots) + " |")
+    lines += _interval_table(results.get("intervals") or [])
     sel = agg["model_selection"]
     lines += ["", f"Model selection (mean over categories of all shot counts): **{_fmt(sel['overall'])}**", ""]
     inst = {(r["level"], r["shots"]): r["score"] for r in agg.get("instance_means", {}).get("overall", [])}
@@ -108,11 +131,7 @@ def markdown(results: Mapping[str, Any]) -> str:
 def bar_chart(path: Path, title: str, ylabel: str, labels: List[str], shots: List[int],
               value: Callable[[str, int], Optional[float]]) -> str:
     """Grouped bars: one group per label, one bar per shot count; returns the file name."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(labels) + 2), 3.5))
     width = 0.8 / max(len(shots), 1)
     for j, k in enumerate(shots):
@@ -145,10 +164,60 @@ def charts(results: Mapping[str, Any], out_dir: Path) -> List[str]:
     return written
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def interval_chart(path: Path, groups: Sequence[str], series: Sequence[Tuple[str, Sequence[Optional[float]],
+              Sequence[Optional[Sequence[float]]]]], title: str, chance: Optional[Sequence[float]] = None,
+              ylabel: str = "score (accuracy / Rouge-L)") -> str:
+    """Grouped bars (one group per level or category, one bar per series) with 95% intervals as error
+    bars and chance as a dashed mark over each group; the legend sits below the axes, off the bars."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) * max(1, len(series)) / 2 + 2.5), 4.2))
+    width = 0.8 / max(len(series), 1)
+    for j, (label, values, cis) in enumerate(series):
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(groups))]
+        ys = [v if v is not None else 0.0 for v in values]
+        err = [[max(0.0, y - ci[0]) if ci else 0.0 for y, ci in zip(ys, cis)],
+               [max(0.0, ci[1] - y) if ci else 0.0 for y, ci in zip(ys, cis)]]
+        bars = ax.bar(xs, ys, width=width * 0.95, yerr=err, capsize=3, label=label)
+        for bar, v, top in zip(bars, values, [y + e for y, e in zip(ys, err[1])]):
+            if v is not None:
+                ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, top), xytext=(0, 2),
+                            textcoords="offset points", ha="center", va="bottom", fontsize=7)
+    for i, c in enumerate(chance or []):
+        ax.hlines(c, i - 0.45, i + 0.45, colors="black", linestyles="dashed",
+                  label="chance" if i == 0 else None)
+    ax.set_xticks(range(len(groups)))
+    tilt = len(groups) > 8
+    ax.set_xticklabels(groups, rotation=20 if tilt else 0, ha="right" if tilt else "center", fontsize=8)
+    ax.set_ylim(0, 109)   # room for the value labels over a full bar
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    lines = max(g.count("\n") for g in groups) + 1 if groups else 1
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08 - 0.06 * lines - 0.1 * tilt),
+              ncol=min(4, len(series) + 1), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def write_run(results: Dict[str, Any], predictions: Iterable[Mapping[str, Any]], out_dir: Path,
               with_charts: bool = True) -> Dict[str, str]:
     """Write every report file atomically; returns {kind: file name}."""
+    from optiml_plugin.eval.intervals import level_intervals
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    predictions = list(predictions)
+    results["intervals"] = level_intervals(predictions, seed=int(results.get("config", {}).get("seed", 0)))
     atomic_write_bytes(out_dir / PREDICTIONS, b"".join(dumps_line(_finite(dict(p))) for p in predictions))
     for stale in out_dir.glob("chart_*.png"):  # an earlier run's charts must not pass for this run's
         stale.unlink()

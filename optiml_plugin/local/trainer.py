@@ -17,7 +17,7 @@ import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import yaml
@@ -79,6 +79,19 @@ def adamw(param_groups: List[Dict[str, Any]], o: OptimConfig) -> torch.optim.Ada
         return torch.optim.AdamW(param_groups, **kwargs)
 
 
+AUTO_ONE_THREAD_BELOW = 20_000_000  # parameters
+
+
+def cpu_threads(setting: Union[int, str], device: torch.device, n_params: int) -> int:
+    """torch CPU threads for `run.threads` (0: leave torch's default). Why `auto` is 1 for small models on
+    CPU: their matrices are too small to split, so extra threads mostly wait, and on a shared machine they
+    spin (configs/train_tiny.yaml, 40 steps on 2 shared cores at load ~12: ~200 tokens/s at torch's default,
+    ~1700 with 1 thread)."""
+    if setting != "auto":
+        return int(setting)
+    return 1 if device.type == "cpu" and n_params < AUTO_ONE_THREAD_BELOW else 0
+
+
 class Trainer:
     """Builds everything from a `TrainConfig`; `train()` runs to `optim.max_update` and saves the final model."""
 
@@ -90,8 +103,6 @@ class Trainer:
         self.device = pick_device(run.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist: Dist = init_distributed(run.distributed, self.device)
         self.dtype = autocast_dtype(run.precision, self.device)
-        if run.threads:  # small models on shared CPUs: extra threads mostly spin (measured 10x slower)
-            torch.set_num_threads(run.threads)
         torch.manual_seed(run.seed)
         self.out.mkdir(parents=True, exist_ok=True)
         if not resume and ckpt.latest_checkpoint(self.ckpt_root) is not None:
@@ -118,6 +129,9 @@ class Trainer:
         self.attention = DocumentAttention(run.attention, self.device)
         self.attention.configure(model)
         self.n_params = count_parameters(model)
+        threads = cpu_threads(run.threads, self.device, self.n_params)
+        if threads:
+            torch.set_num_threads(threads)
         self.lm = model
         target_lm = TargetLM(model).to(self.device)
         # decided before wrapping: FSDP (use_orig_params) keeps the parameter objects but shows 1-D shards

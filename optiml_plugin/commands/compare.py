@@ -1,0 +1,29 @@
+"""`optiml compare RESULTS...`: eval runs side by side (markdown table + chart), like the paper's ablations."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from optiml_plugin.commands import add_common
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    p = sub.add_parser("compare", help="several eval runs side by side per level, category and shots",
+                       description="Read `optiml eval` run directories (or their results.json) and write "
+                                   "compare.md (levels and categories x shots, one column per run) and "
+                                   "compare.png (one bar per run, 95% bootstrap intervals).")
+    p.add_argument("results", nargs="+", metavar="RESULTS", help="eval run directories or results.json files")
+    p.add_argument("--names", default=None, help="comma-separated column names (default: the directory names)")
+    add_common(p, out_help="where compare.md and compare.png go (default: compare)",
+               seed_default=0, seed_help="seed of the bootstrap intervals", progress=False)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from optiml_plugin.eval.compare import compare
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    table, chart = compare(args.results, Path(args.out or "compare"), names=names, seed=args.seed)
+    print(table.read_text(encoding="utf-8"))
+    print(f"wrote {table} and {chart}")
+    return 0
