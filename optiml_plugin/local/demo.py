@@ -189,7 +189,8 @@ def summary_table(rows: List[Dict[str, Any]]) -> List[str]:
              + " |", "|---" * (4 + len(shots)) + "|"]
     for lv in _levels(rows):
         low = at[(lv, shots[0])]
-        lines.append(f"| {lv} | {low['n']} | {low['chance']:.1f} | {_score(low.get('baseline'), low.get('baseline_ci'))} | "
+        untrained = _score(low.get("baseline"), low.get("baseline_ci"))
+        lines.append(f"| {lv} | {low['n']} | {low['chance']:.1f} | {untrained} | "
                      + " | ".join(_score(at[(lv, k)]["score"], at[(lv, k)]["ci"]) if (lv, k) in at else "–"
                                   for k in shots) + " |")
     return lines
@@ -227,7 +228,8 @@ def _markdown(s: Dict[str, Any]) -> str:
              f"`{s['attention']}`) trained "
              f"{s['steps']} steps on the built-in benchmark (questions and operations on word lists, "
              f"`optiml_plugin/data/builtin.py`; held-out tasks: {', '.join(HELDOUT_TASKS)}; held-out category: "
-             f"{HELDOUT_CATEGORY}); timings (s): " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in s["timings"].items()) + ".",
+             f"{HELDOUT_CATEGORY}); timings (s): "
+             + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in s["timings"].items()) + ".",
              "", "## Does instruction tuning transfer?", "",
              "![trained vs untrained vs chance per level, 95% intervals](" + LEVELS_PNG + ")", "",
              f"Test split, {ev['instances']} instances. Scores: accuracy for option tasks, Rouge-L for "
