@@ -9,6 +9,7 @@ gradients of one process, for token and example normalization.
 from __future__ import annotations
 
 import socket
+from datetime import timedelta
 from pathlib import Path
 from typing import Dict
 
@@ -49,7 +50,8 @@ def _loss(logits: torch.Tensor, batch: Dict[str, torch.Tensor], normalize: str, 
 
 
 def _worker(rank: int, port: int, out: Path) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+                            timeout=timedelta(seconds=120))  # a lost peer fails the test instead of hanging it
     batch = _batch()
     width = VOCAB // WORLD
     results = {}
