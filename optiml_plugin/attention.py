@@ -30,7 +30,7 @@ def document_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     return ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal).unsqueeze(1)
 
 
-def _segment_starts(segment_ids: torch.Tensor) -> torch.Tensor:
+def segment_starts(segment_ids: torch.Tensor) -> torch.Tensor:
     """Bool [B, L]: True at the first token of every run of equal segment ids."""
     starts = torch.ones_like(segment_ids, dtype=torch.bool)
     starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
@@ -46,7 +46,7 @@ def run_positions(starts: torch.Tensor) -> torch.Tensor:
 
 def position_ids_from_segments(segment_ids: torch.Tensor) -> torch.Tensor:
     """Long [B, L]: 0-based positions restarting at each example, 0 on padding."""
-    pos = run_positions(_segment_starts(segment_ids))
+    pos = run_positions(segment_starts(segment_ids))
     return torch.where(segment_ids > 0, pos, torch.zeros_like(pos))
 
 

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from optiml_plugin.attention import segment_starts
 from optiml_plugin.data.training_data import benchmark_sums
 from optiml_plugin.loss import LossSums, example_groups, loss_sums, vocab_parallel_nll
 
@@ -27,9 +28,7 @@ def bench_key(name: str) -> Tuple[str, str]:
 
 def examples_by_benchmark(segment_ids: torch.Tensor, benchmark_ids: torch.Tensor, n_benchmarks: int) -> torch.Tensor:
     """How many examples of each benchmark the batch holds (one per segment start; the realized shares)."""
-    seg = segment_ids.long()
-    starts = seg > 0
-    starts[:, 1:] &= seg[:, 1:] != seg[:, :-1]
+    starts = segment_starts(segment_ids) & (segment_ids > 0)
     ids = benchmark_ids.long()[starts]
     ids = ids[(ids >= 0) & (ids < n_benchmarks)]
     return torch.bincount(ids, minlength=n_benchmarks).float()
