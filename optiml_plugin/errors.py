@@ -49,6 +49,10 @@ class BadRecordError(OptimlError):
         fld = f" field '{field}':" if field else ""
         super().__init__(f"{loc}:{fld} {detail} [{reason}]")
 
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+        """Pickle by the constructor's arguments (a worker process reports bad records to its parent)."""
+        return BadRecordError, (self.path, self.where, self.field, self.reason, self.detail)
+
 
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (library errors can span pages), or its type."""
@@ -79,6 +83,10 @@ class BadRecordPolicy:
     Loaders call `count_read()` once per record they attempt (good or bad), so the builder can
     check that read = kept + skipped + removed.
     """
+
+    #: True where the policy serves one part of a source (a worker of data/reading.py): the process
+    #: that merges the parts in order then refuses duplicate ids and checks the `tasks` filter
+    partial_source = False
 
     def __init__(self, mode: str = "error", keep_messages: int = 20) -> None:
         if mode not in ON_BAD_CHOICES:

@@ -15,22 +15,26 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from tqdm import tqdm
 
 from optiml_plugin import __version__
 from optiml_plugin.conventions import LEVEL_INSTANCES, LEVEL_TRAIN
 from optiml_plugin.data import benchfiles, outdir
-from optiml_plugin.data.decontam import (REVIEW_FILE, DecontamConfig, ExactInputFilter, flagged_rows,
-                                         ngram_overlap, source_conflicts)
+from optiml_plugin.data.decontam import (REVIEW_FILE, DecontamConfig, EvalNgrams, ExactInputFilter, OverlapPair,
+                                         flagged_rows, source_conflicts)
+from optiml_plugin.data.idindex import IdIndex
 from optiml_plugin.data.multiplex import multiplex_train
 from optiml_plugin.data.official import MODES as OFFICIAL_MODES, official_instances
+from optiml_plugin.data.reading import read_sources, validated
 from optiml_plugin.data.records import Record
+from optiml_plugin.data.spill import INPUT, META, TEMPLATE, SpillWriter, read_rows, to_record, to_row
 from optiml_plugin.data.splits import (EVAL, TRAIN, SplitConfig, TaskInfo, TaskKey, absent_from_lists,
                                        assign_levels, eval_draw, assign_roles, cap_indices, read_task_list,
                                        split_eval_instances, split_train_instances)
 from optiml_plugin.data.templates import PROMPT_FORMATS, Rendered, render
+from optiml_plugin.data.workers import default_workers, ordered_map
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError, OptimlError
 from optiml_plugin.fsio import replace_dir, write_error
 from optiml_plugin.yamlio import read_yaml
@@ -200,51 +204,61 @@ def _caps(section: Any, origin: str) -> Dict[str, int]:
 # --------------------------------------------------------------------------------------- build
 
 
-@dataclass
-class _Task:
-    key: TaskKey
-    records: List[Record]
-    parts: Dict[str, List[int]] = field(default_factory=dict)  # "train"/"valid"/"test" -> indices
-    rendered: Dict[int, Rendered] = field(default_factory=dict)
+SPILL_DIR = ".spill"
 
-    @property
-    def category(self) -> str:
-        return self.records[0].category
+
+@dataclass
+class _Facts:
+    """What the plan needs of one task while its records wait in the spill (data/spill.py)."""
+
+    key: TaskKey
+    category: str
+    index: int
+    size: int = 0
+    sources: Set[str] = field(default_factory=set)
+    source_indices: Set[int] = field(default_factory=set)
+    positive_examples: Any = None  # the first record's (SNI's k-shot demonstrations)
 
     def info(self) -> TaskInfo:
-        sources = sorted({s for r in self.records for s in r.sources})
-        return TaskInfo(self.key, self.category, tuple(sources), len(self.records))
-
-    def text(self, i: int) -> str:
-        r = self.rendered[i]
-        return f"{r.src} {r.tgt}"
+        return TaskInfo(self.key, self.category, tuple(sorted(self.sources)), self.size)
 
 
 def build_bench(config: BuildConfig, out: Union[str, Path], records: Optional[Iterable[Record]] = None,
-                overwrite: bool = False, progress: Optional[bool] = None) -> Dict[str, Any]:
+                overwrite: bool = False, progress: Optional[bool] = None,
+                workers: Optional[int] = None) -> Dict[str, Any]:
     """Build the bench described by `config` into `out`; returns the manifest.
 
     `records` replaces the config's sources (tests and benchmarks feed records directly).
-    `progress=None` shows tqdm bars only on a terminal."""
+    `progress=None` shows tqdm bars only on a terminal. `workers` processes read the sources and
+    write the tasks (default: every core, at most 8); the bench does not depend on it.
+    Memory stays bounded: records wait in per-task spill files inside the temporary build folder."""
     out = Path(out)
     outdir.prepare_out(out, _input_paths(config) if records is None else (), overwrite)
     policy = BadRecordPolicy(config.on_bad_record)
     problems = BadRecordPolicy(config.on_bad_record)
     bar = None if progress is None else not progress
-    stream = records if records is not None else _config_records(config, policy)
-    if records is not None:
-        stream = _counted(stream, policy)
-    tasks = _collect(stream, policy, bar)
-    merged = _merged_tasks(config, tasks)
-    plan, removed, report = _plan(config, tasks, problems)
-    report["split_plan"]["merged_tasks"] = merged
+    workers = default_workers() if workers is None else max(1, workers)
     tmp = out.parent / f"{outdir.building_prefix(out)}{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
+    reading = True
     try:
-        manifest = _write(config, tasks, plan, removed, report, policy, problems, tmp, bar)
+        spill = SpillWriter(tmp / SPILL_DIR)
+        if records is None:
+            taxonomy = config.resolve(config.taxonomy) if config.taxonomy else None
+            stream = read_sources(config.sources, Path(config.base_dir), config.seed, taxonomy, policy, workers)
+        else:
+            stream = validated(records, policy)
+        facts = _collect(stream, policy, spill, bar)
+        spill.flush()
+        reading = False
+        merged = _merged_tasks(config, facts)
+        manifest = _Build(config, facts, spill, tmp, workers, bar).run(policy, problems, merged)
+        shutil.rmtree(spill.root)
         replace_dir(tmp, out)
     except OSError as e:
+        if reading and not str(e.filename or "").startswith(str(tmp)):
+            raise
         raise write_error(e, e.filename or tmp) from None
     finally:
         if tmp.exists():
@@ -263,90 +277,61 @@ def _input_paths(config: BuildConfig) -> List[Path]:
     return paths
 
 
-def _merged_tasks(config: BuildConfig, tasks: Mapping[TaskKey, "_Task"]) -> List[Dict[str, Any]]:
+def _merged_tasks(config: BuildConfig, facts: Mapping[TaskKey, _Facts]) -> List[Dict[str, Any]]:
     """Tasks whose records came from two or more `sources:` entries (likely the same data twice): warned
     about on stderr and listed in the manifest, since they are merged into one task."""
     out = []
-    for key, t in sorted(tasks.items()):
-        found = sorted({r.meta["source_index"] for r in t.records if "source_index" in r.meta})
+    for key, f in sorted(facts.items()):
+        found = sorted(f.source_indices)
         if len(found) > 1:
             paths = [str(config.sources[i].get("path", config.sources[i].get("type"))) for i in found]
-            out.append({"benchmark": key[0], "task": key[1], "sources": paths, "records": len(t.records)})
+            out.append({"benchmark": key[0], "task": key[1], "sources": paths, "records": f.size})
             print(f"optiml: warning: task '{key[1]}' ({key[0]}) comes from {len(found)} sources "
-                  f"({', '.join(paths)}); their {len(t.records)} records are merged into one task",
+                  f"({', '.join(paths)}); their {f.size} records are merged into one task",
                   file=sys.stderr)
     return out
 
 
-def _counted(records: Iterable[Record], policy: BadRecordPolicy) -> Iterator[Record]:
-    for r in records:
-        policy.count_read()
-        problems = r.problems()
-        if problems:
-            fld, reason, detail = problems[0]
-            policy.handle(BadRecordError(r.meta.get("path", f"<{r.benchmark}>"), r.meta.get("where", r.id),
-                                         fld, reason, detail))
-            continue
-        yield r
-
-
-def _config_records(config: BuildConfig, policy: BadRecordPolicy) -> Iterator[Record]:
-    """Records of every `sources:` entry, tagged with the entry's index (`meta["source_index"]`)."""
-    for index, spec in enumerate(config.sources):
-        for record in _spec_records(config, spec, policy):
-            record.meta["source_index"] = index
-            yield record
-
-
-def _spec_records(config: BuildConfig, spec: Mapping[str, Any], policy: BadRecordPolicy) -> Iterator[Record]:
-    """Records of one `sources:` entry; loaded sources go through the taxonomy, the built-in benchmark
-    (type `builtin`) is categorized by construction."""
-    from optiml_plugin.data.builtin import builtin_records
-
-    if spec.get("type") == "builtin":
-        _unknown(spec, ("type",), "build config", "sources[builtin].")
-        yield from _counted(builtin_records(config.seed), policy)
-        return
-    from optiml_plugin.data.sources import load_source
-    from optiml_plugin.data.taxonomy import Taxonomy
-
-    taxonomy = Taxonomy.load(config.resolve(config.taxonomy) if config.taxonomy else None)
-    for record in load_source(spec, policy, Path(config.base_dir)):
-        try:
-            yield taxonomy.categorize(record)
-        except BadRecordError as e:
-            policy.handle(e)
-
-
-def _collect(records: Iterable[Record], policy: BadRecordPolicy, bar: Optional[bool]
-             ) -> Dict[TaskKey, _Task]:
-    """Group records by task; refuse records without a category and ids seen in another record."""
-    tasks: Dict[TaskKey, _Task] = {}
-    ids: Dict[str, TaskKey] = {}
+def _collect(records: Iterable[Record], policy: BadRecordPolicy, spill: SpillWriter, bar: Optional[bool]
+             ) -> Dict[TaskKey, _Facts]:
+    """Spill records by task; refuse records without a category and ids seen in another record."""
+    facts: Dict[TaskKey, _Facts] = {}
+    owners: List[TaskKey] = []
+    ids = IdIndex()
     for r in tqdm(records, desc="reading", unit=" records", disable=bar, mininterval=0.5):
-        where = r.meta.get("where", r.id)
-        path = r.meta.get("path", f"<{r.benchmark}/{r.task}>")
         key = (r.benchmark, r.task)
         if not r.category.strip():
-            policy.handle(BadRecordError(path, where, "category", "unknown_category",
+            policy.handle(BadRecordError(r.meta.get("path", f"<{r.benchmark}/{r.task}>"), r.meta.get("where", r.id),
+                                         "category", "unknown_category",
                                          f"task '{r.task}' has no category (add it to the taxonomy)"))
             continue
         first = ids.get(r.id)
         if first is not None:
-            policy.handle(BadRecordError(path, where, "id", "duplicate_id",
-                                         f"id '{r.id}' is already used by task '{first[1]}'"))
+            policy.handle(BadRecordError(r.meta.get("path", f"<{r.benchmark}/{r.task}>"), r.meta.get("where", r.id),
+                                         "id", "duplicate_id",
+                                         f"id '{r.id}' is already used by task '{owners[first][1]}'"))
             continue
-        task = tasks.get(key)
+        task = facts.get(key)
         if task is None:
-            task = tasks[key] = _Task(key, [])
+            task = facts[key] = _Facts(key, r.category, len(owners))
+            owners.append(key)
         elif r.category != task.category:
-            policy.handle(BadRecordError(path, where, "category", "inconsistent_category",
-                                         f"category '{r.category}' differs from the task's "
-                                         f"'{task.category}'"))
+            policy.handle(BadRecordError(r.meta.get("path", f"<{r.benchmark}/{r.task}>"), r.meta.get("where", r.id),
+                                         "category", "inconsistent_category",
+                                         f"category '{r.category}' differs from the task's '{task.category}'"))
             continue
-        ids[r.id] = key
-        task.records.append(r)
-    return tasks
+        ids.add(r.id, task.index)
+        task.size += 1
+        task.sources.update(r.sources)
+        meta = r.meta
+        if "source_index" in meta:
+            task.source_indices.add(meta["source_index"])
+        if "positive_examples" in meta:  # the same on every row of a task: kept once, not spilled
+            if task.size == 1:
+                task.positive_examples = meta["positive_examples"]
+            meta = {k: v for k, v in meta.items() if k != "positive_examples"}
+        spill.add(key, to_row(r)[:META] + (meta,))
+    return facts
 
 
 @dataclass
@@ -356,85 +341,333 @@ class _Plan:
     dropped: Dict[TaskKey, str] = field(default_factory=dict)
 
 
-def _plan(config: BuildConfig, tasks: Dict[TaskKey, _Task], problems: BadRecordPolicy
-          ) -> Tuple[_Plan, Counter, Dict[str, Any]]:
-    """Roles, instance splits, decontamination and caps; returns the plan, removals and the report."""
-    cfg, dc, seed = config.split, config.decontamination, config.seed
-    removed: Counter = Counter()
-    sni_lists = None
-    if cfg.sni_split_dir:
-        from optiml_plugin.data.sources.sni import absent_split_tasks, read_split_lists
-        sni_lists = read_split_lists(cfg.sni_split_dir)
-        if cfg.sni_lists_complete:
-            for path, line, name in absent_split_tasks(cfg.sni_split_dir, {k[1] for k in tasks}):
-                problems.handle(BadRecordError(path, line, "task", "listed_task_absent",
-                                               f"task '{name}' is listed but no source has it"))
-    infos = {k: t.info() for k, t in tasks.items()}
-    roles = assign_roles(infos, cfg, sni_lists, problems)
-    plan = _Plan(roles=dict(roles.roles), dropped=dict(roles.dropped))
-    for key, reason in roles.dropped.items():
-        removed[reason] += len(tasks[key].records)
-    conflicts = _source_overlap(plan, infos, dc, removed)
-    multiplexed: List[Dict[str, Any]] = []
-    official: List[str] = []
-    for key in sorted(plan.roles):
-        t = tasks[key]
-        if plan.roles[key] == EVAL:
-            valid, test = split_eval_instances(len(t.records), cfg, key[1] in cfg.valid_tasks, seed, key)
-            t.parts = {"valid": valid, "test": test}
-            removed["eval_cap"] += len(t.records) - len(valid) - len(test)
+@dataclass
+class _Survey:
+    """Phase 1 of a task (`_survey`): its held-out parts and what evaluation instances it gives."""
+
+    key: TaskKey
+    valid: List[int]
+    test: List[int]
+    removed: Counter
+    inputs: List[str]  # raw inputs of its valid and test instances (exact-input check)
+    hashes: Optional[Tuple[Any, Any]] = None  # eval tasks: n-gram hashes of their rendered instances
+    multiplexed: Optional[Dict[str, Any]] = None
+    official: bool = False
+
+
+@dataclass
+class _Written:
+    """Phase 2 or 3 of a task: the files written (none when dropped) and what it reports."""
+
+    key: TaskKey
+    files: Dict[str, str]
+    counts: Dict[str, int]
+    removed: Counter
+    exact_removed: int = 0
+    pairs: List[OverlapPair] = field(default_factory=list)
+    dropped: bool = False
+    examples: Dict[int, Tuple[str, str]] = field(default_factory=dict)  # eval instance -> (id, text)
+
+
+_BUILD: Optional["_Build"] = None  # the build the worker functions serve (inherited through fork)
+
+
+def _survey(key: TaskKey) -> _Survey:
+    assert _BUILD is not None
+    return _BUILD.survey(key)
+
+
+def _write_train(key: TaskKey) -> _Written:
+    assert _BUILD is not None
+    return _BUILD.write_train(key)
+
+
+def _write_eval(item: Tuple[TaskKey, str, Tuple[int, ...]]) -> _Written:
+    assert _BUILD is not None
+    return _BUILD.write_eval(*item)
+
+
+class _Build:
+    """Plan, decontaminate and write a bench from spilled records, one task at a time per worker.
+
+    Phase 1 (`survey`, every task) draws the held-out parts and collects the evaluation inputs and
+    eval n-grams; the parent then builds the exact-input set and the eval n-gram index. Phase 2
+    (`write_train`) drops exact-input matches, caps, looks the task's n-grams up, and writes the task
+    unless a flagged pair drops it. Phase 3 (`write_eval`) writes eval tasks once their levels are
+    known (they depend on which training tasks survived). Every seeded draw is keyed by (seed, task),
+    so the bench does not depend on which worker ran which task."""
+
+    def __init__(self, config: BuildConfig, facts: Dict[TaskKey, _Facts], spill: SpillWriter, root: Path,
+                 workers: int, bar: Optional[bool]) -> None:
+        self.config, self.facts, self.spill, self.root = config, facts, spill, root
+        self.workers, self.bar = workers, bar
+        self.plan = _Plan(roles={})
+        self.surveys: Dict[TaskKey, _Survey] = {}
+        self.exact = ExactInputFilter()
+        self.ngrams = EvalNgrams(config.decontamination.ngram)
+
+    def _map(self, fn: Any, items: List[Any], desc: str) -> Iterator[Any]:
+        global _BUILD
+        _BUILD = self
+        try:
+            done = ordered_map(fn, items, self.workers)
+            for _, result in tqdm(done, total=len(items), desc=desc, unit=" tasks", disable=self.bar):
+                yield result
+        finally:
+            _BUILD = None
+
+    def run(self, policy: BadRecordPolicy, problems: BadRecordPolicy,
+            merged: List[Dict[str, Any]]) -> Dict[str, Any]:
+        config, cfg, dc = self.config, self.config.split, self.config.decontamination
+        removed: Counter = Counter()
+        sni_lists = None
+        names = {k[1] for k in self.facts}
+        if cfg.sni_split_dir:
+            from optiml_plugin.data.sources.sni import absent_split_tasks, read_split_lists
+            sni_lists = read_split_lists(cfg.sni_split_dir)
+            if cfg.sni_lists_complete:
+                for path, line, name in absent_split_tasks(cfg.sni_split_dir, names):
+                    problems.handle(BadRecordError(path, line, "task", "listed_task_absent",
+                                                   f"task '{name}' is listed but no source has it"))
+        infos = {k: f.info() for k, f in self.facts.items()}
+        roles = assign_roles(infos, cfg, sni_lists, problems)
+        plan = self.plan = _Plan(roles=dict(roles.roles), dropped=dict(roles.dropped))
+        for key, reason in roles.dropped.items():
+            removed[reason] += self.facts[key].size
+        conflicts = _source_overlap(plan, infos, dc, removed)
+        order = sorted(plan.roles, key=lambda k: (k[0], self.facts[k].category, k[1]))
+        stems = _stems(order, self.facts)
+        for s in self._map(_survey, sorted(plan.roles), "planning"):
+            self.surveys[s.key] = s
+            removed.update(s.removed)
+            self.exact.add_all(s.inputs)
+            s.inputs = []
+            if s.hashes is not None:
+                self.ngrams.add(s.key, len(s.valid) + len(s.test), s.hashes)
+                s.hashes = None
+        self.ngrams.freeze()
+        train_keys = sorted(k for k, r in plan.roles.items() if r == TRAIN)
+        n_eval = sum(1 for r in plan.roles.values() if r == EVAL)
+        written: Dict[TaskKey, _Written] = {}
+        by_task: Dict[str, int] = {}
+        pairs: List[OverlapPair] = []
+        dropped: List[str] = []
+        for w in self._map(_write_train, train_keys, "writing training tasks"):
+            written[w.key] = w
+            removed.update(w.removed)
+            pairs.extend(w.pairs)
+            if w.exact_removed:
+                by_task[w.key[1]] = w.exact_removed
+            if w.dropped:
+                del plan.roles[w.key]
+                plan.dropped[w.key] = "ngram_overlap"
+                dropped.append(w.key[1])
+        plan.levels = assign_levels(plan.roles, {k: f.category for k, f in self.facts.items()},
+                                    cfg.heldout_categories)
+        wanted: Dict[TaskKey, Set[int]] = {}
+        for p in pairs:
+            wanted.setdefault(p.eval_task, set()).update(p.examples)
+        eval_items = [(k, plan.levels[k], tuple(sorted(wanted.get(k, ())))) for k in sorted(plan.roles)
+                      if plan.roles[k] == EVAL]
+        for w in self._map(_write_eval, eval_items, "writing eval tasks"):
+            written[w.key] = w
+        by_ngram = {k for k, reason in plan.dropped.items() if reason == "ngram_overlap"}
+        flagged, review = flagged_rows(pairs, dc, by_ngram, lambda k, j: written[k].examples[j])
+        total_exact = sum(by_task.values())
+        report = {
+            "split_plan": {
+                "sni_split_dir": cfg.sni_split_dir,
+                "eval_draw": eval_draw(cfg),
+                "absent_from_sni_lists": absent_from_lists(sni_lists, names),
+                "unlisted_tasks": [k[1] for k in roles.unlisted],
+                "dropped_tasks": [{"benchmark": k[0], "task": k[1], "reason": r}
+                                  for k, r in sorted(plan.dropped.items())],
+                "heldout_instances": {
+                    "mode": config.heldout_instances,
+                    "from": ("the release's dev/test splits where a task has them, else random rows"
+                             if config.heldout_instances == "official"
+                             else "random rows of every training task"),
+                    "official_split_tasks": [k[1] for k, s in sorted(self.surveys.items()) if s.official]},
+                "merged_tasks": merged,
+            },
+            "multiplexing": {"enabled": config.multiplex,
+                             "tasks": [s.multiplexed for _, s in sorted(self.surveys.items()) if s.multiplexed]},
+            "decontamination": {
+                "source_overlap": {"action": dc.source_overlap,
+                                   "allowed_shared_sources": list(dc.allowed_shared_sources),
+                                   "tasks": [{"benchmark": k[0], "task": k[1], "shared_sources": s}
+                                             for k, s in sorted(conflicts.items())]},
+                "exact_input": {"removed": total_exact, "by_task": by_task},
+                "ngram": {"n": dc.ngram, "threshold": dc.threshold, "drop_flagged": dc.drop_flagged,
+                          "pairs_checked": len(train_keys) * n_eval, "flagged": flagged,
+                          "dropped_tasks": dropped, "pairs_file": REVIEW_FILE},
+            },
+        }
+        return self._manifest(order, stems, written, removed, report, review, policy, problems)
+
+    # ------------------------------------------------------------------ work on one task (workers)
+
+    def _rows(self, key: TaskKey) -> Iterator[Tuple[Any, ...]]:
+        return read_rows(self.spill.path(key))
+
+    def _records(self, key: TaskKey, wanted: Set[int]) -> Dict[int, Record]:
+        category = self.facts[key].category
+        return {i: to_record(row, key, category) for i, row in enumerate(self._rows(key)) if i in wanted}
+
+    def _train_parts(self, key: TaskKey) -> Tuple[List[int], List[int], List[int], Counter,
+                                                 Optional[Dict[str, Any]], bool]:
+        """(train, valid, test, removed, multiplexing entry, used release splits) of a training task."""
+        config, cfg, seed = self.config, self.config.split, self.config.seed
+        removed: Counter = Counter()
+        official = config.heldout_instances == "official"
+        templates: List[str] = []
+        splits: List[str] = []
+        if official or config.multiplex:
+            for row in self._rows(key):
+                templates.append(row[TEMPLATE])
+                if official:
+                    splits.append(row[META].get("split", ""))
+        by_release = official_instances(splits, cfg, seed, key) if official else None
+        if by_release is None:
+            train, valid, test = split_train_instances(self.facts[key].size, cfg, seed, key)
         else:
-            by_release = (official_instances(t.records, cfg, seed, key)
-                          if config.heldout_instances == "official" else None)
-            if by_release is None:
-                train, valid, test = split_train_instances(len(t.records), cfg, seed, key)
-            else:
-                train, valid, test, unused = by_release
-                removed["official_split_unused"] += unused
-                official.append(key[1])
-            if config.multiplex:
-                train, mux = multiplex_train(t.records, train, seed, key)
-                if mux is not None:
-                    removed["multiplex"] += mux.instantiations - mux.drawn
-                    multiplexed.append(mux.to_dict())
-            t.parts = {"train": train, "valid": valid, "test": test}
-        t.rendered = {i: render(t.records[i], seed, config.prompt_format)
-                      for part in t.parts.values() for i in part}
-    exact = _exact_inputs(plan, tasks, removed)
-    for key, role in plan.roles.items():
-        if role == TRAIN:
-            t = tasks[key]
-            kept = cap_indices(t.parts["train"], config.cap_for(key[0]), seed, key)
-            removed["train_cap"] += len(t.parts["train"]) - len(kept)
-            t.parts["train"] = kept
-    ngram = _ngram_report(plan, tasks, dc, removed)
-    plan.levels = assign_levels(plan.roles, {k: t.category for k, t in tasks.items()}, cfg.heldout_categories)
-    report = {
-        "split_plan": {
-            "sni_split_dir": cfg.sni_split_dir,
-            "eval_draw": eval_draw(cfg),
-            "absent_from_sni_lists": absent_from_lists(sni_lists, {k[1] for k in tasks}),
-            "unlisted_tasks": [k[1] for k in roles.unlisted],
-            "dropped_tasks": [{"benchmark": k[0], "task": k[1], "reason": r}
-                              for k, r in sorted(plan.dropped.items())],
-            "heldout_instances": {
-                "mode": config.heldout_instances,
-                "from": ("the release's dev/test splits where a task has them, else random rows"
-                         if config.heldout_instances == "official"
-                         else "random rows of every training task"),
-                "official_split_tasks": official},
-        },
-        "multiplexing": {"enabled": config.multiplex, "tasks": multiplexed},
-        "decontamination": {
-            "source_overlap": {"action": dc.source_overlap,
-                               "allowed_shared_sources": list(dc.allowed_shared_sources),
-                               "tasks": [{"benchmark": k[0], "task": k[1], "shared_sources": s}
-                                         for k, s in sorted(conflicts.items())]},
-            "exact_input": exact,
-            "ngram": ngram,
-        },
-    }
-    return plan, removed, report
+            train, valid, test, unused = by_release
+            removed["official_split_unused"] += unused
+        mux = None
+        if config.multiplex:
+            train, drawn = multiplex_train(templates, train, seed, key)
+            if drawn is not None:
+                removed["multiplex"] += drawn.instantiations - drawn.drawn
+                mux = drawn.to_dict()
+        return train, valid, test, removed, mux, by_release is not None
+
+    def survey(self, key: TaskKey) -> _Survey:
+        cfg, seed, f = self.config.split, self.config.seed, self.facts[key]
+        if self.plan.roles[key] == EVAL:
+            valid, test = split_eval_instances(f.size, cfg, key[1] in cfg.valid_tasks, seed, key)
+            recs = self._records(key, set(valid) | set(test))
+            texts = [_text(render(recs[i], seed, self.config.prompt_format)) for i in valid + test]
+            return _Survey(key, valid, test, Counter(eval_cap=f.size - len(valid) - len(test)),
+                           [recs[i].input for i in valid + test], hashes=self.ngrams.hashes(texts))
+        _, valid, test, removed, mux, official = self._train_parts(key)
+        held = set(valid) | set(test)
+        inputs = {i: row[INPUT] for i, row in enumerate(self._rows(key)) if i in held}
+        return _Survey(key, valid, test, removed, [inputs[i] for i in valid + test], multiplexed=mux,
+                       official=official)
+
+    def write_train(self, key: TaskKey) -> _Written:
+        config, dc, seed = self.config, self.config.decontamination, self.config.seed
+        train, valid, test, _, _, _ = self._train_parts(key)
+        wanted = set(train)
+        hits: Set[int] = set()
+        batch: List[Tuple[int, str]] = []
+        for i, row in enumerate(self._rows(key)):
+            if i in wanted:
+                batch.append((i, row[INPUT]))
+                if len(batch) >= 4096:
+                    hits.update(self._exact_hits(batch))
+                    batch = []
+        hits.update(self._exact_hits(batch))
+        kept = [i for i in train if i not in hits]
+        capped = cap_indices(kept, config.cap_for(key[0]), seed, key)
+        removed = Counter(exact_input_match=len(hits), train_cap=len(kept) - len(capped))
+        recs = self._records(key, set(capped) | set(valid) | set(test))
+        rendered = {i: render(r, seed, config.prompt_format) for i, r in recs.items()}
+        pairs = self.ngrams.pairs(key, [_text(rendered[i]) for i in capped], dc.threshold)
+        if dc.drop_flagged and any(not dc.cleared(p.train_task[1], p.eval_task[1]) for p in pairs):
+            removed["ngram_overlap"] += len(capped) + len(valid) + len(test)
+            return _Written(key, {}, {}, removed, len(hits), pairs, dropped=True)
+        files, counts = self._write_parts(key, LEVEL_TRAIN, {"train": capped, "valid": valid, "test": test},
+                                          recs, rendered)
+        return _Written(key, files, counts, removed, len(hits), pairs)
+
+    def _exact_hits(self, batch: List[Tuple[int, str]]) -> List[int]:
+        matches = self.exact.matches_all([text for _, text in batch])
+        return [i for (i, _), hit in zip(batch, matches) if hit]
+
+    def write_eval(self, key: TaskKey, level: str, examples: Tuple[int, ...]) -> _Written:
+        s, seed = self.surveys[key], self.config.seed
+        recs = self._records(key, set(s.valid) | set(s.test))
+        rendered = {i: render(r, seed, self.config.prompt_format) for i, r in recs.items()}
+        files, counts = self._write_parts(key, level, {"valid": s.valid, "test": s.test}, recs, rendered)
+        both = s.valid + s.test
+        shown = {j: (recs[both[j]].id, _text(rendered[both[j]])) for j in examples}
+        return _Written(key, files, counts, Counter(), examples=shown)
+
+    def _write_parts(self, key: TaskKey, level: str, parts: Mapping[str, List[int]], recs: Mapping[int, Record],
+                     rendered: Mapping[int, Rendered]) -> Tuple[Dict[str, str], Dict[str, int]]:
+        stem = benchfiles.file_stem(key[0], self.facts[key].category, key[1])
+        files, counts = {}, {}
+        for part in ("train", "valid", "test"):
+            idx = parts.get(part) or []
+            if not idx:
+                continue
+            split = split_name(level, part)
+            path = benchfiles.split_path(self.root, split, stem)
+            counts[split] = benchfiles.write_jsonl_with_index(path, (_row(recs[i], rendered[i], split) for i in idx))
+            files[split] = path.relative_to(self.root).as_posix()
+        return files, counts
+
+    # ------------------------------------------------------------------------------- the manifest
+
+    def _manifest(self, order: List[TaskKey], stems: Dict[TaskKey, str], written: Dict[TaskKey, _Written],
+                  removed: Counter, report: Dict[str, Any], review: List[Dict[str, Any]],
+                  policy: BadRecordPolicy, problems: BadRecordPolicy) -> Dict[str, Any]:
+        config, root = self.config, self.root
+        entries = []
+        splits = {s: {"tasks": 0, "examples": 0} for s in benchfiles.SPLITS}
+        kept = 0
+        for key in order:
+            if key not in self.plan.roles:
+                continue
+            w, f = written[key], self.facts[key]
+            for split, n in w.counts.items():
+                splits[split]["tasks"] += 1
+                splits[split]["examples"] += n
+                kept += n
+            entry = {"task": key[1], "benchmark": key[0], "category": f.category, "level": self.plan.levels[key],
+                     "sources": list(f.info().sources), "files": w.files, "counts": w.counts}
+            if f.positive_examples:  # SNI's k-shot demonstrations (eval/prompts.py)
+                entry["positive_examples"] = f.positive_examples
+            entries.append(entry)
+        skipped = dict(sorted(policy.skipped.items()))
+        removed_d = {k: v for k, v in sorted(removed.items()) if v}
+        balanced = policy.read == kept + sum(skipped.values()) + sum(removed_d.values())
+        if not balanced:
+            raise OptimlError(f"bench accounting does not balance: read {policy.read} != kept {kept} + "
+                              f"skipped {skipped} + removed {removed_d} (this is a bug in optiml)")
+        report["split_plan"]["problems"] = problems.to_dict()
+        benchfiles.atomic_write_bytes(root / REVIEW_FILE, b"".join(benchfiles.dumps_line(r) for r in review))
+        manifest = {
+            "format": benchfiles.FORMAT_NAME, "version": benchfiles.FORMAT_VERSION, "seed": config.seed,
+            "optiml_version": __version__, "config": _jsonable(config.raw), "prompt_format": config.prompt_format,
+            "tasks": entries, "splits": splits,
+            "split_plan": report["split_plan"],
+            "multiplexing": report["multiplexing"],
+            "decontamination": report["decontamination"],
+            "accounting": {"read": policy.read, "kept": kept, "skipped": skipped, "removed": removed_d,
+                           "balanced": balanced, "skipped_examples": list(policy.messages)},
+        }
+        data = json.dumps(manifest, ensure_ascii=False, allow_nan=False, indent=1) + "\n"
+        benchfiles.atomic_write_bytes(root / benchfiles.MANIFEST, data.encode("utf-8"))
+        return manifest
+
+
+def _text(r: Rendered) -> str:
+    """What the n-gram check compares: the rendered prompt and target."""
+    return f"{r.src} {r.tgt}"
+
+
+def _stems(order: List[TaskKey], facts: Mapping[TaskKey, _Facts]) -> Dict[TaskKey, str]:
+    """Each task's file stem; two tasks whose names normalize to one stem are refused."""
+    stems: Dict[str, TaskKey] = {}
+    for key in order:
+        stem = benchfiles.file_stem(key[0], facts[key].category, key[1])
+        if stem in stems:
+            raise OptimlError(f"tasks {stems[stem]} and {key} map to the same file name '{stem}'; "
+                              f"rename one (benchmark, category and task names are normalized)")
+        stems[stem] = key
+    return {k: s for s, k in stems.items()}
 
 
 def _source_overlap(plan: _Plan, infos: Mapping[TaskKey, TaskInfo], dc: DecontamConfig,
@@ -458,58 +691,6 @@ def _source_overlap(plan: _Plan, infos: Mapping[TaskKey, TaskInfo], dc: Decontam
                 removed["source_overlap"] += infos[key].size
 
 
-def _exact_inputs(plan: _Plan, tasks: Dict[TaskKey, _Task], removed: Counter) -> Dict[str, Any]:
-    """(b): drop training instances whose normalized input equals any evaluation instance's
-    (eval tasks and the held-out instances of training tasks alike)."""
-    filt = ExactInputFilter()
-    for key in plan.roles:
-        t = tasks[key]
-        filt.add_all([t.records[i].input for part in ("valid", "test") for i in t.parts[part]])
-    by_task: Dict[str, int] = {}
-    for key, role in sorted(plan.roles.items()):
-        if role != TRAIN:
-            continue
-        t = tasks[key]
-        hits = filt.matches_all([t.records[i].input for i in t.parts["train"]])
-        kept = [i for i, hit in zip(t.parts["train"], hits) if not hit]
-        if len(kept) != len(t.parts["train"]):
-            by_task[key[1]] = len(t.parts["train"]) - len(kept)
-            t.parts["train"] = kept
-    total = sum(by_task.values())
-    removed["exact_input_match"] += total
-    return {"removed": total, "by_task": by_task}
-
-
-def _ngram_report(plan: _Plan, tasks: Dict[TaskKey, _Task], dc: DecontamConfig,
-                  removed: Counter) -> Dict[str, Any]:
-    """(c): eval-instance share with a training task's n-grams, per pair, above the threshold."""
-    train = {k: [tasks[k].text(i) for i in tasks[k].parts["train"]]
-             for k, r in sorted(plan.roles.items()) if r == TRAIN}
-    evals = {k: [tasks[k].text(i) for p in ("valid", "test") for i in tasks[k].parts[p]]
-             for k, r in sorted(plan.roles.items()) if r == EVAL}
-    pairs = ngram_overlap(train, evals, n=dc.ngram, min_fraction=dc.threshold)
-    dropped: List[str] = []
-    if dc.drop_flagged:
-        for key in sorted({p.train_task for p in pairs if not dc.cleared(p.train_task[1], p.eval_task[1])}):
-            t = tasks[key]
-            removed["ngram_overlap"] += sum(len(v) for v in t.parts.values())
-            t.parts = {}
-            del plan.roles[key]
-            plan.dropped[key] = "ngram_overlap"
-            dropped.append(key[1])
-
-    def eval_instance(key: TaskKey, j: int) -> Tuple[str, str]:
-        t = tasks[key]
-        i = [i for p in ("valid", "test") for i in t.parts[p]][j]
-        return t.records[i].id, t.text(i)
-
-    by_ngram = {k for k, reason in plan.dropped.items() if reason == "ngram_overlap"}
-    flagged, review = flagged_rows(pairs, dc, by_ngram, eval_instance)
-    return {"n": dc.ngram, "threshold": dc.threshold, "drop_flagged": dc.drop_flagged,
-            "pairs_checked": len(train) * len(evals), "flagged": flagged, "dropped_tasks": dropped,
-            "pairs_file": REVIEW_FILE, "review": review}
-
-
 def split_name(level: str, part: str) -> str:
     """The bench split of a task part: train, or valid/test + level (training tasks: heldout_instances)."""
     if part == "train":
@@ -517,71 +698,12 @@ def split_name(level: str, part: str) -> str:
     return f"{part}_{LEVEL_INSTANCES if level == LEVEL_TRAIN else level}"
 
 
-def _row(t: _Task, i: int, split: str) -> Dict[str, Any]:
-    r, rendered = t.records[i], t.rendered[i]
+def _row(r: Record, rendered: Rendered, split: str) -> Dict[str, Any]:
     return {"id": r.id, "benchmark": r.benchmark, "category": r.category, "task": r.task, "split": split,
             "src": rendered.src, "tgt": rendered.tgt, "references": list(r.outputs),
             "candidates": None if r.candidates is None else list(r.candidates),
             "instruction": r.instruction, "input": r.input, "template": r.template,
             "language": r.language, "output_language": r.meta.get("output_language", r.language)}
-
-
-def _write(config: BuildConfig, tasks: Dict[TaskKey, _Task], plan: _Plan, removed: Counter,
-           report: Dict[str, Any], policy: BadRecordPolicy, problems: BadRecordPolicy, root: Path,
-           bar: Optional[bool]) -> Dict[str, Any]:
-    order = sorted(plan.roles, key=lambda k: (k[0], tasks[k].category, k[1]))
-    stems: Dict[str, TaskKey] = {}
-    entries = []
-    splits = {s: {"tasks": 0, "examples": 0} for s in benchfiles.SPLITS}
-    kept = 0
-    for key in tqdm(order, desc="writing", unit=" tasks", disable=bar):
-        t, level = tasks[key], plan.levels[key]
-        stem = benchfiles.file_stem(key[0], t.category, key[1])
-        if stem in stems:
-            raise OptimlError(f"tasks {stems[stem]} and {key} map to the same file name '{stem}'; "
-                              f"rename one (benchmark, category and task names are normalized)")
-        stems[stem] = key
-        files, counts = {}, {}
-        for part in ("train", "valid", "test"):
-            idx = t.parts.get(part) or []
-            if not idx:
-                continue
-            split = split_name(level, part)
-            path = benchfiles.split_path(root, split, stem)
-            n = benchfiles.write_jsonl_with_index(path, (_row(t, i, split) for i in idx))
-            files[split] = path.relative_to(root).as_posix()
-            counts[split] = n
-            splits[split]["tasks"] += 1
-            splits[split]["examples"] += n
-            kept += n
-        entry = {"task": key[1], "benchmark": key[0], "category": t.category, "level": level,
-                 "sources": list(t.info().sources), "files": files, "counts": counts}
-        positives = t.records[0].meta.get("positive_examples") if t.records else None
-        if positives:  # SNI's k-shot demonstrations (eval/prompts.py)
-            entry["positive_examples"] = positives
-        entries.append(entry)
-    skipped = dict(sorted(policy.skipped.items()))
-    removed_d = {k: v for k, v in sorted(removed.items()) if v}
-    balanced = policy.read == kept + sum(skipped.values()) + sum(removed_d.values())
-    if not balanced:
-        raise OptimlError(f"bench accounting does not balance: read {policy.read} != kept {kept} + "
-                          f"skipped {skipped} + removed {removed_d} (this is a bug in optiml)")
-    report["split_plan"]["problems"] = problems.to_dict()
-    review = report["decontamination"]["ngram"].pop("review")
-    benchfiles.atomic_write_bytes(root / REVIEW_FILE, b"".join(benchfiles.dumps_line(r) for r in review))
-    manifest = {
-        "format": benchfiles.FORMAT_NAME, "version": benchfiles.FORMAT_VERSION, "seed": config.seed,
-        "optiml_version": __version__, "config": _jsonable(config.raw), "prompt_format": config.prompt_format,
-        "tasks": entries, "splits": splits,
-        "split_plan": report["split_plan"],
-        "multiplexing": report["multiplexing"],
-        "decontamination": report["decontamination"],
-        "accounting": {"read": policy.read, "kept": kept, "skipped": skipped, "removed": removed_d,
-                       "balanced": balanced, "skipped_examples": list(policy.messages)},
-    }
-    data = json.dumps(manifest, ensure_ascii=False, allow_nan=False, indent=1) + "\n"
-    benchfiles.atomic_write_bytes(root / benchfiles.MANIFEST, data.encode("utf-8"))
-    return manifest
 
 
 def _jsonable(value: Any) -> Any:

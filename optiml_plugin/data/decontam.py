@@ -184,49 +184,80 @@ def _fold(x: np.ndarray) -> np.uint64:
     return h
 
 
+class EvalNgrams:
+    """The n-gram hashes of every evaluation instance, for looking up one training task at a time.
+
+    Why this side: evaluation sets are small (capped per task), training tasks are most of the bench;
+    indexing the eval n-grams lets the builder stream training tasks (in any process forked after the
+    index was built: the token hashes are salted per process) in O(eval) memory, with the same pairs
+    as indexing the training side."""
+
+    def __init__(self, n: int = 13) -> None:
+        self.hasher = NgramHasher(n)
+        self.keys: List[Hashable] = []
+        self.sizes: List[int] = []
+        self._parts: List[Tuple[np.ndarray, np.ndarray]] = []
+        self._h = np.zeros(0, dtype=np.uint64)
+        self._code = np.zeros(0, dtype=np.int64)
+
+    def hashes(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """(hash, instance) of every n-gram of one eval task's instance texts (what `add` takes)."""
+        return self.hasher.hashes(texts, unique=False)
+
+    def add(self, key: Hashable, size: int, hashes: Tuple[np.ndarray, np.ndarray]) -> None:
+        """One eval task: its number of instances and `hashes(texts)`; call `freeze` after the last."""
+        h, inst = hashes
+        self._parts.append((h, (len(self.keys) << 32) + inst))
+        self.keys.append(key)
+        self.sizes.append(size)
+
+    def freeze(self) -> "EvalNgrams":
+        if self._parts:
+            h = np.concatenate([p[0] for p in self._parts])
+            code = np.concatenate([p[1] for p in self._parts])
+            order = np.argsort(h, kind="stable")
+            self._h, self._code = h[order], code[order]
+        self._parts = []
+        return self
+
+    def pairs(self, train_key: Hashable, texts: Sequence[str], min_fraction: float = 0.0) -> List[OverlapPair]:
+        """The (train_key, eval task) pairs whose share of eval instances sharing an n-gram with
+        `texts` exceeds `min_fraction`, in the order eval tasks were added."""
+        if not texts or not len(self._h):
+            return []
+        h = np.unique(self.hasher.hashes(texts, unique=False)[0])
+        left = np.searchsorted(self._h, h, side="left")
+        cnt = np.searchsorted(self._h, h, side="right") - left
+        total = int(cnt.sum())
+        if total == 0:
+            return []
+        first = np.repeat(left - (np.cumsum(cnt) - cnt), cnt)
+        hits = np.unique(self._code[first + np.arange(total)])  # (eval task, instance), sorted
+        owners = hits >> 32
+        out: List[OverlapPair] = []
+        bounds = np.flatnonzero(np.diff(owners)) + 1
+        for group in np.split(hits, bounds):
+            e = int(group[0] >> 32)
+            examples = tuple(int(i) for i in (group[:REVIEW_EXAMPLES] & 0xFFFFFFFF))
+            pair = OverlapPair(train_key, self.keys[e], len(group), self.sizes[e], examples)
+            if pair.fraction > min_fraction:
+                out.append(pair)
+        return out
+
+
 def ngram_overlap(train_texts: Mapping[Hashable, Sequence[str]],
                   eval_texts: Mapping[Hashable, Sequence[str]],
                   n: int = 13, min_fraction: float = 0.0) -> List[OverlapPair]:
     """Every (train task, eval task) pair whose share of eval instances with an n-gram in the
     training task exceeds `min_fraction`, sorted by (eval task, train task) order of the inputs."""
-    hasher = NgramHasher(n)
-    train_keys = list(train_texts)
-    parts_h, parts_o = [], []
-    for t, key in enumerate(train_keys):
-        h = np.unique(hasher.hashes(train_texts[key], unique=False)[0])
-        parts_h.append(h)
-        parts_o.append(np.full(len(h), t, dtype=np.int64))
-    if parts_h:
-        all_h = np.concatenate(parts_h)
-        all_o = np.concatenate(parts_o)
-        order = np.argsort(all_h, kind="stable")
-        all_h, all_o = all_h[order], all_o[order]
-    else:
-        all_h, all_o = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64)
-    pairs: List[OverlapPair] = []
-    for ekey, texts in eval_texts.items():
-        if not texts or not len(all_h):
-            continue
-        h, inst = hasher.hashes(texts, unique=False)  # repeats vanish in the np.unique below
-        left = np.searchsorted(all_h, h, side="left")
-        right = np.searchsorted(all_h, h, side="right")
-        cnt = right - left
-        total = int(cnt.sum())
-        if total == 0:
-            continue
-        first = np.repeat(left - (np.cumsum(cnt) - cnt), cnt)
-        owners = all_o[first + np.arange(total)]
-        insts = np.repeat(inst, cnt)
-        uniq = np.unique(owners * len(texts) + insts)
-        per_train = np.bincount(uniq // len(texts), minlength=len(train_keys))
-        starts = np.concatenate(([0], np.cumsum(per_train)))
-        for t in np.nonzero(per_train)[0]:
-            first = uniq[starts[t]:starts[t] + min(int(per_train[t]), REVIEW_EXAMPLES)] % len(texts)
-            pair = OverlapPair(train_keys[t], ekey, int(per_train[t]), len(texts),
-                               tuple(int(i) for i in first))
-            if pair.fraction > min_fraction:
-                pairs.append(pair)
-    return pairs
+    index = EvalNgrams(n)
+    for key, texts in eval_texts.items():
+        index.add(key, len(texts), index.hashes(texts))
+    index.freeze()
+    order = {key: i for i, key in enumerate(eval_texts)}
+    found = [(order[p.eval_task], t, p) for t, key in enumerate(train_texts)
+             for p in index.pairs(key, train_texts[key], min_fraction)]
+    return [p for _, _, p in sorted(found, key=lambda x: (x[0], x[1]))]
 
 
 @dataclass

@@ -14,7 +14,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from optiml_plugin.data.records import Record
 from optiml_plugin.data.splits import TaskKey, task_rng
 
 
@@ -32,12 +31,13 @@ class Multiplexed:
                 "instantiations": self.instantiations, "drawn": self.drawn}
 
 
-def multiplex_train(records: Sequence[Record], indices: Sequence[int], seed: int,
+def multiplex_train(templates: Sequence[str], indices: Sequence[int], seed: int,
                     key: TaskKey) -> Tuple[List[int], Optional[Multiplexed]]:
-    """(kept indices in their original order, what was drawn) for a task's training `indices`.
+    """(kept indices in their original order, what was drawn) for a task's training `indices`;
+    `templates[i]` is record i's template (the builder streams a task, so it passes only those).
 
     A task whose records name fewer than two templates is returned unchanged with None."""
-    per_template = Counter(records[i].template for i in indices)
+    per_template = Counter(templates[i] for i in indices)
     if len(per_template) < 2:
         return list(indices), None
     n = max(per_template.values())

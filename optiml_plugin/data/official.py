@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
-from optiml_plugin.data.records import Record
 from optiml_plugin.data.splits import SplitConfig, TaskKey, task_rng
 
 MODES = ("random", "official")
@@ -23,16 +22,17 @@ PARTS = {"train": "train", "training": "train", "validation": "valid", "valid": 
          "test": "test"}
 
 
-def official_instances(records: Sequence[Record], cfg: SplitConfig, seed: int, key: TaskKey
+def official_instances(splits: Sequence[str], cfg: SplitConfig, seed: int, key: TaskKey
                        ) -> Optional[Tuple[List[int], List[int], List[int], int]]:
-    """(train, valid, test, unused rows) by release split, or None when the task has no dev/test rows."""
-    parts = [PARTS.get(str(r.meta.get("split", "")).lower()) for r in records]
+    """(train, valid, test, unused rows) by release split, or None when the task has no dev/test rows;
+    `splits[i]` is record i's `meta["split"]` ("" when it has none)."""
+    parts = [PARTS.get(str(s).lower()) for s in splits]
     if not any(p in ("valid", "test") for p in parts):
         return None
     train = [i for i, p in enumerate(parts) if p == "train"]
     valid = _sample([i for i, p in enumerate(parts) if p == "valid"], cfg.heldout_valid, seed, key, "valid")
     test = _sample([i for i, p in enumerate(parts) if p == "test"], cfg.heldout_test, seed, key, "test")
-    return train, valid, test, len(records) - len(train) - len(valid) - len(test)
+    return train, valid, test, len(splits) - len(train) - len(valid) - len(test)
 
 
 def _sample(indices: List[int], n: int, seed: int, key: TaskKey, part: str) -> List[int]:

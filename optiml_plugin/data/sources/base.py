@@ -10,8 +10,9 @@ import glob
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
+from optiml_plugin.data.idindex import IdIndex
 from optiml_plugin.data.records import Record
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 
@@ -36,6 +37,9 @@ class SourceSpec:
     category: Optional[str] = None
     language: Optional[str] = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    #: (start byte, end byte, line number at start) of the one JSONL file in `files` to read, set
+    #: where data/reading.py splits a large file between processes; None reads whole files
+    byte_range: Optional[Tuple[int, int, int]] = None
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
@@ -117,15 +121,18 @@ class RecordGate:
     def __init__(self, spec: SourceSpec, policy: BadRecordPolicy) -> None:
         self.spec = spec
         self.policy = policy
-        self._ids: Dict[str, Tuple[Path, Where]] = {}
-        self._tasks_seen: Set[str] = set()
+        self._ids = IdIndex()
+        self._paths: List[Union[str, Path]] = []
+        self._path_index: Dict[Union[str, Path], int] = {}
+        self._odd: List[Tuple[Union[str, Path], Where]] = []  # locations not packed into a payload
+        self.tasks_seen: Set[str] = set()
 
     def wanted(self, task: str) -> bool:
         """Whether the spec's `tasks` filter keeps `task` (rows of other tasks are not read)."""
         if self.spec.tasks is None:
             return True
         if task in self.spec.tasks:
-            self._tasks_seen.add(task)
+            self.tasks_seen.add(task)
             return True
         return False
 
@@ -144,26 +151,62 @@ class RecordGate:
             fld, reason, detail = problems[0]
             self.bad(path, where, fld, reason, detail)
             return None
-        first = self._ids.get(record.id)
-        if first is not None:
-            self.bad(path, where, "id", "duplicate_id", f"id '{record.id}' was already used at "
-                     f"{_location(*first)}")
+        if not self.policy.partial_source and not self.claim_id(record.id, path, where):
             return None
-        self._ids[record.id] = (path, where)
         record.meta["path"] = str(path)
         record.meta["where"] = where
         return record
 
+    def claim_id(self, id: str, path: Union[str, Path], where: Where) -> bool:
+        """False (and reported) when `id` was already used in this source, else remember where."""
+        first = self._ids.get(id)
+        if first is not None:
+            self.bad(path, where, "id", "duplicate_id", f"id '{id}' was already used at "
+                     f"{_location(*self._unpack(first, id))}")
+            return False
+        self._ids.add(id, self._pack(path, where, id))
+        return True
+
+    def _pack(self, path: Union[str, Path], where: Where, id: str) -> int:
+        """A location as one int: file index << 40 | 0 (no where), 1 (the where is the id: SNI), or
+        line + 2; other locations are kept in a list and packed as its negative index."""
+        if isinstance(where, int) and 0 <= where < (1 << 40) - 2:
+            code = where + 2
+        elif where is None or where == id:
+            code = 0 if where is None else 1
+        else:
+            self._odd.append((path, where))
+            return -len(self._odd)
+        index = self._path_index.get(path)
+        if index is None:
+            index = self._path_index[path] = len(self._paths)
+            self._paths.append(path)
+        return (index << 40) | code
+
+    def _unpack(self, payload: int, id: str) -> Tuple[Union[str, Path], Where]:
+        if payload < 0:
+            return self._odd[-payload - 1]
+        code = payload & ((1 << 40) - 1)
+        return self._paths[payload >> 40], (None if code == 0 else id if code == 1 else code - 2)
+
     def finish(self) -> None:
-        """After the last file: a task named in `tasks` that never appeared is a config error."""
-        if self.spec.tasks is None:
-            return
-        missing = sorted(self.spec.tasks - self._tasks_seen)
-        if missing:
-            raise ConfigError(f"source '{self.spec.path}': tasks not found: {', '.join(missing)}")
+        """After the last file: a task named in `tasks` that never appeared is a config error. A
+        worker reading part of a source (`policy.partial_source`) leaves that to the reader that
+        merges the parts (data/reading.py), which gets the tasks seen from `tasks_seen`."""
+        if self.policy.partial_source:
+            self.policy.tasks_seen.update(self.tasks_seen)  # type: ignore[attr-defined]
+        else:
+            missing_tasks(self.spec, self.tasks_seen)
 
 
-def _location(path: Path, where: Where) -> str:
+def missing_tasks(spec: SourceSpec, seen: Set[str]) -> None:
+    """Raise the ConfigError of a `tasks` filter naming tasks the source does not have."""
+    missing = sorted((spec.tasks or frozenset()) - seen)
+    if missing:
+        raise ConfigError(f"source '{spec.path}': tasks not found: {', '.join(missing)}")
+
+
+def _location(path: Union[str, Path], where: Where) -> str:
     return f"{path}:{where}" if isinstance(where, int) else f"{path} ({where})"
 
 

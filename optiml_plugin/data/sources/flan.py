@@ -24,6 +24,8 @@ from optiml_plugin.errors import BadRecordPolicy
 
 KEYS = ("task",)
 SUFFIXES = TABLE_SUFFIXES
+#: data/reading.py may read each file, and parts of a JSONL file, in its own process
+PARTS = "lines"
 DEFAULT_BENCHMARK = "flan"
 TASK_KEYS = ("task_name", "task")
 _VERSION = re.compile(r":\d+(\.\d+)*$")

@@ -28,6 +28,8 @@ from optiml_plugin.errors import BadRecordPolicy
 
 KEYS = ("task", "instruction", "options_block")
 SUFFIXES = TABLE_SUFFIXES
+#: data/reading.py may read each file, and parts of a JSONL file, in its own process
+PARTS = "lines"
 DEFAULT_BENCHMARK = None  # required per row or in the source entry
 TASK_KEYS = ("task",)
 

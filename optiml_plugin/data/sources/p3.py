@@ -28,6 +28,8 @@ from optiml_plugin.errors import BadRecordPolicy, ConfigError
 
 KEYS = ("task", "dataset_prefixes", "group_templates")
 SUFFIXES = TABLE_SUFFIXES
+#: data/reading.py may read each file, and parts of a JSONL file, in its own process
+PARTS = "lines"
 DEFAULT_BENCHMARK = "promptsource"
 TASK_KEYS = ("task", "task_name")
 TEMPLATE_KEYS = ("template", "template_name")

@@ -20,6 +20,8 @@ from optiml_plugin.errors import BadRecordPolicy, ConfigError
 
 KEYS: Tuple[str, ...] = ()
 SUFFIXES = (".json",)
+#: data/reading.py may read each task file in its own process
+PARTS = "files"
 DEFAULT_BENCHMARK = "niv2"
 SPLIT_FILES = {"train": "train_tasks.txt", "test": "test_tasks.txt", "excluded": "excluded_tasks.txt"}
 _REQUIRED = ("Definition", "Instances", "Source", "Categories")

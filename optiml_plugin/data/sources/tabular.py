@@ -24,8 +24,10 @@ TaskOf = Callable[[Dict[str, Any], SourceSpec, Path], Any]
 Build = Callable[[Dict[str, Any], Path, int, Any, RecordGate], Optional[Record]]
 
 
-def iter_rows(path: Path, policy: BadRecordPolicy) -> Iterator[Tuple[int, Dict[str, Any]]]:
-    """Yield (line or row number, object) for each row that parses to a JSON object.
+def iter_rows(path: Path, policy: BadRecordPolicy, byte_range: Optional[Tuple[int, int, int]] = None
+              ) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    """Yield (line or row number, object) for each row that parses to a JSON object; `byte_range`
+    (start, end, first line number) reads one part of a JSONL file (see `SourceSpec.byte_range`).
 
     Blank lines are not records. A row that cannot be parsed is counted as read here and reported
     through `policy` (it never reaches the caller); the caller counts the rows it receives, after
@@ -34,12 +36,16 @@ def iter_rows(path: Path, policy: BadRecordPolicy) -> Iterator[Tuple[int, Dict[s
     if path.name.lower().endswith(PARQUET_SUFFIXES):
         yield from _parquet_rows(path)
     else:
-        yield from _jsonl_rows(path, policy)
+        yield from _jsonl_rows(path, policy, byte_range)
 
 
-def _jsonl_rows(path: Path, policy: BadRecordPolicy) -> Iterator[Tuple[int, Dict[str, Any]]]:
+def _jsonl_rows(path: Path, policy: BadRecordPolicy, byte_range: Optional[Tuple[int, int, int]]
+                ) -> Iterator[Tuple[int, Dict[str, Any]]]:
+    start, end, first = byte_range or (0, -1, 1)
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
+        f.seek(start)
+        lines: Iterable[bytes] = f if end < 0 else _lines_until(f, end - start)
+        for lineno, raw in enumerate(lines, start=first):
             if not raw.strip():
                 continue
             try:
@@ -62,6 +68,16 @@ def _jsonl_rows(path: Path, policy: BadRecordPolicy) -> Iterator[Tuple[int, Dict
                                              f"each line must be a JSON object, got {type(obj).__name__}"))
                 continue
             yield lineno, obj
+
+
+def _lines_until(f: Any, size: int) -> Iterator[bytes]:
+    """The lines of the next `size` bytes of `f` (a part ends at a line boundary)."""
+    left = size
+    for raw in f:
+        if left <= 0:
+            return
+        left -= len(raw)
+        yield raw
 
 
 def _parquet_rows(path: Path) -> Iterator[Tuple[int, Dict[str, Any]]]:
@@ -91,7 +107,8 @@ def load_rows(spec: SourceSpec, policy: BadRecordPolicy, task_of: TaskOf, build:
 
 def file_records(gate: RecordGate, path: Path, task_of: TaskOf, build: Build) -> Iterator[Record]:
     """Records from the rows of one file (see `rows_records`); the file's name may give the split."""
-    return rows_records(gate, path, iter_rows(path, gate.policy), task_of, build, release_split(path))
+    return rows_records(gate, path, iter_rows(path, gate.policy, gate.spec.byte_range), task_of, build,
+                        release_split(path))
 
 
 def rows_records(gate: RecordGate, path: Path, rows: Iterable[Tuple[int, Dict[str, Any]]],
