@@ -22,12 +22,13 @@ def instantiations(task: str, sizes, benchmark: str = "promptsource"):
 
 def test_pool_draws_as_many_as_one_template_has():
     recs = instantiations("copa", [40, 40, 25])
-    kept, mux = multiplex_train([r.template for r in recs], list(range(len(recs))), seed=1, key=("promptsource", "copa"))
+    templates = [r.template for r in recs]
+    kept, mux = multiplex_train(templates, list(range(len(recs))), seed=1, key=("promptsource", "copa"))
     assert (mux.templates, mux.instantiations, mux.drawn) == (3, 105, 40)
     assert len(kept) == 40 and kept == sorted(kept) and len(set(kept)) == 40
     assert len(Counter(recs[i].template for i in kept)) == 3  # drawn from every template's pool
-    again, _ = multiplex_train([r.template for r in recs], list(range(len(recs))), seed=1, key=("promptsource", "copa"))
-    other, _ = multiplex_train([r.template for r in recs], list(range(len(recs))), seed=2, key=("promptsource", "copa"))
+    again, _ = multiplex_train(templates, list(range(len(recs))), seed=1, key=("promptsource", "copa"))
+    other, _ = multiplex_train(templates, list(range(len(recs))), seed=2, key=("promptsource", "copa"))
     assert again == kept and other != kept
     single = instantiations("sst2", [30])
     assert multiplex_train([r.template for r in single], list(range(30)), 1, ("b", "sst2")) == (list(range(30)), None)
