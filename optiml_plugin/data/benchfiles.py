@@ -50,10 +50,12 @@ def split_path(bench: Union[str, Path], split: str, stem: str) -> Path:
     return Path(bench) / split / SHARD / f"{stem}.jsonl"
 
 
+_LINE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))  # one, not one per row
+
+
 def dumps_line(obj: Dict[str, Any]) -> bytes:
     """Canonical JSONL line: insertion-ordered keys, UTF-8, no NaN; same input -> same bytes."""
-    return (json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n").encode(
-        "utf-8")
+    return (_LINE.encode(obj) + "\n").encode("utf-8")
 
 
 def write_jsonl_with_index(path: Union[str, Path], rows: Iterable[Dict[str, Any]]) -> int:

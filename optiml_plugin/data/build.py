@@ -29,7 +29,7 @@ from optiml_plugin.data.multiplex import multiplex_train
 from optiml_plugin.data.official import MODES as OFFICIAL_MODES, official_instances
 from optiml_plugin.data.reading import read_sources, validated
 from optiml_plugin.data.records import Record
-from optiml_plugin.data.spill import INPUT, META, TEMPLATE, SpillWriter, read_rows, to_record, to_row
+from optiml_plugin.data.spill import INPUT, META, TEMPLATE, Incoming, SpillWriter, incoming, read_rows, to_record
 from optiml_plugin.data.splits import (EVAL, TRAIN, SplitConfig, TaskInfo, TaskKey, absent_from_lists,
                                        assign_levels, eval_draw, assign_roles, cap_indices, read_task_list,
                                        split_eval_instances, split_train_instances)
@@ -205,6 +205,7 @@ def _caps(section: Any, origin: str) -> Dict[str, int]:
 
 
 SPILL_DIR = ".spill"
+ROWS_CACHED = 32 << 20  # bytes of one task's spill a worker holds in memory while on it
 
 
 @dataclass
@@ -248,7 +249,7 @@ def build_bench(config: BuildConfig, out: Union[str, Path], records: Optional[It
             taxonomy = config.resolve(config.taxonomy) if config.taxonomy else None
             stream = read_sources(config.sources, Path(config.base_dir), config.seed, taxonomy, policy, workers)
         else:
-            stream = validated(records, policy)
+            stream = (incoming(r) for r in validated(records, policy))
         facts = _collect(stream, policy, spill, bar)
         spill.flush()
         reading = False
@@ -292,45 +293,39 @@ def _merged_tasks(config: BuildConfig, facts: Mapping[TaskKey, _Facts]) -> List[
     return out
 
 
-def _collect(records: Iterable[Record], policy: BadRecordPolicy, spill: SpillWriter, bar: Optional[bool]
+def _collect(records: Iterable[Incoming], policy: BadRecordPolicy, spill: SpillWriter, bar: Optional[bool]
              ) -> Dict[TaskKey, _Facts]:
     """Spill records by task; refuse records without a category and ids seen in another record."""
     facts: Dict[TaskKey, _Facts] = {}
     owners: List[TaskKey] = []
     ids = IdIndex()
-    for r in tqdm(records, desc="reading", unit=" records", disable=bar, mininterval=0.5):
-        key = (r.benchmark, r.task)
-        if not r.category.strip():
-            policy.handle(BadRecordError(r.meta.get("path", f"<{r.benchmark}/{r.task}>"), r.meta.get("where", r.id),
-                                         "category", "unknown_category",
-                                         f"task '{r.task}' has no category (add it to the taxonomy)"))
+    for key, category, rid, sources, path, where, source, positives, data in tqdm(
+            records, desc="reading", unit=" records", disable=bar, mininterval=0.5):
+        if not category.strip():
+            policy.handle(BadRecordError(path, where, "category", "unknown_category",
+                                         f"task '{key[1]}' has no category (add it to the taxonomy)"))
             continue
-        first = ids.get(r.id)
+        first = ids.get(rid)
         if first is not None:
-            policy.handle(BadRecordError(r.meta.get("path", f"<{r.benchmark}/{r.task}>"), r.meta.get("where", r.id),
-                                         "id", "duplicate_id",
-                                         f"id '{r.id}' is already used by task '{owners[first][1]}'"))
+            policy.handle(BadRecordError(path, where, "id", "duplicate_id",
+                                         f"id '{rid}' is already used by task '{owners[first][1]}'"))
             continue
         task = facts.get(key)
         if task is None:
-            task = facts[key] = _Facts(key, r.category, len(owners))
+            task = facts[key] = _Facts(key, category, len(owners))
             owners.append(key)
-        elif r.category != task.category:
-            policy.handle(BadRecordError(r.meta.get("path", f"<{r.benchmark}/{r.task}>"), r.meta.get("where", r.id),
-                                         "category", "inconsistent_category",
-                                         f"category '{r.category}' differs from the task's '{task.category}'"))
+        elif category != task.category:
+            policy.handle(BadRecordError(path, where, "category", "inconsistent_category",
+                                         f"category '{category}' differs from the task's '{task.category}'"))
             continue
-        ids.add(r.id, task.index)
+        ids.add(rid, task.index)
         task.size += 1
-        task.sources.update(r.sources)
-        meta = r.meta
-        if "source_index" in meta:
-            task.source_indices.add(meta["source_index"])
-        if "positive_examples" in meta:  # the same on every row of a task: kept once, not spilled
-            if task.size == 1:
-                task.positive_examples = meta["positive_examples"]
-            meta = {k: v for k, v in meta.items() if k != "positive_examples"}
-        spill.add(key, to_row(r)[:META] + (meta,))
+        task.sources.update(sources)
+        if source is not None:
+            task.source_indices.add(source)
+        if task.size == 1:
+            task.positive_examples = positives  # the same on every row of a task: kept once
+        spill.add(key, data)
     return facts
 
 
@@ -405,6 +400,7 @@ class _Build:
         self.surveys: Dict[TaskKey, _Survey] = {}
         self.exact = ExactInputFilter()
         self.ngrams = EvalNgrams(config.decontamination.ngram)
+        self._cached: Tuple[Optional[TaskKey], List[Tuple[Any, ...]]] = (None, [])
 
     def _map(self, fn: Any, items: List[Any], desc: str) -> Iterator[Any]:
         global _BUILD
@@ -507,8 +503,17 @@ class _Build:
 
     # ------------------------------------------------------------------ work on one task (workers)
 
-    def _rows(self, key: TaskKey) -> Iterator[Tuple[Any, ...]]:
-        return read_rows(self.spill.path(key))
+    def _rows(self, key: TaskKey) -> Iterable[Tuple[Any, ...]]:
+        """The task's spilled rows; a task of up to `ROWS_CACHED` bytes is read once per phase and
+        kept while the worker is on it, a larger one is streamed on each pass (bounded memory)."""
+        if self._cached[0] == key:
+            return self._cached[1]
+        path = self.spill.path(key)
+        if path.stat().st_size > ROWS_CACHED:
+            return read_rows(path)
+        rows = list(read_rows(path))
+        self._cached = (key, rows)
+        return rows
 
     def _records(self, key: TaskKey, wanted: Set[int]) -> Dict[int, Record]:
         category = self.facts[key].category

@@ -2,11 +2,13 @@
 
 Why: parsing is most of a build's work and one core did all of it. A source is cut into parts (a task
 file, or about `UNIT_BYTES` of a JSONL file, starting at a line), each read by a worker through the
-source's own loader under a `PartPolicy` that records bad records instead of raising. The parent
+source's own loader under a `PartPolicy` that records bad records instead of raising, and encodes
+each record's spill row there (`spill.incoming`). The parent
 replays the parts in order: it counts the reads, reports each bad record where one process would have
 (so the first error, the skip counts and the kept messages are the same), refuses duplicate ids with
 the source's `RecordGate` and checks the `tasks` filter once the source's last part is in. Records
-travel as tuples of builtins (a pickled dataclass costs 3x more to load). Sources that cannot be cut
+travel as tuples of builtins (a pickled dataclass costs 3x more to load) and are never rebuilt in
+the parent. Sources that cannot be cut
 (`text`, `datasets`, `builtin`) are one part each.
 """
 from __future__ import annotations
@@ -19,12 +21,12 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.sources.base import RecordGate, SourceSpec, has_suffix, missing_tasks
-from optiml_plugin.data.spill import to_row
+from optiml_plugin.data.spill import Incoming, incoming
 from optiml_plugin.data.workers import ordered_map
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 
 #: a JSONL file larger than this is read in parts of about this size
-UNIT_BYTES = 16 << 20
+UNIT_BYTES = 4 << 20
 _BAD, _RECORD = 0, 1
 
 
@@ -48,7 +50,7 @@ class PartPolicy(BadRecordPolicy):
         self.tasks_seen: Set[str] = set()
 
     def handle(self, err: BadRecordError, records: int = 1) -> None:
-        self.events.append((_BAD, err, records))
+        self.events.append((_BAD, err, records))  # (kind, what, problem or count) like a record's
 
 
 def validated(records: Iterable[Record], policy: BadRecordPolicy) -> Iterator[Record]:
@@ -65,8 +67,8 @@ def validated(records: Iterable[Record], policy: BadRecordPolicy) -> Iterator[Re
 
 
 def read_sources(sources: Tuple[Dict[str, Any], ...], base_dir: Path, seed: int, taxonomy: Optional[Path],
-                 policy: BadRecordPolicy, workers: int) -> Iterator[Record]:
-    """Every record of `sources`, categorized, tagged with `meta["source_index"]`, in source order."""
+                 policy: BadRecordPolicy, workers: int) -> Iterator[Incoming]:
+    """Every record of `sources` (categorized, `spill.incoming` form), in source order."""
     gates: Dict[int, RecordGate] = {}
     seen: Dict[int, Set[str]] = {}
     read = functools.partial(_read_part, seed=seed, taxonomy=taxonomy)
@@ -75,20 +77,16 @@ def read_sources(sources: Tuple[Dict[str, Any], ...], base_dir: Path, seed: int,
         gate = None
         if part.spec is not None:
             gate = gates.get(part.source) or gates.setdefault(part.source, RecordGate(part.spec, policy))
-        for event in events:
-            if event[0] == _BAD:
-                policy.handle(event[1], event[2])
+        for kind, item, problem in events:
+            if kind == _BAD:
+                policy.handle(item, problem)
                 continue
-            _, (benchmark, task, category, *row), problem = event
-            meta = row[-1]
-            if gate is not None and not gate.claim_id(row[0], meta["path"], meta["where"]):
+            if gate is not None and not gate.claim_id(item[2], item[4], item[5]):
                 continue
             if problem is not None:
                 policy.handle(problem)
                 continue
-            meta["source_index"] = part.source
-            yield Record(benchmark, task, category, row[1], row[2], row[3], row[4], row[0], row[5], row[6],
-                         row[7], row[8], meta)
+            yield item
         if part.spec is not None:
             seen.setdefault(part.source, set()).update(tasks_seen)
             if part.last:
@@ -158,7 +156,7 @@ def _read_part(part: Part, seed: int, taxonomy: Optional[Path]
         from optiml_plugin.data.builtin import builtin_records
 
         for r in validated(builtin_records(seed), policy):
-            events.append((_RECORD, (r.benchmark, r.task, r.category) + to_row(r), None))
+            events.append((_RECORD, incoming(r, part.source), None))
         return policy.read, events, set()
     from optiml_plugin.data.sources import LOADERS
 
@@ -169,5 +167,5 @@ def _read_part(part: Part, seed: int, taxonomy: Optional[Path]
             r = tax.categorize(r)
         except BadRecordError as e:
             problem = e
-        events.append((_RECORD, (r.benchmark, r.task, r.category) + to_row(r), problem))
+        events.append((_RECORD, incoming(r, part.source), problem))
     return policy.read, events, policy.tasks_seen

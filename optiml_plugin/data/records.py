@@ -38,6 +38,8 @@ class Record:
 
     def problems(self) -> List[Tuple[str, str, str]]:
         """Return (field, reason, detail) for every violated invariant; empty when valid."""
+        if self._plainly_valid():
+            return []
         found: List[Tuple[str, str, str]] = []
         for name in ("benchmark", "task", "id"):
             value = getattr(self, name)
@@ -62,6 +64,17 @@ class Record:
         if not isinstance(self.sources, tuple) or not all(isinstance(s, str) for s in self.sources):
             found.append(("sources", "wrong_type", "sources must be a list of strings"))
         return found
+
+    def _plainly_valid(self) -> bool:
+        """The common case in one expression (a build validates every record); False sends the
+        record through the checks above, which name the problem."""
+        s = str
+        return (type(self.benchmark) is s and type(self.task) is s and type(self.id) is s
+                and type(self.category) is s and type(self.instruction) is s and type(self.input) is s
+                and type(self.outputs) is tuple and type(self.sources) is tuple and self.candidates is None
+                and bool(self.benchmark.strip() and self.task.strip() and self.id.strip())
+                and all(type(o) is s for o in self.outputs) and any(o.strip() for o in self.outputs)
+                and all(type(x) is s for x in self.sources))
 
     @property
     def is_text(self) -> bool:

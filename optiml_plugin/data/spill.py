@@ -11,7 +11,7 @@ from __future__ import annotations
 import marshal
 import struct
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.splits import TaskKey
@@ -23,9 +23,26 @@ ID, SOURCES, INSTRUCTION, INPUT, OUTPUTS, CANDIDATES, LANGUAGE, TEMPLATE, OPTION
 Row = Tuple[Any, ...]
 
 
+#: a record on its way to the spill: (benchmark, task), category, id, sources, the path and where
+#: (line or instance) for messages, its `sources:` entry (None for records given in memory), its
+#: positive examples (kept once per task, not spilled) and the encoded row
+Incoming = Tuple[TaskKey, str, str, Tuple[str, ...], Any, Any, Optional[int], Any, bytes]
+
+
 def to_row(r: Record) -> Row:
     return (r.id, r.sources, r.instruction, r.input, r.outputs, r.candidates, r.language, r.template,
             r.options_block, r.meta)
+
+
+def incoming(r: Record, source: Optional[int] = None) -> Incoming:
+    """What the builder's reading stage needs of `r`, its row encoded once (in a worker, if any)."""
+    meta = r.meta
+    spilled = {k: v for k, v in meta.items() if k != "positive_examples"}
+    if source is not None:
+        spilled["source_index"] = source
+    return ((r.benchmark, r.task), r.category, r.id, r.sources, meta.get("path", f"<{r.benchmark}/{r.task}>"),
+            meta.get("where", r.id), source, meta.get("positive_examples"),
+            marshal.dumps(to_row(r)[:META] + (spilled,)))
 
 
 def to_record(row: Row, key: TaskKey, category: str) -> Record:
@@ -48,8 +65,8 @@ class SpillWriter:
         self._buffered = 0
         self._limit = buffer_bytes
 
-    def add(self, key: TaskKey, row: Row) -> None:
-        data = marshal.dumps(row)
+    def add(self, key: TaskKey, data: bytes) -> None:
+        """Append one encoded row (`incoming(...)[-1]`) to `key`'s file."""
         buf = self._buffers.get(key)
         if buf is None:
             buf = self._buffers[key] = []
