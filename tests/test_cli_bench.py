@@ -51,3 +51,13 @@ def test_usage_errors(tmp_path, capsys):
     assert "unknown key 'splitt'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "build", "--builtin", "--out", str(tmp_path / "z"), "--on-bad-record", "maybe"])
+
+
+def test_bench_build_workers_flag_does_not_change_the_bench(tmp_path, capsys):
+    from golden_build import bench_digests
+
+    for n in ("1", "2"):
+        assert main(["bench", "build", "--builtin", "--out", str(tmp_path / n), "--workers", n, "--no-progress"]) == 0
+    assert bench_digests(tmp_path / "1", tmp_path) == bench_digests(tmp_path / "2", tmp_path)
+    assert main(["bench", "build", "--builtin", "--out", str(tmp_path / "0"), "--workers", "0"]) == 2
+    assert "--workers must be >= 1, got 0" in capsys.readouterr().err

@@ -22,6 +22,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     build.add_argument("--on-bad-record", choices=ON_BAD_CHOICES, default=None,
                        help="error (default) or skip and count bad records")
     build.add_argument("--overwrite", action="store_true", help="replace an existing bench at --out")
+    build.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="processes reading sources and writing tasks (default: every core, at most 8; "
+                            "the bench does not depend on it)")
     build.set_defaults(func=_build)
 
     stats = bsub.add_parser("stats", help="print a bench's composition; optionally plot it")
@@ -43,7 +46,10 @@ def _build(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, seed=args.seed)
     if args.on_bad_record is not None:
         config = dataclasses.replace(config, on_bad_record=args.on_bad_record)
-    manifest = build_bench(config, args.out, overwrite=args.overwrite, progress=False if args.no_progress else None)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    manifest = build_bench(config, args.out, overwrite=args.overwrite, progress=False if args.no_progress else None,
+                           workers=args.workers)
     acc = manifest["accounting"]
     splits = ", ".join(f"{s}={v['examples']}" for s, v in manifest["splits"].items() if v["examples"])
     print(f"wrote {args.out}: {len(manifest['tasks'])} tasks; {splits}")

@@ -1,0 +1,142 @@
+"""The bounded-memory, multi-process bench build: its id index, spill files, source parts and workers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from golden_build import GOLDEN_FILE, bench_digests, golden_configs, write_jsonl_sources
+from optiml_plugin.data import reading, spill
+from optiml_plugin.data.build import build_bench, load_build_config
+from optiml_plugin.data.idindex import IdIndex
+from optiml_plugin.data.records import Record
+from optiml_plugin.errors import BadRecordError, ConfigError
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=400))
+def test_id_index_answers_like_a_dict_first_occurrence_wins(ids):
+    index, seen = IdIndex(filter_bits=64, recent=7), {}  # tiny: runs merge and the filter grows
+    for n, rid in enumerate(ids):
+        assert index.get(rid) == seen.get(rid)
+        if rid not in seen:
+            index.add(rid, n)
+            seen[rid] = n
+    assert all(index.get(rid) == n for rid, n in seen.items())
+
+
+def test_id_index_holds_24_bytes_per_id():
+    index = IdIndex(recent=1000)
+    for n in range(50_000):
+        index.add(f"task-{n}", n)
+    held = sum(a.nbytes for run in index._runs for a in run)
+    assert held == 24 * (50_000 - len(index._recent))
+    assert len(index._bits) * 8 >= 8 * 50_000 // 2  # the filter grew with the ids
+
+
+def test_spill_rows_round_trip_across_read_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(spill, "_CHUNK", 37)  # rows straddle every read
+    writer = spill.SpillWriter(tmp_path, buffer_bytes=100)
+    recs = [Record(benchmark="b", task="t", category="C", sources=("s",), instruction="i" * k, input=f"in {k}",
+                   outputs=("o", "p"), id=f"t-{k}", candidates=("x", "y") if k % 2 else None,
+                   template=f"tp{k}", meta={"where": k, "path": "f.jsonl", "split": "test"})
+           for k in range(40)]
+    for r in recs:
+        writer.add(("b", "t"), spill.incoming(r)[-1])
+    writer.flush()
+    back = [spill.to_record(row, ("b", "t"), "C") for row in spill.read_rows(writer.path(("b", "t")))]
+    assert back == recs and [r.meta for r in back] == [r.meta for r in recs]
+    path = writer.path(("b", "t"))
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(ValueError, match="truncated spill file"):
+        list(spill.read_rows(path))
+
+
+def test_jsonl_parts_cover_the_file_at_line_boundaries_with_their_line_numbers(tmp_path):
+    path = tmp_path / "x.jsonl"
+    lines = [json.dumps({"n": i, "pad": "x" * (i % 17)}) + "\n" for i in range(300)]
+    path.write_text("".join(lines))
+    parts = reading.jsonl_ranges(path, 500)
+    assert len(parts) > 10 and parts[0][0] == 0 and parts[-1][1] == path.stat().st_size
+    data = path.read_bytes()
+    for (start, end, first), (nxt, _, _) in zip(parts, parts[1:] + [(len(data), 0, 0)]):
+        assert end == nxt and data[start - 1:start] in (b"", b"\n")
+        assert json.loads(data[start:end].split(b"\n")[0])["n"] == first - 1
+
+
+@pytest.fixture
+def golden_jsonl(tmp_path):
+    write_jsonl_sources(tmp_path / "data")
+    return tmp_path
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sources_read_in_small_parts_give_the_same_bench(golden_jsonl, monkeypatch, workers):
+    """Parts of ~1 KB: duplicate ids across parts, a malformed line's number and the skip messages'
+    order all survive the split, so the bench equals the in-memory builder's (golden digests)."""
+    monkeypatch.setattr(reading, "UNIT_BYTES", 1024)
+    raw = dict(golden_configs()["random"], sources=[{"type": "generic", "path": "data"}])
+    build_bench(load_build_config(raw, base_dir=golden_jsonl), golden_jsonl / "jsonl", progress=False,
+                workers=workers)
+    want = json.loads(GOLDEN_FILE.read_text())["jsonl"]
+    assert bench_digests(golden_jsonl / "jsonl", golden_jsonl) == want
+
+
+def test_the_first_bad_record_is_the_error_whatever_the_parts(golden_jsonl, monkeypatch):
+    monkeypatch.setattr(reading, "UNIT_BYTES", 1024)
+    raw = dict(golden_configs()["random"], sources=[{"type": "generic", "path": "data"}], on_bad_record="error")
+    errors = []
+    for workers in (1, 2):
+        with pytest.raises(BadRecordError) as e:
+            build_bench(load_build_config(raw, base_dir=golden_jsonl), golden_jsonl / f"b{workers}",
+                        progress=False, workers=workers)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1]
+    assert "gen.jsonl:6: field 'id': id 'task02-3' was already used at" in errors[0]
+    assert not list(golden_jsonl.glob(".b*"))  # no temporary folder left behind
+
+
+def test_a_tasks_filter_is_checked_over_all_parts_of_a_source(golden_jsonl, monkeypatch):
+    monkeypatch.setattr(reading, "UNIT_BYTES", 1024)
+    spec = {"type": "generic", "path": "data", "tasks": ["task00", "task23"]}
+    raw = dict(golden_configs()["random"], sources=[spec], split={})
+    m = build_bench(load_build_config(raw, base_dir=golden_jsonl), golden_jsonl / "ok", progress=False, workers=2)
+    assert {t["task"] for t in m["tasks"]} == {"task00", "task23"}  # task23 sits in later parts only
+    raw["sources"] = [dict(spec, tasks=["task00", "no_such_task"])]
+    with pytest.raises(ConfigError, match="tasks not found: no_such_task"):
+        build_bench(load_build_config(raw, base_dir=golden_jsonl), golden_jsonl / "bad", progress=False, workers=2)
+
+
+def test_a_failed_source_read_is_not_reported_as_a_write_error(tmp_path, monkeypatch):
+    """Only errors writing the bench (or its spill) become WriteError; a source that cannot be read
+    surfaces as itself, from a worker as from the parent."""
+    import errno
+
+    from optiml_plugin.data.sources import tabular
+
+    src = tmp_path / "d.jsonl"
+    src.write_text(json.dumps({"benchmark": "b", "task": "t", "category": "Summarization", "instruction": "i",
+                               "input": "x", "output": "y"}) + "\n")
+
+    def unreadable(path, policy, byte_range):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+        yield
+
+    monkeypatch.setattr(tabular, "_jsonl_rows", unreadable)
+    raw = {"sources": [{"type": "generic", "path": str(src)}]}
+    for workers in (1, 2):
+        with pytest.raises(OSError, match="Input/output error"):
+            build_bench(load_build_config(raw), tmp_path / "bench", progress=False, workers=workers)
+
+
+def test_workers_do_not_change_the_bench_of_the_sni_sample(sni_dir, tmp_path):
+    raw = {"sources": [{"type": "sni", "path": str(sni_dir / "tasks")}], "seed": 2,
+           "split": {"sni_split_dir": str(sni_dir / "splits" / "default"), "eval_test": 20, "eval_valid": 20,
+                     "heldout_valid": 5, "heldout_test": 5}}
+    for workers in (1, 2):
+        build_bench(load_build_config(raw), tmp_path / f"w{workers}", progress=False, workers=workers)
+    assert bench_digests(tmp_path / "w1", tmp_path) == bench_digests(tmp_path / "w2", tmp_path)
+    assert len(list(Path(tmp_path / "w1").rglob("*.jsonl"))) > 20
