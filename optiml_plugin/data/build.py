@@ -609,7 +609,8 @@ class _Build:
                 continue
             split = split_name(level, part)
             path = benchfiles.split_path(self.root, split, stem)
-            counts[split] = benchfiles.write_jsonl_with_index(path, (_row(recs[i], rendered[i], split) for i in idx))
+            rows = (_row(recs[i], rendered[i], split) for i in idx)
+            counts[split] = benchfiles.write_jsonl_with_index(path, rows, atomic=False)  # inside `root`
             files[split] = path.relative_to(self.root).as_posix()
         return files, counts
 

@@ -197,8 +197,9 @@ class EvalNgrams:
         self.keys: List[Hashable] = []
         self.sizes: List[int] = []
         self._parts: List[Tuple[np.ndarray, np.ndarray]] = []
-        self._h = np.zeros(0, dtype=np.uint64)
-        self._code = np.zeros(0, dtype=np.int64)
+        self._h = np.zeros(0, dtype=np.uint64)  # distinct hashes, sorted
+        self._starts = np.zeros(1, dtype=np.int64)
+        self._code = np.zeros(0, dtype=np.int64)  # (eval task << 32) + instance, grouped by hash
 
     def hashes(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
         """(hash, instance) of every n-gram of one eval task's instance texts (what `add` takes)."""
@@ -216,7 +217,11 @@ class EvalNgrams:
             h = np.concatenate([p[0] for p in self._parts])
             code = np.concatenate([p[1] for p in self._parts])
             order = np.argsort(h, kind="stable")
-            self._h, self._code = h[order], code[order]
+            h, self._code = h[order], code[order]
+            first = np.ones(len(h), dtype=bool)
+            first[1:] = h[1:] != h[:-1]
+            self._starts = np.append(np.flatnonzero(first), len(h))  # runs of one hash in `_code`
+            self._h = h[first]
         self._parts = []
         return self
 
@@ -226,8 +231,10 @@ class EvalNgrams:
         if not texts or not len(self._h):
             return []
         h = np.unique(self.hasher.hashes(texts, unique=False)[0])
-        left = np.searchsorted(self._h, h, side="left")
-        cnt = np.searchsorted(self._h, h, side="right") - left
+        at = np.searchsorted(self._h, h)
+        found = at[self._h[np.minimum(at, len(self._h) - 1)] == h]
+        left = self._starts[found]
+        cnt = self._starts[found + 1] - left
         total = int(cnt.sum())
         if total == 0:
             return []
