@@ -32,6 +32,13 @@ def document_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     return ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal).unsqueeze(1)
 
 
+def additive_document_mask(segment_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[B, L, L]: 0 where query i may attend key j (same segment, j <= i), -inf elsewhere: the additive
+    form (metaseq's future-mask convention) of `document_causal_mask`."""
+    allowed = document_causal_mask(segment_ids)[:, 0]
+    return torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device).masked_fill_(~allowed, float("-inf"))
+
+
 def segment_starts(segment_ids: torch.Tensor) -> torch.Tensor:
     """Bool [B, L]: True at the first token of every run of equal segment ids."""
     starts = torch.ones_like(segment_ids, dtype=torch.bool)

@@ -20,16 +20,9 @@ from typing import Any, Optional
 
 import torch
 
-from optiml_plugin.attention import document_causal_mask, position_ids_from_segments
+from optiml_plugin.attention import additive_document_mask, position_ids_from_segments
 from optiml_plugin.conventions import PAD_ID
 from optiml_plugin.metaseq.xformers_attention import block_diagonal_mask, use_block_diagonal, uses_xformers
-
-
-def additive_document_mask(segment_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """[B, L, L]: 0 where query i may attend key j (same segment, j <= i), -inf elsewhere (metaseq's
-    future-mask convention); padding rows keep their diagonal, so no softmax row is empty."""
-    allowed = document_causal_mask(segment_ids)[:, 0]
-    return torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device).masked_fill_(~allowed, float("-inf"))
 
 
 def learned_positions(segment_ids: torch.Tensor, padding_idx: int = PAD_ID) -> torch.Tensor:
