@@ -4,12 +4,14 @@ Why: packed rows hold several examples that must not see each other. The packer 
 ids (0 = padding), so masks never depend on spotting token id 2 inside text (metaseq's approach,
 which breaks if a `</s>` occurs in an example). Backends that take sequence lengths or block masks
 (FlexAttention, varlen kernels) need no dense L x L mask at all; `document_causal_mask` is for the
-eager/SDPA path. (metaseq's own `--self-attn-doc-sep` rule, restated for parity checks, is in
+eager/SDPA path; `block_lengths` gives the blocks of a block-diagonal causal mask over the rows
+laid end to end (xformers' `BlockDiagonalCausalMask`, varlen kernels' cumulative lengths).
+(metaseq's own `--self-attn-doc-sep` rule, restated for parity checks, is in
 tests/attention_reference.py.)
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 
@@ -30,11 +32,41 @@ def document_causal_mask(segment_ids: torch.Tensor) -> torch.Tensor:
     return ((segment_ids[:, :, None] == segment_ids[:, None, :]) & causal).unsqueeze(1)
 
 
+def additive_document_mask(segment_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[B, L, L]: 0 where query i may attend key j (same segment, j <= i), -inf elsewhere: the additive
+    form (metaseq's future-mask convention) of `document_causal_mask`."""
+    allowed = document_causal_mask(segment_ids)[:, 0]
+    return torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device).masked_fill_(~allowed, float("-inf"))
+
+
 def segment_starts(segment_ids: torch.Tensor) -> torch.Tensor:
     """Bool [B, L]: True at the first token of every run of equal segment ids."""
     starts = torch.ones_like(segment_ids, dtype=torch.bool)
     starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
     return starts
+
+
+def block_lengths(segment_ids: torch.Tensor) -> List[int]:
+    """The lengths of the runs of equal segment ids, row after row, padding runs included: the blocks
+    of a block-diagonal causal mask over the B rows laid end to end as one B x L sequence.
+
+    Why: kernels that take sequence lengths instead of an L x L mask allow exactly what
+    `document_causal_mask` allows when each segment id (padding too) is one run in its row, as the
+    packer writes them: a padding run is a block of its own, so it attends causally to padding only.
+    Raises `OptimlError` naming the row when an id comes back after another (the dense rule would
+    join those runs; lengths cannot). Returns Python ints (one device-to-host copy of the ids).
+    """
+    seg = segment_ids.detach().cpu()
+    starts = segment_starts(seg)
+    distinct = segment_starts(seg.sort(dim=-1).values).sum(-1)
+    split = (starts.sum(-1) != distinct).nonzero()
+    if len(split):
+        row = int(split[0])
+        raise OptimlError(f"segment ids of row {row} repeat an id after another ({seg[row].tolist()}): "
+                          "block-diagonal attention needs each example and the padding in one run per row")
+    first = starts.reshape(-1).nonzero().squeeze(-1)
+    ends = torch.cat([first[1:], torch.tensor([seg.numel()])])
+    return (ends - first).tolist()
 
 
 def run_positions(starts: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attention_reference import metaseq_doc_sep, segment_lengths
-from optiml_plugin.attention import (document_causal_mask, flex_attention_available, flex_block_mask,
-                                     position_ids_from_segments)
+from optiml_plugin.attention import (block_lengths, document_causal_mask, flex_attention_available,
+                                     flex_block_mask, position_ids_from_segments)
+from optiml_plugin.errors import OptimlError
 
 
 def rows_strategy():
@@ -47,6 +48,28 @@ def test_mask_positions_lengths(rows):
                 assert pos[b, i] == 0
         want_lens = [int((seg[b] == k).sum()) for k in range(1, int(seg[b].max()) + 1)]
         assert segment_lengths(seg)[b] == want_lens
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows_strategy())
+def test_block_lengths_give_the_dense_document_mask(rows):
+    """Blocks over the rows laid end to end, each causal inside, allow exactly the pairs the dense
+    per-row mask allows (and nothing across rows): what xformers' BlockDiagonalCausalMask is built from."""
+    seg = to_segments(rows)
+    lengths = block_lengths(seg)
+    blocks = torch.block_diag(*[torch.ones(n, n).tril() for n in lengths]).bool()
+    dense = document_causal_mask(seg)[:, 0]
+    assert torch.equal(blocks, torch.block_diag(*dense))
+
+
+def test_block_lengths_keep_padding_as_its_own_block():
+    seg = torch.tensor([[1, 1, 2, 2, 2, 0, 0], [1, 1, 1, 2, 0, 0, 0], [0] * 7, [1] * 7])
+    assert block_lengths(seg) == [2, 3, 2, 3, 1, 3, 7, 7]
+
+
+def test_block_lengths_refuse_an_id_split_in_two_runs():
+    with pytest.raises(OptimlError, match="row 1 repeat an id"):
+        block_lengths(torch.tensor([[1, 1, 0], [1, 0, 1]]))
 
 
 def test_padding_rows_do_not_produce_nans():

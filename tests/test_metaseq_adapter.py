@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from argparse import Namespace
 
 import pytest
@@ -92,11 +93,18 @@ def test_update_freq_above_one_is_refused_clearly():
         options.check_update_freq([4])
 
 
-def test_model_checks_for_document_masking():
+def test_model_checks_for_document_masking(monkeypatch):
     options.check_model_cfg(Namespace(self_attn_doc_sep=2, attn_variant="default"), True)
     options.check_model_cfg(Namespace(self_attn_doc_sep=-1, attn_variant="default"), True)  # masks from segments
-    with pytest.raises(ConfigError, match="--attn-variant default"):
-        options.check_model_cfg(Namespace(self_attn_doc_sep=2, attn_variant="xformers_default"), True)
+    # metaseq's fused sequence-parallel layer applies a plain causal mask
+    with pytest.raises(ConfigError, match="--sequence-parallel .* ignores the document mask"):
+        options.check_model_cfg(Namespace(attn_variant="default", sequence_parallel=True), True)
+    options.check_model_cfg(Namespace(attn_variant="default", sequence_parallel=True), False)
+    # xformers attention is masked by documents (xformers_attention); without xformers it cannot start
+    monkeypatch.setitem(sys.modules, "xformers.ops", None)
+    with pytest.raises(ConfigError, match="xformers_default with document masking needs xformers.*--attn-variant "
+                                          "default"):
+        options.check_model_cfg(Namespace(self_attn_doc_sep=-1, attn_variant="xformers_default"), True)
     options.check_model_cfg(Namespace(self_attn_doc_sep=-1, attn_variant="xformers_default"), False)
 
 

@@ -5,9 +5,9 @@ packing and loss settings are the recipe's `DataFields` (the same names and defa
 train`'s `data:` section, see `task_fields`); they are read back here, the text forms metaseq's
 command line needs (JSON objects, comma lists) parsed, and checked by the same schema, without
 importing metaseq, so the same code is tested everywhere and the task module stays a thin shell.
-The checks refuse configurations that would silently train the wrong thing (the xformers attention
-path that drops the mask, gradient accumulation through metaseq's length-based grouping, more than
-one data-parallel rank outside FSDP).
+The checks refuse configurations that would silently train the wrong thing (sequence parallelism,
+whose fused layer drops the mask; gradient accumulation through metaseq's length-based grouping; more
+than one data-parallel rank outside FSDP) or could not start (the xformers attention without xformers).
 """
 from __future__ import annotations
 
@@ -19,10 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from optiml_plugin.conventions import EVAL_SPLITS
 from optiml_plugin.data.mixture import parse_proportions
 from optiml_plugin.errors import ConfigError
+from optiml_plugin.metaseq.xformers_attention import XFORMERS_VARIANT, xformers_ops
 from optiml_plugin.recipe import DataFields, FieldSpec, metaseq_fields, validate
 
-# the attention variant whose kernel ignores `attn_mask`
-XFORMERS_VARIANT = "xformers_default"
 # `--valid-subset valid` (metaseq's default) stands for every validation split of the bench
 VALID_ALIAS = "valid"
 WHERE = "instruction_meta_learning options"
@@ -163,12 +162,17 @@ def check_model_cfg(model_cfg: Any, document_masking: bool) -> None:
 
     The mask and positions come from the batch's segment ids (`segment_attention`), so
     `--self-attn-doc-sep` is not needed (with 2, as in the paper's run names, metaseq's own doc-sep
-    positions and mask are computed and then replaced); the xformers kernel takes no mask at all.
+    positions and mask are computed and then replaced). `--attn-variant xformers_default` gets the
+    documents as xformers' block-diagonal mask (`xformers_attention`), so xformers must import;
+    `--sequence-parallel` runs a fused layer that takes no mask at all.
     """
-    variant = str(getattr(model_cfg, "attn_variant", "default") or "default")
-    variant = getattr(variant, "value", variant)
-    if document_masking and variant == XFORMERS_VARIANT:
+    if not document_masking:
+        return
+    variant = getattr(model_cfg, "attn_variant", "default") or "default"
+    if str(getattr(variant, "value", variant)) == XFORMERS_VARIANT:
+        xformers_ops()
+    if bool(getattr(model_cfg, "sequence_parallel", False)):
         raise ConfigError(
-            f"--attn-variant {XFORMERS_VARIANT} runs with a plain causal bias and ignores the document mask, "
-            "so packed examples would attend to each other. Use --attn-variant default (or pass "
-            "--no-document-masking to train with plain causal attention across packed examples).")
+            "--sequence-parallel runs metaseq's fused transformer layer, which applies a plain causal mask "
+            "and ignores the document mask, so packed examples would attend to each other. Drop "
+            "--sequence-parallel (or pass --no-document-masking to train across packed examples).")

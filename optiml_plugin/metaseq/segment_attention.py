@@ -9,7 +9,10 @@ same rule as the local trainer and evaluation), whatever tokens they hold.
 `use_segment_masks(decoder)` adapts one metaseq `ModelParallelTransformerDecoder` instance: its forward
 takes `segment_ids=` (the task puts them into `net_input`), its future mask becomes the [B, L, L]
 document-causal mask (metaseq's attention already takes 3-D masks, the doc-sep path's shape), and its
-learned positions restart at 0 with every example. Nothing here imports metaseq.
+learned positions restart at 0 with every example. With `--attn-variant xformers_default` (whose
+kernel call ignores dense masks) the future mask is xformers' `BlockDiagonalCausalMask` of the same
+documents instead, and each attention module is adapted to use it (`xformers_attention`). Nothing
+here imports metaseq.
 """
 from __future__ import annotations
 
@@ -17,15 +20,9 @@ from typing import Any, Optional
 
 import torch
 
-from optiml_plugin.attention import document_causal_mask, position_ids_from_segments
+from optiml_plugin.attention import additive_document_mask, position_ids_from_segments
 from optiml_plugin.conventions import PAD_ID
-
-
-def additive_document_mask(segment_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """[B, L, L]: 0 where query i may attend key j (same segment, j <= i), -inf elsewhere (metaseq's
-    future-mask convention); padding rows keep their diagonal, so no softmax row is empty."""
-    allowed = document_causal_mask(segment_ids)[:, 0]
-    return torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device).masked_fill_(~allowed, float("-inf"))
+from optiml_plugin.metaseq.xformers_attention import block_diagonal_mask, use_block_diagonal, uses_xformers
 
 
 def learned_positions(segment_ids: torch.Tensor, padding_idx: int = PAD_ID) -> torch.Tensor:
@@ -43,6 +40,9 @@ def use_segment_masks(decoder: Any) -> None:
     decoder._optiml_segments = None
     forward, future_mask = decoder.forward, decoder.buffered_future_mask
     pos_module = decoder.embed_positions
+    xformers = [module for module in decoder.modules() if uses_xformers(module)]
+    for attention in xformers:
+        use_block_diagonal(attention)
 
     def seg_forward(prev_output_tokens: torch.Tensor, *args: Any, segment_ids: Optional[torch.Tensor] = None,
                     **kwargs: Any) -> Any:
@@ -59,6 +59,8 @@ def use_segment_masks(decoder: Any) -> None:
         segments = decoder._optiml_segments
         if segments is None:
             return future_mask(tensor, input_tokens)
+        if xformers:
+            return block_diagonal_mask(segments)
         return additive_document_mask(segments, dtype=tensor.dtype)
 
     decoder.forward = seg_forward

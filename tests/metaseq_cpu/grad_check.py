@@ -37,8 +37,16 @@ def _main(cfg: Any) -> None:
         "params": {n: p.detach().clone() for n, p in model.named_parameters()},
         "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None},
         "mp_rank": dist_utils.get_model_parallel_rank(), "mp_size": dist_utils.get_model_parallel_world_size(),
+        "attn_variant": _attn_variant(model),
     }
     torch.save(out, os.path.join(os.environ["OPTIML_GRAD_OUT"], f"rank{dist_utils.get_global_rank()}.pt"))
+
+
+def _attn_variant(model: Any) -> str:
+    """The attention the model runs: metaseq's xformers kernel or its dense path."""
+    xformers = [getattr(m, "xf_eff_attn", False) for m in model.modules() if hasattr(m, "xf_eff_attn")]
+    assert xformers and len(set(xformers)) == 1, xformers
+    return "xformers_default" if xformers[0] else "default"
 
 
 def _target_nll(model: Any, net_input: Dict[str, Any], target: torch.Tensor, pad: int) -> torch.Tensor:

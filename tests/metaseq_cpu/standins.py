@@ -3,7 +3,8 @@
 For checks only: the plugin (``optiml_plugin``) must never import this module. Call
 :func:`install` before anything imports metaseq. The stand-ins are labelled as in
 ``/work/shared/metaseq-cpu/README.md`` (P1-P4 for metaseq, F1-F4 for fairscale's FSDP); P5 is
-one that list lacks (resuming metaseq's own streaming task with several ranks). Where CUDA is
+one that list lacks (resuming metaseq's own streaming task with several ranks); X1 is xformers'
+attention kernel, for `--attn-variant xformers_default` where xformers is installed. Where CUDA is
 available only P1 is installed, and only for kernels that were not built.
 """
 
@@ -293,6 +294,38 @@ def _install_streaming_resume() -> None:
     iterators.StreamingEpochBatchIterator.load_state_dict = load_state_dict  # type: ignore
 
 
+# --- X1: xformers' memory-efficient attention kernel, in plain torch ----------------------------
+
+
+def xformers_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_bias: Any = None,
+                       p: float = 0.0, scale: Optional[float] = None, *, op: Any = None) -> torch.Tensor:
+    """``xformers.ops.memory_efficient_attention`` without its CUDA kernels: the bias object it is given
+    materialized (``AttentionBias.materialize``) and added to the scaled scores, then plain softmax
+    attention. Inputs [B, M, K] (metaseq's own call) or [B, M, H, K] (block-diagonal masks)."""
+    if p:
+        raise NotImplementedError("the CPU stand-in of memory_efficient_attention has no dropout")
+    three = query.dim() == 3
+    q, k, v = (x.unsqueeze(2) if three else x for x in (query, key, value))
+    dt = _compute_dtype(q)
+    scores = torch.einsum("bmhk,bnhk->bhmn", q.to(dt), k.to(dt)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if attn_bias is not None:
+        if not isinstance(attn_bias, torch.Tensor):
+            attn_bias = attn_bias.materialize((q.shape[1], k.shape[1]), dtype=dt, device=q.device)
+        scores = scores + attn_bias.to(dt)
+    out = torch.einsum("bhmn,bnhk->bmhk", scores.softmax(-1), v.to(dt)).to(query.dtype)
+    return out.squeeze(2) if three else out
+
+
+def _install_xformers() -> None:
+    """Where xformers is installed (its attention-bias classes are plain Python) but there is no CUDA,
+    its kernels cannot run: metaseq and the plugin call ``xformers.ops.memory_efficient_attention``."""
+    if importlib.util.find_spec("xformers") is None:
+        return
+    import xformers.ops
+
+    xformers.ops.memory_efficient_attention = xformers_attention  # type: ignore[assignment]
+
+
 # --- P2 and entry point -------------------------------------------------------------------------
 
 
@@ -314,3 +347,4 @@ def install() -> None:
     _install_ddp()
     _install_fsdp()
     _install_streaming_resume()
+    _install_xformers()
