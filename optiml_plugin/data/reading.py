@@ -166,6 +166,6 @@ def _read_part(part: Part, seed: int, taxonomy: Optional[Path]
         try:
             r = tax.categorize(r)
         except BadRecordError as e:
-            problem = e
+            problem = e.with_traceback(None)  # no frame -> exception -> frame cycle (the build pauses gc)
         events.append((_RECORD, incoming(r, part.source), problem))
     return policy.read, events, policy.tasks_seen

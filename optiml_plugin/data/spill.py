@@ -46,10 +46,9 @@ def incoming(r: Record, source: Optional[int] = None) -> Incoming:
 
 
 def to_record(row: Row, key: TaskKey, category: str) -> Record:
-    return Record(benchmark=key[0], task=key[1], category=category, sources=row[SOURCES],
-                  instruction=row[INSTRUCTION], input=row[INPUT], outputs=row[OUTPUTS], id=row[ID],
-                  candidates=row[CANDIDATES], language=row[LANGUAGE], template=row[TEMPLATE],
-                  options_block=row[OPTIONS_BLOCK], meta=row[META])
+    """The record a row was spilled from (it was validated before it was spilled)."""
+    return Record.trusted(key[0], key[1], category, row[SOURCES], row[INSTRUCTION], row[INPUT], row[OUTPUTS],
+                          row[ID], row[CANDIDATES], row[LANGUAGE], row[TEMPLATE], row[OPTIONS_BLOCK], row[META])
 
 
 class SpillWriter:
