@@ -37,22 +37,27 @@ def test_id_index_holds_24_bytes_per_id():
     assert len(index._bits) * 8 >= 8 * 50_000 // 2  # the filter grew with the ids
 
 
-def test_spill_rows_round_trip_across_read_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(spill, "_CHUNK", 37)  # rows straddle every read
-    writer = spill.SpillWriter(tmp_path, buffer_bytes=100)
-    recs = [Record(benchmark="b", task="t", category="C", sources=("s",), instruction="i" * k, input=f"in {k}",
-                   outputs=("o", "p"), id=f"t-{k}", candidates=("x", "y") if k % 2 else None,
+def test_spill_rows_round_trip_across_flushes(tmp_path):
+    writer = spill.SpillWriter(tmp_path, buffer_bytes=300)  # a flush every few rows: many chunks per task
+    recs = [Record(benchmark="b", task=f"t{k % 3}", category="C", sources=("s",), instruction="i" * k,
+                   input=f"in {k}", outputs=("o", "p"), id=f"t-{k}", candidates=("x", "y") if k % 2 else None,
                    template=f"tp{k}", meta={"where": k, "path": "f.jsonl", "split": "test"})
            for k in range(40)]
     for r in recs:
-        writer.add(("b", "t"), spill.incoming(r)[-1])
-    writer.flush()
-    back = [spill.to_record(row, ("b", "t"), "C") for row in spill.read_rows(writer.path(("b", "t")))]
-    assert back == recs and [r.meta for r in back] == [r.meta for r in recs]
-    path = writer.path(("b", "t"))
-    path.write_bytes(path.read_bytes()[:-3])
+        writer.add(("b", r.task), spill.incoming(r)[-1])
+    writer.close()
+    for t in ("t0", "t1", "t2"):
+        assert len(writer.chunks(("b", t))) > 3
+        back = [spill.to_record(row, ("b", t), "C") for row in spill.read_rows(writer.path, writer.chunks(("b", t)))]
+        want = [r for r in recs if r.task == t]
+        assert back == want and [r.meta for r in back] == [r.meta for r in want]
+    spill.close_readers(writer.path)
+    offset, length = writer.chunks(("b", "t1"))[-1]
+    with open(writer.path, "r+b") as f:
+        f.truncate(offset + length - 3)
     with pytest.raises(ValueError, match="truncated spill file"):
-        list(spill.read_rows(path))
+        list(spill.read_rows(writer.path, writer.chunks(("b", "t1"))))
+    spill.close_readers(writer.path)
 
 
 def test_jsonl_parts_cover_the_file_at_line_boundaries_with_their_line_numbers(tmp_path):

@@ -30,7 +30,8 @@ from optiml_plugin.data.multiplex import multiplex_train
 from optiml_plugin.data.official import MODES as OFFICIAL_MODES, official_instances
 from optiml_plugin.data.reading import read_sources, validated
 from optiml_plugin.data.records import Record
-from optiml_plugin.data.spill import INPUT, META, TEMPLATE, Incoming, SpillWriter, incoming, read_rows, to_record
+from optiml_plugin.data.spill import (INPUT, META, TEMPLATE, Incoming, SpillWriter, close_readers, incoming,
+                                      read_rows, to_record)
 from optiml_plugin.data.splits import (EVAL, TRAIN, SplitConfig, TaskInfo, TaskKey, absent_from_lists,
                                        assign_levels, eval_draw, assign_roles, cap_indices, read_task_list,
                                        split_eval_instances, split_train_instances)
@@ -233,7 +234,7 @@ def build_bench(config: BuildConfig, out: Union[str, Path], records: Optional[It
     `records` replaces the config's sources (tests and benchmarks feed records directly).
     `progress=None` shows tqdm bars only on a terminal. `workers` processes read the sources and
     write the tasks (default: every core, at most 8); the bench does not depend on it.
-    Memory stays bounded: records wait in per-task spill files inside the temporary build folder."""
+    Memory stays bounded: records wait in a spill file (data/spill.py) inside the temporary build folder."""
     out = Path(out)
     outdir.prepare_out(out, _input_paths(config) if records is None else (), overwrite)
     policy = BadRecordPolicy(config.on_bad_record)
@@ -246,6 +247,7 @@ def build_bench(config: BuildConfig, out: Union[str, Path], records: Optional[It
     reading = True
     collecting = gc.isenabled()
     gc.disable()  # millions of short-lived tuples, no cycles: the collector cost 13% of a build
+    spill = None
     try:
         spill = SpillWriter(tmp / SPILL_DIR)
         if records is None:
@@ -254,10 +256,11 @@ def build_bench(config: BuildConfig, out: Union[str, Path], records: Optional[It
         else:
             stream = (incoming(r) for r in validated(records, policy))
         facts = _collect(stream, policy, spill, bar)
-        spill.flush()
+        spill.close()
         reading = False
         merged = _merged_tasks(config, facts)
         manifest = _Build(config, facts, spill, tmp, workers, bar).run(policy, problems, merged)
+        close_readers(spill.path)
         shutil.rmtree(spill.root)
         replace_dir(tmp, out)
     except OSError as e:
@@ -265,6 +268,9 @@ def build_bench(config: BuildConfig, out: Union[str, Path], records: Optional[It
             raise
         raise write_error(e, e.filename or tmp) from None
     finally:
+        if spill is not None:
+            spill.close()
+            close_readers(spill.path)
         if collecting:
             gc.enable()
         if tmp.exists():
@@ -351,8 +357,6 @@ class _Survey:
     removed: Counter
     inputs: List[str]  # raw inputs of its valid and test instances (exact-input check)
     hashes: Optional[Tuple[Any, Any]] = None  # eval tasks: n-gram hashes of their rendered instances
-    multiplexed: Optional[Dict[str, Any]] = None
-    official: bool = False
 
 
 @dataclass
@@ -367,6 +371,8 @@ class _Written:
     pairs: List[OverlapPair] = field(default_factory=list)
     dropped: bool = False
     examples: Dict[int, Tuple[str, str]] = field(default_factory=dict)  # eval instance -> (id, text)
+    multiplexed: Optional[Dict[str, Any]] = None
+    official: bool = False  # its held-out instances came from the release's dev/test splits
 
 
 _BUILD: Optional["_Build"] = None  # the build the worker functions serve (inherited through fork)
@@ -489,11 +495,11 @@ class _Build:
                     "from": ("the release's dev/test splits where a task has them, else random rows"
                              if config.heldout_instances == "official"
                              else "random rows of every training task"),
-                    "official_split_tasks": [k[1] for k, s in sorted(self.surveys.items()) if s.official]},
+                    "official_split_tasks": [k[1] for k, w in sorted(written.items()) if w.official]},
                 "merged_tasks": merged,
             },
             "multiplexing": {"enabled": config.multiplex,
-                             "tasks": [s.multiplexed for _, s in sorted(self.surveys.items()) if s.multiplexed]},
+                             "tasks": [w.multiplexed for _, w in sorted(written.items()) if w.multiplexed]},
             "decontamination": {
                 "source_overlap": {"action": dc.source_overlap,
                                    "allowed_shared_sources": list(dc.allowed_shared_sources),
@@ -514,26 +520,33 @@ class _Build:
         kept while the worker is on it, a larger one is streamed on each pass (bounded memory)."""
         if self._cached[0] == key:
             return self._cached[1]
-        path = self.spill.path(key)
-        if path.stat().st_size > ROWS_CACHED:
-            return read_rows(path)
-        rows = list(read_rows(path))
+        if self.spill.size(key) > ROWS_CACHED:
+            return read_rows(self.spill.path, self.spill.chunks(key))
+        rows = list(read_rows(self.spill.path, self.spill.chunks(key)))
         self._cached = (key, rows)
         return rows
 
     def _records(self, key: TaskKey, wanted: Set[int]) -> Dict[int, Record]:
+        """The task's records at `wanted` indices; rows elsewhere are skipped, not decoded, unless the
+        task's rows are already in memory."""
         category = self.facts[key].category
-        return {i: to_record(row, key, category) for i, row in enumerate(self._rows(key)) if i in wanted}
+        if self._cached[0] == key:
+            rows: Iterable[Tuple[int, Tuple[Any, ...]]] = ((i, r) for i, r in enumerate(self._cached[1]) if i in wanted)
+        else:
+            rows = read_rows(self.spill.path, self.spill.chunks(key), wanted)
+        return {i: to_record(row, key, category) for i, row in rows}
 
-    def _train_parts(self, key: TaskKey) -> Tuple[List[int], List[int], List[int], Counter,
-                                                 Optional[Dict[str, Any]], bool]:
-        """(train, valid, test, removed, multiplexing entry, used release splits) of a training task."""
+    def _train_parts(self, key: TaskKey, multiplex: bool) -> Tuple[List[int], List[int], List[int], Counter,
+                                                                   Optional[Dict[str, Any]], bool]:
+        """(train, valid, test, removed, multiplexing entry, used release splits) of a training task;
+        without `multiplex` the train part is not multiplexed (a caller that needs only valid/test)."""
         config, cfg, seed = self.config, self.config.split, self.config.seed
         removed: Counter = Counter()
         official = config.heldout_instances == "official"
+        multiplex = multiplex and config.multiplex
         templates: List[str] = []
         splits: List[str] = []
-        if official or config.multiplex:
+        if official or multiplex:
             for row in self._rows(key):
                 templates.append(row[TEMPLATE])
                 if official:
@@ -545,7 +558,7 @@ class _Build:
             train, valid, test, unused = by_release
             removed["official_split_unused"] += unused
         mux = None
-        if config.multiplex:
+        if multiplex:
             train, drawn = multiplex_train(templates, train, seed, key)
             if drawn is not None:
                 removed["multiplex"] += drawn.instantiations - drawn.drawn
@@ -560,15 +573,13 @@ class _Build:
             texts = [_text(render(recs[i], seed, self.config.prompt_format)) for i in valid + test]
             return _Survey(key, valid, test, Counter(eval_cap=f.size - len(valid) - len(test)),
                            [recs[i].input for i in valid + test], hashes=self.ngrams.hashes(texts))
-        _, valid, test, removed, mux, official = self._train_parts(key)
-        held = set(valid) | set(test)
-        inputs = {i: row[INPUT] for i, row in enumerate(self._rows(key)) if i in held}
-        return _Survey(key, valid, test, removed, [inputs[i] for i in valid + test], multiplexed=mux,
-                       official=official)
+        _, valid, test, _, _, _ = self._train_parts(key, multiplex=False)
+        recs = self._records(key, set(valid) | set(test))
+        return _Survey(key, valid, test, Counter(), [recs[i].input for i in valid + test])
 
     def write_train(self, key: TaskKey) -> _Written:
         config, dc, seed = self.config, self.config.decontamination, self.config.seed
-        train, valid, test, _, _, _ = self._train_parts(key)
+        train, valid, test, removed, mux, official = self._train_parts(key, multiplex=True)
         wanted = set(train)
         hits: Set[int] = set()
         batch: List[Tuple[int, str]] = []
@@ -581,16 +592,17 @@ class _Build:
         hits.update(self._exact_hits(batch))
         kept = [i for i in train if i not in hits]
         capped = cap_indices(kept, config.cap_for(key[0]), seed, key)
-        removed = Counter(exact_input_match=len(hits), train_cap=len(kept) - len(capped))
+        removed.update(exact_input_match=len(hits), train_cap=len(kept) - len(capped))
         recs = self._records(key, set(capped) | set(valid) | set(test))
         rendered = {i: render(r, seed, config.prompt_format) for i, r in recs.items()}
         pairs = self.ngrams.pairs(key, [_text(rendered[i]) for i in capped], dc.threshold)
         if dc.drop_flagged and any(not dc.cleared(p.train_task[1], p.eval_task[1]) for p in pairs):
             removed["ngram_overlap"] += len(capped) + len(valid) + len(test)
-            return _Written(key, {}, {}, removed, len(hits), pairs, dropped=True)
+            return _Written(key, {}, {}, removed, len(hits), pairs, dropped=True, multiplexed=mux,
+                            official=official)
         files, counts = self._write_parts(key, LEVEL_TRAIN, {"train": capped, "valid": valid, "test": test},
                                           recs, rendered)
-        return _Written(key, files, counts, removed, len(hits), pairs)
+        return _Written(key, files, counts, removed, len(hits), pairs, multiplexed=mux, official=official)
 
     def _exact_hits(self, batch: List[Tuple[int, str]]) -> List[int]:
         matches = self.exact.matches_all([text for _, text in batch])

@@ -2,8 +2,9 @@
 
 Why: duplicate ids are refused with "first occurrence wins", which needs every id seen so far; a dict
 of id strings costs about 150 bytes per id (1.5 GB at 10M records, the paper's train split is 17.9M).
-An id is kept as a 128-bit key (two independent 64-bit SipHash values of the string, so a false match
-needs on the order of 2^64 ids) with a 64-bit payload, in sorted numpy runs merged as they grow.
+The newest ids stay in a small dict; older ones are kept as a 128-bit key (two independent 64-bit
+SipHash values of the string, so a false match needs on the order of 2^64 ids) with a 64-bit payload,
+in sorted numpy runs merged as they grow.
 A bit filter in front answers the common case (an id never seen) with one bytearray lookup; it
 doubles as the index grows (8 bits per id, up to 32 MB), so a small source costs kilobytes.
 Python's string hash is salted per process: an index lives and dies in the process that built it.
@@ -26,29 +27,18 @@ class IdIndex:
         self._mask = filter_bits - 1
         self._max_bits = max_filter_bits
         self._limit = recent
-        self._recent: Dict[Tuple[int, int], int] = {}
+        self._recent: Dict[str, int] = {}  # the newest ids as strings (no key to build per id)
         self._runs: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (h1, h2, payload) by h1
-        self._last: Tuple[Optional[str], int, int] = (None, 0, 0)
         self.size = 0
 
-    def _keys(self, id: str) -> Tuple[int, int]:
-        last = self._last
-        if last[0] is id:
-            return last[1], last[2]
-        h1, h2 = hash(id) & _MASK64, hash("\x00" + id) & _MASK64
-        self._last = (id, h1, h2)
-        return h1, h2
-
     def get(self, id: str) -> Optional[int]:
-        h1 = hash(id) & _MASK64
-        slot = h1 & self._mask
+        slot = hash(id) & self._mask  # a str caches its hash: `add` reuses it
         if not self._bits[slot >> 3] & (1 << (slot & 7)):
             return None
-        h1, h2 = self._keys(id)
-        found = self._recent.get((h1, h2))
-        if found is not None:
+        found = self._recent.get(id)
+        if found is not None or not self._runs:
             return found
-        key1, key2 = np.uint64(h1), np.uint64(h2)
+        key1, key2 = np.uint64(hash(id) & _MASK64), np.uint64(hash("\x00" + id) & _MASK64)
         for run_h1, run_h2, payload in self._runs:
             i = int(np.searchsorted(run_h1, key1))
             while i < len(run_h1) and run_h1[i] == key1:
@@ -59,15 +49,28 @@ class IdIndex:
 
     def add(self, id: str, payload: int) -> None:
         """Record `id` (the caller has checked `get(id)` is None)."""
-        h1, h2 = self._keys(id)
-        slot = h1 & self._mask
+        slot = hash(id) & self._mask
         self._bits[slot >> 3] |= 1 << (slot & 7)
-        self._recent[(h1, h2)] = payload
+        self._recent[id] = payload
         self.size += 1
         if len(self._recent) >= self._limit:
             self._flush()
             if self.size * 8 > self._mask + 1 and self._mask + 1 < self._max_bits:
                 self._grow()
+
+    def _flush(self) -> None:
+        ids = list(self._recent)
+        h1 = np.array([hash(i) & _MASK64 for i in ids], dtype=np.uint64)
+        h2 = np.array([hash("\x00" + i) & _MASK64 for i in ids], dtype=np.uint64)
+        payload = np.fromiter(self._recent.values(), dtype=np.int64, count=len(ids))
+        order = np.argsort(h1, kind="stable")
+        self._recent = {}
+        self._runs.append((h1[order], h2[order], payload[order]))
+        while len(self._runs) > 1 and len(self._runs[-2][0]) <= 2 * len(self._runs[-1][0]):
+            b, a = self._runs.pop(), self._runs.pop()
+            merged = [np.concatenate((x, y)) for x, y in zip(a, b)]
+            order = np.argsort(merged[0], kind="stable")
+            self._runs.append((merged[0][order], merged[1][order], merged[2][order]))
 
     def _grow(self) -> None:
         """Double the filter until it has 8 bits per id, and set the bits of every id (all are in runs)."""
@@ -79,15 +82,3 @@ class IdIndex:
         np.bitwise_or.at(table, (slots >> np.uint64(3)).astype(np.int64),
                          (np.uint8(1) << (slots & np.uint64(7)).astype(np.uint8)))
         self._bits, self._mask = bytearray(table.tobytes()), bits - 1
-
-    def _flush(self) -> None:
-        keys = np.array(list(self._recent), dtype=np.uint64).reshape(-1, 2)
-        payload = np.fromiter(self._recent.values(), dtype=np.int64, count=len(keys))
-        order = np.argsort(keys[:, 0], kind="stable")
-        self._recent = {}
-        self._runs.append((keys[order, 0], keys[order, 1], payload[order]))
-        while len(self._runs) > 1 and len(self._runs[-2][0]) <= 2 * len(self._runs[-1][0]):
-            b, a = self._runs.pop(), self._runs.pop()
-            merged = [np.concatenate((x, y)) for x, y in zip(a, b)]
-            order = np.argsort(merged[0], kind="stable")
-            self._runs.append((merged[0][order], merged[1][order], merged[2][order]))

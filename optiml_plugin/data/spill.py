@@ -2,8 +2,8 @@
 
 Why: the build needs global facts (roles, duplicate ids, evaluation inputs) before it can write any
 task, so the in-memory builder held every record (3.6 KB each, 3.4 GB at 1M records). Spilling each
-accepted record to its task's file keeps memory bounded: the writer holds at most `buffer_bytes` of
-rows, and a reader streams one task. A row is a `marshal`-ed tuple of builtins (10x faster to read
+accepted record to the spill keeps memory bounded: the writer holds at most `buffer_bytes` of rows,
+and a reader streams one task's chunks. A row is a `marshal`-ed tuple of builtins (10x faster to read
 than a pickled dataclass), length-prefixed; benchmark, task and category live in the task's key.
 """
 from __future__ import annotations
@@ -11,13 +11,12 @@ from __future__ import annotations
 import marshal
 import struct
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.splits import TaskKey
 
 _LEN = struct.Struct("<I")
-_CHUNK = 8 << 20
 #: positions in a spilled row
 ID, SOURCES, INSTRUCTION, INPUT, OUTPUTS, CANDIDATES, LANGUAGE, TEMPLATE, OPTIONS_BLOCK, META = range(10)
 Row = Tuple[Any, ...]
@@ -37,40 +36,42 @@ def to_row(r: Record) -> Row:
 def incoming(r: Record, source: Optional[int] = None) -> Incoming:
     """What the builder's reading stage needs of `r`, its row encoded once (in a worker, if any)."""
     meta = r.meta
-    spilled = {k: v for k, v in meta.items() if k != "positive_examples"}
     if source is not None:
-        spilled["source_index"] = source
+        meta["source_index"] = source
+    positives = meta.get("positive_examples")
+    spilled = meta if positives is None else {k: v for k, v in meta.items() if k != "positive_examples"}
     return ((r.benchmark, r.task), r.category, r.id, r.sources, meta.get("path", f"<{r.benchmark}/{r.task}>"),
-            meta.get("where", r.id), source, meta.get("positive_examples"),
-            marshal.dumps(to_row(r)[:META] + (spilled,)))
+            meta.get("where", r.id), source, positives,
+            marshal.dumps((r.id, r.sources, r.instruction, r.input, r.outputs, r.candidates, r.language,
+                           r.template, r.options_block, spilled)))
 
 
 def to_record(row: Row, key: TaskKey, category: str) -> Record:
     """The record a row was spilled from (it was validated before it was spilled)."""
-    return Record.trusted(key[0], key[1], category, row[SOURCES], row[INSTRUCTION], row[INPUT], row[OUTPUTS],
-                          row[ID], row[CANDIDATES], row[LANGUAGE], row[TEMPLATE], row[OPTIONS_BLOCK], row[META])
+    return Record(key[0], key[1], category, row[SOURCES], row[INSTRUCTION], row[INPUT], row[OUTPUTS], row[ID],
+                  row[CANDIDATES], row[LANGUAGE], row[TEMPLATE], row[OPTIONS_BLOCK], row[META])
 
 
 class SpillWriter:
-    """Appends rows to one file per task (`<n>.spill`, n in order of first appearance), buffering up
-    to `buffer_bytes` in all; files are opened only while flushing, so thousands of tasks need no
-    more than one descriptor."""
+    """Appends rows to one spill file, buffering up to `buffer_bytes` in all and writing each task's
+    buffered rows as one chunk; a task is the list of its chunks. One file, not one per task: opening
+    a file costs ~0.3 ms on some file systems, and a paper-scale build has thousands of tasks."""
 
     def __init__(self, root: Path, buffer_bytes: int = 64 << 20) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self._files: Dict[TaskKey, Path] = {}
+        self.path = root / "rows.spill"
+        self._file = open(self.path, "wb")
+        self._chunks: Dict[TaskKey, List[Tuple[int, int]]] = {}
         self._buffers: Dict[TaskKey, List[bytes]] = {}
         self._buffered = 0
         self._limit = buffer_bytes
 
     def add(self, key: TaskKey, data: bytes) -> None:
-        """Append one encoded row (`incoming(...)[-1]`) to `key`'s file."""
+        """Append one encoded row (`incoming(...)[-1]`) to `key`'s rows."""
         buf = self._buffers.get(key)
         if buf is None:
             buf = self._buffers[key] = []
-            if key not in self._files:
-                self._files[key] = self.root / f"{len(self._files)}.spill"
         buf.append(_LEN.pack(len(data)))
         buf.append(data)
         self._buffered += len(data) + 4
@@ -79,31 +80,61 @@ class SpillWriter:
 
     def flush(self) -> None:
         for key, buf in self._buffers.items():
-            with open(self._files[key], "ab") as f:
-                f.write(b"".join(buf))
+            data = b"".join(buf)
+            self._chunks.setdefault(key, []).append((self._file.tell(), len(data)))
+            self._file.write(data)
+        self._file.flush()
         self._buffers = {}
         self._buffered = 0
 
-    def path(self, key: TaskKey) -> Path:
-        return self._files[key]
+    def close(self) -> None:
+        """Write what is buffered and close the file (again: nothing); readers open it themselves."""
+        if not self._file.closed:
+            self.flush()
+            self._file.close()
+
+    def chunks(self, key: TaskKey) -> List[Tuple[int, int]]:
+        """(offset, length) of each chunk of `key`'s rows, in order."""
+        return self._chunks[key]
+
+    def size(self, key: TaskKey) -> int:
+        return sum(n for _, n in self._chunks[key])
 
 
-def read_rows(path: Path) -> Iterator[Row]:
-    """The rows of one spill file, in the order they were added, read `_CHUNK` bytes at a time."""
-    with open(path, "rb") as f:
-        rest = b""
-        while True:
-            chunk = f.read(_CHUNK)
-            if not chunk:
+_FDS: Dict[Tuple[int, str], int] = {}  # (process id, path) -> descriptor: one open per process
+
+
+def close_readers(path: Path) -> None:
+    """Close this process's descriptor on `path` (the spill is deleted with the build folder)."""
+    import os
+
+    fd = _FDS.pop((os.getpid(), str(path)), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def read_rows(path: Path, chunks: List[Tuple[int, int]], wanted: Optional[Set[int]] = None) -> Iterator[Any]:
+    """The rows of one task (its `chunks` of the spill file at `path`), in the order they were added;
+    with `wanted`, (index, row) of those indices only (other rows are skipped undecoded)."""
+    import os
+
+    fd = _FDS.get((os.getpid(), str(path)))
+    if fd is None:
+        fd = _FDS[(os.getpid(), str(path))] = os.open(path, os.O_RDONLY)
+    index = 0
+    for offset, length in chunks:
+        data = os.pread(fd, length, offset)
+        pos = 0
+        while pos + 4 <= len(data):
+            (n,) = _LEN.unpack_from(data, pos)
+            if pos + 4 + n > len(data):
                 break
-            data = rest + chunk if rest else chunk
-            pos, end = 0, len(data)
-            while pos + 4 <= end:
-                (n,) = _LEN.unpack_from(data, pos)
-                if pos + 4 + n > end:
-                    break
+            if wanted is None:
                 yield marshal.loads(data[pos + 4:pos + 4 + n])
-                pos += 4 + n
-            rest = data[pos:]
-        if rest:
-            raise ValueError(f"{path}: truncated spill file ({len(rest)} bytes left over)")
+            elif index in wanted:
+                yield index, marshal.loads(data[pos + 4:pos + 4 + n])
+            index += 1
+            pos += 4 + n
+        if pos != length:
+            raise ValueError(f"{path}: truncated spill file (a chunk at byte {offset} ends after {pos} of "
+                             f"{length} bytes)")
