@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optiml_plugin.data.benchfiles import (Bench, IndexedJsonl, dumps_line, file_stem, normalize_name,
-                                           write_jsonl_with_index)
+from optiml_plugin.data.benchfiles import (Bench, IndexedJsonl, dumps_line, dumps_text_line, file_stem,
+                                           normalize_name, write_jsonl_with_index)
 from optiml_plugin.errors import OptimlError
 
 rows_st = st.lists(st.fixed_dictionaries({"id": st.text(max_size=5), "src": st.text(max_size=30),
@@ -61,3 +61,20 @@ def test_bench_reader_errors(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(OptimlError, match="'format'"):
         Bench(tmp_path)
+
+
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_text, st.one_of(_text, st.none(), st.booleans(), st.lists(_text, max_size=3)), max_size=6))
+def test_text_rows_are_written_byte_for_byte_as_json_writes_them(row):
+    assert dumps_text_line(row) == dumps_line(row)
+
+
+def test_a_row_orjson_refuses_is_written_by_json():
+    row = {"a": "x\ud800"}  # a lone surrogate: both refuse it, json with json's own error
+    with pytest.raises(UnicodeEncodeError):
+        dumps_line(row)
+    with pytest.raises(UnicodeEncodeError):
+        dumps_text_line(row)

@@ -16,9 +16,10 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
+import orjson
 
 from optiml_plugin.conventions import EVAL_SPLITS, LEVELS, SPLITS, TRAIN_SPLIT  # noqa: F401
 from optiml_plugin.errors import CorruptFileError, OptimlError
@@ -58,12 +59,24 @@ def dumps_line(obj: Dict[str, Any]) -> bytes:
     return (_LINE.encode(obj) + "\n").encode("utf-8")
 
 
-def write_jsonl_with_index(path: Union[str, Path], rows: Iterable[Dict[str, Any]], atomic: bool = True) -> int:
-    """Write rows as JSONL plus its `.idx` offsets, both atomically; returns the row count.
+def dumps_text_line(obj: Dict[str, Any]) -> bytes:
+    """`dumps_line` of a row whose values are strings, lists of strings, booleans or null (a bench row):
+    orjson writes those exact bytes 5x faster. Numbers are excluded because orjson spells some floats
+    differently (1e-5, json 1e-05); a row orjson refuses (a lone surrogate) goes through json."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+    except (TypeError, orjson.JSONEncodeError):
+        return dumps_line(obj)
+
+
+def write_jsonl_with_index(path: Union[str, Path], rows: Iterable[Dict[str, Any]], atomic: bool = True,
+                           dumps: Callable[[Dict[str, Any]], bytes] = dumps_line) -> int:
+    """Write rows as JSONL (each line `dumps(row)`) plus its `.idx` offsets, both atomically; returns
+    the row count.
 
     `atomic=False` writes in place, for a writer whose whole folder appears at once when done (the
     bench builder's temporary folder): a temp file and rename per file cost 3 opens on slow file systems."""
-    chunks: List[bytes] = [dumps_line(row) for row in rows]
+    chunks: List[bytes] = [dumps(row) for row in rows]
     offsets = np.zeros(len(chunks) + 1, dtype="<u8")
     np.cumsum([len(c) for c in chunks], out=offsets[1:])
     if atomic:

@@ -28,7 +28,7 @@ from optiml_plugin.data.decontam import (REVIEW_FILE, DecontamConfig, EvalNgrams
 from optiml_plugin.data.idindex import IdIndex
 from optiml_plugin.data.multiplex import multiplex_train
 from optiml_plugin.data.official import MODES as OFFICIAL_MODES, official_instances
-from optiml_plugin.data.reading import read_sources, validated
+from optiml_plugin.data.reading import read_sources, source_bytes, validated
 from optiml_plugin.data.records import Record
 from optiml_plugin.data.spill import (INPUT, META, TEMPLATE, Incoming, SpillWriter, close_readers, incoming,
                                       read_rows, to_record)
@@ -208,6 +208,8 @@ def _caps(section: Any, origin: str) -> Dict[str, int]:
 
 SPILL_DIR = ".spill"
 ROWS_CACHED = 32 << 20  # bytes of one task's spill a worker holds in memory while on it
+SMALL_BUILD = 20_000  # records below which the default is one process (3 pools cost ~0.3 s)
+SMALL_SOURCE_BYTES = 16 << 20  # sources below this are read in one process by default
 
 
 @dataclass
@@ -233,32 +235,40 @@ def build_bench(config: BuildConfig, out: Union[str, Path], records: Optional[It
 
     `records` replaces the config's sources (tests and benchmarks feed records directly).
     `progress=None` shows tqdm bars only on a terminal. `workers` processes read the sources and
-    write the tasks (default: every core, at most 8); the bench does not depend on it.
+    write the tasks (default: every core, at most 8; but one process reads sources under
+    `SMALL_SOURCE_BYTES` and writes builds under `SMALL_BUILD` records, where starting a pool costs
+    more than it saves: a fork of a process holding torch takes tens of ms); the bench does not
+    depend on it.
     Memory stays bounded: records wait in a spill file (data/spill.py) inside the temporary build folder."""
     out = Path(out)
     outdir.prepare_out(out, _input_paths(config) if records is None else (), overwrite)
     policy = BadRecordPolicy(config.on_bad_record)
     problems = BadRecordPolicy(config.on_bad_record)
     bar = None if progress is None else not progress
+    auto = workers is None
     workers = default_workers() if workers is None else max(1, workers)
     tmp = out.parent / f"{outdir.building_prefix(out)}{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     reading = True
     collecting = gc.isenabled()
-    gc.disable()  # millions of short-lived tuples, no cycles: the collector cost 13% of a build
+    gc.disable()  # millions of short-lived tuples, no cycles (exceptions are kept without frames): 13%
     spill = None
     try:
         spill = SpillWriter(tmp / SPILL_DIR)
         if records is None:
             taxonomy = config.resolve(config.taxonomy) if config.taxonomy else None
-            stream = read_sources(config.sources, Path(config.base_dir), config.seed, taxonomy, policy, workers)
+            small = auto and source_bytes(config.sources, Path(config.base_dir)) < SMALL_SOURCE_BYTES
+            stream = read_sources(config.sources, Path(config.base_dir), config.seed, taxonomy, policy,
+                                  1 if small else workers)
         else:
             stream = (incoming(r) for r in validated(records, policy))
         facts = _collect(stream, policy, spill, bar)
         spill.close()
         reading = False
         merged = _merged_tasks(config, facts)
+        if auto and sum(f.size for f in facts.values()) < SMALL_BUILD:
+            workers = 1
         manifest = _Build(config, facts, spill, tmp, workers, bar).run(policy, problems, merged)
         close_readers(spill.path)
         shutil.rmtree(spill.root)
@@ -416,7 +426,6 @@ class _Build:
     def _map(self, fn: Any, items: List[Any], desc: str) -> Iterator[Any]:
         global _BUILD
         _BUILD = self
-        gc.collect()  # what the last phase left (collection is paused during the build)
         try:
             done = ordered_map(fn, items, self.workers)
             for _, result in tqdm(done, total=len(items), desc=desc, unit=" tasks", disable=self.bar):
@@ -628,7 +637,8 @@ class _Build:
             split = split_name(level, part)
             path = benchfiles.split_path(self.root, split, stem)
             rows = (_row(recs[i], rendered[i], split) for i in idx)
-            counts[split] = benchfiles.write_jsonl_with_index(path, rows, atomic=False)  # inside `root`
+            counts[split] = benchfiles.write_jsonl_with_index(path, rows, atomic=False,  # inside `root`
+                                                              dumps=benchfiles.dumps_text_line)
             files[split] = path.relative_to(self.root).as_posix()
         return files, counts
 

@@ -72,7 +72,8 @@ def read_sources(sources: Tuple[Dict[str, Any], ...], base_dir: Path, seed: int,
     gates: Dict[int, RecordGate] = {}
     seen: Dict[int, Set[str]] = {}
     read = functools.partial(_read_part, seed=seed, taxonomy=taxonomy)
-    for part, (count, events, tasks_seen) in ordered_map(read, _parts(sources, base_dir), workers):
+    parts = ordered_map(read, _parts(sources, base_dir), workers, window=4 * workers)  # ~8 MB of events each
+    for part, (count, events, tasks_seen) in parts:
         policy.count_read(count)
         gate = None
         if part.spec is not None:
@@ -91,6 +92,17 @@ def read_sources(sources: Tuple[Dict[str, Any], ...], base_dir: Path, seed: int,
             seen.setdefault(part.source, set()).update(tasks_seen)
             if part.last:
                 missing_tasks(part.spec, seen[part.source])
+
+
+def source_bytes(sources: Tuple[Dict[str, Any], ...], base_dir: Path) -> int:
+    """The size of every file the sources name (0 for the built-in benchmark)."""
+    from optiml_plugin.data.sources import source_spec
+
+    total = 0
+    for raw in sources:
+        if raw.get("type") != "builtin":
+            total += sum(p.stat().st_size for p in source_spec(raw, base_dir).files if p.is_file())
+    return total
 
 
 def _parts(sources: Tuple[Dict[str, Any], ...], base_dir: Path) -> Iterator[Part]:
@@ -161,11 +173,15 @@ def _read_part(part: Part, seed: int, taxonomy: Optional[Path]
     from optiml_plugin.data.sources import LOADERS
 
     tax = _taxonomy(taxonomy)
+    same: Dict[Any, Any] = {}  # one object per distinct key, category, sources, path: pickled once
     for r in LOADERS[part.spec.type].load(part.spec, policy):
         problem = None
         try:
             r = tax.categorize(r)
         except BadRecordError as e:
             problem = e.with_traceback(None)  # no frame -> exception -> frame cycle (the build pauses gc)
-        events.append((_RECORD, incoming(r, part.source), problem))
+        key, category, rid, sources, path, *rest = incoming(r, part.source)
+        item = (same.setdefault(key, key), same.setdefault(category, category), rid,
+                same.setdefault(sources, sources), same.setdefault(path, path), *rest)
+        events.append((_RECORD, item, problem))
     return policy.read, events, policy.tasks_seen

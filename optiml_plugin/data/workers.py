@@ -9,6 +9,7 @@ the same code, the same results.
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 from collections import deque
@@ -33,13 +34,18 @@ def can_fork() -> bool:
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int,
                 window: Optional[int] = None) -> Iterator[Tuple[T, R]]:
-    """(item, fn(item)) in the order of `items`; a worker's exception is raised here, at its item."""
-    if workers <= 1 or not can_fork():
-        for item in items:
+    """(item, fn(item)) in the order of `items`; a worker's exception is raised here, at its item.
+
+    `window` (default 8 per worker) bounds the items submitted and not yet consumed: enough that a slow
+    item at the head of the line does not leave the other workers idle."""
+    it = iter(items)
+    head = list(itertools.islice(it, 2))
+    if workers <= 1 or len(head) < 2 or not can_fork():  # one item: a pool would only add its start
+        for item in itertools.chain(head, it):
             yield item, fn(item)
         return
-    window = window or 2 * workers
-    it = iter(items)
+    window = window or 8 * workers
+    it = itertools.chain(head, it)
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         pending: Deque[Tuple[Any, Any]] = deque()
         for item in it:
