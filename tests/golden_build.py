@@ -2,8 +2,10 @@
 
 Why: the builder was rewritten to run in bounded memory on two processes (data/build.py); its bench
 must stay byte for byte what the in-memory builder wrote. `GOLDEN_FILE` holds the sha256 of every
-file the in-memory builder (commit fc86fa2) wrote for these configs, made with
-`python tests/golden_build.py --write`; tests/test_build_golden.py rebuilds and compares.
+file the in-memory builder (commit fc86fa2, bench format 1) wrote for these configs, made with
+`python tests/golden_build.py --write` at that commit; tests/test_build_golden.py rebuilds, turns the
+bench back into format 1 (`as_format1`: format 2 only leaves out rows' instructions equal to their
+task's) and compares.
 The records hit: held-out tasks and a held-out category, SNI-style tasks with positive examples and
 an output language, templates (multiplexing), candidates, release splits (official held-out rows),
 a source shared with an eval task, exact-input and 13-gram overlap, duplicate ids (within and across
@@ -132,21 +134,45 @@ def bench_digests(root: Path, tmp: Path) -> Dict[str, str]:
     return out
 
 
+def as_format1(root: Path) -> Path:
+    """Rewrite a format-2 bench as format 1 in place: every row's instruction back before its input
+    (indexes rewritten), the manifest without the tasks' `instruction` and with version 1."""
+    import numpy as np
+
+    from optiml_plugin.data.benchfiles import dumps_line, with_instruction
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    for entry in manifest["tasks"]:
+        instruction = entry.pop("instruction", None)
+        for rel in entry["files"].values():
+            lines = [json.loads(x) for x in (root / rel).read_bytes().splitlines()]
+            if instruction is not None:
+                lines = [row if "instruction" in row else with_instruction(row, instruction) for row in lines]
+            chunks = [dumps_line(row) for row in lines]
+            (root / rel).write_bytes(b"".join(chunks))
+            offsets = np.zeros(len(chunks) + 1, dtype="<u8")
+            np.cumsum([len(c) for c in chunks], out=offsets[1:])
+            (root / f"{rel}.idx").write_bytes(offsets.tobytes())
+    manifest["version"] = 1
+    (root / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n")
+    return root
+
+
 def build_all(tmp: Path, **kwargs: Any) -> Dict[str, Dict[str, str]]:
     from optiml_plugin.data.build import build_bench, load_build_config
 
     out = {}
     for name, raw in golden_configs().items():
         build_bench(load_build_config(raw), tmp / name, records=golden_records(), progress=False, **kwargs)
-        out[name] = bench_digests(tmp / name, tmp)
+        out[name] = bench_digests(as_format1(tmp / name), tmp)
     write_jsonl_sources(tmp / "data")
     raw = dict(golden_configs()["random"], sources=[{"type": "generic", "path": "data"}])
     build_bench(load_build_config(raw, base_dir=tmp), tmp / "jsonl", progress=False, **kwargs)
-    out["jsonl"] = bench_digests(tmp / "jsonl", tmp)
+    out["jsonl"] = bench_digests(as_format1(tmp / "jsonl"), tmp)
     return out
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
+if __name__ == "__main__" and sys.argv[1:] == ["--write"]:  # digests of the format-1 bench (as_format1)
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from golden_build import GOLDEN_FILE, bench_digests, golden_configs, write_jsonl_sources
+from golden_build import GOLDEN_FILE, as_format1, bench_digests, golden_configs, write_jsonl_sources
 from optiml_plugin.data import reading, spill
 from optiml_plugin.data.build import build_bench, load_build_config
 from optiml_plugin.data.idindex import IdIndex
@@ -87,7 +87,7 @@ def test_sources_read_in_small_parts_give_the_same_bench(golden_jsonl, monkeypat
     build_bench(load_build_config(raw, base_dir=golden_jsonl), golden_jsonl / "jsonl", progress=False,
                 workers=workers)
     want = json.loads(GOLDEN_FILE.read_text())["jsonl"]
-    assert bench_digests(golden_jsonl / "jsonl", golden_jsonl) == want
+    assert bench_digests(as_format1(golden_jsonl / "jsonl"), golden_jsonl) == want
 
 
 def test_the_first_bad_record_is_the_error_whatever_the_parts(golden_jsonl, monkeypatch):
@@ -145,3 +145,37 @@ def test_workers_do_not_change_the_bench_of_the_sni_sample(sni_dir, tmp_path):
         build_bench(load_build_config(raw), tmp_path / f"w{workers}", progress=False, workers=workers)
     assert bench_digests(tmp_path / "w1", tmp_path) == bench_digests(tmp_path / "w2", tmp_path)
     assert len(list(Path(tmp_path / "w1").rglob("*.jsonl"))) > 20
+
+
+def test_a_task_instruction_is_stored_once_and_read_back_in_every_row(sni_dir, tmp_path):
+    """Format 2: SNI rows leave out their definition (the manifest holds it once per task); the reader
+    gives every row whole, in the builder's key order; a row whose instruction differs keeps it."""
+    from optiml_plugin.data.benchfiles import Bench
+
+    raw = {"sources": [{"type": "sni", "path": str(sni_dir / "tasks")}], "seed": 2,
+           "split": {"eval_test": 5, "eval_valid": 5, "heldout_valid": 2, "heldout_test": 2}}
+    m = build_bench(load_build_config(raw), tmp_path / "b", progress=False)
+    bench = Bench(tmp_path / "b")
+    assert m["version"] == 2
+    entry = m["tasks"][0]
+    tf = bench.task_files("train")[0]
+    raw_row = bench.reader(tf)[0]
+    assert "instruction" not in raw_row and entry["instruction"].strip()
+    row = bench.read(tf, 0)
+    assert row["instruction"] == tf.instruction and list(row).index("instruction") == list(row).index("input") - 1
+    saved = sum(len(t["instruction"].encode()) * sum(t["counts"].values()) for t in m["tasks"])
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "b").rglob("*.jsonl"))
+    assert saved > 0.2 * (on_disk + saved)  # the definitions were over a fifth of the rows' bytes
+
+    mixed = [Record(benchmark="b", task="t", category="Summarization", sources=("t",),
+                    instruction="Say it." if i % 3 else "Say it twice.", input=f"x {i}", outputs=("y",), id=f"t-{i}")
+             for i in range(40)]
+    build_bench(load_build_config({"sources": [{"type": "builtin"}], "split": {"heldout_valid": 0,
+                                                                             "heldout_test": 0}}),
+                tmp_path / "m", records=mixed, progress=False)
+    mb = Bench(tmp_path / "m")
+    [tf] = mb.task_files("train")
+    assert tf.instruction == "Say it twice."  # the first record's
+    stored = [r.get("instruction") for r in mb.reader(tf)]
+    assert stored.count("Say it.") == sum(1 for r in mixed if r.instruction == "Say it.")
+    assert [mb.read(tf, i)["instruction"] for i in range(len(mixed))] == [r.instruction for r in mixed]

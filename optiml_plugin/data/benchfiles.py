@@ -26,7 +26,7 @@ from optiml_plugin.errors import CorruptFileError, OptimlError
 from optiml_plugin.fsio import atomic_write_bytes
 
 FORMAT_NAME = "optiml-bench"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a row leaves out an instruction equal to its task's (manifest `instruction`)
 MANIFEST = "manifest.json"
 SHARD = "00"
 MIN_OPEN_READERS = 64
@@ -212,6 +212,18 @@ class TaskFile:
     level: str
     path: Path
     count: int
+    instruction: Optional[str] = None  # the task's instruction, for rows that leave it out (format 2)
+
+
+def with_instruction(row: Dict[str, Any], instruction: str) -> Dict[str, Any]:
+    """`row` with `instruction` before its `input`, the key order the builder writes."""
+    out: Dict[str, Any] = {}
+    for k, v in row.items():
+        if k == "input":
+            out["instruction"] = instruction
+        out[k] = v
+    out.setdefault("instruction", instruction)
+    return out
 
 
 def default_max_open_readers() -> int:
@@ -261,7 +273,7 @@ class Bench:
                 continue
             out.append(TaskFile(split=split, task=t["task"], benchmark=t["benchmark"],
                                 category=t["category"], level=t["level"], path=self.root / rel,
-                                count=int(t["counts"][split])))
+                                count=int(t["counts"][split]), instruction=t.get("instruction")))
         return out
 
     def splits(self) -> List[str]:
@@ -290,7 +302,11 @@ class Bench:
         return r
 
     def read(self, task_file: TaskFile, i: int) -> Dict[str, Any]:
-        return self.reader(task_file)[i]
+        """Row `i`, whole: an instruction the row leaves out (its task's) is put back in its place."""
+        row = self.reader(task_file)[i]
+        if "instruction" in row or task_file.instruction is None:
+            return row
+        return with_instruction(row, task_file.instruction)
 
     def close(self) -> None:
         for r in self._open.values():

@@ -383,6 +383,7 @@ class _Written:
     examples: Dict[int, Tuple[str, str]] = field(default_factory=dict)  # eval instance -> (id, text)
     multiplexed: Optional[Dict[str, Any]] = None
     official: bool = False  # its held-out instances came from the release's dev/test splits
+    instruction: str = ""  # the task's instruction (its first record's), stored once in the manifest
 
 
 _BUILD: Optional["_Build"] = None  # the build the worker functions serve (inherited through fork)
@@ -602,16 +603,18 @@ class _Build:
         kept = [i for i in train if i not in hits]
         capped = cap_indices(kept, config.cap_for(key[0]), seed, key)
         removed.update(exact_input_match=len(hits), train_cap=len(kept) - len(capped))
-        recs = self._records(key, set(capped) | set(valid) | set(test))
+        recs = self._records(key, set(capped) | set(valid) | set(test) | {0})
         rendered = {i: render(r, seed, config.prompt_format) for i, r in recs.items()}
         pairs = self.ngrams.pairs(key, [_text(rendered[i]) for i in capped], dc.threshold)
         if dc.drop_flagged and any(not dc.cleared(p.train_task[1], p.eval_task[1]) for p in pairs):
             removed["ngram_overlap"] += len(capped) + len(valid) + len(test)
             return _Written(key, {}, {}, removed, len(hits), pairs, dropped=True, multiplexed=mux,
                             official=official)
+        instruction = recs[0].instruction
         files, counts = self._write_parts(key, LEVEL_TRAIN, {"train": capped, "valid": valid, "test": test},
-                                          recs, rendered)
-        return _Written(key, files, counts, removed, len(hits), pairs, multiplexed=mux, official=official)
+                                          recs, rendered, instruction)
+        return _Written(key, files, counts, removed, len(hits), pairs, multiplexed=mux, official=official,
+                        instruction=instruction)
 
     def _exact_hits(self, batch: List[Tuple[int, str]]) -> List[int]:
         matches = self.exact.matches_all([text for _, text in batch])
@@ -619,15 +622,17 @@ class _Build:
 
     def write_eval(self, key: TaskKey, level: str, examples: Tuple[int, ...]) -> _Written:
         s, seed = self.surveys[key], self.config.seed
-        recs = self._records(key, set(s.valid) | set(s.test))
+        recs = self._records(key, set(s.valid) | set(s.test) | {0})
         rendered = {i: render(r, seed, self.config.prompt_format) for i, r in recs.items()}
-        files, counts = self._write_parts(key, level, {"valid": s.valid, "test": s.test}, recs, rendered)
+        instruction = recs[0].instruction
+        files, counts = self._write_parts(key, level, {"valid": s.valid, "test": s.test}, recs, rendered,
+                                          instruction)
         both = s.valid + s.test
         shown = {j: (recs[both[j]].id, _text(rendered[both[j]])) for j in examples}
-        return _Written(key, files, counts, Counter(), examples=shown)
+        return _Written(key, files, counts, Counter(), examples=shown, instruction=instruction)
 
     def _write_parts(self, key: TaskKey, level: str, parts: Mapping[str, List[int]], recs: Mapping[int, Record],
-                     rendered: Mapping[int, Rendered]) -> Tuple[Dict[str, str], Dict[str, int]]:
+                     rendered: Mapping[int, Rendered], instruction: str) -> Tuple[Dict[str, str], Dict[str, int]]:
         stem = benchfiles.file_stem(key[0], self.facts[key].category, key[1])
         files, counts = {}, {}
         for part in ("train", "valid", "test"):
@@ -636,7 +641,7 @@ class _Build:
                 continue
             split = split_name(level, part)
             path = benchfiles.split_path(self.root, split, stem)
-            rows = (_row(recs[i], rendered[i], split) for i in idx)
+            rows = (_row(recs[i], rendered[i], split, instruction) for i in idx)
             counts[split] = benchfiles.write_jsonl_with_index(path, rows, atomic=False,  # inside `root`
                                                               dumps=benchfiles.dumps_text_line)
             files[split] = path.relative_to(self.root).as_posix()
@@ -661,6 +666,8 @@ class _Build:
                 kept += n
             entry = {"task": key[1], "benchmark": key[0], "category": f.category, "level": self.plan.levels[key],
                      "sources": list(f.info().sources), "files": w.files, "counts": w.counts}
+            if w.instruction:  # rows with this instruction leave it out (`_row`)
+                entry["instruction"] = w.instruction
             if f.positive_examples:  # SNI's k-shot demonstrations (eval/prompts.py)
                 entry["positive_examples"] = f.positive_examples
             entries.append(entry)
@@ -732,12 +739,17 @@ def split_name(level: str, part: str) -> str:
     return f"{part}_{LEVEL_INSTANCES if level == LEVEL_TRAIN else level}"
 
 
-def _row(r: Record, rendered: Rendered, split: str) -> Dict[str, Any]:
-    return {"id": r.id, "benchmark": r.benchmark, "category": r.category, "task": r.task, "split": split,
-            "src": rendered.src, "tgt": rendered.tgt, "references": list(r.outputs),
-            "candidates": None if r.candidates is None else list(r.candidates),
-            "instruction": r.instruction, "input": r.input, "template": r.template,
-            "language": r.language, "output_language": r.meta.get("output_language", r.language)}
+def _row(r: Record, rendered: Rendered, split: str, task_instruction: str) -> Dict[str, Any]:
+    """A bench line; an instruction equal to its task's (the manifest entry's `instruction`, e.g. an
+    SNI definition, a quarter of such a row) is left out: `Bench.read` puts it back."""
+    row = {"id": r.id, "benchmark": r.benchmark, "category": r.category, "task": r.task, "split": split,
+           "src": rendered.src, "tgt": rendered.tgt, "references": list(r.outputs),
+           "candidates": None if r.candidates is None else list(r.candidates),
+           "instruction": r.instruction, "input": r.input, "template": r.template,
+           "language": r.language, "output_language": r.meta.get("output_language", r.language)}
+    if task_instruction and r.instruction == task_instruction:
+        del row["instruction"]
+    return row
 
 
 def _jsonable(value: Any) -> Any:
