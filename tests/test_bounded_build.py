@@ -19,7 +19,8 @@ from optiml_plugin.errors import BadRecordError, ConfigError
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=400))
 def test_id_index_answers_like_a_dict_first_occurrence_wins(ids):
-    index, seen = IdIndex(filter_bits=64, recent=7), {}  # tiny: runs merge and the filter grows
+    index, seen = IdIndex(filter_bits=64, recent=7, max_run=40), {}  # tiny: runs merge, stop merging,
+    # and the filter grows
     for n, rid in enumerate(ids):
         assert index.get(rid) == seen.get(rid)
         if rid not in seen:

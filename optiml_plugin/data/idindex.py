@@ -4,7 +4,7 @@ Why: duplicate ids are refused with "first occurrence wins", which needs every i
 of id strings costs about 150 bytes per id (1.5 GB at 10M records, the paper's train split is 17.9M).
 The newest ids stay in a small dict; older ones are kept as a 128-bit key (two independent 64-bit
 SipHash values of the string, so a false match needs on the order of 2^64 ids) with a 64-bit payload,
-in sorted numpy runs merged as they grow.
+in sorted numpy runs merged as they grow (up to `max_run` ids, so a merge never copies the whole index).
 A bit filter in front answers the common case (an id never seen) with one bytearray lookup; it
 doubles as the index grows (8 bits per id, up to 32 MB), so a small source costs kilobytes.
 Python's string hash is salted per process: an index lives and dies in the process that built it.
@@ -22,11 +22,12 @@ class IdIndex:
     """`get(id)` -> the payload `add` stored for it, or None."""
 
     def __init__(self, filter_bits: int = 1 << 20, max_filter_bits: int = 1 << 28,
-                 recent: int = 1 << 16) -> None:
+                 recent: int = 1 << 16, max_run: int = 1 << 22) -> None:
         self._bits = bytearray(filter_bits >> 3)
         self._mask = filter_bits - 1
         self._max_bits = max_filter_bits
         self._limit = recent
+        self._max_run = max_run  # runs stop merging at 4M ids: a merge briefly holds a run twice (96 MB)
         self._recent: Dict[str, int] = {}  # the newest ids as strings (no key to build per id)
         self._runs: List[Tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (h1, h2, payload) by h1
         self.size = 0
@@ -66,7 +67,8 @@ class IdIndex:
         order = np.argsort(h1, kind="stable")
         self._recent = {}
         self._runs.append((h1[order], h2[order], payload[order]))
-        while len(self._runs) > 1 and len(self._runs[-2][0]) <= 2 * len(self._runs[-1][0]):
+        while (len(self._runs) > 1 and len(self._runs[-2][0]) <= 2 * len(self._runs[-1][0])
+               and len(self._runs[-2][0]) + len(self._runs[-1][0]) <= self._max_run):
             b, a = self._runs.pop(), self._runs.pop()
             merged = [np.concatenate((x, y)) for x, y in zip(a, b)]
             order = np.argsort(merged[0], kind="stable")
