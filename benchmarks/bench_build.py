@@ -22,6 +22,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +49,45 @@ def synthetic(n: int, tasks: int, seed: int):
                          sources=(name,),
                          instruction=f"Instruction of {name}: answer the question about the text.",
                          input=text, outputs=(rng.choice(WORDS),), id=f"{name}-{i}")
+
+
+class PeakPss:
+    """The largest proportional set size (PSS) of this process and its children together, sampled every
+    0.2 s from /proc (Linux): what the build holds at once, pages shared after a fork counted once."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _pss(pid: str) -> int:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                return sum(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+        except OSError:
+            return 0
+
+    def _run(self) -> None:
+        me = str(os.getpid())
+        while not self._stop.wait(0.2):
+            pids = [me]
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{pid}/stat") as f:
+                        if f.read().rsplit(")", 1)[1].split()[1] == me:
+                            pids.append(pid)
+                except (OSError, IndexError):
+                    pass
+            self.peak = max(self.peak, sum(self._pss(p) for p in pids))
+
+    def __enter__(self) -> "PeakPss":
+        if os.path.exists("/proc/self/smaps_rollup"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
 
 
 def main() -> None:
@@ -85,7 +125,8 @@ def main() -> None:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         start, cpu = time.perf_counter(), time.process_time()
         kwargs = {} if args.workers is None else {"workers": args.workers}
-        m = build_bench(config, Path(tmp) / "bench", records=records, progress=False, **kwargs)
+        with PeakPss() as pss:
+            m = build_bench(config, Path(tmp) / "bench", records=records, progress=False, **kwargs)
         secs, cpu = time.perf_counter() - start, time.process_time() - cpu
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         child = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -106,6 +147,9 @@ def main() -> None:
           f"bytes per record above the {before / 2**10:,.0f} MiB before the build), largest worker "
           f"{child.ru_maxrss / 2**20:.2f} GiB; at most {(peak + workers * child.ru_maxrss) / 2**20:.2f} GiB "
           f"at once with {workers} workers")
+    if pss.peak:
+        print(f"peak memory at once (PSS of the build and its workers, sampled every 0.2 s): "
+              f"{pss.peak / 2**30:.2f} GiB")
     print(f"disk: {bench_bytes / acc['kept']:,.0f} bytes per kept row in JSONL (+{index_bytes / acc['kept']:.0f} "
           f"index)" + (f"; source JSONL {source_bytes / acc['read']:,.0f} bytes per record, bench/source "
                        f"{bench_bytes / acc['kept'] / (source_bytes / acc['read']):.2f}x" if source_bytes else ""))

@@ -4,6 +4,9 @@ Why one module orchestrates: the steps (load, categorize, plan splits, decontami
 write) each live in their own module, but the accounting that proves nothing was lost silently
 (read = kept + skipped + removed by reason) must see every step, so it is kept here. The bench is
 written into a temporary sibling directory and renamed into place only once complete and balanced.
+Records never sit in memory together: they wait in a spill file, and worker processes read the sources
+and write the tasks (docs/bench.md, "How the build scales"), so memory does not grow with the records'
+text and every core works.
 """
 from __future__ import annotations
 
@@ -264,6 +267,7 @@ def build_bench(config: BuildConfig, out: Union[str, Path], records: Optional[It
         else:
             stream = (incoming(r) for r in validated(records, policy))
         facts = _collect(stream, policy, spill, bar)
+        del stream  # the readers' id indexes go with it, before workers are forked
         spill.close()
         reading = False
         merged = _merged_tasks(config, facts)

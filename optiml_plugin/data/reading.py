@@ -92,6 +92,7 @@ def read_sources(sources: Tuple[Dict[str, Any], ...], base_dir: Path, seed: int,
             seen.setdefault(part.source, set()).update(tasks_seen)
             if part.last:
                 missing_tasks(part.spec, seen[part.source])
+                gates.pop(part.source, None)  # its id index is done with: free it before the next phase
 
 
 def source_bytes(sources: Tuple[Dict[str, Any], ...], base_dir: Path) -> int:
