@@ -180,3 +180,14 @@ def test_a_task_instruction_is_stored_once_and_read_back_in_every_row(sni_dir, t
     stored = [r.get("instruction") for r in mb.reader(tf)]
     assert stored.count("Say it.") == sum(1 for r in mixed if r.instruction == "Say it.")
     assert [mb.read(tf, i)["instruction"] for i in range(len(mixed))] == [r.instruction for r in mixed]
+
+
+def test_two_tasks_with_one_file_name_are_refused_before_anything_is_written(tmp_path):
+    from optiml_plugin.errors import OptimlError
+
+    recs = [Record(benchmark="b", task=name, category="Summarization", sources=(name,), instruction="i",
+                   input=f"{name} {i}", outputs=("o",), id=f"{name}-{i}") for name in ("a b", "a_b") for i in range(8)]
+    raw = {"sources": [{"type": "builtin"}], "split": {"heldout_valid": 0, "heldout_test": 0}}
+    with pytest.raises(OptimlError, match="map to the same file name 'b__summarization__a_b'"):
+        build_bench(load_build_config(raw), tmp_path / "b", records=recs, progress=False)
+    assert not (tmp_path / "b").exists() and not list(tmp_path.iterdir())

@@ -458,7 +458,7 @@ class _Build:
             removed[reason] += self.facts[key].size
         conflicts = _source_overlap(plan, infos, dc, removed)
         order = sorted(plan.roles, key=lambda k: (k[0], self.facts[k].category, k[1]))
-        stems = _stems(order, self.facts)
+        _check_stems(order, self.facts)  # before any file is written
         for s in self._map(_survey, sorted(plan.roles), "planning"):
             self.surveys[s.key] = s
             removed.update(s.removed)
@@ -525,7 +525,7 @@ class _Build:
                           "dropped_tasks": dropped, "pairs_file": REVIEW_FILE},
             },
         }
-        return self._manifest(order, stems, written, removed, report, review, policy, problems)
+        return self._manifest(order, written, removed, report, review, policy, problems)
 
     # ------------------------------------------------------------------ work on one task (workers)
 
@@ -653,7 +653,7 @@ class _Build:
 
     # ------------------------------------------------------------------------------- the manifest
 
-    def _manifest(self, order: List[TaskKey], stems: Dict[TaskKey, str], written: Dict[TaskKey, _Written],
+    def _manifest(self, order: List[TaskKey], written: Dict[TaskKey, _Written],
                   removed: Counter, report: Dict[str, Any], review: List[Dict[str, Any]],
                   policy: BadRecordPolicy, problems: BadRecordPolicy) -> Dict[str, Any]:
         config, root = self.config, self.root
@@ -703,8 +703,8 @@ def _text(r: Rendered) -> str:
     return f"{r.src} {r.tgt}"
 
 
-def _stems(order: List[TaskKey], facts: Mapping[TaskKey, _Facts]) -> Dict[TaskKey, str]:
-    """Each task's file stem; two tasks whose names normalize to one stem are refused."""
+def _check_stems(order: List[TaskKey], facts: Mapping[TaskKey, _Facts]) -> None:
+    """Refuse two tasks whose names normalize to one file stem."""
     stems: Dict[str, TaskKey] = {}
     for key in order:
         stem = benchfiles.file_stem(key[0], facts[key].category, key[1])
@@ -712,7 +712,6 @@ def _stems(order: List[TaskKey], facts: Mapping[TaskKey, _Facts]) -> Dict[TaskKe
             raise OptimlError(f"tasks {stems[stem]} and {key} map to the same file name '{stem}'; "
                               f"rename one (benchmark, category and task names are normalized)")
         stems[stem] = key
-    return {k: s for s, k in stems.items()}
 
 
 def _source_overlap(plan: _Plan, infos: Mapping[TaskKey, TaskInfo], dc: DecontamConfig,
