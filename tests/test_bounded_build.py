@@ -19,7 +19,7 @@ from optiml_plugin.errors import BadRecordError, ConfigError
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=400))
 def test_id_index_answers_like_a_dict_first_occurrence_wins(ids):
-    index, seen = IdIndex(filter_bits=64, recent=7, max_run=40), {}  # tiny: runs merge, stop merging,
+    index, seen = IdIndex(filter_bits=64, recent=7, max_run=40), {}  # tiny: runs merge, move to disk,
     # and the filter grows
     for n, rid in enumerate(ids):
         assert index.get(rid) == seen.get(rid)
@@ -29,13 +29,26 @@ def test_id_index_answers_like_a_dict_first_occurrence_wins(ids):
     assert all(index.get(rid) == n for rid, n in seen.items())
 
 
-def test_id_index_holds_24_bytes_per_id():
-    index = IdIndex(recent=1000)
+def test_id_index_holds_24_bytes_per_id_and_only_the_newest_runs_in_memory():
+    import gc
+    import os
+
+    import numpy as np
+
+    index = IdIndex(recent=1000, max_run=8000)
     for n in range(50_000):
         index.add(f"task-{n}", n)
-    held = sum(a.nbytes for run in index._runs for a in run)
-    assert held == 24 * (50_000 - len(index._recent))
+    runs = [a for run in index._runs for a in run]
+    assert sum(a.nbytes for a in runs) == 24 * (50_000 - len(index._recent))
+    in_memory = sum(a.nbytes for a in runs if not isinstance(a, np.memmap))
+    assert 0 < in_memory <= 24 * 2 * 8000 and any(isinstance(a, np.memmap) for a in runs)
     assert len(index._bits) * 8 >= 8 * 50_000 // 2  # the filter grew with the ids
+    assert all(index.get(f"task-{n}") == n for n in range(0, 50_000, 7))  # found on disk and in memory
+    folder = index._dir
+    assert folder and os.listdir(folder)
+    del index, runs
+    gc.collect()
+    assert not os.path.exists(folder)  # the files go with the index
 
 
 def test_spill_rows_round_trip_across_flushes(tmp_path):
