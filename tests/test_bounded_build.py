@@ -136,9 +136,11 @@ def test_a_failed_source_read_is_not_reported_as_a_write_error(tmp_path, monkeyp
 
     from optiml_plugin.data.sources import tabular
 
-    src = tmp_path / "d.jsonl"
-    src.write_text(json.dumps({"benchmark": "b", "task": "t", "category": "Summarization", "instruction": "i",
-                               "input": "x", "output": "y"}) + "\n")
+    src = tmp_path / "src"  # two files, so with two workers the parts are read in a pool
+    src.mkdir()
+    for name in ("d1", "d2"):
+        (src / f"{name}.jsonl").write_text(json.dumps({"benchmark": "b", "task": name, "category": "Summarization",
+                                                       "instruction": "i", "input": "x", "output": "y"}) + "\n")
 
     def unreadable(path, policy, byte_range):
         raise OSError(errno.EIO, "Input/output error", str(path))
@@ -147,8 +149,9 @@ def test_a_failed_source_read_is_not_reported_as_a_write_error(tmp_path, monkeyp
     monkeypatch.setattr(tabular, "_jsonl_rows", unreadable)
     raw = {"sources": [{"type": "generic", "path": str(src)}]}
     for workers in (1, 2):
-        with pytest.raises(OSError, match="Input/output error"):
+        with pytest.raises(OSError, match="Input/output error") as e:
             build_bench(load_build_config(raw), tmp_path / "bench", progress=False, workers=workers)
+        assert e.value.filename == str(src / "d1.jsonl")
 
 
 def test_workers_do_not_change_the_bench_of_the_sni_sample(sni_dir, tmp_path):

@@ -1,7 +1,8 @@
 """The ids a build has seen, in bounded memory: 24 bytes per id, on disk but for the newest.
 
 Why: duplicate ids are refused with "first occurrence wins", which needs every id seen so far; a dict
-of id strings costs about 150 bytes per id (1.5 GB at 10M records, the paper's train split is 17.9M).
+of id strings with their locations costs about 190 bytes per id (1.9 GB at 10M records; the paper's
+train split is 17.9M).
 The newest ids stay in a small dict; older ones are kept as a 128-bit key (two independent 64-bit
 SipHash values of the string, so a false match needs on the order of 2^64 ids) with a 64-bit payload,
 in sorted numpy runs merged as they grow. A run of `max_run` ids merges no more and moves to a

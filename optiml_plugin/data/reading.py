@@ -7,7 +7,7 @@ each record's spill row there (`spill.incoming`). The parent
 replays the parts in order: it counts the reads, reports each bad record where one process would have
 (so the first error, the skip counts and the kept messages are the same), refuses duplicate ids with
 the source's `RecordGate` and checks the `tasks` filter once the source's last part is in. Records
-travel as tuples of builtins (a pickled dataclass costs 3x more to load) and are never rebuilt in
+travel as tuples of builtins (a pickled dataclass costs 5x more to load) and are never rebuilt in
 the parent. Sources that cannot be cut
 (`text`, `datasets`, `builtin`) are one part each.
 """

@@ -41,7 +41,7 @@ class Record:
                  language: str = "en", template: str = "", options_block: bool = True,
                  meta: Optional[Dict[str, Any]] = None) -> None:
         """The dataclass's fields, set at once: a frozen dataclass's generated `__init__` sets each
-        through `object.__setattr__`, 5x slower, and a build makes two records per input row."""
+        through `object.__setattr__`, 2.4x slower (2.6 vs 1.1 us), and a build makes two records per input row."""
         self.__dict__.update(benchmark=benchmark, task=task, category=category, sources=sources,
                              instruction=instruction, input=input, outputs=outputs, id=id, candidates=candidates,
                              language=language, template=template, options_block=options_block,
