@@ -41,10 +41,10 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.5",
         "pydantic>=2",
-        "orjson>=3.6",  # bench rows written 5x faster, byte for byte json's (data/benchfiles.py)
+        "orjson>=3.6",  # bench rows written 5x faster, byte for byte json's (benchfiles.py)
     ],
     extras_require=EXTRAS,
-    package_data={"optiml_plugin.data": ["taxonomy.yaml"], "optiml_plugin.presets": ["*.yaml"],
+    package_data={"optiml_plugin.bench": ["taxonomy.yaml"], "optiml_plugin.presets": ["*.yaml"],
                   "optiml_plugin.eval": ["presets/*.yaml", "presets/lmeval_tasks/*/*.yaml",
                                          "presets/lmeval_tasks/*/_*_yaml", "presets/lmeval_tasks/*/*.py"]},
     entry_points={"console_scripts": [

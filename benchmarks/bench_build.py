@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from optiml_plugin.data.build import build_bench, load_build_config  # noqa: E402
-from optiml_plugin.data.records import Record  # noqa: E402
-from optiml_plugin.data.workers import default_workers  # noqa: E402
+from optiml_plugin.bench.build import build_bench, load_build_config  # noqa: E402
+from optiml_plugin.bench.records import Record  # noqa: E402
+from optiml_plugin.bench.workers import default_workers  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(5000)]
 CATEGORIES = ["Question Answering", "Summarization", "Sentiment Analysis", "Text Categorization",

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from optiml_plugin.data.packing import PackingConfig, PackingStats, make_item, pack  # noqa: E402
-from optiml_plugin.data.templates import render_prompt  # noqa: E402
+from optiml_plugin.bench.templates import render_prompt  # noqa: E402
 from optiml_plugin.data.tokenizer import OptTokenizer  # noqa: E402
 
 Pairs = List[Tuple[Sequence[int], Sequence[int]]]

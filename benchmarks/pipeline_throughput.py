@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from optiml_plugin.data.benchfiles import MANIFEST, TRAIN_SPLIT, Bench, file_stem, split_path  # noqa: E402
+from optiml_plugin.benchfiles import MANIFEST, TRAIN_SPLIT, Bench, file_stem, split_path  # noqa: E402
 from optiml_plugin.data.mixture import Mixture, MixtureConfig  # noqa: E402
 from optiml_plugin.data.packing import PackingConfig  # noqa: E402
 from optiml_plugin.data.pipeline import DEFAULT_ENCODE_CHUNK, PackedBatches  # noqa: E402
@@ -43,7 +43,7 @@ SHARED = Path(os.environ.get("OPTIML_SHARED", REPO.parent / "shared")) / "data"
 
 
 def build_sni_bench(root: Path, sni: Path) -> Path:
-    from optiml_plugin.data.build import build_bench, load_build_config
+    from optiml_plugin.bench.build import build_bench, load_build_config
     config = load_build_config({"sources": [{"type": "sni", "path": str(sni / "tasks")}],
                                 "split": {"sni_split_dir": str(sni / "splits" / "default")}, "seed": 0})
     build_bench(config, root, progress=False)

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from optiml_plugin.data.benchfiles import Bench  # noqa: E402
+from optiml_plugin.benchfiles import Bench  # noqa: E402
 from optiml_plugin.data.mixture import Mixture, MixtureConfig  # noqa: E402
 from optiml_plugin.data.stream import DEFAULT_CHUNK_SIZE, ExampleStream  # noqa: E402
 

@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from optiml_plugin.data.benchfiles import Bench  # noqa: E402
+from optiml_plugin.benchfiles import Bench  # noqa: E402
 from optiml_plugin.data.mixture import Mixture, MixtureConfig  # noqa: E402
 from optiml_plugin.data.packing import PackingConfig, build_block, make_item  # noqa: E402
 from optiml_plugin.data.pipeline import PackedBatches, collate_blocks  # noqa: E402
@@ -49,7 +49,7 @@ def sni_bench(cache: Path) -> Path:
         sys.exit(0)
     out = cache / "sni_bench"
     if not (out / "manifest.json").is_file():
-        from optiml_plugin.data.build import build_bench, load_build_config
+        from optiml_plugin.bench.build import build_bench, load_build_config
 
         build_bench(load_build_config({"sources": [{"type": "sni", "path": str(tasks)}], "seed": 0}), out,
                     overwrite=True, progress=False)

@@ -84,7 +84,7 @@ class BadRecordPolicy:
     check that read = kept + skipped + removed.
     """
 
-    #: True where the policy serves one part of a source (a worker of data/reading.py): the process
+    #: True where the policy serves one part of a source (a worker of bench/reading.py): the process
     #: that merges the parts in order then refuses duplicate ids and checks the `tasks` filter
     partial_source = False
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Tuple, Union
 
-from optiml_plugin.data.benchfiles import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, SPLITS, TRAIN_SPLIT,
+from optiml_plugin.benchfiles import (FORMAT_NAME, FORMAT_VERSION, MANIFEST, SPLITS, TRAIN_SPLIT,
                                            atomic_write_bytes, file_stem, split_path,
                                            write_jsonl_with_index)
 

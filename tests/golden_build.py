@@ -1,6 +1,6 @@
 """A synthetic bench that exercises every step of the builder, and the digests of what it builds.
 
-Why: the builder was rewritten to run in bounded memory on two processes (data/build.py); its bench
+Why: the builder was rewritten to run in bounded memory on two processes (bench/build.py); its bench
 must stay byte for byte what the in-memory builder wrote. `GOLDEN_FILE` holds the sha256 of every
 file the in-memory builder (commit fc86fa2, bench format 1) wrote for these configs, made with
 `python tests/golden_build.py --write` at that commit; tests/test_build_golden.py rebuilds, turns the
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from optiml_plugin.data.records import Record  # noqa: E402
+from optiml_plugin.bench.records import Record  # noqa: E402
 
 GOLDEN_FILE = Path(__file__).parent / "data" / "build_golden.json"
 WORDS = [f"w{i}" for i in range(300)]
@@ -139,7 +139,7 @@ def as_format1(root: Path) -> Path:
     (indexes rewritten), the manifest without the tasks' `instruction` and with version 1."""
     import numpy as np
 
-    from optiml_plugin.data.benchfiles import dumps_line, with_instruction
+    from optiml_plugin.benchfiles import dumps_line, with_instruction
 
     manifest = json.loads((root / "manifest.json").read_text())
     for entry in manifest["tasks"]:
@@ -159,7 +159,7 @@ def as_format1(root: Path) -> Path:
 
 
 def build_all(tmp: Path, **kwargs: Any) -> Dict[str, Dict[str, str]]:
-    from optiml_plugin.data.build import build_bench, load_build_config
+    from optiml_plugin.bench.build import build_bench, load_build_config
 
     out = {}
     for name, raw in golden_configs().items():

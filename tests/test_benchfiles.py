@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optiml_plugin.data.benchfiles import (Bench, IndexedJsonl, dumps_line, dumps_text_line, file_stem,
+from optiml_plugin.benchfiles import (Bench, IndexedJsonl, dumps_line, dumps_text_line, file_stem,
                                            normalize_name, write_jsonl_with_index)
 from optiml_plugin.errors import OptimlError
 

@@ -5,7 +5,7 @@ import os
 import pickle
 import resource
 
-import optiml_plugin.data.benchfiles as bf
+import optiml_plugin.benchfiles as bf
 from bench_factory import make_bench
 
 

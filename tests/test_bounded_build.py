@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from golden_build import GOLDEN_FILE, as_format1, bench_digests, golden_configs, write_jsonl_sources
-from optiml_plugin.data import reading, spill
-from optiml_plugin.data.build import build_bench, load_build_config
-from optiml_plugin.data.idindex import IdIndex
-from optiml_plugin.data.records import Record
+from optiml_plugin.bench import reading, spill
+from optiml_plugin.bench.build import build_bench, load_build_config
+from optiml_plugin.bench.idindex import IdIndex
+from optiml_plugin.bench.records import Record
 from optiml_plugin.errors import BadRecordError, ConfigError
 
 
@@ -134,7 +134,7 @@ def test_a_failed_source_read_is_not_reported_as_a_write_error(tmp_path, monkeyp
     surfaces as itself, from a worker as from the parent."""
     import errno
 
-    from optiml_plugin.data.sources import tabular
+    from optiml_plugin.bench.sources import tabular
 
     src = tmp_path / "src"  # two files, so with two workers the parts are read in a pool
     src.mkdir()
@@ -167,7 +167,7 @@ def test_workers_do_not_change_the_bench_of_the_sni_sample(sni_dir, tmp_path):
 def test_a_task_instruction_is_stored_once_and_read_back_in_every_row(sni_dir, tmp_path):
     """Format 2: SNI rows leave out their definition (the manifest holds it once per task); the reader
     gives every row whole, in the builder's key order; a row whose instruction differs keeps it."""
-    from optiml_plugin.data.benchfiles import Bench
+    from optiml_plugin.benchfiles import Bench
 
     raw = {"sources": [{"type": "sni", "path": str(sni_dir / "tasks")}], "seed": 2,
            "split": {"eval_test": 5, "eval_valid": 5, "heldout_valid": 2, "heldout_test": 2}}

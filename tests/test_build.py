@@ -7,10 +7,10 @@ from typing import List
 
 import pytest
 
-from optiml_plugin.data.benchfiles import Bench, SPLITS
-from optiml_plugin.data.build import build_bench, load_build_config
-from optiml_plugin.data.decontam import normalize_text
-from optiml_plugin.data.records import Record
+from optiml_plugin.benchfiles import Bench, SPLITS
+from optiml_plugin.bench.build import build_bench, load_build_config
+from optiml_plugin.bench.decontam import normalize_text
+from optiml_plugin.bench.records import Record
 from optiml_plugin.errors import BadRecordError, ConfigError, OptimlError
 
 

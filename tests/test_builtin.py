@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from optiml_plugin.data.build import build_bench, load_build_config
-from optiml_plugin.data.builtin import (COLORS, HELDOUT_CATEGORY, HELDOUT_TASKS, KINDS, TASKS, builtin_config,
+from optiml_plugin.bench.build import build_bench, load_build_config
+from optiml_plugin.bench.builtin import (COLORS, HELDOUT_CATEGORY, HELDOUT_TASKS, KINDS, TASKS, builtin_config,
                                         builtin_records)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from optiml_plugin.cli import main
-from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.benchfiles import Bench
 
 
 def test_build_builtin_then_stats_with_png(tmp_path, capsys):

@@ -5,7 +5,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optiml_plugin.data.decontam import (ExactInputFilter, NgramHasher, ngram_overlap, normalize_many,
+from optiml_plugin.bench.decontam import (ExactInputFilter, NgramHasher, ngram_overlap, normalize_many,
                                          normalize_text, source_conflicts)
 
 
@@ -89,9 +89,9 @@ def test_hasher_unique_pairs_and_short_texts():
 def test_build_removes_flagged_training_tasks_writes_the_review_file_and_counts_removals(tmp_path):
     import json
 
-    from optiml_plugin.data.build import build_bench, load_build_config
-    from optiml_plugin.data.decontam import REVIEW_FILE
-    from optiml_plugin.data.records import Record
+    from optiml_plugin.bench.build import build_bench, load_build_config
+    from optiml_plugin.bench.decontam import REVIEW_FILE
+    from optiml_plugin.bench.records import Record
 
     def recs(task, n, inputs):
         return [Record(benchmark="b", task=task, category=task.upper(), sources=(task,), instruction="Do it.",

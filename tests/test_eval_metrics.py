@@ -103,7 +103,7 @@ def test_task_rouge_equals_the_official_script_on_real_sni_tasks(sni_dir, xlingu
 
 
 def test_sni_rows_know_their_output_language(sni_dir):
-    from optiml_plugin.data.sources import load_source
+    from optiml_plugin.bench.sources import load_source
     from optiml_plugin.errors import BadRecordPolicy
 
     for task, lang, out in (("task117_spl_translation_en_de", "en", "de"),

@@ -7,8 +7,8 @@ import hashlib
 import pytest
 
 import eval_support as S
-from optiml_plugin.data.sources import load_source
-from optiml_plugin.data.templates import render
+from optiml_plugin.bench.sources import load_source
+from optiml_plugin.bench.templates import render
 from optiml_plugin.errors import BadRecordPolicy
 from optiml_plugin.eval.prompts import (Demo, Pool, build_prompt, demo_indices, demonstration,
                                         positive_demos, row_template, split_instruction)

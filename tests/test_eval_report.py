@@ -7,7 +7,7 @@ import pytest
 
 import eval_support as S
 from optiml_plugin.cli import main
-from optiml_plugin.data.benchfiles import write_jsonl_with_index
+from optiml_plugin.benchfiles import write_jsonl_with_index
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ import torch
 
 from bench_factory import make_bench, micro_train_config
 from optiml_plugin.cli import main as cli_main
-from optiml_plugin.data.benchfiles import MANIFEST, Bench, atomic_write_bytes
-from optiml_plugin.data.build import build_bench, load_build_config
-from optiml_plugin.data.records import Record
+from optiml_plugin.benchfiles import MANIFEST, Bench, atomic_write_bytes
+from optiml_plugin.bench.build import build_bench, load_build_config
+from optiml_plugin.bench.records import Record
 from optiml_plugin.errors import (ConfigError, CorruptFileError, OptimlError, WriteError)
 from optiml_plugin.local import checkpoint as ckpt
 from optiml_plugin.local.trainer import Trainer, read_log

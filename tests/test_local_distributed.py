@@ -145,7 +145,7 @@ def test_ddp_ranks_keep_identical_parameters(world):
 
 
 def test_ddp_ranks_read_disjoint_partitions_of_one_stream(world, bench):
-    from optiml_plugin.data.benchfiles import Bench
+    from optiml_plugin.benchfiles import Bench
     from optiml_plugin.data.mixture import Mixture, MixtureConfig
     from optiml_plugin.data.stream import ExampleStream
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench_factory import make_bench
-from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.benchfiles import Bench
 from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.loss import target_cross_entropy

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from bench_factory import make_bench
-from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture, MixtureConfig, parse_proportions, validate_proportions
 from optiml_plugin.errors import ConfigError
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from optiml_plugin.data.build import build_bench, load_build_config
-from optiml_plugin.data.multiplex import multiplex_train
-from optiml_plugin.data.records import Record
-from optiml_plugin.data.sources import load_source
-from optiml_plugin.data.sources.p3 import dataset_and_template
+from optiml_plugin.bench.build import build_bench, load_build_config
+from optiml_plugin.bench.multiplex import multiplex_train
+from optiml_plugin.bench.records import Record
+from optiml_plugin.bench.sources import load_source
+from optiml_plugin.bench.sources.p3 import dataset_and_template
 from optiml_plugin.errors import BadRecordPolicy
 
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from optiml_plugin.data.build import build_bench, load_build_config
+from optiml_plugin.bench.build import build_bench, load_build_config
 from optiml_plugin.errors import ConfigError
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench_factory import make_bench, make_row
-from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture, MixtureConfig
 from optiml_plugin.data.packing import PackingConfig, make_item
 from optiml_plugin.data.shares import ShareCounters

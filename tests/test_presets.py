@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from optiml_plugin import sweep
-from optiml_plugin.data.build import load_build_config
-from optiml_plugin.data.sources import DEFAULT_BENCHMARKS
+from optiml_plugin.bench.build import load_build_config
+from optiml_plugin.bench.sources import DEFAULT_BENCHMARKS
 from optiml_plugin.errors import ConfigError
 
 PRESETS = sweep.CHECKOUT_PRESETS

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from optiml_plugin.data.sources import load_source
-from optiml_plugin.data.templates import render
+from optiml_plugin.bench.sources import load_source
+from optiml_plugin.bench.templates import render
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 
 datasets = pytest.importorskip("datasets")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from optiml_plugin.data.sources import load_source
-from optiml_plugin.data.sources.sni import absent_split_tasks, read_split_lists
+from optiml_plugin.bench.sources import load_source
+from optiml_plugin.bench.sources.sni import absent_split_tasks, read_split_lists
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from optiml_plugin.data.sources import DEFAULT_BENCHMARKS, load_source
+from optiml_plugin.bench.sources import DEFAULT_BENCHMARKS, load_source
 from optiml_plugin.errors import BadRecordPolicy, ConfigError
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from optiml_plugin.data.sources import load_source
+from optiml_plugin.bench.sources import load_source
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 
 P3_ROWS = [

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from optiml_plugin.data.splits import (EVAL, LEVEL_CATEGORIES, LEVEL_TASKS, TRAIN, SplitConfig, TaskInfo,
+from optiml_plugin.bench.splits import (EVAL, LEVEL_CATEGORIES, LEVEL_TASKS, TRAIN, SplitConfig, TaskInfo,
                                        assign_levels, assign_roles, cap_indices, eval_draw, split_eval_instances,
                                        split_train_instances)
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy

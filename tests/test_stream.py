@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from bench_factory import make_bench
-from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture, MixtureConfig
 from optiml_plugin.data.shares import ShareCounters
 from optiml_plugin.data.stream import ExampleStream, keyed_bijection, permutation_keys

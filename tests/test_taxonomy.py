@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from optiml_plugin.data.records import Record
-from optiml_plugin.data.sources import load_source
-from optiml_plugin.data.taxonomy import Taxonomy
+from optiml_plugin.bench.records import Record
+from optiml_plugin.bench.sources import load_source
+from optiml_plugin.bench.taxonomy import Taxonomy
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from optiml_plugin.data.records import Record
-from optiml_plugin.data.templates import DELIMITERS, format_options, render, render_prompt
+from optiml_plugin.bench.records import Record
+from optiml_plugin.bench.templates import DELIMITERS, format_options, render, render_prompt
 
 
 def rec(i: int = 0, instruction: str = "Classify the review.", input: str = "great food", candidates=None,
@@ -51,7 +51,7 @@ def test_format_options_is_flans():
 def _rendered_from(tmp_path, kind, row, **entry):
     import json
 
-    from optiml_plugin.data.sources import load_source
+    from optiml_plugin.bench.sources import load_source
     from optiml_plugin.errors import BadRecordPolicy
 
     path = tmp_path / f"{kind}.jsonl"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench_factory import make_bench
-from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture, MixtureConfig
 from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.data.training_data import training_data

@@ -34,8 +34,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from optiml_plugin.data.build import build_bench, load_build_config
-    from optiml_plugin.data.builtin import builtin_config
+    from optiml_plugin.bench.build import build_bench, load_build_config
+    from optiml_plugin.bench.builtin import builtin_config
 
     if args.builtin == bool(args.config):
         raise ConfigError("give either a build CONFIG or --builtin")
@@ -58,8 +58,8 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from optiml_plugin.data.benchfiles import Bench
-    from optiml_plugin.data.stats import check_files, format_stats, plot_composition
+    from optiml_plugin.benchfiles import Bench
+    from optiml_plugin.bench.stats import check_files, format_stats, plot_composition
 
     bench = Bench(args.bench)
     print(format_stats(bench))

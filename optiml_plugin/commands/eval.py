@@ -26,7 +26,7 @@ def _unescape(text: str) -> str:
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
-    from optiml_plugin.data.benchfiles import LEVELS
+    from optiml_plugin.benchfiles import LEVELS
 
     p = sub.add_parser("eval", help="evaluate a model on a bench's held-out levels",
                        usage="optiml eval --model DIR --bench DIR [options]\n"
@@ -147,7 +147,7 @@ def _json_object(path: Optional[str], flag: str, value_type: type, what: str) ->
 
 
 def _summary(results: Dict) -> str:
-    from optiml_plugin.data.benchfiles import LEVELS
+    from optiml_plugin.benchfiles import LEVELS
 
     agg = results["aggregate"]
     lines: List[str] = [f"model {results['model_id']}: {results['counts']['instances']} instances"]

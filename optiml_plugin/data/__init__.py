@@ -1,3 +1,4 @@
-"""The data core: records, sources, bench building, mixture, stream, tokenizer, packer.
+"""The training data path: bench -> mixture -> stream -> tokenizer -> packer -> batches.
 
-Imports neither metaseq nor transformers (see docs/ARCHITECTURE.md)."""
+Reads a bench directory through `optiml_plugin.benchfiles`; imports neither metaseq nor transformers
+(docs/ARCHITECTURE.md)."""

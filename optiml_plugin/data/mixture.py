@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 import numpy as np
 
-from optiml_plugin.data.benchfiles import Bench, TaskFile, file_stem, normalize_name
+from optiml_plugin.benchfiles import Bench, TaskFile, file_stem, normalize_name
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.yamlio import read_yaml
 

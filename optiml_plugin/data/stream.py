@@ -24,8 +24,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from optiml_plugin.data.benchfiles import Bench
-from optiml_plugin.data.hashing import GOLDEN, mix64
+from optiml_plugin.benchfiles import Bench
+from optiml_plugin.hashing import GOLDEN, mix64
 from optiml_plugin.data.mixture import Mixture
 from optiml_plugin.errors import ConfigError, mismatch_error
 

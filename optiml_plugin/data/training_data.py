@@ -30,7 +30,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from optiml_plugin.data.benchfiles import Bench, TaskFile
+from optiml_plugin.benchfiles import Bench, TaskFile
 from optiml_plugin.data.mixture import Mixture, MixtureConfig
 from optiml_plugin.data.packing import Block, PackingConfig, build_block, pack
 from optiml_plugin.data.pipeline import PackedBatches, collate_blocks

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from optiml_plugin.data.benchfiles import Bench, TaskFile
+from optiml_plugin.benchfiles import Bench, TaskFile
 from optiml_plugin.data.packing import PackingConfig, PackItem, make_item
 from optiml_plugin.data.tokenizer import OptTokenizer
 

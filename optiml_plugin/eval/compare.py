@@ -99,7 +99,7 @@ def chart(runs: Sequence[Run], path: Path) -> str:
 def compare(paths: Sequence[str], out: Path, names: Optional[Sequence[str]] = None, seed: int = 0
             ) -> Tuple[Path, Path]:
     """Write compare.md and compare.png into `out`; returns their paths."""
-    from optiml_plugin.data.benchfiles import atomic_write_bytes
+    from optiml_plugin.benchfiles import atomic_write_bytes
 
     if len(paths) < 1:
         raise ConfigError("compare needs at least one eval run")

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 from optiml_plugin.conventions import LEVELS
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.eval.backend import Backend
-from optiml_plugin.data.templates import PROMPT_FORMATS, TASK_LEVEL_BENCHMARKS
+from optiml_plugin.bench.templates import PROMPT_FORMATS, TASK_LEVEL_BENCHMARKS
 
 SPLIT_KINDS = ("valid", "test")
 TASK_METRICS = ("accuracy", "rougeL")  # rank classification, or generation scored by Rouge-L (and EM)

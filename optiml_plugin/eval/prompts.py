@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from optiml_plugin.data.templates import render_prompt, sni_definition, sni_period, sni_target
+from optiml_plugin.bench.templates import render_prompt, sni_definition, sni_period, sni_target
 from optiml_plugin.data.tokenizer import join_texts
 
 Row = Dict[str, Any]

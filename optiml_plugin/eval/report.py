@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from optiml_plugin.conventions import LEVELS
-from optiml_plugin.data.benchfiles import atomic_write_bytes, dumps_line, normalize_name
+from optiml_plugin.benchfiles import atomic_write_bytes, dumps_line, normalize_name
 
 RESULTS = "results.json"
 PREDICTIONS = "predictions.jsonl"

@@ -14,14 +14,14 @@ from typing import Any, Dict, List, Optional, Tuple
 from tqdm import tqdm
 
 from optiml_plugin import __version__
-from optiml_plugin.data.benchfiles import Bench, TaskFile
+from optiml_plugin.benchfiles import Bench, TaskFile
 from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 from optiml_plugin.eval import metrics as M
 from optiml_plugin.eval.aggregate import aggregate
 from optiml_plugin.eval.backend import Backend
 from optiml_plugin.eval.config import EvalConfig
-from optiml_plugin.data.templates import is_task_level
+from optiml_plugin.bench.templates import is_task_level
 from optiml_plugin.eval.prompts import Demo, Pool, build_prompt, demo_indices, positive_demos
 from optiml_plugin.eval.report import default_run_dir, write_run
 from optiml_plugin.eval.scoring import (CandidateScores, Tree, cut_at_stops, generate_all, score_separately,

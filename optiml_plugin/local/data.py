@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from optiml_plugin.conventions import TRAIN_SPLIT
-from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.benchfiles import Bench
 from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.recipe import DataConfig

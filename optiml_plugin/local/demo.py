@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from optiml_plugin.data.benchfiles import atomic_write_bytes
-from optiml_plugin.data.builtin import HELDOUT_CATEGORY, HELDOUT_TASKS
+from optiml_plugin.benchfiles import atomic_write_bytes
+from optiml_plugin.bench.builtin import HELDOUT_CATEGORY, HELDOUT_TASKS
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.recipe import config_from_dict
 from optiml_plugin.local.trainer import Trainer, read_log
@@ -55,8 +55,8 @@ def run_demo(out: Optional[Path] = None, steps: Optional[int] = None, quick: boo
     t = time.perf_counter()
     bench = out / "bench"
     if not (bench / "manifest.json").is_file():
-        from optiml_plugin.data.build import build_bench, load_build_config
-        from optiml_plugin.data.builtin import builtin_config
+        from optiml_plugin.bench.build import build_bench, load_build_config
+        from optiml_plugin.bench.builtin import builtin_config
 
         build_bench(load_build_config(builtin_config(seed)), bench, overwrite=True, progress=progress)
     timings["build_s"] = time.perf_counter() - t
@@ -227,7 +227,7 @@ def _markdown(s: Dict[str, Any]) -> str:
              f"OPT of the `{s['preset']}` preset ({s['parameters']:,} parameters, attention backend "
              f"`{s['attention']}`) trained "
              f"{s['steps']} steps on the built-in benchmark (questions and operations on word lists, "
-             f"`optiml_plugin/data/builtin.py`; held-out tasks: {', '.join(HELDOUT_TASKS)}; held-out category: "
+             f"`optiml_plugin/bench/builtin.py`; held-out tasks: {', '.join(HELDOUT_TASKS)}; held-out category: "
              f"{HELDOUT_CATEGORY}); timings (s): "
              + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in s["timings"].items()) + ".",
              "", "## Does instruction tuning transfer?", "",

@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 import torch
 import yaml
 
-from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.benchfiles import Bench
 from optiml_plugin.data.training_data import BITS_PER_NAT, benchmark_sums, training_data
 from optiml_plugin.errors import ConfigError, CorruptFileError, WriteError, first_line
 from optiml_plugin.fsio import replace_dir

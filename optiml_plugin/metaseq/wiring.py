@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 
-from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture
 from optiml_plugin.data.pipeline import PackedBatches
 from optiml_plugin.data.stream import ExampleStream

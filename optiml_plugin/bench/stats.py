@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple, Union
 
 from optiml_plugin.conventions import LEVEL_CATEGORIES, LEVEL_TASKS, LEVEL_TRAIN, SPLITS
-from optiml_plugin.data.benchfiles import Bench
+from optiml_plugin.benchfiles import Bench
 from optiml_plugin.errors import OptimlError
 
 LEVEL_ORDER = (LEVEL_TRAIN, LEVEL_TASKS, LEVEL_CATEGORIES)

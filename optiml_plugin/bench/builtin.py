@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from optiml_plugin.data.records import Record
+from optiml_plugin.bench.records import Record
 
 BENCHMARK = "builtin"
 TRAIN_SIZE = 340  # per training task: 20 valid + 20 test held out, ~300 train

@@ -14,8 +14,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
-from optiml_plugin.data.benchfiles import normalize_name
-from optiml_plugin.data.records import Record
+from optiml_plugin.benchfiles import normalize_name
+from optiml_plugin.bench.records import Record
 
 # The paper's eight delimiters (P §2.4). The PDF prints the last one as "\output:", which is almost
 # certainly "\noutput:" with the "n" lost; we use "\noutput:" (documented in docs/bench.md).

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping
 
-from optiml_plugin.data.records import Record
-from optiml_plugin.data.sources import flan, generic, hf_datasets, p3, sni, text
-from optiml_plugin.data.sources.base import SourceSpec, parse_spec
+from optiml_plugin.bench.records import Record
+from optiml_plugin.bench.sources import flan, generic, hf_datasets, p3, sni, text
+from optiml_plugin.bench.sources.base import SourceSpec, parse_spec
 from optiml_plugin.errors import BadRecordPolicy, ConfigError
 
 LOADERS = {"sni": sni, "p3": p3, "flan": flan, "generic": generic, "text": text, "datasets": hf_datasets}

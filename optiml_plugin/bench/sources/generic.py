@@ -20,15 +20,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
-from optiml_plugin.data.records import Record
-from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, candidates_value, first_present,
+from optiml_plugin.bench.records import Record
+from optiml_plugin.bench.sources.base import (RecordGate, SourceSpec, candidates_value, first_present,
                                              outputs_value, row_fields, task_name)
-from optiml_plugin.data.sources.tabular import TABLE_SUFFIXES, Build, TaskOf, load_rows
+from optiml_plugin.bench.sources.tabular import TABLE_SUFFIXES, Build, TaskOf, load_rows
 from optiml_plugin.errors import BadRecordPolicy
 
 KEYS = ("task", "instruction", "options_block")
 SUFFIXES = TABLE_SUFFIXES
-#: data/reading.py may read each file, and parts of a JSONL file, in its own process
+#: bench/reading.py may read each file, and parts of a JSONL file, in its own process
 PARTS = "lines"
 DEFAULT_BENCHMARK = None  # required per row or in the source entry
 TASK_KEYS = ("task",)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
 
-from optiml_plugin.data.splits import SplitConfig, TaskKey, task_rng
+from optiml_plugin.bench.splits import SplitConfig, TaskKey, task_rng
 
 MODES = ("random", "official")
 #: release split names -> the bench part they feed

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from optiml_plugin.data.splits import TaskKey, task_rng
+from optiml_plugin.bench.splits import TaskKey, task_rng
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from optiml_plugin.data.decontam import DecontamConfig
-from optiml_plugin.data.official import MODES as OFFICIAL_MODES
-from optiml_plugin.data.splits import SplitConfig, read_task_list
-from optiml_plugin.data.templates import PROMPT_FORMATS
+from optiml_plugin.bench.decontam import DecontamConfig
+from optiml_plugin.bench.official import MODES as OFFICIAL_MODES
+from optiml_plugin.bench.splits import SplitConfig, read_task_list
+from optiml_plugin.bench.templates import PROMPT_FORMATS
 from optiml_plugin.errors import BadRecordPolicy, ConfigError
 from optiml_plugin.yamlio import read_yaml
 
@@ -30,9 +30,9 @@ _FILE_LIST_KEYS = ("heldout_tasks", "valid_tasks")
 class BuildConfig:
     """A validated build config. `caps` maps a benchmark to its per-task training cap ("default" for
     the rest); `multiplex`: draw a training task's examples from all its templates' instantiations
-    (data/multiplex.py); `heldout_instances`: training tasks' held-out instances are "random" rows or
-    the release's "official" dev/test splits (data/official.py); `prompt_format`: how `src` is rendered,
-    "paper" or "sni" (Tk-Instruct's prompt for SNI tasks, data/templates.py); `raw` is the config as given (it
+    (bench/multiplex.py); `heldout_instances`: training tasks' held-out instances are "random" rows or
+    the release's "official" dev/test splits (bench/official.py); `prompt_format`: how `src` is rendered,
+    "paper" or "sni" (Tk-Instruct's prompt for SNI tasks, bench/templates.py); `raw` is the config as given (it
     goes into the manifest); relative paths resolve against `base_dir` (the config file's directory)."""
 
     sources: Tuple[Mapping[str, Any], ...]

@@ -14,8 +14,8 @@ import struct
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
-from optiml_plugin.data.records import Record
-from optiml_plugin.data.splits import TaskKey
+from optiml_plugin.bench.records import Record
+from optiml_plugin.bench.splits import TaskKey
 
 _LEN = struct.Struct("<I")
 #: positions in a spilled row

@@ -17,7 +17,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from optiml_plugin.conventions import LEVEL_CATEGORIES, LEVEL_INSTANCES, LEVEL_TASKS, LEVEL_TRAIN
-from optiml_plugin.data.benchfiles import normalize_name
+from optiml_plugin.benchfiles import normalize_name
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy
 
 TRAIN, EVAL = "train", "eval"

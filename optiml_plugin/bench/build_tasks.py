@@ -1,7 +1,7 @@
 """The bench build's per-task phases: plan, decontaminate and write tasks from spilled records.
 
-Why its own module: `data/build.py` reads the sources into the spill and keeps the accounting; this
-module works on one task at a time, in worker processes (data/workers.py), so memory holds one task's
+Why its own module: `bench/build.py` reads the sources into the spill and keeps the accounting; this
+module works on one task at a time, in worker processes (bench/workers.py), so memory holds one task's
 rows, never the bench. Phase 1 (`survey`, every task) draws the held-out parts and collects the
 evaluation inputs and eval n-grams; the parent builds the exact-input set and the eval n-gram index.
 Phase 2 (`write_train`) drops exact-input matches, caps, looks the task's n-grams up and writes the task
@@ -21,19 +21,19 @@ from tqdm import tqdm
 
 from optiml_plugin import __version__
 from optiml_plugin.conventions import LEVEL_INSTANCES, LEVEL_TRAIN
-from optiml_plugin.data import benchfiles
-from optiml_plugin.data.build_config import BuildConfig, jsonable
-from optiml_plugin.data.decontam import (REVIEW_FILE, DecontamConfig, EvalNgrams, ExactInputFilter, OverlapPair,
+from optiml_plugin import benchfiles
+from optiml_plugin.bench.build_config import BuildConfig, jsonable
+from optiml_plugin.bench.decontam import (REVIEW_FILE, DecontamConfig, EvalNgrams, ExactInputFilter, OverlapPair,
                                          flagged_rows, source_conflicts)
-from optiml_plugin.data.multiplex import multiplex_train
-from optiml_plugin.data.official import official_instances
-from optiml_plugin.data.records import Record
-from optiml_plugin.data.spill import INPUT, META, TEMPLATE, SpillWriter, read_rows, to_record
-from optiml_plugin.data.splits import (EVAL, TRAIN, TaskInfo, TaskKey, absent_from_lists, assign_levels,
+from optiml_plugin.bench.multiplex import multiplex_train
+from optiml_plugin.bench.official import official_instances
+from optiml_plugin.bench.records import Record
+from optiml_plugin.bench.spill import INPUT, META, TEMPLATE, SpillWriter, read_rows, to_record
+from optiml_plugin.bench.splits import (EVAL, TRAIN, TaskInfo, TaskKey, absent_from_lists, assign_levels,
                                        assign_roles, cap_indices, eval_draw, split_eval_instances,
                                        split_train_instances)
-from optiml_plugin.data.templates import Rendered, render
-from optiml_plugin.data.workers import ordered_map
+from optiml_plugin.bench.templates import Rendered, render
+from optiml_plugin.bench.workers import ordered_map
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, OptimlError
 
 ROWS_CACHED = 32 << 20  # bytes of one task's spill a worker holds in memory while on it
@@ -41,7 +41,7 @@ ROWS_CACHED = 32 << 20  # bytes of one task's spill a worker holds in memory whi
 
 @dataclass
 class TaskFacts:
-    """What the plan needs of one task while its records wait in the spill (data/spill.py)."""
+    """What the plan needs of one task while its records wait in the spill (bench/spill.py)."""
 
     key: TaskKey
     category: str
@@ -139,7 +139,7 @@ class Phases:
         sni_lists = None
         names = {k[1] for k in self.facts}
         if cfg.sni_split_dir:
-            from optiml_plugin.data.sources.sni import absent_split_tasks, read_split_lists
+            from optiml_plugin.bench.sources.sni import absent_split_tasks, read_split_lists
             sni_lists = read_split_lists(cfg.sni_split_dir)
             if cfg.sni_lists_complete:
                 for path, line, name in absent_split_tasks(cfg.sni_split_dir, names):

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
-from optiml_plugin.data.records import Record
-from optiml_plugin.data.sources.base import RecordGate, SourceSpec, release_split
+from optiml_plugin.bench.records import Record
+from optiml_plugin.bench.sources.base import RecordGate, SourceSpec, release_split
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, OptimlError
 
 #: suffixes read as JSON Lines (`.json` too: `datasets.Dataset.to_json` writes JSON Lines) or Parquet

@@ -24,11 +24,11 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from optiml_plugin.data.records import Record
-from optiml_plugin.data.sources import flan, generic, p3
-from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, file_stem, has_suffix,
+from optiml_plugin.bench.records import Record
+from optiml_plugin.bench.sources import flan, generic, p3
+from optiml_plugin.bench.sources.base import (RecordGate, SourceSpec, file_stem, has_suffix,
                                              release_split, resolve_paths)
-from optiml_plugin.data.sources.tabular import PARQUET_SUFFIXES, iter_rows, rows_records
+from optiml_plugin.bench.sources.tabular import PARQUET_SUFFIXES, iter_rows, rows_records
 from optiml_plugin.errors import BadRecordPolicy, ConfigError, OptimlError
 
 KEYS = ("format", "columns", "name", "config", "cache_dir", "splits", "task", "dataset_prefixes",

@@ -19,15 +19,15 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from tqdm import tqdm
 
-from optiml_plugin.data import outdir
-from optiml_plugin.data.build_config import BuildConfig, load_build_config
-from optiml_plugin.data.build_tasks import Phases, TaskFacts
-from optiml_plugin.data.idindex import IdIndex
-from optiml_plugin.data.reading import read_sources, source_bytes, validated
-from optiml_plugin.data.records import Record
-from optiml_plugin.data.spill import Incoming, SpillWriter, close_readers, incoming
-from optiml_plugin.data.splits import TaskKey
-from optiml_plugin.data.workers import default_workers
+from optiml_plugin.bench import outdir
+from optiml_plugin.bench.build_config import BuildConfig, load_build_config
+from optiml_plugin.bench.build_tasks import Phases, TaskFacts
+from optiml_plugin.bench.idindex import IdIndex
+from optiml_plugin.bench.reading import read_sources, source_bytes, validated
+from optiml_plugin.bench.records import Record
+from optiml_plugin.bench.spill import Incoming, SpillWriter, close_readers, incoming
+from optiml_plugin.bench.splits import TaskKey
+from optiml_plugin.bench.workers import default_workers
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy
 from optiml_plugin.fsio import replace_dir, write_error
 
@@ -49,7 +49,7 @@ def build_bench(config: BuildConfig, out: Union[str, Path], records: Optional[It
     `SMALL_SOURCE_BYTES` and writes builds under `SMALL_BUILD` records, where starting a pool costs
     more than it saves: a fork of a process holding torch takes tens of ms); the bench does not
     depend on it.
-    Memory stays bounded: records wait in a spill file (data/spill.py) inside the temporary build folder."""
+    Memory stays bounded: records wait in a spill file (bench/spill.py) inside the temporary build folder."""
     out = Path(out)
     outdir.prepare_out(out, _input_paths(config) if records is None else (), overwrite)
     policy = BadRecordPolicy(config.on_bad_record)

@@ -13,14 +13,14 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-from optiml_plugin.data.records import Record, as_str_tuple
-from optiml_plugin.data.sources.base import RecordGate, SourceSpec, outputs_value
-from optiml_plugin.data.sources.languages import language_code
+from optiml_plugin.bench.records import Record, as_str_tuple
+from optiml_plugin.bench.sources.base import RecordGate, SourceSpec, outputs_value
+from optiml_plugin.bench.sources.languages import language_code
 from optiml_plugin.errors import BadRecordPolicy, ConfigError
 
 KEYS: Tuple[str, ...] = ()
 SUFFIXES = (".json",)
-#: data/reading.py may read each task file in its own process
+#: bench/reading.py may read each task file in its own process
 PARTS = "files"
 DEFAULT_BENCHMARK = "niv2"
 SPLIT_FILES = {"train": "train_tasks.txt", "test": "test_tasks.txt", "excluded": "excluded_tasks.txt"}

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from optiml_plugin.data.records import Record
-from optiml_plugin.data.sources.base import RecordGate, SourceSpec, has_suffix
-from optiml_plugin.data.sources.tabular import TABLE_SUFFIXES, file_records
+from optiml_plugin.bench.records import Record
+from optiml_plugin.bench.sources.base import RecordGate, SourceSpec, has_suffix
+from optiml_plugin.bench.sources.tabular import TABLE_SUFFIXES, file_records
 from optiml_plugin.errors import BadRecordPolicy, ConfigError
 
 KEYS = ("task", "documents", "text_field")

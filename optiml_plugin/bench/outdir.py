@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, List
 
-from optiml_plugin.data.benchfiles import FORMAT_NAME, MANIFEST
+from optiml_plugin.benchfiles import FORMAT_NAME, MANIFEST
 from optiml_plugin.errors import ConfigError, OptimlError
 from optiml_plugin.fsio import aside_prefix, remove_stale
 

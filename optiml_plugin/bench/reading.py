@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
-from optiml_plugin.data.records import Record
-from optiml_plugin.data.sources.base import RecordGate, SourceSpec, has_suffix, missing_tasks
-from optiml_plugin.data.spill import Incoming, incoming
-from optiml_plugin.data.workers import ordered_map
+from optiml_plugin.bench.records import Record
+from optiml_plugin.bench.sources.base import RecordGate, SourceSpec, has_suffix, missing_tasks
+from optiml_plugin.bench.spill import Incoming, incoming
+from optiml_plugin.bench.workers import ordered_map
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 
 #: a JSONL file larger than this is read in parts of about this size
@@ -97,7 +97,7 @@ def read_sources(sources: Tuple[Dict[str, Any], ...], base_dir: Path, seed: int,
 
 def source_bytes(sources: Tuple[Dict[str, Any], ...], base_dir: Path) -> int:
     """The size of every file the sources name (0 for the built-in benchmark)."""
-    from optiml_plugin.data.sources import source_spec
+    from optiml_plugin.bench.sources import source_spec
 
     total = 0
     for raw in sources:
@@ -107,8 +107,8 @@ def source_bytes(sources: Tuple[Dict[str, Any], ...], base_dir: Path) -> int:
 
 
 def _parts(sources: Tuple[Dict[str, Any], ...], base_dir: Path) -> Iterator[Part]:
-    from optiml_plugin.data.sources import LOADERS, source_spec
-    from optiml_plugin.data.sources.tabular import JSONL_SUFFIXES
+    from optiml_plugin.bench.sources import LOADERS, source_spec
+    from optiml_plugin.bench.sources.tabular import JSONL_SUFFIXES
 
     for index, raw in enumerate(sources):
         if raw.get("type") == "builtin":
@@ -155,7 +155,7 @@ def jsonl_ranges(path: Path, size: int) -> List[Tuple[int, int, int]]:
 
 @functools.lru_cache(maxsize=4)
 def _taxonomy(path: Optional[Path]) -> Any:
-    from optiml_plugin.data.taxonomy import Taxonomy
+    from optiml_plugin.bench.taxonomy import Taxonomy
 
     return Taxonomy.load(path)
 
@@ -166,12 +166,12 @@ def _read_part(part: Part, seed: int, taxonomy: Optional[Path]
     policy = PartPolicy()
     events = policy.events
     if part.spec is None:
-        from optiml_plugin.data.builtin import builtin_records
+        from optiml_plugin.bench.builtin import builtin_records
 
         for r in validated(builtin_records(seed), policy):
             events.append((_RECORD, incoming(r, part.source), None))
         return policy.read, events, set()
-    from optiml_plugin.data.sources import LOADERS
+    from optiml_plugin.bench.sources import LOADERS
 
     tax = _taxonomy(taxonomy)
     same: Dict[Any, Any] = {}  # one object per distinct key, category, sources, path: pickled once

@@ -14,17 +14,17 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
-from optiml_plugin.data.records import Record
-from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, candidates_value, first_present,
+from optiml_plugin.bench.records import Record
+from optiml_plugin.bench.sources.base import (RecordGate, SourceSpec, candidates_value, first_present,
                                              outputs_value, row_fields, task_name)
-from optiml_plugin.data.sources.tabular import (TABLE_SUFFIXES, Build, TaskOf, inputs_and_targets,
+from optiml_plugin.bench.sources.tabular import (TABLE_SUFFIXES, Build, TaskOf, inputs_and_targets,
                                                 load_rows)
-from optiml_plugin.data.templates import OPTIONS_HEADER
+from optiml_plugin.bench.templates import OPTIONS_HEADER
 from optiml_plugin.errors import BadRecordPolicy
 
 KEYS = ("task",)
 SUFFIXES = TABLE_SUFFIXES
-#: data/reading.py may read each file, and parts of a JSONL file, in its own process
+#: bench/reading.py may read each file, and parts of a JSONL file, in its own process
 PARTS = "lines"
 DEFAULT_BENCHMARK = "flan"
 TASK_KEYS = ("task_name", "task")

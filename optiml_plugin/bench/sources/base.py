@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from optiml_plugin.data.idindex import IdIndex
-from optiml_plugin.data.records import Record
+from optiml_plugin.bench.idindex import IdIndex
+from optiml_plugin.bench.records import Record
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
 
 #: keys every `sources:` entry accepts; loaders add their own (`KEYS` in each module).
@@ -38,7 +38,7 @@ class SourceSpec:
     language: Optional[str] = None
     options: Mapping[str, Any] = field(default_factory=dict)
     #: (start byte, end byte, line number at start) of the one JSONL file in `files` to read, set
-    #: where data/reading.py splits a large file between processes; None reads whole files
+    #: where bench/reading.py splits a large file between processes; None reads whole files
     byte_range: Optional[Tuple[int, int, int]] = None
 
     def option(self, key: str, default: Any = None) -> Any:
@@ -192,7 +192,7 @@ class RecordGate:
     def finish(self) -> None:
         """After the last file: a task named in `tasks` that never appeared is a config error. A
         worker reading part of a source (`policy.partial_source`) leaves that to the reader that
-        merges the parts (data/reading.py), which gets the tasks seen from `tasks_seen`."""
+        merges the parts (bench/reading.py), which gets the tasks seen from `tasks_seen`."""
         if self.policy.partial_source:
             self.policy.tasks_seen.update(self.tasks_seen)  # type: ignore[attr-defined]
         else:

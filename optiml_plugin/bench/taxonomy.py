@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
 
 
-from optiml_plugin.data.records import Record
+from optiml_plugin.bench.records import Record
 from optiml_plugin.errors import BadRecordError, ConfigError
 from optiml_plugin.yamlio import read_yaml_mapping
 

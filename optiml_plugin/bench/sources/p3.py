@@ -6,7 +6,7 @@ prompt), so the prompt becomes `input` and `instruction` stays empty. P3 exports
 `answer_choices` become candidates for rank classification; the prompt stays the template's own text
 (no FLAN `OPTIONS:` block: a template that shows its choices words them itself, paper §2.4).
 
-The task is the dataset, not the template (prompt multiplexing, data/multiplex.py): P3 names each
+The task is the dataset, not the template (prompt multiplexing, bench/multiplex.py): P3 names each
 (dataset, template) export `<dataset>_<subset>_<template>` with every character outside
 `[A-Za-z0-9_.]` made `_` (t-zero's `get_task_name`). A row whose task ends with its own
 `template_name` loses that suffix; a task without a template column is matched against the dataset
@@ -19,16 +19,16 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
-from optiml_plugin.data.records import Record
-from optiml_plugin.data.sources.base import (RecordGate, SourceSpec, candidates_value, outputs_value,
+from optiml_plugin.bench.records import Record
+from optiml_plugin.bench.sources.base import (RecordGate, SourceSpec, candidates_value, outputs_value,
                                              row_fields, sources_value, task_name)
-from optiml_plugin.data.sources.tabular import (TABLE_SUFFIXES, Build, TaskOf, inputs_and_targets,
+from optiml_plugin.bench.sources.tabular import (TABLE_SUFFIXES, Build, TaskOf, inputs_and_targets,
                                                 load_rows)
 from optiml_plugin.errors import BadRecordPolicy, ConfigError
 
 KEYS = ("task", "dataset_prefixes", "group_templates")
 SUFFIXES = TABLE_SUFFIXES
-#: data/reading.py may read each file, and parts of a JSONL file, in its own process
+#: bench/reading.py may read each file, and parts of a JSONL file, in its own process
 PARTS = "lines"
 DEFAULT_BENCHMARK = "promptsource"
 TASK_KEYS = ("task", "task_name")

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Seque
 
 import numpy as np
 
-from optiml_plugin.data.hashing import GOLDEN, mix64
+from optiml_plugin.hashing import GOLDEN, mix64
 
 _NON_WORD = re.compile(r"[^\w\s]+|_")
 _SEP = "\x00"  # joins a batch of texts so one C-level pass normalizes all of them
