@@ -13,7 +13,7 @@ from bench_factory import make_bench
 from optiml_plugin.benchfiles import Bench
 from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.loss import target_cross_entropy
+from loss_reference import target_cross_entropy
 from optiml_plugin.metaseq import batches, iterator, lossmath, options, train_cli, wiring
 
 HAS_METASEQ = importlib.util.find_spec("metaseq") is not None and \

