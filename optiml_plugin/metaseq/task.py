@@ -22,7 +22,7 @@ from metaseq.dataclass import ChoiceEnum, MetaseqDataclass
 from metaseq.distributed import utils as distributed_utils
 from metaseq.tasks import LegacyTask, register_task
 
-from optiml_plugin.data.tokenizer import EOS_ID
+from optiml_plugin.conventions import EOS_ID
 from optiml_plugin.metaseq.iterator import PipelineEpochIterator
 from optiml_plugin.metaseq.options import (check_model_cfg, check_resumable, check_update_freq, settings_from_cfg,
                                            task_fields)
