@@ -15,9 +15,9 @@ from typing import Any, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from optiml_plugin.conventions import LOSS_NORMALIZATIONS
 from optiml_plugin.errors import ConfigError
 
-NORMALIZE = ("token", "example")
 # the one unit conversion: losses are reported in bits (metaseq's unit), computed in nats
 BITS_PER_NAT = 1 / math.log(2)
 
@@ -47,8 +47,8 @@ class LossSums:
 
 
 def _check_normalize(mode: str) -> None:
-    if mode not in NORMALIZE:
-        raise ConfigError(f"loss normalize must be one of {NORMALIZE}, got {mode!r}")
+    if mode not in LOSS_NORMALIZATIONS:
+        raise ConfigError(f"loss normalize must be one of {LOSS_NORMALIZATIONS}, got {mode!r}")
 
 
 def example_groups(segment_ids: Optional[torch.Tensor], loss_mask: torch.Tensor) -> torch.Tensor:

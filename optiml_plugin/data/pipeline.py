@@ -21,9 +21,10 @@ from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from optiml_plugin.conventions import PAD_ID
 from optiml_plugin.hashing import GOLDEN, MASK64, mix64
 from optiml_plugin.data.packing import Block, Packer, PackingConfig, PackingStats, PackItem, build_block, make_item
-from optiml_plugin.data.tokenizer import PAD_ID, OptTokenizer
+from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.errors import BadRecordError, ConfigError, mismatch_error
 
 STATE_VERSION = 1
