@@ -20,7 +20,7 @@ sweep renders.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Optional, Tuple, Type, Union, get_args, get_origin
+from typing import Annotated, Any, Dict, List, Optional, Tuple, Type, Union
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict,
@@ -44,16 +44,12 @@ def _number(value: Any) -> Any:
     return value
 
 
-class Choices(tuple):
-    """Marks a string setting's allowed values in its annotation (read back by `metaseq_fields`)."""
-
-
 def _choice(options: Tuple[str, ...]) -> Any:
     def check(value: str) -> str:
         if value not in options:
             raise ValueError(f"must be one of {list(options)}")
         return value
-    return Annotated[str, Strict(), AfterValidator(check), Choices(options)]
+    return Annotated[str, Strict(), AfterValidator(check)]
 
 
 Int = Annotated[int, Strict()]
@@ -82,7 +78,8 @@ class Section(BaseModel):
 
 # ---------------------------------------------------------------------------------------- sections
 class DataFields(Section):
-    """Mixture, packing, validation and loss: the settings the metaseq task shares (`metaseq_fields`)."""
+    """Mixture, packing, validation and loss: the settings the metaseq task shares (its flags:
+    `metaseq.options.TaskOptions`, the same names and defaults)."""
 
     tokens_per_sample: PosInt = _help(2048, "tokens per packed row (paper: 2048)", ge=2)
     packing_strategy: Strategy = _help(  # type: ignore[valid-type]
@@ -92,7 +89,7 @@ class DataFields(Section):
         "left", "too-long examples: cut the source from the left (paper) or the right")
     benchmark_proportions: Optional[Dict[str, Float]] = _help(
         None, "benchmark shares; unlisted benchmarks share the rest by capped size (null: by size)")
-    eps: Optional[PosInt] = _help(4096, "examples-proportional cap per task (null: no cap)")
+    eps: NonNegInt = _help(4096, "examples-proportional cap per task (0: no cap)")
     benchmark_caps: Optional[Dict[str, PosInt]] = _help(None, "per-benchmark caps overriding eps")
     shuffle_buffer: Optional[NonNegInt] = _help(
         None, "packed rows held for shuffling (0: none; null: 10 x batch_size)")
@@ -307,44 +304,3 @@ def load_config(path: Union[str, Path], overrides: Optional[List[str]] = None) -
         if set_keys:
             raise ConfigError(f"{e} (from --set {set_keys[-1]})") from None
         raise
-
-
-# ---------------------------------------------------------------------------------- metaseq task
-class FieldSpec(BaseModel):
-    """One metaseq task option: its name, default, plain Python type, help, and allowed values."""
-
-    name: str
-    default: Any
-    type: Any
-    help: str
-    choices: Optional[Tuple[str, ...]] = None
-
-
-# the data/mixture/packing/loss settings the metaseq task exposes as `--flags` of the same names
-def metaseq_fields() -> Dict[str, FieldSpec]:
-    """name -> (default, type, help) of every `DataFields` setting, in schema order, for generating the
-    metaseq task's option dataclass (same names and defaults as `optiml train`'s `data:` section).
-
-    `type` is plain typing (`Optional[Dict[str, float]]`, no pydantic metadata); options whose type is
-    not a scalar need a text form on metaseq's command line (JSON, as `--benchmark-proportions`)."""
-    out: Dict[str, FieldSpec] = {}
-    for name, info in DataFields.model_fields.items():
-        choices = [m for m in info.metadata if isinstance(m, Choices)]
-        out[name] = FieldSpec(name=name, default=info.get_default(call_default_factory=True),
-                              type=_plain(info.annotation), help=info.description or "",
-                              choices=tuple(choices[0]) if choices else None)
-    return out
-
-
-def _plain(tp: Any) -> Any:
-    """`tp` without `Annotated` metadata, at any depth."""
-    origin, args = get_origin(tp), get_args(tp)
-    if origin is Annotated:
-        return _plain(args[0])
-    if origin is Union:
-        return Union[tuple(_plain(a) for a in args)]
-    if origin is list:
-        return List[_plain(args[0])]  # type: ignore[misc]
-    if origin is dict:
-        return Dict[_plain(args[0]), _plain(args[1])]  # type: ignore[misc]
-    return tp

@@ -1,9 +1,11 @@
 """The metaseq adapter's pure parts: config -> core objects, checks, batches, criterion arithmetic, resume."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import sys
+import typing
 from argparse import Namespace
 
 import pytest
@@ -42,7 +44,7 @@ def test_settings_are_the_recipe_data_fields():
     none = options.settings_from_cfg(cfg(eps=0, benchmark_proportions="", benchmark_caps="", shuffle_buffer=-1,
                                          max_valid_examples_per_task=0, no_document_masking=True))
     f = none.fields
-    assert f.eps is None and f.benchmark_proportions is None and f.benchmark_caps is None and f.shuffle_buffer is None
+    assert f.eps == 0 and f.benchmark_proportions is None and f.benchmark_caps is None and f.shuffle_buffer is None
     assert f.max_valid_examples_per_task == 0 and not none.document_masking
 
 
@@ -50,11 +52,19 @@ def test_task_options_have_the_recipe_names_and_defaults():
     """The metaseq task's flags are generated from the recipe: same names, same defaults as `optiml train`."""
     from optiml_plugin.recipe import DataFields
 
-    got = {name: default for name, _, default, _, _ in options.task_fields()}
-    assert set(got) == set(DataFields.model_fields)
+    declared = dataclasses.fields(options.TaskOptions)
+    got = {f.name: f.default for f in declared}
+    assert list(got) == list(DataFields.model_fields)           # one for one, in the schema's order
     defaults = DataFields()
     assert options.fields_from_cfg(Namespace(**got)) == defaults
     assert got["valid_splits"] == ",".join(defaults.valid_splits) and got["eps"] == defaults.eps == 4096
+    assert all(f.metadata["help"] for f in declared)
+    choices = {f.name: f.metadata.get("choices") for f in declared if f.metadata.get("choices")}
+    assert choices == {"packing_strategy": ("best_fit", "sequential"), "truncation": ("left", "right"),
+                       "loss_normalization": ("token", "example")}
+    # a plain dataclass with real types, not types guessed from type strings
+    types = typing.get_type_hints(options.TaskOptions)
+    assert types["tokens_per_sample"] is int and types["benchmark_proportions"] == typing.Optional[str]
 
 
 def test_proportions_from_yaml_file(tmp_path):

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import pytest
 
@@ -67,18 +66,6 @@ def test_the_paper_preset_sets_every_recipe_value_the_defaults_do_not():
     assert (recipe.default("adam_eps"), train["adam_eps"]) == (1e-8, 1e-6)
     assert (recipe.default("packing_strategy"), train["packing_strategy"]) == ("best_fit", "sequential")
     assert train["warmup_updates"] == 60 and recipe.default("warmup_updates") == 60
-
-
-def test_metaseq_fields_are_the_data_section_with_plain_types():
-    fields = recipe.metaseq_fields()
-    data = recipe.DataConfig()
-    assert list(fields) == list(recipe.DataFields.model_fields)
-    assert {name: f.default for name, f in fields.items()} == {name: getattr(data, name) for name in fields}
-    assert fields["tokens_per_sample"].type is int
-    assert fields["benchmark_proportions"].type == Optional[Dict[str, float]]
-    assert fields["valid_splits"].type == List[str]
-    assert fields["packing_strategy"].choices == ("best_fit", "sequential")
-    assert all(f.help for f in fields.values())
 
 
 def test_preset_dir_setting_wins(tmp_path, capsys):

@@ -42,7 +42,8 @@ VALIDATION_STRATEGY = "sequential"
 
 
 def mixture_config(data: DataFields) -> MixtureConfig:
-    return MixtureConfig(proportions=data.benchmark_proportions, eps=data.eps, caps=data.benchmark_caps)
+    """The mixture of the recipe's data settings (`eps: 0`, the one spelling of no cap, is None here)."""
+    return MixtureConfig(proportions=data.benchmark_proportions, eps=data.eps or None, caps=data.benchmark_caps)
 
 
 def packing_config(data: DataFields, strategy: Optional[str] = None) -> PackingConfig:
