@@ -6,7 +6,7 @@ import math
 import pytest
 import yaml
 
-from optiml_plugin import sweep
+from optiml_plugin.metaseq import sweep
 from optiml_plugin.bench.build import load_build_config
 from optiml_plugin.bench.sources import DEFAULT_BENCHMARKS
 from optiml_plugin.errors import ConfigError
@@ -85,7 +85,8 @@ def test_model_presets(name, arch, mp, gpus, global_batch, steps, max_steps):
     assert p.sequences_per_step(p.train) == global_batch
     assert p.train["max_update"] == steps and p.max_train["max_update"] == max_steps
     t = p.train
-    assert (t["tokens_per_sample"], t["self_attn_doc_sep"], t["lr"], t["warmup_updates"]) == (2048, 2, 5e-5, 60)
+    assert (t["tokens_per_sample"], t["lr"], t["warmup_updates"]) == (2048, 5e-5, 60)
+    assert "self_attn_doc_sep" not in t
     assert (t["adam_betas"], t["fp16_adam_stats"], t["clip_norm"], t["dropout"], t["seed"]) == (
         [0.9, 0.95], False, 1.0, 0.1, 1234)
     assert (t["lr_scheduler"], t["power"], t["end_learning_rate"]) == ("polynomial_decay", 1.0, 0.0)

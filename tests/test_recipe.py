@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from optiml_plugin import recipe, sweep
+from optiml_plugin import recipe
+from optiml_plugin.metaseq import sweep
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.recipe import load_config
 
@@ -53,7 +54,8 @@ def test_unknown_and_renamed_keys_name_the_new_key(tmp_path):
 
 
 def test_sweep_hyperparameters_are_recipe_keys_with_the_same_types():
-    assert {h.key for h in sweep.HPARAMS} <= set(recipe.SECTION_OF)
+    assert {h.key for h in sweep.HPARAMS} <= set(recipe.SECTION_OF) | set(sweep.LaunchConfig.model_fields)
+    assert not set(recipe.SECTION_OF) & set(sweep.LaunchConfig.model_fields)     # one name, one meaning
     # the sweep's --grid and a train file refuse the same value with the same words
     with pytest.raises(ConfigError, match="batch_size: Input should be a valid integer, got 2.5"):
         sweep.parse_grid(["bsz=2.5"])

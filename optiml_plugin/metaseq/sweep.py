@@ -6,6 +6,12 @@ job per grid point). This module renders those jobs from YAML presets (the paper
 `projects/opt_iml/presets/` and are installed with the package, `preset_dir`) without importing
 metaseq, so a dry run works on any machine and the exact command lines can be reviewed (and tested)
 before anything is submitted.
+
+What it knows of metaseq's command line is here and only here: `LaunchConfig` (the metaseq-only
+settings of the recipe: optimizer, schedule, loss scale), `HPARAMS` (every recipe key that has a
+metaseq flag: its flag, its text form and its run-directory key) and the task's fixed flags. A preset's
+`train:` keys and `--grid` keys are the recipe's names (`optiml_plugin/recipe.py`) plus `LaunchConfig`'s,
+checked by the same schema; a recipe key of the local trainer alone is refused, saying so.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from optiml_plugin import recipe
 from optiml_plugin.conventions import VALID_SPLITS
 from optiml_plugin.data.mixture import validate_proportions
 from optiml_plugin.errors import ConfigError
+from optiml_plugin.recipe import Bool, Fraction, NonNegFloat, PosInt, Section, choice, setting
 from optiml_plugin.yamlio import KeyPath, read_yaml_mapping_lines
 
 # Where presets are found, first hit wins: $OPTIML_PRESET_DIR; the copy installed with the package
@@ -32,7 +39,8 @@ from optiml_plugin.yamlio import KeyPath, read_yaml_mapping_lines
 # checkout's projects/opt_iml/presets (an editable install or a run from the repository).
 PRESET_DIR_ENV = "OPTIML_PRESET_DIR"
 PACKAGE_PRESETS = "presets"
-CHECKOUT_PRESETS = Path(__file__).resolve().parents[1] / "projects" / "opt_iml" / "presets"
+CHECKOUT_PRESETS = Path(__file__).resolve().parents[2] / "projects" / "opt_iml" / "presets"
+USER_DIR = Path(__file__).resolve().parents[1]   # optiml_plugin: metaseq's --user-dir
 MODEL_PRESETS = ("1.3b", "30b", "175b")
 
 # Metaseq flags of the instruction_meta_learning task (optiml_plugin/metaseq/task.py).
@@ -43,9 +51,27 @@ VALID_SUBSETS = VALID_SPLITS
 RESET_FLAGS: Tuple[str, ...] = ("--reset-optimizer", "--reset-dataloader", "--reset-meters")
 
 
+class LaunchConfig(Section):
+    """`metaseq-train` settings of the recipe that the local trainer does not have (sweep only)."""
+
+    optimizer: choice(("adam",)) = setting("adam", "metaseq optimizer")  # type: ignore[valid-type]
+    fp16_adam_stats: Bool = setting(False, "fp16 Adam state (`fp16adam`); false: fp32 (`fp32adam`)")
+    lr_scheduler: choice(("polynomial_decay",)) = setting(  # type: ignore[valid-type]
+        "polynomial_decay", "metaseq schedule (with power 1 and end 0: linear decay to 0)")
+    power: NonNegFloat = setting(1.0, "polynomial decay power")
+    end_learning_rate: NonNegFloat = setting(0.0, "learning rate at max_update")
+    attention_dropout: Fraction = setting(0.1, "attention dropout")
+    fp16_init_scale: PosInt = setting(128, "initial dynamic loss scale")
+
+
 def _fmt(value: Any) -> str:
-    """A value as metaseq's argparse and the released checkpoint names spell it (5e-05, 1.0)."""
+    """A value as metaseq's argparse and the released checkpoint names spell it (5e-05, 1.0); a mapping
+    as JSON (`--benchmark-caps`), a list of names as a comma list (`--valid-splits`)."""
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
     if isinstance(value, (list, tuple)):
+        if all(isinstance(v, str) for v in value):
+            return ",".join(value)
         return "(" + ", ".join(_fmt(v) for v in value) + ")"
     return str(value)
 
@@ -64,6 +90,7 @@ class HParam:
     name_key: Callable[[Any, Mapping[str, Any]], str]
     in_name: bool = False
     binary: bool = False          # a store_true flag: present when the value is true
+    optional: bool = False        # presets may leave it unset: the task's default is the recipe's
 
 
 def _k(fmt: str) -> Callable[[Any, Mapping[str, Any]], str]:
@@ -72,10 +99,11 @@ def _k(fmt: str) -> Callable[[Any, Mapping[str, Any]], str]:
 
 # Order matters twice: command lines list flags in this order, and run-directory names list their
 # keys in this order, which is the released checkpoints' order (eps_4096.docsep_2.mu4000.wu60.bsz8.
-# clip1.0.fp32adam.rs1234.lr5e-05).
+# clip1.0.fp32adam.rs1234.lr5e-05) less `docsep_2`: documents are masked by segment ids, so
+# `--self-attn-doc-sep` is not rendered (metaseq would build its doc-sep mask and positions only for
+# `segment_attention` to replace them).
 HPARAMS: Tuple[HParam, ...] = (
     HParam("eps", "--eps", _k("eps_{}"), in_name=True),
-    HParam("self_attn_doc_sep", "--self-attn-doc-sep", _k("docsep_{}"), in_name=True),
     HParam("max_update", "--max-update", _k("mu{}"), in_name=True),
     HParam("warmup_updates", "--warmup-updates", _k("wu{}"), in_name=True),
     HParam("batch_size", "--batch-size", _k("bsz{}"), in_name=True),
@@ -97,24 +125,58 @@ HPARAMS: Tuple[HParam, ...] = (
     HParam("update_freq", "--update-freq", _k("uf{}")),
     HParam("fp16_init_scale", "--fp16-init-scale", _k("initscale{}")),
     HParam("packing_strategy", "--packing-strategy", _k("pack_{}")),
-    HParam("save_interval_updates", "--save-interval-updates", _k("si{}")),
-    HParam("validate_interval_updates", "--validate-interval-updates", _k("vi{}")),
+    HParam("packing_window", "--packing-window", _k("pw{}"), optional=True),
+    HParam("truncation", "--truncation", _k("trunc_{}"), optional=True),
+    HParam("benchmark_caps", "--benchmark-caps", lambda v, cfg: "caps_" + "_".join(f"{k}{n}" for k, n in v.items()),
+           optional=True),
+    HParam("shuffle_buffer", "--shuffle-buffer", _k("shuf{}"), optional=True),
+    HParam("loss_normalization", "--loss-normalization", _k("norm_{}"), optional=True),
+    HParam("valid_splits", "--valid-splits", lambda v, cfg: "vs_" + "_".join(v), optional=True),
+    HParam("save_every", "--save-interval-updates", _k("si{}")),
+    HParam("valid_every", "--validate-interval-updates", _k("vi{}")),
     HParam("max_valid_examples_per_task", "--max-valid-examples-per-task", _k("mve{}")),
 )
 HPARAM_BY_KEY: Dict[str, HParam] = {h.key: h for h in HPARAMS}
 # Short names accepted by --grid: the run-directory keys of the released checkpoints.
 ALIASES = {"bsz": "batch_size", "mu": "max_update", "wu": "warmup_updates", "rs": "seed",
-           "clip": "clip_norm", "docsep": "self_attn_doc_sep", "tps": "tokens_per_sample",
-           "uf": "update_freq", "wd": "weight_decay", "dr": "dropout", "pack": "packing_strategy"}
+           "clip": "clip_norm", "tps": "tokens_per_sample", "uf": "update_freq", "wd": "weight_decay",
+           "dr": "dropout", "pack": "packing_strategy"}
+# recipe keys the mixture preset sets (its `eps` and `proportions`), not the recipe or the grid
+MIXTURE_KEYS = ("eps", "benchmark_proportions")
+
+
+def _recipe_key(key: str) -> bool:
+    return key in recipe.SECTION_OF
 
 
 def coerce(key: str, value: Any, where: str, lines: Optional[Dict[KeyPath, int]] = None,
            prefix: KeyPath = ()) -> Any:
-    """One hyperparameter value checked by the recipe schema's type for `key` (YAML reads `5e-5` as a
-    string; the schema parses it). `lines`/`prefix` locate the key in a preset file for errors."""
-    if key not in HPARAM_BY_KEY:
-        raise ConfigError(f"{where}: unknown hyperparameter {key!r}; known: {sorted(HPARAM_BY_KEY)}")
+    """One hyperparameter value checked by the schema's type for `key` (the recipe's, or `LaunchConfig`'s;
+    YAML reads `5e-5` as a string, the schema parses it). `lines`/`prefix` locate the key in a preset
+    file for errors."""
+    name = ".".join(map(str, prefix + (key,)))
+    head = recipe.located(where, lines, prefix + (key,))
+    if key in LaunchConfig.model_fields:
+        return getattr(recipe.validate(LaunchConfig, {key: value}, where, lines, prefix), key)
+    if key in MIXTURE_KEYS:
+        raise ConfigError(f"{head}: {name}: set by the mixture preset (its eps and proportions), not here")
+    if key in recipe.RENAMED:
+        raise ConfigError(f"{head}: {name}: now {recipe.RENAMED[key]}")
+    if _recipe_key(key) and key not in HPARAM_BY_KEY:
+        raise ConfigError(f"{head}: {name}: "
+                          f"{recipe.SECTION_OF[key]}.{key} is a setting of the local trainer (`optiml train`) "
+                          f"with no metaseq flag")
+    if not _recipe_key(key):
+        raise ConfigError(f"{head}: {name}: unknown hyperparameter; known: "
+                          f"{sorted(set(HPARAM_BY_KEY) | set(LaunchConfig.model_fields))}")
     return recipe.check_value(key, value, where, lines, prefix)
+
+
+def default(key: str) -> Any:
+    """The schema's default of a flat hyperparameter key (recipe or launch)."""
+    if key in LaunchConfig.model_fields:
+        return LaunchConfig.model_fields[key].get_default(call_default_factory=True)
+    return recipe.default(key)
 
 
 # ----------------------------------------------------------------------------------------- presets
@@ -272,7 +334,7 @@ def load_model_preset(name_or_path: Union[str, Path], mixture_path: Union[str, P
                        "train", "global_batch", "max"), path)
     recipe_name, train, fixed_flags = load_recipe(path.parent / _require(data, "recipe", str, path))
     train.update(_train_section(data.get("train"), path, ("train",), lines))
-    missing = [h.key for h in HPARAMS if h.key not in train and h.key != "eps"]
+    missing = [h.key for h in HPARAMS if h.key not in train and h.key != "eps" and not h.optional]
     if missing:
         raise ConfigError(f"{path}: the recipe and 'train' leave {missing} unset")
     mixture = load_mixture_preset(Path(mixture_path) if mixture_path is not None
@@ -338,12 +400,12 @@ def parse_grid(specs: Sequence[str]) -> Dict[str, List[Any]]:
                           key.strip().lstrip("-").replace("-", "_"))
         if not sep or not values.strip():
             raise ConfigError(f"--grid {spec!r}: expected KEY=V1,V2,... (e.g. lr=1e-5,5e-5)")
-        if key == "eps":
-            raise ConfigError(f"--grid {spec!r}: EPS belongs to the mixture preset; "
-                              f"pass --mixture-file with another eps")
+        if key in MIXTURE_KEYS:
+            raise ConfigError(f"--grid {spec!r}: {key} belongs to the mixture preset; "
+                              f"pass --mixture-file with another one")
         if key in grid:
             raise ConfigError(f"--grid {spec!r}: {key} is given twice")
-        if key in HPARAM_BY_KEY and isinstance(recipe.default(key), list):
+        if key in HPARAM_BY_KEY and (isinstance(default(key), list) or key == "benchmark_caps"):
             raise ConfigError(f"--grid {spec!r}: {key} cannot be swept from the command line; "
                               f"edit the recipe or pass --preset-file")
         grid[key] = [coerce(key, _scalar(v), f"--grid {spec!r}") for v in values.split(",")]
@@ -438,6 +500,8 @@ def hparam_args(cfg: Mapping[str, Any]) -> List[str]:
         if h.key not in cfg:
             continue
         value = cfg[h.key]
+        if value is None:   # the task's default (null in the schema: no caps, 10 x batch rows)
+            continue
         if h.binary:
             out += [h.flag] if value else []
         else:
@@ -452,13 +516,13 @@ def train_command(preset: ModelPreset, run: Run, paths: Paths, launcher: str = "
     """The full `metaseq-train` argv of one grid point (first launch: restore OPT and reset)."""
     cmd = [launcher]
     if launcher == "metaseq-train":
-        cmd += ["--user-dir", paths.user_dir or str(Path(__file__).resolve().parent)]
+        cmd += ["--user-dir", paths.user_dir or str(USER_DIR)]
     bpe = paths.get("bpe_dir", dry_run).rstrip("/")
     cmd += [paths.get("data", dry_run),
             "--task", TASK, "--criterion", CRITERION,
             "--vocab-filename", f"{bpe}/gpt2-vocab.json", "--merges-filename", f"{bpe}/gpt2-merges.txt",
             "--benchmark-proportions", json.dumps(preset.mixture.proportions, separators=(",", ":")),
-            "--valid-subset", ",".join(VALID_SUBSETS),
+            "--valid-subset", ",".join(run.config.get("valid_splits", VALID_SUBSETS)),
             "--model-parallel-size", str(preset.model_parallel),
             "--decoder-layers", str(preset.layers), "--decoder-embed-dim", str(preset.embed_dim),
             "--decoder-ffn-embed-dim", str(preset.ffn_embed_dim),
