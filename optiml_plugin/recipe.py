@@ -32,8 +32,9 @@ from optiml_plugin.errors import ConfigError
 from optiml_plugin.yamlio import KeyPath, read_yaml_mapping_lines
 
 
-def _number(value: Any) -> Any:
-    """A YAML number, or a string that parses as one (YAML 1.1 reads `1e-4` as a string)."""
+def number(value: Any) -> Any:
+    """A YAML number, or a string that parses as one (YAML 1.1 reads `1e-4` as a string): the one
+    number rule of every file the user writes (recipe, presets, proportions, build config)."""
     if isinstance(value, bool):
         raise ValueError("expected a number, not a boolean")
     if isinstance(value, str):
@@ -55,10 +56,10 @@ def choice(options: Tuple[str, ...]) -> Any:
 Int = Annotated[int, Strict()]
 PosInt = Annotated[int, Strict(), Field(ge=1)]
 NonNegInt = Annotated[int, Strict(), Field(ge=0)]
-Float = Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False)]
-PosFloat = Annotated[float, BeforeValidator(_number), Field(gt=0, allow_inf_nan=False)]
-NonNegFloat = Annotated[float, BeforeValidator(_number), Field(ge=0, allow_inf_nan=False)]
-Fraction = Annotated[float, BeforeValidator(_number), Field(ge=0, le=1)]
+Float = Annotated[float, BeforeValidator(number), Field(allow_inf_nan=False)]
+PosFloat = Annotated[float, BeforeValidator(number), Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, BeforeValidator(number), Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, BeforeValidator(number), Field(ge=0, le=1)]
 Bool = Annotated[bool, Strict()]
 Strategy = choice(PACKING_STRATEGIES)
 Truncation = choice(TRUNCATIONS)
@@ -212,7 +213,8 @@ def schema_error(err: ValidationError, cls: Type[BaseModel], where: str,
 
     `prefix` is the path of the validated mapping inside the file (a preset's `train` section)."""
     errors = err.errors()
-    first = errors[0]
+    # an unknown key first: a misspelt key also makes its intended key "missing"
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(first["loc"])
     key = ".".join(str(p) for p in prefix + loc)
     head = located(where, lines, prefix + loc)

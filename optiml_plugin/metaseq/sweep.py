@@ -22,16 +22,18 @@ import shlex
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 
 import yaml
+from pydantic import Field
 
 from optiml_plugin import recipe
 from optiml_plugin.conventions import VALID_SPLITS
 from optiml_plugin.data.mixture import validate_proportions
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.recipe import Bool, Fraction, NonNegFloat, PosInt, Section, choice, setting
+from optiml_plugin.recipe import (Bool, Float, Fraction, NonNegFloat, NonNegInt, PosInt, Section, choice,
+                                  setting)
 from optiml_plugin.yamlio import KeyPath, read_yaml_mapping_lines
 
 # Where presets are found, first hit wins: $OPTIML_PRESET_DIR; the copy installed with the package
@@ -249,67 +251,84 @@ def installed_presets() -> Optional[Path]:
     return path if path.is_dir() else None
 
 
-def _read_yaml(path: Path, kind: str) -> Tuple[Dict[str, Any], Dict[KeyPath, int]]:
-    data, lines = read_yaml_mapping_lines(path, "preset")
-    if data.get("kind") != kind:
-        raise ConfigError(f"{path}: field 'kind' must be {kind!r}, got {data.get('kind')!r}")
-    return data, lines
+class _File(Section):
+    kind: str = setting(..., "what this preset is: mixture, recipe or model")
+
+    @classmethod
+    def read(cls, path: Path, kind: str) -> Tuple[Any, Dict[KeyPath, int]]:
+        """The preset at `path`, checked by its schema (errors name file, line and key)."""
+        data, lines = read_yaml_mapping_lines(path, "preset")
+        if data.get("kind") != kind:
+            raise ConfigError(f"{recipe.located(str(path), lines, ('kind',))}: kind: must be {kind!r}, "
+                              f"got {data.get('kind')!r}")
+        return recipe.validate(cls, data, str(path), lines), lines
 
 
-def _require(data: Mapping[str, Any], key: str, kind: type, path: Path, section: str = "") -> Any:
-    where = f"{path}: field '{section}{key}'"
-    if key not in data:
-        raise ConfigError(f"{where} is missing")
-    value = data[key]
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
-    if kind is str and (not isinstance(value, str) or not value):
-        raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
-    if kind is dict and not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a mapping, got {value!r}")
-    return value
+class MixtureFile(_File):
+    name: Annotated[str, Field(min_length=1)] = setting(..., "mixture name")
+    tag: Annotated[str, Field(min_length=1)] = setting(..., "its key in run-directory names")
+    eps: NonNegInt = setting(..., "examples-proportional cap per task (0: no cap)")
+    proportions: Dict[str, Float] = setting(..., "benchmark shares, summing to 1")
 
 
-def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], path: Path, section: str = "") -> None:
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{path}: unknown field(s) {[section + k for k in unknown]}; "
-                          f"allowed: {sorted(allowed)}")
+class RecipeFile(_File):
+    name: Annotated[str, Field(min_length=1)] = setting(..., "recipe name")
+    train: Dict[str, Any] = setting({}, "hyperparameters by their recipe names")
+    metaseq_flags: List[Union[str, int, float]] = setting([], "fixed metaseq command-line words")
 
 
-def _train_section(data: Any, path: Path, section: KeyPath, lines: Dict[KeyPath, int]) -> Dict[str, Any]:
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: field '{'.'.join(section)}' must be a mapping, got {data!r}")
+class ModelShape(Section):
+    layers: PosInt = setting(..., "decoder layers")
+    embed_dim: PosInt = setting(..., "model dimension")
+    ffn_embed_dim: PosInt = setting(..., "feed-forward dimension")
+    attention_heads: PosInt = setting(..., "attention heads")
+    model_parallel: PosInt = setting(..., "tensor (model) parallel size")
+
+
+class Cluster(Section):
+    gpus: PosInt = setting(..., "GPUs in all")
+    gpus_per_node: PosInt = setting(..., "GPUs per node")
+    time_minutes: PosInt = setting(..., "SLURM time limit")
+
+
+class MaxSection(Section):
+    train: Dict[str, Any] = setting({}, "hyperparameters of the -Max variant")
+
+
+class ModelFile(_File):
+    name: Annotated[str, Field(min_length=1)] = setting(..., "model size name")
+    recipe: Annotated[str, Field(min_length=1)] = setting(..., "the recipe preset, relative to this file")
+    mixture: Annotated[str, Field(min_length=1)] = setting(..., "the mixture preset, relative to this file")
+    model: ModelShape = setting(..., "architecture and model parallelism")
+    restore_file: Annotated[str, Field(min_length=1)] = setting(..., "OPT checkpoint under --opt-checkpoints")
+    cluster: Cluster = setting(..., "cluster shape")
+    train: Dict[str, Any] = setting({}, "hyperparameters over the recipe's")
+    global_batch: Optional[PosInt] = setting(None, "sequences per update, checked against the shape")
+    max: MaxSection = Field(default_factory=MaxSection)
+
+
+def _train_section(data: Mapping[str, Any], path: Path, section: KeyPath,
+                   lines: Dict[KeyPath, int]) -> Dict[str, Any]:
     return {k: coerce(k, v, str(path), lines, section) for k, v in data.items()}
 
 
 def load_mixture_preset(path: Union[str, Path]) -> MixturePreset:
     """A mixture preset; its shares must cover every benchmark it names and sum to 1."""
     path = Path(path)
-    data, _ = _read_yaml(path, "mixture")
-    _check_keys(data, ("kind", "name", "tag", "eps", "proportions"), path)
-    props = _require(data, "proportions", dict, path)
+    data, lines = MixtureFile.read(path, "mixture")
     try:
-        validate_proportions(props, benchmarks=list(props))
+        props = validate_proportions(data.proportions, benchmarks=list(data.proportions))
     except ConfigError as e:
-        raise ConfigError(f"{path}: field 'proportions': {e}") from None
-    return MixturePreset(name=_require(data, "name", str, path), tag=_require(data, "tag", str, path),
-                         eps=_require(data, "eps", int, path),
-                         proportions={str(k): float(v) for k, v in props.items()}, path=path)
+        raise ConfigError(f"{recipe.located(str(path), lines, ('proportions',))}: proportions: {e}") from None
+    return MixturePreset(name=data.name, tag=data.tag, eps=data.eps, proportions=props, path=path)
 
 
 def load_recipe(path: Union[str, Path]) -> Tuple[str, Dict[str, Any], Tuple[str, ...]]:
     """(name, hyperparameters, fixed metaseq flags) of a recipe preset."""
     path = Path(path)
-    data, lines = _read_yaml(path, "recipe")
-    _check_keys(data, ("kind", "name", "train", "metaseq_flags"), path)
-    flags = data.get("metaseq_flags") or []
-    if not isinstance(flags, list) or not all(isinstance(f, (str, int, float)) for f in flags):
-        raise ConfigError(f"{path}: field 'metaseq_flags' must be a list of command-line words, got {flags!r}")
-    return (_require(data, "name", str, path), _train_section(data.get("train"), path, ("train",), lines),
-            tuple(str(f) for f in flags))
+    data, lines = RecipeFile.read(path, "recipe")
+    return (data.name, _train_section(data.train, path, ("train",), lines),
+            tuple(str(f) for f in data.metaseq_flags))
 
 
 def resolve_preset_path(name_or_path: Union[str, Path], directory: Union[str, Path, None] = None) -> Path:
@@ -329,40 +348,23 @@ def load_model_preset(name_or_path: Union[str, Path], mixture_path: Union[str, P
                       directory: Union[str, Path, None] = None) -> ModelPreset:
     """Load a model preset with the recipe and mixture it names (paths relative to the preset)."""
     path = resolve_preset_path(name_or_path, directory)
-    data, lines = _read_yaml(path, "model")
-    _check_keys(data, ("kind", "name", "recipe", "mixture", "model", "restore_file", "cluster",
-                       "train", "global_batch", "max"), path)
-    recipe_name, train, fixed_flags = load_recipe(path.parent / _require(data, "recipe", str, path))
-    train.update(_train_section(data.get("train"), path, ("train",), lines))
+    data, lines = ModelFile.read(path, "model")
+    recipe_name, train, fixed_flags = load_recipe(path.parent / data.recipe)
+    train.update(_train_section(data.train, path, ("train",), lines))
     missing = [h.key for h in HPARAMS if h.key not in train and h.key != "eps" and not h.optional]
     if missing:
         raise ConfigError(f"{path}: the recipe and 'train' leave {missing} unset")
-    mixture = load_mixture_preset(Path(mixture_path) if mixture_path is not None
-                                  else path.parent / _require(data, "mixture", str, path))
+    mixture = load_mixture_preset(Path(mixture_path) if mixture_path is not None else path.parent / data.mixture)
     train["eps"] = mixture.eps
-    model = _require(data, "model", dict, path)
-    _check_keys(model, ("layers", "embed_dim", "ffn_embed_dim", "attention_heads", "model_parallel"),
-                path, "model.")
-    arch = {k: _require(model, k, int, path, "model.") for k in model}
-    cluster = _require(data, "cluster", dict, path)
-    _check_keys(cluster, ("gpus", "gpus_per_node", "time_minutes"), path, "cluster.")
-    max_section = data.get("max") or {}
-    if not isinstance(max_section, dict):
-        raise ConfigError(f"{path}: field 'max' must be a mapping, got {max_section!r}")
-    _check_keys(max_section, ("train",), path, "max.")
-    global_batch = data.get("global_batch")
-    if global_batch is not None:
-        _require(data, "global_batch", int, path)
+    shape, cluster = data.model, data.cluster
     preset = ModelPreset(
-        name=_require(data, "name", str, path), path=path, recipe=recipe_name, fixed_flags=fixed_flags,
-        layers=arch["layers"], embed_dim=arch["embed_dim"], ffn_embed_dim=arch["ffn_embed_dim"],
-        attention_heads=arch["attention_heads"], model_parallel=arch["model_parallel"],
-        restore_file=_require(data, "restore_file", str, path),
-        gpus=_require(cluster, "gpus", int, path, "cluster."),
-        gpus_per_node=_require(cluster, "gpus_per_node", int, path, "cluster."),
-        time_minutes=_require(cluster, "time_minutes", int, path, "cluster."),
-        train=train, max_train=_train_section(max_section.get("train"), path, ("max", "train"), lines),
-        global_batch=global_batch, mixture=mixture)
+        name=data.name, path=path, recipe=recipe_name, fixed_flags=fixed_flags,
+        layers=shape.layers, embed_dim=shape.embed_dim, ffn_embed_dim=shape.ffn_embed_dim,
+        attention_heads=shape.attention_heads, model_parallel=shape.model_parallel,
+        restore_file=data.restore_file, gpus=cluster.gpus, gpus_per_node=cluster.gpus_per_node,
+        time_minutes=cluster.time_minutes, train=train,
+        max_train=_train_section(data.max.train, path, ("max", "train"), lines),
+        global_batch=data.global_batch, mixture=mixture)
     _check_shapes(preset)
     return preset
 
