@@ -56,3 +56,14 @@ def test_realized_shares_are_counted_in_one_place():
     """Once at tokenization (an observer) and once in the criterion (segment starts): now the telemetry."""
     assert _where(r"segment_starts\(") == ["attention.py", "telemetry.py"]
     assert _where(r"\bobserver\b") == []
+
+
+def test_metaseq_command_line_knowledge_lives_in_the_metaseq_room():
+    """The sweep, the launch config, the task's option dataclass and the checkpoint converter sat in four
+    places (sweep.py, recipe.LaunchConfig, generated from type strings in options, eval/backends/)."""
+    assert _where(r"class LaunchConfig\b") == ["metaseq/sweep.py"]
+    assert _where(r"def train_command\(|def render_sbatch\(") == ["metaseq/sweep.py"]
+    assert _where(r"def convert\(") == ["metaseq/convert.py"]
+    assert _where(r"class TaskOptions\b") == ["metaseq/options.py"]
+    assert _where(r"get_origin\(|get_args\(") == []          # no flag types guessed from type annotations
+    assert not (PACKAGE / "sweep.py").exists() and not (PACKAGE / "eval" / "backends" / "metaseq_convert.py").exists()
