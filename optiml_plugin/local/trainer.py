@@ -8,6 +8,9 @@ Why these choices:
 - Exact resume: a checkpoint holds model, optimizer, scheduler, the pipeline's state (stream cursor plus
   examples held in the packer) and all RNG states, taken between updates; on CPU a resumed run sees the
   same batches and produces the same loss curve as an uninterrupted one.
+- Metrics: `telemetry.py`, as in metaseq: a log line holds the metrics of the counters summed over the
+  updates since the previous line (a resume starts a new window: with `save_every` a multiple of
+  `log_every`, the lines of a resumed run equal an uninterrupted run's).
 """
 from __future__ import annotations
 
