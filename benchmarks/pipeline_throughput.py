@@ -35,7 +35,6 @@ from optiml_plugin.benchfiles import MANIFEST, TRAIN_SPLIT, Bench, file_stem, sp
 from optiml_plugin.data.mixture import Mixture, MixtureConfig  # noqa: E402
 from optiml_plugin.data.packing import PackingConfig  # noqa: E402
 from optiml_plugin.data.pipeline import DEFAULT_ENCODE_CHUNK, PackedBatches  # noqa: E402
-from optiml_plugin.data.shares import ShareCounters  # noqa: E402
 from optiml_plugin.data.stream import ExampleStream  # noqa: E402
 from optiml_plugin.data.tokenizer import OptTokenizer, join_texts  # noqa: E402
 
@@ -92,16 +91,15 @@ def measure(root: Path, tokenizer: OptTokenizer, args: argparse.Namespace) -> Tu
     best = {"wall": float("inf"), "cpu": float("inf"), "raw_wall": float("inf"), "raw_cpu": float("inf")}
     for rep in range(args.repeats):  # pipeline and raw runs alternate, so both see the same load
         stream = ExampleStream(bench, mixture, seed=args.seed)
-        shares = ShareCounters(mixture.benchmarks, mixture.effective_benchmark_probs())
         pipe = PackedBatches(stream, tokenizer, packing, args.batch_size, args.seed,
-                             encode_chunk=args.encode_chunk, observer=shares)
+                             encode_chunk=args.encode_chunk)
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(args.batches):
             next(pipe)
         state = pipe.state_dict()  # waits for the chunk the background thread is encoding
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         read = stream.next_index
-        tokens = int(shares.tokens.sum())
+        tokens = int(pipe.stats.tokens)   # in the batches yielded (examples still held are not counted)
         if not flat:
             flat = [x for s, t in consumed_texts(stream, read) for x in join_texts(s, t)]
         step = 2 * args.encode_chunk

@@ -150,10 +150,6 @@ class IndexedJsonl:
     def __len__(self) -> int:
         return self._rows
 
-    @property
-    def is_open(self) -> bool:
-        return self._fds is not None
-
     def _span(self, i: int) -> Tuple[int, int]:
         """Row i's byte range, read from the index."""
         if not 0 <= i < self._rows:

@@ -1,4 +1,5 @@
-"""Names and ids every part of optiml agrees on: OPT's special tokens, the bench's split and level names.
+"""Names and ids every part of optiml agrees on: OPT's special tokens, the bench's split and level names,
+the recipe's packing and loss choices.
 
 Why one module: the builder writes these names into bench directories, the stream, both trainers,
 the sweep and the evaluator read them back, and metaseq's OPT checkpoints fix the ids. A second
@@ -30,3 +31,8 @@ TRAIN_SPLIT = "train"
 VALID_SPLITS = tuple(f"valid_{level}" for level in LEVELS)
 EVAL_SPLITS = tuple(f"{kind}_{level}" for level in LEVELS for kind in ("valid", "test"))
 SPLITS = (TRAIN_SPLIT,) + EVAL_SPLITS
+
+# ---- choices of the training recipe (the schema, the packer and the loss check against these) --
+PACKING_STRATEGIES = ("best_fit", "sequential")
+TRUNCATIONS = ("left", "right")
+LOSS_NORMALIZATIONS = ("token", "example")

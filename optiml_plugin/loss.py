@@ -8,16 +8,18 @@ target NLL, averaged over examples) is offered beside it; it needs segment ids t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional, Tuple
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
+from optiml_plugin.conventions import LOSS_NORMALIZATIONS
 from optiml_plugin.errors import ConfigError
 
-NORMALIZE = ("token", "example")
+# the one unit conversion: losses are reported in bits (metaseq's unit), computed in nats
+BITS_PER_NAT = 1 / math.log(2)
 
 
 @dataclass
@@ -45,8 +47,8 @@ class LossSums:
 
 
 def _check_normalize(mode: str) -> None:
-    if mode not in NORMALIZE:
-        raise ConfigError(f"loss normalize must be one of {NORMALIZE}, got {mode!r}")
+    if mode not in LOSS_NORMALIZATIONS:
+        raise ConfigError(f"loss normalize must be one of {LOSS_NORMALIZATIONS}, got {mode!r}")
 
 
 def example_groups(segment_ids: Optional[torch.Tensor], loss_mask: torch.Tensor) -> torch.Tensor:
@@ -80,21 +82,12 @@ def token_coefficients(groups: torch.Tensor, normalize: str = "token") -> torch.
     return 1.0 / counts.to(torch.float32)[inverse]
 
 
-def target_cross_entropy(logits: torch.Tensor, target_ids: torch.Tensor, loss_mask: torch.Tensor,
-                         segment_ids: Optional[torch.Tensor] = None,
-                         normalize: str = "token") -> LossSums:
-    """Cross entropy of `logits` [B, L, V] against `target_ids` [B, L] where `loss_mask` is True.
-
-    Only masked positions are gathered before the softmax (memory ~ target tokens x V). Without
-    `segment_ids` each row counts as one example.
-    """
-    _check_normalize(normalize)
-    mask = loss_mask.bool()
-    picked, targets = logits[mask], target_ids[mask]
-    if picked.dtype in (torch.float16, torch.bfloat16):  # softmax in fp32, as metaseq does
-        picked = picked.float()
-    nll = F.cross_entropy(picked, targets.long(), reduction="none")
-    return loss_sums(nll, example_groups(segment_ids, mask), normalize)
+def group_sums(values: torch.Tensor, ids: torch.Tensor, n: int) -> torch.Tensor:
+    """float64 sums of `values` [k] by group id `ids` [k] into `n` groups; ids outside [0, n) (-1 on
+    padding) are left out. The per-benchmark and per-task loss arithmetic of both trainers."""
+    ok = (ids >= 0) & (ids < n)
+    out = torch.zeros(n, dtype=torch.float64, device=values.device)
+    return out.index_add_(0, ids[ok].long().to(values.device), values[ok].detach().double())
 
 
 class _VocabParallelNLL(torch.autograd.Function):

@@ -20,8 +20,8 @@ def test_open_descriptors_are_bounded(tmp_path):
     assert len(files) == 7
     rows = [bench.read(tf, 1) for tf in files]
     assert [r["task"] for r in rows] == [tf.task for tf in files]
-    assert len(bench._open) == 3 and all(r.is_open for r in bench._open.values())
-    assert sum(r.is_open for r in bench._readers.values()) == 3
+    assert len(bench._open) == 3 and all(r._fds is not None for r in bench._open.values())
+    assert sum(r._fds is not None for r in bench._readers.values()) == 3
     assert bench.read(files[0], 0) == bf.IndexedJsonl(files[0].path)[0]  # reopened after eviction
 
 

@@ -213,6 +213,12 @@ def test_config_errors_name_the_key(raw, needle):
         load_build_config(raw)
 
 
+def test_threshold_written_with_an_exponent_is_a_number(tmp_path):
+    """`decontamination.threshold: 1e-2` (YAML 1.1 reads a string) was refused; the recipe's number rule."""
+    (tmp_path / "c.yaml").write_text("sources: [{type: builtin}]\ndecontamination: {threshold: 1e-2}\n")
+    assert load_build_config(tmp_path / "c.yaml").decontamination.threshold == 0.01
+
+
 def test_existing_output_is_refused_and_failed_build_leaves_nothing(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep")

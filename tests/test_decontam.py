@@ -5,12 +5,25 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optiml_plugin.bench.decontam import (ExactInputFilter, NgramHasher, ngram_overlap, normalize_many,
+from optiml_plugin.bench.decontam import (EvalNgrams, ExactInputFilter, NgramHasher, normalize_many,
                                          normalize_text, source_conflicts)
 
 
 def words(rng: random.Random, n: int) -> str:
     return " ".join(f"w{rng.randint(0, 10_000)}" for _ in range(n))
+
+
+def ngram_overlap(train_texts, eval_texts, n=13, min_fraction=0.0):
+    """Every (train task, eval task) pair above `min_fraction` through the build's `EvalNgrams` index,
+    sorted by (eval task, train task) order of the inputs (the build does the same, task by task)."""
+    index = EvalNgrams(n)
+    for key, texts in eval_texts.items():
+        index.add(key, len(texts), index.hashes(texts))
+    index.freeze()
+    order = {key: i for i, key in enumerate(eval_texts)}
+    found = [(order[p.eval_task], t, p) for t, key in enumerate(train_texts)
+             for p in index.pairs(key, train_texts[key], min_fraction)]
+    return [p for _, _, p in sorted(found, key=lambda x: (x[0], x[1]))]
 
 
 def brute_force(train, evals, n):

@@ -7,7 +7,7 @@ import torch
 import eval_support as S
 from optiml_plugin.cli import main
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.eval.backends.metaseq_convert import convert
+from optiml_plugin.metaseq.convert import convert
 
 HEADS = 4
 

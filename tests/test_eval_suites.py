@@ -55,7 +55,7 @@ def test_preset_task_names_exist_in_lm_eval():
 def test_bad_preset_names_the_file_and_field(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("name: x\nmetric: acc\nshots: [0, -1]\ntasks: [{name: A, lmeval: a}]\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: field 'shots'"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:3: shots\.1: Input should be greater than or equal to 0"):
         SU.load_suite(str(p))
     with pytest.raises(ConfigError, match="unknown suite 'nope'"):
         SU.load_suite("nope")

@@ -423,7 +423,7 @@ def test_model_dir_without_weights_or_tokenizer_is_named(trained, tmp_path):
 
 def test_converter_refuses_a_non_empty_out(tmp_path):
     pytest.importorskip("transformers")
-    from optiml_plugin.eval.backends.metaseq_convert import convert
+    from optiml_plugin.metaseq.convert import convert
 
     out = tmp_path / "model"
     out.mkdir()

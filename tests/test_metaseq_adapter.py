@@ -1,9 +1,11 @@
 """The metaseq adapter's pure parts: config -> core objects, checks, batches, criterion arithmetic, resume."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import sys
+import typing
 from argparse import Namespace
 
 import pytest
@@ -13,7 +15,8 @@ from bench_factory import make_bench
 from optiml_plugin.benchfiles import Bench
 from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.loss import target_cross_entropy
+from loss_reference import target_cross_entropy
+from optiml_plugin.telemetry import Telemetry
 from optiml_plugin.metaseq import batches, iterator, lossmath, options, train_cli, wiring
 
 HAS_METASEQ = importlib.util.find_spec("metaseq") is not None and \
@@ -41,7 +44,7 @@ def test_settings_are_the_recipe_data_fields():
     none = options.settings_from_cfg(cfg(eps=0, benchmark_proportions="", benchmark_caps="", shuffle_buffer=-1,
                                          max_valid_examples_per_task=0, no_document_masking=True))
     f = none.fields
-    assert f.eps is None and f.benchmark_proportions is None and f.benchmark_caps is None and f.shuffle_buffer is None
+    assert f.eps == 0 and f.benchmark_proportions is None and f.benchmark_caps is None and f.shuffle_buffer is None
     assert f.max_valid_examples_per_task == 0 and not none.document_masking
 
 
@@ -49,11 +52,19 @@ def test_task_options_have_the_recipe_names_and_defaults():
     """The metaseq task's flags are generated from the recipe: same names, same defaults as `optiml train`."""
     from optiml_plugin.recipe import DataFields
 
-    got = {name: default for name, _, default, _, _ in options.task_fields()}
-    assert set(got) == set(DataFields.model_fields)
+    declared = dataclasses.fields(options.TaskOptions)
+    got = {f.name: f.default for f in declared}
+    assert list(got) == list(DataFields.model_fields)           # one for one, in the schema's order
     defaults = DataFields()
     assert options.fields_from_cfg(Namespace(**got)) == defaults
     assert got["valid_splits"] == ",".join(defaults.valid_splits) and got["eps"] == defaults.eps == 4096
+    assert all(f.metadata["help"] for f in declared)
+    choices = {f.name: f.metadata.get("choices") for f in declared if f.metadata.get("choices")}
+    assert choices == {"packing_strategy": ("best_fit", "sequential"), "truncation": ("left", "right"),
+                       "loss_normalization": ("token", "example")}
+    # a plain dataclass with real types, not types guessed from type strings
+    types = typing.get_type_hints(options.TaskOptions)
+    assert types["tokens_per_sample"] is int and types["benchmark_proportions"] == typing.Optional[str]
 
 
 def test_proportions_from_yaml_file(tmp_path):
@@ -179,10 +190,13 @@ def test_loss_sums_match_core_and_split_by_benchmark():
     mask = sample["target"].ne(1)
     core = target_cross_entropy(logits, sample["target"], mask, sample["segment_ids"])
     nll = lossmath.target_nll(logits, sample["target"], mask)
-    sums, bnll, bcount = lossmath.target_sums(nll, mask, sample["segment_ids"], sample["benchmark_ids"], 2, "token")
-    assert torch.allclose(sums.nll_sum, core.nll_sum) and int(sums.target_tokens) == 6
-    assert torch.allclose(sums.example_nll_sum, core.example_nll_sum) and int(sums.examples) == 3
-    assert bcount.tolist() == [2.0, 4.0] and torch.allclose(bnll.sum(), core.nll_sum)
+    loss, size, log = lossmath.loss_and_logging(nll, sample, Telemetry(["niv2", "flan"], "token"))
+    assert torch.allclose(loss, core.nll_sum) and int(size) == 6
+    ex_loss, ex_size, _ = lossmath.loss_and_logging(nll, sample, Telemetry(["niv2", "flan"], "example"))
+    assert torch.allclose(ex_loss, core.example_nll_sum) and int(ex_size) == 3
+    assert [float(log[f"target_tokens/benchmark/{n}"]) for n in ("niv2", "flan")] == [2.0, 4.0]
+    assert math.isclose(float(log["nll_sum/benchmark/niv2"] + log["nll_sum/benchmark/flan"]),
+                        float(core.nll_sum), rel_tol=1e-6)
 
 
 def test_sample_size_is_target_tokens_and_logs_are_in_bits():
@@ -190,25 +204,23 @@ def test_sample_size_is_target_tokens_and_logs_are_in_bits():
     sample = batches.to_metaseq_sample(core_batch(), torch.arange(2))
     logits = torch.randn(2, 8, 16)
     mask = sample["target"].ne(1)
-    sums, bnll, bcount = lossmath.target_sums(lossmath.target_nll(logits, sample["target"], mask), mask,
-                                              sample["segment_ids"], sample["benchmark_ids"], 2, "token")
-    loss, size, log = lossmath.loss_and_logging(sums, "token", sample, bnll, bcount, ["niv2", "flan"])
-    assert int(size) == 6 and torch.allclose(loss, sums.nll_sum)
-    assert log["ncapacity"] == 16 and log["nexamples"] == 3
+    nll = lossmath.target_nll(logits, sample["target"], mask)
+    loss, size, log = lossmath.loss_and_logging(nll, sample, Telemetry(["niv2", "flan"], "token"))
+    assert int(size) == 6 and torch.allclose(loss, nll.sum())
+    assert float(log["capacity"]) == 16 and float(log["examples"]) == 3
     # two workers' outputs summed (what metaseq does) give the same per-token loss
-    summed = {k: (v + v if not isinstance(v, str) else v) for k, v in log.items()}
-    got = {k: v for k, v, _, _ in lossmath.reduced_scalars([summed])}
-    assert got["loss"] == pytest.approx(float(sums.nll_sum) / 6 / math.log(2))
+    summed = {k: v + v for k, v in log.items()}
+    got = {k: v for k, v, _ in lossmath.reduced_scalars([summed])}
+    assert got["loss"] == pytest.approx(float(nll.sum()) / 6 / math.log(2))
     assert got["nll_loss"] == pytest.approx(got["loss"])
-    assert got["loss_niv2"] == pytest.approx(float(bnll[0]) / 2 / math.log(2))
-    assert got["pack_eff"] == pytest.approx(sample["ntokens"] / 16)
-    assert got["docsperex"] == pytest.approx(1.5)
-    # realized shares of the examples, per benchmark: one niv2 example (row 0), two flan (rows 0 and 1)
-    examples = lossmath.examples_by_benchmark(sample["segment_ids"], sample["benchmark_ids"], 2)
-    assert examples.tolist() == [1.0, 2.0]
-    assert got["share_niv2"] == pytest.approx(1 / 3) and got["share_flan"] == pytest.approx(2 / 3)
-    ex_loss, ex_size, _ = lossmath.loss_and_logging(sums, "example", sample, bnll, bcount, ["niv2", "flan"])
-    assert int(ex_size) == 3 and torch.allclose(ex_loss, sums.example_nll_sum)
+    niv2 = nll[sample["benchmark_ids"][mask] == 0]
+    assert got["loss_by_benchmark/niv2"] == pytest.approx(float(niv2.sum()) / 2 / math.log(2))
+    assert got["packing_efficiency"] == pytest.approx(sample["ntokens"] / 16)
+    assert got["examples_per_row"] == pytest.approx(1.5)
+    # realized shares of what was trained, per benchmark: one niv2 example (row 0), two flan (rows 0 and 1)
+    assert got["realized_share/examples/niv2"] == pytest.approx(1 / 3)
+    assert got["realized_share/examples/flan"] == pytest.approx(2 / 3)
+    assert got["realized_share/target_tokens/niv2"] == pytest.approx(2 / 6)
 
 
 # ---- resume without replay -------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from argparse import Namespace
 
 import pytest
@@ -12,8 +13,9 @@ from bench_factory import make_bench
 from optiml_plugin.data.pipeline import PackedBatches
 from optiml_plugin.data.stream import ExampleStream
 from optiml_plugin.data.training_data import packing_config
-from optiml_plugin.loss import target_cross_entropy
+from loss_reference import target_cross_entropy
 from optiml_plugin.metaseq import lossmath, options, wiring
+from optiml_plugin.telemetry import Telemetry
 
 PAD = 1
 BATCH = 3
@@ -77,14 +79,14 @@ def test_train_samples_are_the_core_batches_in_metaseq_format(setup):
         # criterion arithmetic on a tiny model's logits equals the core loss
         logits = model(src)
         mask = target.ne(PAD)
-        sums, bnll, bcount = lossmath.target_sums(lossmath.target_nll(logits, target, mask), mask,
-                                                  sample["segment_ids"], bench_ids, len(names), "token")
+        nll = lossmath.target_nll(logits, target, mask)
         core_sums = target_cross_entropy(logits, core["target_ids"], core["loss_mask"], core["segment_ids"])
-        assert torch.allclose(sums.nll_sum, core_sums.nll_sum, rtol=1e-5)
-        loss, sample_size, log = lossmath.loss_and_logging(sums, "token", sample, bnll, bcount, names)
+        loss, sample_size, log = lossmath.loss_and_logging(nll, sample, Telemetry(names, "token"))
+        assert torch.allclose(loss, core_sums.nll_sum, rtol=1e-5)
         assert int(sample_size) == sample["ntokens_target"]
-        assert torch.allclose(bnll.sum(), core_sums.nll_sum, rtol=1e-5)
-        assert int(bcount.sum()) == sample["ntokens_target"]
+        assert math.isclose(sum(float(log[f"nll_sum/benchmark/{n}"]) for n in names), float(core_sums.nll_sum),
+                            rel_tol=1e-5)
+        assert sum(float(log[f"target_tokens/benchmark/{n}"]) for n in names) == sample["ntokens_target"]
         loss.backward()  # the loss the trainer gets is differentiable
     assert seen_ids == list(range(3 * BATCH))
 

@@ -21,7 +21,7 @@ import metaseq_cpu
 import pytest
 import torch
 
-from optiml_plugin.eval.backends.metaseq_convert import merge_shards
+from optiml_plugin.metaseq.convert import merge_shards
 
 
 pytestmark = [pytest.mark.metaseq,
@@ -111,7 +111,7 @@ def test_converted_checkpoint_scores_as_metaseq(bench: Path, opt_bpe_dir: Path, 
     """`optiml eval convert-metaseq` on the model metaseq trains (gelu, tied, unscaled embeddings): the
     transformers model gives every target token the NLL metaseq's own forward gave it."""
     transformers = pytest.importorskip("transformers", reason="the converter writes a transformers model")
-    from optiml_plugin.eval.backends.metaseq_convert import convert
+    from optiml_plugin.metaseq.convert import convert
 
     run = _run(bench, opt_bpe_dir, tmp_path / "mp2", 2, ["--model-parallel-size", "2"])
     parts = []

@@ -87,10 +87,13 @@ def test_task_setup_batches_and_criterion_through_metaseq(metaseq_cfg):
     criterion = task.build_criterion(cfg.criterion)
     loss, sample_size, log = criterion(Logits(len(task.dictionary)), sample)
     assert int(sample_size) == sample["ntokens_target"] and loss.requires_grad
-    assert set(task.benchmarks) == {"niv2", "flan"} and "bnll_niv2" in log
+    assert set(task.benchmarks) == {"niv2", "flan"} and "nll_sum/benchmark/niv2" in log
     task.load_dataset("valid_heldout_tasks")
     valid = list(task.get_batch_iterator(task.dataset("valid_heldout_tasks")).next_epoch_itr(shuffle=False))
     assert sum(int(s["segment_ids"].max(dim=1).values.sum()) for s in valid) == 3
+    # validation is scored per target token and grouped by the task's own benchmark and category
+    _, valid_size, valid_log = criterion(Logits(len(task.dictionary)), valid[0])
+    assert "nll_sum/category/qa" in valid_log and int(valid_size) == int(valid_log["target_tokens"])
     state = epoch_itr.state_dict()
     assert state["optiml_pipeline"]["ranks"][0]["stream"]["next_index"] > 0
 

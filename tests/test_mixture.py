@@ -76,7 +76,7 @@ def test_extra_streams_are_benchmarks_with_shares(tmp_path):
     ({"niv2": 0.7, "flan": 0.4}, "sum to 1.1 > 1"),
     ({"niv2": 0.5, "flan": 0.2, "p3": 0.2, "cot": 0.0}, "list every benchmark but sum to 0.9"),
     ({"t5": 0.2}, r"unknown benchmark\(s\) \['t5'\]"),
-    ({"niv2": "0.3"}, "share of 'niv2' is '0.3', not a number"),
+    ({"niv2": "lots"}, "share of 'niv2' is 'lots', not a number"),
     ({"niv2": float("nan")}, "not finite"),
     ({"cot": 0.2}, "'cot' has share 0.2 but no examples in split 'train'"),
     ({"niv2": 0.4, "flan": 0.3, "p3": 0.2}, "leftover 0.1 has no unlisted benchmark with examples"),
@@ -96,6 +96,7 @@ def test_bad_caps_and_eps(bench):
 def test_validate_proportions_alone():
     validate_proportions({"a": 0.2, "b": 0.8})
     validate_proportions({"a": 0.2})  # the rest is left to unlisted benchmarks
+    assert validate_proportions({"a": "1e-1"}) == {"a": 0.1}   # the recipe's number rule
     with pytest.raises(ConfigError, match="must be a mapping"):
         validate_proportions([0.5, 0.5])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="not a number"):

@@ -12,7 +12,7 @@ import torch
 from optiml_plugin.attention import flex_attention_available, position_ids_from_segments
 from optiml_plugin.local.attention_backends import DocumentAttention, row_spans, span_buckets
 from optiml_plugin.local.model import TargetLM, build_model
-from optiml_plugin.loss import target_cross_entropy
+from loss_reference import target_cross_entropy
 
 VOCAB = 300
 # the CPU forward check of FlexAttention runs it eagerly on purpose (compiling needs a GPU toolchain)

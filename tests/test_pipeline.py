@@ -1,4 +1,4 @@
-"""PackedBatches on the real stream: batch contract, every example once, token shares, exact resume."""
+"""PackedBatches on the real stream: batch contract, every example once, exact resume."""
 from __future__ import annotations
 
 import itertools
@@ -15,7 +15,6 @@ from bench_factory import make_bench, make_row
 from optiml_plugin.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture, MixtureConfig
 from optiml_plugin.data.packing import PackingConfig, make_item
-from optiml_plugin.data.shares import ShareCounters
 from optiml_plugin.data.pipeline import PackedBatches, collate_blocks
 from optiml_plugin.data.stream import ExampleStream
 from optiml_plugin.data.tokenizer import OptTokenizer
@@ -46,9 +45,8 @@ def tok():
 def pipeline(bench, mixture, tok, strategy="best_fit", buffer=6, batch=3, tps=TPS, chunk=16):
     stream = ExampleStream(bench, mixture, seed=5, chunk_size=64)
     cfg = PackingConfig(tokens_per_sample=tps, strategy=strategy, window=4)
-    shares = ShareCounters(mixture.benchmarks, mixture.effective_benchmark_probs())
     return PackedBatches(stream, tok, cfg, batch_size=batch, seed=11, shuffle_buffer=buffer,
-                         encode_chunk=chunk, observer=shares)
+                         encode_chunk=chunk)
 
 
 def expected_item(pipe, index):
@@ -96,28 +94,6 @@ def test_batch_contract_and_every_example_once(bench, mixture, tok):
     assert pipe.held_examples == len(held)
 
 
-def recorded_tokens(pipe):
-    pipe.state_dict()  # settles the chunk the prefetch thread may still be tokenizing
-    return pipe.observer.tokens.tolist(), pipe.observer.target_tokens.tolist()
-
-
-def expected_tokens(pipe):
-    """Tokens and target tokens per benchmark of every example read from the stream so far."""
-    tokens = [0] * len(pipe.stream.mixture.benchmarks)
-    targets = [0] * len(tokens)
-    for i in range(pipe.stream.next_index):
-        ex, item = expected_item(pipe, i)
-        tokens[ex.benchmark_id] += len(item)
-        targets[ex.benchmark_id] += len(item) - item.n_src
-    return tokens, targets
-
-
-def test_realized_token_shares_are_recorded(bench, mixture, tok):
-    pipe = pipeline(bench, mixture, tok)
-    list(itertools.islice(pipe, 5))
-    assert recorded_tokens(pipe) == expected_tokens(pipe)
-
-
 def assert_same(a: Dict[str, Any], b: Dict[str, Any]) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -155,7 +131,6 @@ def test_resume_at_any_point_is_exact(bench, mixture, tok, cut, strategy, buffer
     for a, b in zip(full, head + tail):
         assert_same(a, b)
     assert resumed.stats.to_dict() == stats
-    assert recorded_tokens(resumed) == expected_tokens(resumed)
     rows = torch.cat([b["row_ids"] for b in head + tail]).tolist()   # sample ids continue across resume
     assert rows == list(range(len(rows)))
 
@@ -203,11 +178,12 @@ class ListStream:
 def test_finite_stream_drains_everything(tok):
     rows = [{"id": str(i), "src": "word " * (i % 13 + 1), "tgt": "out " * (i % 5)} for i in range(50)]
     pipe = PackedBatches(ListStream(rows), tok, PackingConfig(tokens_per_sample=64), batch_size=4,
-                         seed=0, shuffle_buffer=3, drop_last=False, observer=ShareCounters(["b"], [1.0]))
+                         seed=0, shuffle_buffer=3, drop_last=False)
     batches = list(pipe)
     indices = [i for b in batches for row in b["example_indices"] for i in row]
     assert sorted(indices) == list(range(50))
-    assert pipe.stats.examples == 50 and pipe.stats.tokens == int(pipe.observer.tokens.sum())
+    assert pipe.stats.examples == 50
+    assert pipe.stats.tokens == sum(len(make_item(*tok.encode_pair(r["src"], r["tgt"]), pipe.packing)) for r in rows)
     assert batches[-1]["input_ids"].shape[0] <= 4
 
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import yaml
 
-from optiml_plugin import sweep
+from optiml_plugin.metaseq import sweep
 from optiml_plugin.bench.build import load_build_config
 from optiml_plugin.bench.sources import DEFAULT_BENCHMARKS
 from optiml_plugin.errors import ConfigError
@@ -85,7 +85,8 @@ def test_model_presets(name, arch, mp, gpus, global_batch, steps, max_steps):
     assert p.sequences_per_step(p.train) == global_batch
     assert p.train["max_update"] == steps and p.max_train["max_update"] == max_steps
     t = p.train
-    assert (t["tokens_per_sample"], t["self_attn_doc_sep"], t["lr"], t["warmup_updates"]) == (2048, 2, 5e-5, 60)
+    assert (t["tokens_per_sample"], t["lr"], t["warmup_updates"]) == (2048, 5e-5, 60)
+    assert "self_attn_doc_sep" not in t
     assert (t["adam_betas"], t["fp16_adam_stats"], t["clip_norm"], t["dropout"], t["seed"]) == (
         [0.9, 0.95], False, 1.0, 0.1, 1234)
     assert (t["lr_scheduler"], t["power"], t["end_learning_rate"]) == ("polynomial_decay", 1.0, 0.0)
@@ -105,7 +106,7 @@ def test_mixture_preset_is_the_papers():
 
 def test_mixture_not_summing_to_one_fails_clearly(tmp_path):
     copy_presets(tmp_path, **{"mixture.yaml": ("promptsource: 0.39", "promptsource: 0.45")})
-    with pytest.raises(ConfigError, match=r"mixture\.yaml: field 'proportions'.*sum to 1\.06"):
+    with pytest.raises(ConfigError, match=r"mixture\.yaml:\d+: proportions: .*sum to 1\.06"):
         sweep.load_mixture_preset(tmp_path / "mixture.yaml")
     copy_presets(tmp_path, **{"mixture.yaml": ("promptsource: 0.39", "promptsource: 0.30")})
     with pytest.raises(ConfigError, match=r"sum to 0\.91.*not 1"):
@@ -116,15 +117,27 @@ def test_mixture_not_summing_to_one_fails_clearly(tmp_path):
     ("30b.yaml", "global_batch: 256", "global_batch: 512", "'global_batch' is 512 but batch_size 8"),
     ("30b.yaml", "model_parallel: 2", "model_parallel: 3", "not a multiple of model.model_parallel 3"),
     ("30b.yaml", "  gpus: 64", "  gpus: 60", "cluster.gpus 60 is not a multiple"),
-    ("30b.yaml", "  layers: 48", "  layer: 48", r"unknown field\(s\) \['model.layer'\]"),
+    ("30b.yaml", "  layers: 48", "  layer: 48", r"30b\.yaml:\d+: model\.layer: unknown key; known: \['att"),
     ("recipe.yaml", "lr: 5.0e-5", "lr: fast", r"recipe\.yaml:\d+: train\.lr: expected a number, got 'fast'"),
     ("recipe.yaml", "  seed: 1234 ", "  # seed: 1234 ", r"leave \['seed'\] unset"),
-    ("30b.yaml", "kind: model", "kind: mixture", "field 'kind' must be 'model'"),
+    ("30b.yaml", "kind: model", "kind: mixture", r"30b\.yaml:\d+: kind: must be 'model'"),
+    ("30b.yaml", "  gpus: 64", "  gpus: 6.4e1", r"30b\.yaml:\d+: cluster\.gpus: Input should be a valid integer"),
 ])
 def test_bad_presets_fail_clearly(tmp_path, file, old, new, message):
     copy_presets(tmp_path, **{file: (old, new)})
     with pytest.raises(ConfigError, match=message):
         sweep.load_model_preset(str(tmp_path / "30b.yaml"))
+
+
+def test_mixture_numbers_and_no_cap_read_as_in_every_file(tmp_path):
+    """`{flan: 2e-1}` was "not a number" in a mixture preset while a train file read 0.2; eps 0 is no cap."""
+    copy_presets(tmp_path, **{"mixture.yaml": ("flan: 0.20", "flan: 2e-1")})
+    assert sweep.load_mixture_preset(tmp_path / "mixture.yaml").proportions["flan"] == 0.2
+    copy_presets(tmp_path, **{"mixture.yaml": ("eps: 4096", "eps: 0")})
+    preset = sweep.load_model_preset(str(tmp_path / "30b.yaml"))
+    (run,) = sweep.expand(preset)
+    cmd = sweep.train_command(preset, run, sweep.Paths(), dry_run=True)
+    assert cmd[cmd.index("--eps") + 1] == "0"
 
 
 def test_lr_written_without_a_dot_still_parses(tmp_path):

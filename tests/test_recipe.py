@@ -7,11 +7,11 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import pytest
 
-from optiml_plugin import recipe, sweep
+from optiml_plugin import recipe
+from optiml_plugin.metaseq import sweep
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.recipe import load_config
 
@@ -54,7 +54,8 @@ def test_unknown_and_renamed_keys_name_the_new_key(tmp_path):
 
 
 def test_sweep_hyperparameters_are_recipe_keys_with_the_same_types():
-    assert {h.key for h in sweep.HPARAMS} <= set(recipe.SECTION_OF)
+    assert {h.key for h in sweep.HPARAMS} <= set(recipe.SECTION_OF) | set(sweep.LaunchConfig.model_fields)
+    assert not set(recipe.SECTION_OF) & set(sweep.LaunchConfig.model_fields)     # one name, one meaning
     # the sweep's --grid and a train file refuse the same value with the same words
     with pytest.raises(ConfigError, match="batch_size: Input should be a valid integer, got 2.5"):
         sweep.parse_grid(["bsz=2.5"])
@@ -67,18 +68,6 @@ def test_the_paper_preset_sets_every_recipe_value_the_defaults_do_not():
     assert (recipe.default("adam_eps"), train["adam_eps"]) == (1e-8, 1e-6)
     assert (recipe.default("packing_strategy"), train["packing_strategy"]) == ("best_fit", "sequential")
     assert train["warmup_updates"] == 60 and recipe.default("warmup_updates") == 60
-
-
-def test_metaseq_fields_are_the_data_section_with_plain_types():
-    fields = recipe.metaseq_fields()
-    data = recipe.DataConfig()
-    assert list(fields) == list(recipe.DataFields.model_fields)
-    assert {name: f.default for name, f in fields.items()} == {name: getattr(data, name) for name in fields}
-    assert fields["tokens_per_sample"].type is int
-    assert fields["benchmark_proportions"].type == Optional[Dict[str, float]]
-    assert fields["valid_splits"].type == List[str]
-    assert fields["packing_strategy"].choices == ("best_fit", "sequential")
-    assert all(f.help for f in fields.values())
 
 
 def test_preset_dir_setting_wins(tmp_path, capsys):

@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from optiml_plugin import sweep
+from optiml_plugin.metaseq import sweep
 from optiml_plugin.cli import main
 from optiml_plugin.errors import ConfigError
 
@@ -41,11 +41,11 @@ def test_30b_run_name_follows_released_key_order():
     (run,) = sweep.expand(preset)
     ours = run.name.split(".")
     released = RELEASED_30B.split(".")
-    # after the size key, the released keys we emit appear in the same order with the same values
+    # after the size key, the released keys we emit appear in the same order with the same values; the
+    # released `docsep_2` is not among them: documents are masked by segment ids, no --self-attn-doc-sep
     tail = released[released.index("30b") + 1:]
     assert [k for k in tail if k in ours] == ours[ours.index("30b") + 1:]
-    assert run.name.endswith(".30b.eps_4096.docsep_2.mu4000.wu60.bsz8.clip1.0.fp32adam.rs1234."
-                             "lr5e-05.ngpu64")
+    assert run.name.endswith(".30b.eps_4096.mu4000.wu60.bsz8.clip1.0.fp32adam.rs1234.lr5e-05.ngpu64")
 
 
 def test_dry_run_30b_has_the_papers_settings(capsys):
@@ -59,20 +59,22 @@ def test_dry_run_30b_has_the_papers_settings(capsys):
         "--lr": "5e-05", "--lr-scheduler": "polynomial_decay", "--power": "1.0",
         "--end-learning-rate": "0.0", "--clip-norm": "1.0", "--dropout": "0.1",
         "--seed": "1234", "--optimizer": "adam", "--adam-betas": "(0.9, 0.95)",
-        "--tokens-per-sample": "2048", "--self-attn-doc-sep": "2", "--eps": "4096",
+        "--tokens-per-sample": "2048", "--eps": "4096",
+        "--save-interval-updates": "1000", "--validate-interval-updates": "1000",
         "--packing-strategy": "sequential", "--max-valid-examples-per-task": "250",
         "--decoder-layers": "48", "--decoder-embed-dim": "7168", "--decoder-attention-heads": "56",
     }
     for flag, value in expected.items():
         assert one(cmd, flag) == value, flag
     assert "--fp16-adam-stats" not in cmd          # fp32 Adam state
+    assert "--self-attn-doc-sep" not in cmd        # the segment-id mask replaces metaseq's doc-sep mask
     assert json.loads(one(cmd, "--benchmark-proportions")) == sweep.load_mixture_preset(
         sweep.CHECKOUT_PRESETS / "mixture.yaml").proportions
     assert one(cmd, "--restore-file").endswith("/30b/reshard.pt")
     for flag in ("--reset-optimizer", "--reset-dataloader", "--reset-meters"):
         assert cmd.count(flag) == 1
     assert one(cmd, "--save-dir").endswith(
-        "eps_4096.docsep_2.mu4000.wu60.bsz8.clip1.0.fp32adam.rs1234.lr5e-05.ngpu64")
+        "eps_4096.mu4000.wu60.bsz8.clip1.0.fp32adam.rs1234.lr5e-05.ngpu64")
 
 
 def test_dry_run_max_and_grid(capsys):
@@ -137,10 +139,13 @@ def test_launch_without_paths_is_a_clear_error(capsys):
 
 @pytest.mark.parametrize("spec, message", [
     ("lr", "expected KEY=V1,V2"),
-    ("nope=1", "unknown hyperparameter 'nope'"),
+    ("nope=1", "nope: unknown hyperparameter"),
+    ("tensorboard=true", "run.tensorboard is a setting of the local trainer"),
+    ("save_interval_updates=5", "now run.save_every"),
+    ("benchmark_caps=3", "cannot be swept from the command line"),
     ("lr=fast", r"lr: expected a number, got 'fast'"),
     ("bsz=2.5", "batch_size: Input should be a valid integer, got 2.5"),
-    ("eps=128,4096", "EPS belongs to the mixture preset"),
+    ("eps=128,4096", "eps belongs to the mixture preset"),
     ("pack=greedy", "packing_strategy: must be one of"),
 ])
 def test_bad_grid_is_a_clear_error(spec, message):
@@ -163,3 +168,44 @@ def test_swept_key_without_default_name_key_enters_the_name():
     preset = sweep.load_model_preset("30b")
     runs = sweep.expand(preset, sweep.parse_grid(["dropout=0.0,0.1"]))
     assert [r.name.endswith(f".lr5e-05.dr{d}.ngpu64") for r, d in zip(runs, ("0.0", "0.1"))] == [True, True]
+
+
+def test_every_recipe_key_with_a_metaseq_flag_is_accepted_and_rendered(capsys):
+    """The sweep accepted 25 of the recipe's 50 keys; the task's own flags (truncation, packing_window,
+    benchmark_caps, shuffle_buffer, loss_normalization, valid_splits) were "unknown hyperparameter"."""
+    from optiml_plugin.recipe import DataFields, SECTION_OF
+
+    local_only = {"bench", "tokenizer", "builtin_vocab_size", "preset", "checkpoint", "overrides", "out_dir",
+                  "device", "precision", "attention", "distributed", "threads", "log_every", "keep_last",
+                  "tensorboard", "progress"}
+    rendered = set(sweep.HPARAM_BY_KEY) - set(sweep.LaunchConfig.model_fields)
+    assert set(SECTION_OF) - local_only == rendered | {"benchmark_proportions"}   # that one: --mixture-file
+    assert set(DataFields.model_fields) <= rendered | {"benchmark_proportions"}
+    grid = sweep.parse_grid(["truncation=right", "packing_window=8,16", "shuffle_buffer=0",
+                             "loss_normalization=example", "save_every=50", "valid_every=25"])
+    runs = sweep.expand(sweep.load_model_preset("30b"), grid)
+    cmd = sweep.train_command(sweep.load_model_preset("30b"), runs[0], sweep.Paths(), dry_run=True)
+    for flag, value in {"--truncation": "right", "--packing-window": "8", "--shuffle-buffer": "0",
+                        "--loss-normalization": "example", "--save-interval-updates": "50",
+                        "--validate-interval-updates": "25"}.items():
+        assert one(cmd, flag) == value, flag
+    assert ".pw8." in runs[0].name and ".pw16." in runs[1].name
+
+
+def test_preset_train_keys_are_checked_by_the_schema(tmp_path):
+    """Presets accept the recipe's keys with the recipe's number rules (`1e-1` is a number)."""
+    for path in sweep.CHECKOUT_PRESETS.glob("*.yaml"):
+        (tmp_path / path.name).write_text(path.read_text())
+    recipe_file = tmp_path / "recipe.yaml"
+    text = recipe_file.read_text()
+    extra = "  warmup_updates: 60\n  benchmark_caps: {flan: 16}\n  valid_splits: [valid_heldout_tasks]"
+    recipe_file.write_text(text.replace("  dropout: 0.1 ", "  dropout: 1e-1 ").replace("  warmup_updates: 60", extra))
+    preset = sweep.load_model_preset(tmp_path / "30b.yaml")
+    assert preset.train["dropout"] == 0.1 and preset.train["benchmark_caps"] == {"flan": 16}
+    (run,) = sweep.expand(preset)
+    cmd = sweep.train_command(preset, run, sweep.Paths(), dry_run=True)
+    assert json.loads(one(cmd, "--benchmark-caps")) == {"flan": 16}
+    assert one(cmd, "--valid-subset") == "valid_heldout_tasks" and one(cmd, "--valid-splits") == "valid_heldout_tasks"
+    recipe_file.write_text(text.replace("  seed: 1234", "  seed: 1234\n  threads: 4"))
+    with pytest.raises(ConfigError, match=r"recipe.yaml:\d+: train.threads: run.threads is a setting of the local"):
+        sweep.load_model_preset(tmp_path / "30b.yaml")

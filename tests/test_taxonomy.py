@@ -85,10 +85,10 @@ def test_user_file_extends_default(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("categories: [A]\naliases:\n  all:\n    b: C\n", "maps to 'C', which is not a category"),
     ("categories: [A]\naliases:\n  all:\n    a: A\n", "'a' is already a category"),
-    ("categories: [A]\ncolours: [red]\n", "unknown key 'colours'"),
-    ("categories: A\n", "'categories' must be a list"),
-    ("categories: [A]\nstrict: maybe\n", "'strict' must be true or false"),
-    ("extends: other\n", "'extends' can only be 'default'"),
+    ("categories: [A]\ncolours: [red]\n", r"t\.yaml:2: colours: unknown key"),
+    ("categories: A\n", r"t\.yaml:1: categories: Input should be a valid list"),
+    ("categories: [A]\nstrict: maybe\n", r"t\.yaml:2: strict: Input should be a valid boolean"),
+    ("extends: other\n", r"t\.yaml:1: extends: must be one of \['default'\]"),
     ("categories: [A\n", "not valid YAML"),
 ])
 def test_bad_taxonomy_files(tmp_path: Path, text, message):

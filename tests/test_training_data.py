@@ -12,7 +12,7 @@ from bench_factory import make_bench
 from optiml_plugin.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture, MixtureConfig
 from optiml_plugin.data.tokenizer import OptTokenizer
-from optiml_plugin.data.training_data import training_data
+from optiml_plugin.data.training_data import open_run
 from optiml_plugin.local.data import training_texts
 from optiml_plugin.recipe import DataFields
 
@@ -41,7 +41,7 @@ def data(**kw) -> DataFields:
 
 def test_caps_reach_the_mixture(bench, tok):
     """The local trainer ignored per-benchmark caps before; the one data path applies them."""
-    capped = training_data(Bench(bench), tok, data(eps=4096, benchmark_caps={"b1": 5}), 2, 1)
+    capped = open_run(Bench(bench), tok, data(eps=4096, benchmark_caps={"b1": 5}), 2, 1)
     want = Mixture.from_bench(Bench(bench), MixtureConfig(eps=4096, caps={"b1": 5}), split="train")
     plain = Mixture.from_bench(Bench(bench), MixtureConfig(eps=4096), split="train")
     assert np.allclose(capped.mixture.probs, want.probs) and not np.allclose(want.probs, plain.probs)
@@ -49,8 +49,8 @@ def test_caps_reach_the_mixture(bench, tok):
 
 
 def test_validation_is_packed_next_fit_whatever_the_training_packer(bench, tok):
-    a = training_data(Bench(bench), tok, data(packing_strategy="best_fit", packing_window=3), 2, 1)
-    b = training_data(Bench(bench), tok, data(packing_strategy="sequential"), 2, 1)
+    a = open_run(Bench(bench), tok, data(packing_strategy="best_fit", packing_window=3), 2, 1)
+    b = open_run(Bench(bench), tok, data(packing_strategy="sequential"), 2, 1)
     assert list(a.validation) == ["valid_heldout_instances", "valid_heldout_categories"]  # no empty split
     for name in a.validation:
         assert len(a.validation[name].batches) == len(b.validation[name].batches)
@@ -63,9 +63,9 @@ def test_validation_is_packed_next_fit_whatever_the_training_packer(bench, tok):
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_validation_shards_cover_every_row_once_with_equal_counts(bench, tok, world):
-    one = training_data(Bench(bench), tok, data(), 2, 1, valid_subsets={"valid": ["valid_heldout_instances",
+    one = open_run(Bench(bench), tok, data(), 2, 1, valid_subsets={"valid": ["valid_heldout_instances",
                                                                                "valid_heldout_categories"]})
-    ranks = [training_data(Bench(bench), tok, data(), 2, 1, rank=r, world_size=world,
+    ranks = [open_run(Bench(bench), tok, data(), 2, 1, rank=r, world_size=world,
                            valid_subsets={"valid": ["valid_heldout_instances", "valid_heldout_categories"]})
              for r in range(world)]
     subset = one.validation["valid"]

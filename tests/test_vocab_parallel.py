@@ -3,8 +3,8 @@
 Why: metaseq main gathers full-vocabulary logits unless told otherwise, and handing those to a
 vocab-parallel loss adds exactly ln 2 per token at model parallel 2 (measured: 17.208 vs 16.208 bits).
 Here each of two gloo ranks holds one half of the vocabulary's logits, and the same code the criterion
-runs (`lossmath.target_nll` + `target_sums`) must give the full-vocabulary loss, per-benchmark sums and
-gradients of one process, for token and example normalization.
+runs (`lossmath.target_nll` + `train_loss`, the telemetry's counters) must give the full-vocabulary
+loss, per-benchmark sums and gradients of one process, for token and example normalization.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ import metaseq_cpu
 
 metaseq_cpu.install_if_present()  # spawned workers import this module, and optiml_plugin imports metaseq
 
-from optiml_plugin.metaseq.lossmath import target_nll, target_sums  # noqa: E402
+from optiml_plugin.metaseq.lossmath import target_nll, train_loss  # noqa: E402
+from optiml_plugin.telemetry import Telemetry  # noqa: E402
 
 WORLD = 2
 VOCAB = 24          # divisible by WORLD: Megatron pads the vocabulary to a multiple of 8 x model parallel
@@ -45,8 +46,11 @@ def _batch() -> Dict[str, torch.Tensor]:
 def _loss(logits: torch.Tensor, batch: Dict[str, torch.Tensor], normalize: str, rank: int = 0,
           group: object = None):
     nll = target_nll(logits, batch["target"], batch["mask"], rank, group)
-    sums, bnll, bcount = target_sums(nll, batch["mask"], batch["segments"], batch["benchmarks"], 2, normalize)
-    return sums.loss(), sums, bnll, bcount
+    loss, size = train_loss(nll, batch["mask"], batch["segments"], normalize)
+    c = Telemetry(["b0", "b1"], normalize).train_counters(nll, batch["mask"], batch["segments"], batch["benchmarks"])
+    bnll = torch.stack([c["nll_sum/benchmark/b0"], c["nll_sum/benchmark/b1"]])
+    bcount = torch.stack([c["target_tokens/benchmark/b0"], c["target_tokens/benchmark/b1"]])
+    return loss / size, nll.sum(), bnll, bcount
 
 
 def _worker(rank: int, port: int, out: Path) -> None:
@@ -57,9 +61,9 @@ def _worker(rank: int, port: int, out: Path) -> None:
     results = {}
     for normalize in NORMALIZE:
         shard = batch["logits"][..., rank * width:(rank + 1) * width].clone().requires_grad_(True)
-        loss, sums, bnll, bcount = _loss(shard, batch, normalize, rank, dist.group.WORLD)
+        loss, nll_sum, bnll, bcount = _loss(shard, batch, normalize, rank, dist.group.WORLD)
         loss.backward()
-        results[normalize] = {"loss": loss.detach(), "nll_sum": sums.nll_sum.detach(),
+        results[normalize] = {"loss": loss.detach(), "nll_sum": nll_sum.detach(),
                               "bnll": bnll, "bcount": bcount, "grad": shard.grad}
     torch.save(results, out / f"rank{rank}.pt")
     dist.destroy_process_group()
@@ -79,12 +83,12 @@ def sharded(tmp_path_factory: pytest.TempPathFactory) -> Dict[int, dict]:
 def test_sharded_loss_and_gradients_equal_full_vocabulary(sharded: Dict[int, dict], normalize: str) -> None:
     batch = _batch()
     full = batch["logits"].clone().requires_grad_(True)
-    loss, sums, bnll, bcount = _loss(full, batch, normalize)
+    loss, nll_sum, bnll, bcount = _loss(full, batch, normalize)
     loss.backward()
     # the plain reference: torch's cross entropy on the target positions
     mask = batch["mask"]
     ref_nll = torch.nn.functional.cross_entropy(batch["logits"][mask], batch["target"][mask], reduction="none")
-    assert torch.allclose(sums.nll_sum, ref_nll.sum(), rtol=1e-12)
+    assert torch.allclose(nll_sum, ref_nll.sum(), rtol=1e-12)
     width = VOCAB // WORLD
     for rank, res in sharded.items():
         got = res[normalize]

@@ -16,6 +16,7 @@ from optiml_plugin.bench.official import MODES as OFFICIAL_MODES
 from optiml_plugin.bench.splits import SplitConfig, read_task_list
 from optiml_plugin.bench.templates import PROMPT_FORMATS
 from optiml_plugin.errors import BadRecordPolicy, ConfigError
+from optiml_plugin.recipe import number
 from optiml_plugin.yamlio import read_yaml
 
 DEFAULT_CAP = 100_000
@@ -157,6 +158,10 @@ def _decontam_config(section: Any, origin: str) -> DecontamConfig:
     if "ngram" in values:
         _int(values["ngram"], origin, "decontamination.ngram", minimum=1)
     th = values.get("threshold", 0.01)
+    try:
+        th = number(th)  # the recipe's number rule: `1e-2` is a number in every file
+    except ValueError:
+        pass
     if isinstance(th, bool) or not isinstance(th, (int, float)) or not 0 <= th <= 1:
         raise ConfigError(f"{origin}: 'decontamination.threshold' must be a fraction in [0, 1], got {th!r}")
     values["threshold"] = float(th)

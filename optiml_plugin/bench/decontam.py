@@ -252,21 +252,6 @@ class EvalNgrams:
         return out
 
 
-def ngram_overlap(train_texts: Mapping[Hashable, Sequence[str]],
-                  eval_texts: Mapping[Hashable, Sequence[str]],
-                  n: int = 13, min_fraction: float = 0.0) -> List[OverlapPair]:
-    """Every (train task, eval task) pair whose share of eval instances with an n-gram in the
-    training task exceeds `min_fraction`, sorted by (eval task, train task) order of the inputs."""
-    index = EvalNgrams(n)
-    for key, texts in eval_texts.items():
-        index.add(key, len(texts), index.hashes(texts))
-    index.freeze()
-    order = {key: i for i, key in enumerate(eval_texts)}
-    found = [(order[p.eval_task], t, p) for t, key in enumerate(train_texts)
-             for p in index.pairs(key, train_texts[key], min_fraction)]
-    return [p for _, _, p in sorted(found, key=lambda x: (x[0], x[1]))]
-
-
 @dataclass
 class ExactInputFilter:
     """Normalized inputs of every evaluation instance; `matches_all` says which training inputs collide."""

@@ -11,16 +11,16 @@ import fnmatch
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
+from typing import Annotated, Any, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
 
-
+from pydantic import Field
 from optiml_plugin.bench.records import Record
 from optiml_plugin.errors import BadRecordError, ConfigError
-from optiml_plugin.yamlio import read_yaml_mapping
+from optiml_plugin.recipe import Bool, Section, choice, setting, validate
+from optiml_plugin.yamlio import read_yaml_mapping_lines
 
 DEFAULT_PATH = Path(__file__).with_name("taxonomy.yaml")
 ALL = "all"
-_KEYS = ("extends", "strict", "categories", "extra_categories", "aliases", "tasks")
 _SEPARATORS = re.compile(r"[\s_\-]+")
 
 
@@ -136,17 +136,25 @@ class Taxonomy:
 
 
 
+class TaxonomyFile(Section):
+    """A taxonomy YAML's keys and types, checked by the recipe's schema rules (errors name file, line
+    and key); what the names must match is checked by `Taxonomy.from_dict`."""
+
+    extends: Optional[choice(("default",))] = setting(  # type: ignore[valid-type]
+        None, "default: lay this file over the packaged taxonomy")
+    strict: Optional[Bool] = setting(None, "an unknown category is an error (default true)")
+    categories: Optional[List[Annotated[str, Field(min_length=1)]]] = setting(None, "the categories")
+    extra_categories: Optional[List[Annotated[str, Field(min_length=1)]]] = setting(None, "more categories")
+    aliases: Optional[Dict[str, Dict[Any, Any]]] = setting(None, "benchmark -> {other name: category}")
+    tasks: Optional[Dict[str, Dict[Any, Any]]] = setting(None, "benchmark -> {task pattern: category}")
+
+
 def _merged(path: Path) -> Dict[str, Any]:
     """The YAML at `path`; with `extends: default`, laid over the packaged taxonomy."""
-    data = read_yaml_mapping(path, "taxonomy")
-    for key in data:
-        if key not in _KEYS:
-            raise ConfigError(f"{path}: unknown key '{key}' (allowed: {', '.join(_KEYS)})")
-    base = data.get("extends")
-    if base is None:
+    data, lines = read_yaml_mapping_lines(path, "taxonomy")
+    validate(TaxonomyFile, data, str(path), lines)
+    if data.get("extends") is None:
         return data
-    if base != "default":
-        raise ConfigError(f"{path}: 'extends' can only be 'default', got {base!r}")
     merged = _merged(DEFAULT_PATH)
     for key in ("categories", "extra_categories"):
         merged[key] = list(merged.get(key) or []) + _str_list(data.get(key) or [], key, str(path))

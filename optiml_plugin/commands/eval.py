@@ -171,7 +171,7 @@ def _suite(args: argparse.Namespace) -> int:
     require()  # before a long conversion
     model = args.model
     if args.metaseq_checkpoint:
-        from optiml_plugin.eval.backends.metaseq_convert import convert
+        from optiml_plugin.metaseq.convert import convert
 
         model = str(convert(args.metaseq_checkpoint, Path(args.out) / "model", num_heads=args.num_heads,
                             tokenizer_dir=args.tokenizer_dir))
@@ -191,7 +191,7 @@ def _suite(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from optiml_plugin.eval.backends.metaseq_convert import convert
+    from optiml_plugin.metaseq.convert import convert
 
     overrides = {"activation_fn": args.activation_fn, "no_scale_embedding": args.no_scale_embedding}
     out = convert(args.checkpoints, args.out, num_heads=args.num_heads, tokenizer_dir=args.tokenizer_dir,

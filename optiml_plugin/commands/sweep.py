@@ -1,6 +1,6 @@
 """`optiml sweep`: the paper's presets -> metaseq-train command lines and sbatch scripts.
 
-Thin: parses arguments and calls optiml_plugin.sweep; imports no metaseq, so `--dry-run` works on
+Thin: parses arguments and calls optiml_plugin.metaseq.sweep; imports no metaseq, so `--dry-run` works on
 a laptop.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from optiml_plugin import sweep as core
+from optiml_plugin.metaseq import sweep as core
 from optiml_plugin.errors import OptimlError
 
 

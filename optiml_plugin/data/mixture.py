@@ -21,6 +21,7 @@ import numpy as np
 
 from optiml_plugin.benchfiles import Bench, TaskFile, file_stem, normalize_name
 from optiml_plugin.errors import ConfigError
+from optiml_plugin.recipe import number
 from optiml_plugin.yamlio import read_yaml
 
 TOLERANCE = 1e-6
@@ -35,8 +36,10 @@ class MixtureConfig:
     caps: Optional[Dict[str, int]] = None
 
 
-def validate_proportions(props: Mapping[str, float], benchmarks: Optional[Iterable[str]] = None) -> None:
-    """Raise ConfigError unless `props` are finite, non-negative numbers summing to at most 1.
+def validate_proportions(props: Mapping[str, Any], benchmarks: Optional[Iterable[str]] = None
+                         ) -> Dict[str, float]:
+    """`props` as floats, or a ConfigError unless they are finite, non-negative numbers (by the recipe's
+    number rule: `1e-1` is a number) summing to at most 1.
 
     With `benchmarks` (the bench's benchmark names) also reject unknown names and, when every
     benchmark is listed, a sum that is not 1 within 1e-6 (nothing would take the remainder).
@@ -44,19 +47,23 @@ def validate_proportions(props: Mapping[str, float], benchmarks: Optional[Iterab
     if not isinstance(props, Mapping):
         raise ConfigError(f"benchmark proportions must be a mapping {{benchmark: share}}, "
                           f"got {type(props).__name__}")
+    shares: Dict[str, float] = {}
     for name, share in props.items():
-        if isinstance(share, bool) or not isinstance(share, (int, float)):
-            raise ConfigError(f"benchmark proportions: share of {name!r} is {share!r}, not a number")
+        try:
+            shares[str(name)] = share = float(number(share))
+        except (TypeError, ValueError):
+            raise ConfigError(f"benchmark proportions: share of {name!r} is {share!r}, not a number") from None
         if not math.isfinite(share):
             raise ConfigError(f"benchmark proportions: share of {name!r} is {share}, not finite")
         if share < 0:
             raise ConfigError(f"benchmark proportions: share of {name!r} is negative ({share})")
+    props = shares
     total = float(sum(props.values()))
     if total > 1 + TOLERANCE:
         raise ConfigError(f"benchmark proportions sum to {total:.9g} > 1 "
                           f"({_fmt_shares(props)}); lower some shares")
     if benchmarks is None:
-        return
+        return props
     known = {normalize_name(b): b for b in benchmarks}
     unknown = [n for n in props if normalize_name(n) not in known]
     if unknown:
@@ -66,6 +73,7 @@ def validate_proportions(props: Mapping[str, float], benchmarks: Optional[Iterab
     if listed >= set(known) and abs(total - 1) > TOLERANCE:
         raise ConfigError(f"benchmark proportions list every benchmark but sum to {total:.9g}, "
                           f"not 1 within {TOLERANCE:g} ({_fmt_shares(props)})")
+    return props
 
 
 def _fmt_shares(props: Mapping[str, float]) -> str:
@@ -93,8 +101,7 @@ def parse_proportions(text_or_path: Union[str, Path, Mapping[str, float]]) -> Di
                                   f"{e.msg} (give a JSON object or a .json/.yaml file)") from None
     if not isinstance(props, dict) or not all(isinstance(k, str) for k in props):
         raise ConfigError(f"{where}: expected a mapping {{benchmark: share}}, got {props!r:.80}")
-    validate_proportions(props)
-    return {k: float(v) for k, v in props.items()}
+    return validate_proportions(props)
 
 
 def _check_positive_int(value: Any, what: str) -> int:
@@ -133,8 +140,7 @@ class Mixture:
         all_files = bench.task_files(split)
         names = sorted({t["benchmark"] for t in bench.manifest["tasks"]})
         by_norm = {normalize_name(b): b for b in names}
-        props = dict(config.proportions or {})
-        validate_proportions(props, names)
+        props = validate_proportions(dict(config.proportions or {}), names)
         eps = None if config.eps is None else _check_positive_int(config.eps, "mixture eps")
         caps: Dict[str, int] = {}
         for name, cap in (config.caps or {}).items():

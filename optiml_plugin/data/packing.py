@@ -25,11 +25,9 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-from optiml_plugin.conventions import EOS_ID, EXAMPLE_START_ID, PAD_ID
+from optiml_plugin.conventions import EOS_ID, EXAMPLE_START_ID, PACKING_STRATEGIES, PAD_ID, TRUNCATIONS
 from optiml_plugin.errors import ConfigError
 
-STRATEGIES = ("best_fit", "sequential")
-TRUNCATIONS = ("left", "right")
 # the shortest possible example: one source token (or BOS) + `</s>`; a block with less room is closed
 MIN_EXAMPLE_TOKENS = 2
 
@@ -45,8 +43,8 @@ class PackingConfig:
     truncation: str = "left"
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"packing strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.strategy not in PACKING_STRATEGIES:
+            raise ConfigError(f"packing strategy must be one of {PACKING_STRATEGIES}, got {self.strategy!r}")
         if self.truncation not in TRUNCATIONS:
             raise ConfigError(f"packing truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         if self.tokens_per_sample < MIN_EXAMPLE_TOKENS:

@@ -21,9 +21,10 @@ from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from optiml_plugin.conventions import PAD_ID
 from optiml_plugin.hashing import GOLDEN, MASK64, mix64
 from optiml_plugin.data.packing import Block, Packer, PackingConfig, PackingStats, PackItem, build_block, make_item
-from optiml_plugin.data.tokenizer import PAD_ID, OptTokenizer
+from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.errors import BadRecordError, ConfigError, mismatch_error
 
 STATE_VERSION = 1
@@ -125,16 +126,13 @@ class PackedBatches:
     `stream` is duck-typed: an iterable of examples with `index`, `task_id`, `benchmark_id`, `row`
     (a dict with "src" and "tgt"), plus `example(i)`, `state_dict()` and `load_state_dict()`, and
     optionally `take(n)` (the next n examples at once) (data.stream.ExampleStream).
-    `observer` (optional; data.shares.ShareCounters) hears `observe(benchmark_id, tokens,
-    target_tokens)` once per example when it is first tokenized; its counts are part of the state.
     `shuffle_buffer` counts blocks (default 10 x batch_size, the authors' 10 x batch x shards per
     shard); 0 disables shuffling. `drop_last` drops a final partial batch of a finite stream.
     """
 
     def __init__(self, stream: Any, tokenizer: OptTokenizer, packing: PackingConfig, batch_size: int,
                  seed: int, shuffle_buffer: Optional[int] = None, drop_last: bool = True,
-                 encode_chunk: int = DEFAULT_ENCODE_CHUNK, prefetch: bool = True,
-                 observer: Optional[Any] = None) -> None:
+                 encode_chunk: int = DEFAULT_ENCODE_CHUNK, prefetch: bool = True) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         buffer = 10 * batch_size if shuffle_buffer is None else shuffle_buffer
@@ -151,7 +149,6 @@ class PackedBatches:
         self.drop_last = drop_last
         self.encode_chunk = int(encode_chunk)
         self.prefetch = prefetch
-        self.observer = observer
         self._executor: Optional[ThreadPoolExecutor] = None
         self._inflight: Optional[_InFlight] = None  # a chunk read, its encoding under way
         self.stats = PackingStats()   # over every block yielded so far
@@ -171,14 +168,12 @@ class PackedBatches:
     def _encode(self, examples: Sequence[Any]) -> List[Tuple[List[int], List[int]]]:
         return self.tokenizer.encode_pairs([_source_target(ex) for ex in examples])
 
-    def _make_items(self, examples: Sequence[Any], pairs: Sequence[Tuple[List[int], List[int]]],
-                    record: bool) -> List[PackItem]:
+    def _make_items(self, examples: Sequence[Any],
+                    pairs: Sequence[Tuple[List[int], List[int]]]) -> List[PackItem]:
         items = []
         for ex, (src, tgt) in zip(examples, pairs):
             item = make_item(src, tgt, self.packing, index=ex.index, task_id=ex.task_id,
                              benchmark_id=ex.benchmark_id, eos_id=self.tokenizer.eos_id)
-            if record and self.observer is not None:
-                self.observer.observe(ex.benchmark_id, len(item), len(item) - item.n_src)
             items.append(item)
         return items
 
@@ -212,11 +207,11 @@ class PackedBatches:
         With `prefetch`, only `tokenizers` works on the background thread (it releases the GIL):
         while it encodes chunk k, this thread reads chunk k + 1 and then makes and packs the items
         of chunk k, so the Python work overlaps encoding instead of following it. Chunks are
-        still read, and their tokens recorded, strictly in order.
+        still read strictly in order.
         """
         if not self.prefetch and self._inflight is None:
             examples = self._read_examples()
-            items = self._make_items(examples, self._encode(examples), record=True)
+            items = self._make_items(examples, self._encode(examples))
         else:
             if self._inflight is None:
                 self._inflight = self._launch()
@@ -224,7 +219,7 @@ class PackedBatches:
             self._inflight = None
             if examples and self.prefetch:
                 self._inflight = self._launch()
-            items = self._make_items(examples, future.result(), record=True)
+            items = self._make_items(examples, future.result())
         self._pending.extend(items)
         return bool(items)
 
@@ -233,7 +228,7 @@ class PackedBatches:
         if self._inflight is not None:
             examples, future = self._inflight
             self._inflight = None
-            self._pending.extend(self._make_items(examples, future.result(), record=True))
+            self._pending.extend(self._make_items(examples, future.result()))
 
     # ---- the state machine --------------------------------------------------------------------
     def _shuffle_in(self, block: Block) -> None:
@@ -313,8 +308,7 @@ class PackedBatches:
                 "buffer": [b.indices for b in self._buffer],
                 "ready": [b.indices for b in self._ready],
                 "draws": self._draws, "exhausted": self._exhausted, "stats": self.stats.to_dict(),
-                "packer_stats": self._packer.stats.to_dict(),
-                "observer": self.observer.to_dict() if self.observer is not None else None}
+                "packer_stats": self._packer.stats.to_dict()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -329,7 +323,7 @@ class PackedBatches:
                   state["ready"]]
         wanted = sorted({i for group in groups for lists in group for i in lists})
         examples = [self.stream.example(i) for i in wanted]
-        by_index = {it.index: it for it in self._make_items(examples, self._encode(examples), record=False)}
+        by_index = {it.index: it for it in self._make_items(examples, self._encode(examples))}
         size = self.packing.block_size
         pad = self.tokenizer.pad_id
 
@@ -345,8 +339,6 @@ class PackedBatches:
         self._draws = int(state["draws"])
         self._exhausted = bool(state["exhausted"])
         self.stats = PackingStats.from_dict(state["stats"])
-        if self.observer is not None and state.get("observer") is not None:
-            self.observer.load_dict(state["observer"])
 
     @property
     def held_examples(self) -> int:

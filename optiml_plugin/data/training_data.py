@@ -1,30 +1,28 @@
-"""What a trainer takes from the data, built by one function for both front ends: `training_data`.
+"""The front-end contract both trainers consume: `open_run` -> `Run`.
 
-Why one function: the metaseq task and the local trainer each used to wire mixture, stream, packing
-and validation themselves, and had drifted (caps honoured by one only, validation packed and sharded
-two ways, losses in two units). Here, from the recipe's data settings (`recipe.DataFields`, the same
-names in both front ends):
+Why one function: the metaseq task and the local trainer each used to wire mixture, stream, packing,
+validation and their metrics themselves, and had drifted (caps honoured by one only, validation packed
+and sharded two ways, losses in two units, realized shares counted at two places). A trainer now gives
+the recipe's data settings (`recipe.DataFields`, the same names in both), the bench, its tokenizer,
+its batch size, seed and data-parallel rank, and gets:
 
 - training batches: `Mixture` (proportions, EPS, per-benchmark caps) -> `ExampleStream` (this rank's
-  partition) -> `PackedBatches` (the training packer), with a `ShareCounters` observer that hears
-  every example once, for realized shares;
+  partition) -> `PackedBatches` (the training packer);
 - fixed validation batches per subset (a subset reads one or more evaluation splits): the first N
   rows of every task in file order, packed `sequential` whatever the training strategy, cut into
   batches of `batch_size` rows the metaseq way: global batch k holds blocks [k*B*W, (k+1)*B*W), rank
   r its B rows, all-pad rows fill the last ones, so every rank runs the same number of forwards
   (FSDP and metaseq need that) and no block is scored twice;
-- the logging keys: the training mixture's benchmarks (validation benchmark ids index the same list).
+- the `Telemetry` of the run (`telemetry.py`): the one metric schema, in bits; its training keys are
+  the mixture's benchmarks, its validation groups each task's own benchmark and category.
 
 Why `sequential` for validation: next-fit keeps file order, so the validation rows depend only on the
 bench, the cap and the row length, not on the training packer or its window; runs that train with
 different packers score the very same rows (under document masking the loss does not depend on the
 packing at all; without it, next-fit is the authors' choice).
-
-Units: losses are reported in bits per target token (`BITS_PER_NAT`), metaseq's unit, in both front ends.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -34,18 +32,18 @@ from optiml_plugin.benchfiles import Bench, TaskFile
 from optiml_plugin.data.mixture import Mixture, MixtureConfig
 from optiml_plugin.data.packing import Block, PackingConfig, build_block, pack
 from optiml_plugin.data.pipeline import PackedBatches, collate_blocks
-from optiml_plugin.data.shares import ShareCounters
 from optiml_plugin.data.stream import ExampleStream
 from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.data.validation import ValidationSet, validation_set
 from optiml_plugin.recipe import DataFields
+from optiml_plugin.telemetry import Telemetry
 
-BITS_PER_NAT = 1 / math.log(2)
 VALIDATION_STRATEGY = "sequential"
 
 
 def mixture_config(data: DataFields) -> MixtureConfig:
-    return MixtureConfig(proportions=data.benchmark_proportions, eps=data.eps, caps=data.benchmark_caps)
+    """The mixture of the recipe's data settings (`eps: 0`, the one spelling of no cap, is None here)."""
+    return MixtureConfig(proportions=data.benchmark_proportions, eps=data.eps or None, caps=data.benchmark_caps)
 
 
 def packing_config(data: DataFields, strategy: Optional[str] = None) -> PackingConfig:
@@ -68,6 +66,11 @@ class ValidationSubset:
     @property
     def tasks(self) -> List[TaskFile]:
         return [t for vset in self.sets for t in vset.tasks]
+
+    @property
+    def groups(self) -> List[Tuple[str, str]]:
+        """(benchmark, category) of each task id: what validation metrics are grouped by."""
+        return [(t.benchmark, t.category) for t in self.tasks]
 
 
 def shard_blocks(blocks: Sequence[Block], batch_size: int, rank: int, world_size: int, block_size: int,
@@ -105,34 +108,33 @@ def validation_subset(bench: Bench, name: str, splits: Sequence[str], tokenizer:
 
 
 @dataclass
-class TrainingData:
-    """One rank's training pipeline, its validation subsets and the realized-share observer."""
+class Run:
+    """One rank's data and metrics: the tokenizer, training batches, validation subsets, telemetry."""
 
+    tokenizer: OptTokenizer
     mixture: Mixture
     stream: ExampleStream
     batches: PackedBatches
-    shares: ShareCounters
     validation: Dict[str, ValidationSubset]
+    telemetry: Telemetry
 
     @property
     def benchmarks(self) -> List[str]:
-        """The logging keys: the training mixture's benchmarks, the same on every rank."""
+        """The training logging keys: the mixture's benchmarks, the same on every rank."""
         return list(self.mixture.benchmarks)
 
 
-def training_data(bench: Bench, tokenizer: OptTokenizer, data: DataFields, batch_size: int, seed: int,
-                  rank: int = 0, world_size: int = 1,
-                  valid_subsets: Optional[Mapping[str, Sequence[str]]] = None,
-                  valid_batch_size: Optional[int] = None) -> TrainingData:
-    """Training batches, fixed validation batches and logging keys for one data-parallel rank.
+def open_run(bench: Bench, tokenizer: OptTokenizer, data: DataFields, batch_size: int, seed: int,
+             rank: int = 0, world_size: int = 1, valid_subsets: Optional[Mapping[str, Sequence[str]]] = None,
+             valid_batch_size: Optional[int] = None) -> Run:
+    """Training batches, fixed validation batches and the telemetry of one data-parallel rank.
 
     `valid_subsets` maps a subset name to the splits it reads (default: each of `data.valid_splits`
     alone); a subset without examples is left out. `valid_batch_size` defaults to `batch_size`."""
     mixture = Mixture.from_bench(bench, mixture_config(data), split="train")
     stream = ExampleStream(bench, mixture, seed=seed, rank=rank, world_size=world_size)
-    shares = ShareCounters(mixture.benchmarks, mixture.effective_benchmark_probs())
     batches = PackedBatches(stream, tokenizer, packing_config(data), batch_size, seed,
-                            shuffle_buffer=data.shuffle_buffer, observer=shares)
+                            shuffle_buffer=data.shuffle_buffer)
     subsets = valid_subsets if valid_subsets is not None else {s: [s] for s in data.valid_splits}
     validation = {}
     for name, splits in subsets.items():
@@ -140,17 +142,5 @@ def training_data(bench: Bench, tokenizer: OptTokenizer, data: DataFields, batch
                                    valid_batch_size or batch_size, rank, world_size)
         if subset.batches:
             validation[name] = subset
-    return TrainingData(mixture, stream, batches, shares, validation)
-
-
-def benchmark_sums(token_nll: torch.Tensor, benchmark_ids: torch.Tensor,
-                   n_benchmarks: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-benchmark [NLL sum, target count] of target tokens (`benchmark_ids` aligned with `token_nll`;
-    ids outside the mixture, -1 on padding or a benchmark absent from training, are left out)."""
-    ok = (benchmark_ids >= 0) & (benchmark_ids < n_benchmarks)
-    ids = benchmark_ids[ok].long()
-    nll = torch.zeros(n_benchmarks, dtype=torch.float64, device=token_nll.device)
-    count = torch.zeros(n_benchmarks, dtype=torch.float64, device=token_nll.device)
-    nll.index_add_(0, ids, token_nll[ok].detach().double())
-    count.index_add_(0, ids, torch.ones_like(ids, dtype=torch.float64))
-    return nll, count
+    return Run(tokenizer, mixture, stream, batches, validation,
+               Telemetry(mixture.benchmarks, data.loss_normalization))

@@ -10,13 +10,15 @@ from typing import List, Sequence
 
 import torch
 
+from optiml_plugin.conventions import EOS_ID, PAD_ID
+
 
 class Backend:
     """Abstract model backend. Ids follow the model's own tokenizer."""
 
     model_id: str = "unknown"
-    eos_id: int = 2
-    pad_id: int = 1
+    eos_id: int = EOS_ID
+    pad_id: int = PAD_ID
     max_positions: int = 2048
 
     @property

@@ -13,10 +13,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Annotated, Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from pydantic import Field
 
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.eval.aggregate import merge_subtasks
+from optiml_plugin.recipe import Bool, NonNegInt, Section, located, setting, validate
+from optiml_plugin.yamlio import read_yaml_mapping_lines
 
 PRESETS = Path(__file__).with_name("presets")
 
@@ -56,10 +60,29 @@ def available() -> List[str]:
     return sorted(p.stem for p in PRESETS.glob("*.yaml"))
 
 
+class _TaskEntry(Section):
+    name: Annotated[str, Field(min_length=1)] = setting(..., "the paper's column name")
+    lmeval: Annotated[str, Field(min_length=1)] = setting(..., "lm-eval task or group name")
+    metric: Optional[str] = setting(None, "its metric (default: the suite's)")
+
+
+class SuiteFile(Section):
+    """A suite preset file, checked by the recipe's schema rules (errors name file, line and key)."""
+
+    name: Annotated[str, Field(min_length=1)] = setting(..., "suite name")
+    title: Optional[str] = setting(None, "display title (default: name)")
+    paper: str = setting("", "where in the paper")
+    metric: Annotated[str, Field(min_length=1)] = setting(..., "lm-eval metric")
+    shots: Annotated[List[NonNegInt], Field(min_length=1)] = setting(..., "shot counts, run in turn")
+    tasks: Annotated[List[_TaskEntry], Field(min_length=1)] = setting(..., "the suite's tasks")
+    include: Optional[str] = setting(None, "a folder of extra lm-eval task configs, relative to the file")
+    builtin_tasks: Bool = setting(True, "also use lm-eval's own task configs")
+    chosen: List[str] = setting([], "what the preset chose where the paper is silent")
+    differences: List[str] = setting([], "where it differs from the paper")
+
+
 def load_suite(name_or_path: str) -> Suite:
     """A shipped preset by name, or a preset YAML file by path."""
-    import yaml
-
     path = Path(name_or_path)
     if not path.suffix:
         path = PRESETS / f"{name_or_path}.yaml"
@@ -68,40 +91,17 @@ def load_suite(name_or_path: str) -> Suite:
                               f"(or give a preset YAML path)")
     if not path.is_file():
         raise ConfigError(f"suite preset not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-
-    def need(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-        if not isinstance(obj.get(key), kind):
-            raise ConfigError(f"{path}: {where}field '{key}' must be a {kind.__name__}, got {obj.get(key)!r}")
-        return obj[key]
-
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a suite preset must be a mapping")
-    metric = need(raw, "metric", str, "")
-    shots = need(raw, "shots", list, "")
-    if not shots or not all(isinstance(k, int) and k >= 0 for k in shots):
-        raise ConfigError(f"{path}: field 'shots' must be a non-empty list of integers >= 0, got {shots!r}")
-    tasks = []
-    for i, t in enumerate(need(raw, "tasks", list, "")):
-        if not isinstance(t, dict):
-            raise ConfigError(f"{path}: tasks[{i}] must be a mapping")
-        tasks.append(SuiteTask(need(t, "name", str, f"tasks[{i}] "), need(t, "lmeval", str, f"tasks[{i}] "),
-                               t.get("metric", metric)))
-    if not tasks:
-        raise ConfigError(f"{path}: field 'tasks' is empty")
-    include = raw.get("include")
-    if include is not None:
-        include = (path.parent / include).resolve()
+    values, lines = read_yaml_mapping_lines(path, "suite preset")
+    raw = validate(SuiteFile, values, str(path), lines)
+    include = None
+    if raw.include is not None:
+        include = (path.parent / raw.include).resolve()
         if not include.is_dir():
-            raise ConfigError(f"{path}: field 'include' is not a directory: {include}")
-    return Suite(name=need(raw, "name", str, ""), title=str(raw.get("title", raw["name"])),
-                 paper=str(raw.get("paper", "")), shots=tuple(sorted(set(shots))), tasks=tuple(tasks),
-                 include=include, builtin_tasks=bool(raw.get("builtin_tasks", True)),
-                 chosen=tuple(raw.get("chosen") or ()), differences=tuple(raw.get("differences") or ()),
-                 source=str(path))
+            raise ConfigError(f"{located(str(path), lines, ('include',))}: include: not a directory: {include}")
+    return Suite(name=raw.name, title=raw.title or raw.name, paper=raw.paper, shots=tuple(sorted(set(raw.shots))),
+                 tasks=tuple(SuiteTask(t.name, t.lmeval, t.metric or raw.metric) for t in raw.tasks),
+                 include=include, builtin_tasks=raw.builtin_tasks, chosen=tuple(raw.chosen),
+                 differences=tuple(raw.differences), source=str(path))
 
 
 def _leaves(name: str, group_subtasks: Mapping[str, Sequence[str]]) -> List[str]:

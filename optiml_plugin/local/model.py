@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from optiml_plugin.conventions import BOS_ID, EOS_ID, PAD_ID
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.loss import linear_cross_entropy
 
@@ -59,8 +60,8 @@ def build_model(preset: Optional[str] = None, checkpoint: Optional[str] = None, 
     shape.update(overrides or {})
     config = OPTConfig(vocab_size=pad_vocab(vocab_size), max_position_embeddings=max_positions,
                        word_embed_proj_dim=shape["hidden_size"], dropout=dropout, attention_dropout=0.0,
-                       activation_dropout=0.0, do_layer_norm_before=True, pad_token_id=1, bos_token_id=0,
-                       eos_token_id=2, **shape)
+                       activation_dropout=0.0, do_layer_norm_before=True, pad_token_id=PAD_ID, bos_token_id=BOS_ID,
+                       eos_token_id=EOS_ID, **shape)
     if seed is not None:
         torch.manual_seed(seed)
     config._attn_implementation = attn_implementation

@@ -8,6 +8,9 @@ Why these choices:
 - Exact resume: a checkpoint holds model, optimizer, scheduler, the pipeline's state (stream cursor plus
   examples held in the packer) and all RNG states, taken between updates; on CPU a resumed run sees the
   same batches and produces the same loss curve as an uninterrupted one.
+- Metrics: `telemetry.py`, as in metaseq: a log line holds the metrics of the counters summed over the
+  updates since the previous line (a resume starts a new window: with `save_every` a multiple of
+  `log_every`, the lines of a resumed run equal an uninterrupted run's).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import torch
 import yaml
 
 from optiml_plugin.benchfiles import Bench
-from optiml_plugin.data.training_data import BITS_PER_NAT, benchmark_sums, training_data
+from optiml_plugin.data.training_data import open_run
 from optiml_plugin.errors import ConfigError, CorruptFileError, WriteError, first_line
 from optiml_plugin.fsio import replace_dir
 from optiml_plugin.local import checkpoint as ckpt
@@ -35,7 +38,8 @@ from optiml_plugin.local.distributed import (Dist, clip_grad_norm, full_state_di
                                              wrap_model)
 from optiml_plugin.local.model import TargetLM, build_model, count_parameters
 from optiml_plugin.local.runlog import read_log, trim_log  # noqa: F401  (read_log: the log's reader)
-from optiml_plugin.loss import LossSums, example_groups, loss_sums, token_coefficients
+from optiml_plugin.loss import example_groups, token_coefficients
+from optiml_plugin.telemetry import Counters, add, flat, from_vector, nested, scalars, to_vector
 
 BATCH_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "position_ids", "benchmark_ids")
 
@@ -93,13 +97,37 @@ def cpu_threads(setting: Union[int, str], device: torch.device, n_params: int) -
 
 
 class Trainer:
-    """Builds everything from a `TrainConfig`; `train()` runs to `optim.max_update` and saves the final model."""
+    """One local training run, in three explicit phases: `setup` (run by the constructor: output folder,
+    data through `open_run`, model, optimizer, then resume or a fresh start), `train()` (to
+    `optim.max_update`, validating and checkpointing on schedule) and `save_final()` (the
+    transformers-format model with its tokenizer)."""
 
     def __init__(self, config: TrainConfig, resume: bool = False) -> None:
         self.cfg = config
-        run = config.run
-        self.out = Path(run.out_dir)
+        self.out = Path(config.run.out_dir)
         self.ckpt_root = self.out / "checkpoints"
+        self.log_path = self.out / "log.jsonl"
+        self.step = 0
+        self._writer = None
+        self.setup(resume)
+
+    # ---- setup ----
+
+    def setup(self, resume: bool) -> None:
+        """Everything with side effects, in order; each phase reads what the previous ones built."""
+        self._setup_runtime(resume)
+        self._setup_data(resume)
+        self._setup_model()
+        self._setup_optimizer()
+        if resume:
+            self.resume()
+        elif self.dist.is_main and self.log_path.exists():
+            self.log_path.unlink()
+
+    def _setup_runtime(self, resume: bool) -> None:
+        """Device, process group, precision, seed; the output folder (refused when it holds checkpoints
+        and this is not a resume)."""
+        run = self.cfg.run
         self.device = pick_device(run.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist: Dist = init_distributed(run.distributed, self.device)
         self.dtype = autocast_dtype(run.precision, self.device)
@@ -109,19 +137,27 @@ class Trainer:
             raise ConfigError(f"{self.ckpt_root} already holds checkpoints: pass --resume to continue, "
                               f"or choose another run.out_dir")
 
+    def _setup_data(self, resume: bool) -> None:
+        """The tokenizer (saved beside the run), the config as run, and `open_run`'s batches,
+        validation subsets and telemetry."""
+        config, run = self.cfg, self.cfg.run
         self.bench = Bench(config.data.bench)
         self.tokenizer = load_tokenizer(config.data, self.bench, self.out / "tokenizer" if resume else None)
         if self.dist.is_main:
             self.tokenizer.save(self.out / "tokenizer")
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        self.data = training_data(self.bench, self.tokenizer, config.data, config.data.batch_size, run.seed,
-                                  rank=self.dist.rank, world_size=self.dist.world_size)
+        self.data = open_run(self.bench, self.tokenizer, config.data, config.data.batch_size, run.seed,
+                             rank=self.dist.rank, world_size=self.dist.world_size)
         self.batches = self.data.batches
+        self.telemetry = self.data.telemetry
         if self.dist.is_main:  # what the per-task cap used and left out, per task
             (self.out / "validation_sets.json").write_text(json.dumps(
                 [vset.counts() for subset in self.data.validation.values() for vset in subset.sets],
                 indent=1) + "\n")
 
+    def _setup_model(self) -> None:
+        """The OPT model (preset or checkpoint), its attention backend, CPU threads, the wrapped model."""
+        config, run = self.cfg, self.cfg.run
         model = build_model(preset=config.model.preset if config.model.checkpoint is None else None,
                             checkpoint=config.model.checkpoint, vocab_size=self.tokenizer.vocab_size,
                             max_positions=max(2048, config.data.tokens_per_sample),
@@ -135,46 +171,39 @@ class Trainer:
         self.lm = model
         target_lm = TargetLM(model).to(self.device)
         # decided before wrapping: FSDP (use_orig_params) keeps the parameter objects but shows 1-D shards
-        unshaped = {id(p) for p in target_lm.parameters() if p.ndim < 2}
+        self._unshaped = {id(p) for p in target_lm.parameters() if p.ndim < 2}
         self.model = wrap_model(target_lm, self.dist, self.device)
+
+    def _setup_optimizer(self) -> None:
+        """AdamW (no decay on biases and norms), the warmup-then-linear schedule, fp16's loss scaler."""
         decay, no_decay = [], []
         for p in self.model.parameters():
-            (no_decay if id(p) in unshaped else decay).append(p)
-        o = config.optim
+            (no_decay if id(p) in self._unshaped else decay).append(p)
+        o = self.cfg.optim
         self.optimizer = adamw([{"params": decay, "weight_decay": o.weight_decay},
                                 {"params": no_decay, "weight_decay": 0.0}], o)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(o.warmup_updates, o.max_update))
         self.scaler = _grad_scaler(self.device) if self.dtype == torch.float16 else None
-        self.step = 0
-        self.log_path = self.out / "log.jsonl"
-        self._writer = None
-        if resume:
-            self.resume()
-        elif self.dist.is_main and self.log_path.exists():
-            self.log_path.unlink()
 
     # ---- one update ----
 
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
 
-    def _forward(self, batch: Dict[str, torch.Tensor], scale: float
-                 ) -> Tuple[torch.Tensor, LossSums, torch.Tensor]:
-        """(`scale` x the loss numerator, to backward; the micro-batch's loss sums, detached, to log;
-        its per-benchmark [NLL sum, target count], to log)."""
+    def _forward(self, batch: Dict[str, torch.Tensor], scale: float) -> Tuple[torch.Tensor, Counters]:
+        """(`scale` x the loss numerator, to backward; the micro-batch's telemetry counters)."""
         batch = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS}
-        normalize = self.cfg.data.loss_normalization
         groups = example_groups(batch["segment_ids"], batch["loss_mask"])
         with self._autocast():
             loss, nll = self.model(batch["loss_mask"], batch["target_ids"],
-                                   token_coefficients(groups, normalize) * scale,
+                                   token_coefficients(groups, self.cfg.data.loss_normalization) * scale,
                                    **self.attention.model_inputs(batch))
-        by_bench = benchmark_sums(nll, batch["benchmark_ids"][batch["loss_mask"].bool()],
-                                  len(self.data.benchmarks))
-        return loss, loss_sums(nll, groups, normalize), torch.stack(by_bench)
+        return loss, self.telemetry.train_counters(nll, batch["loss_mask"], batch["segment_ids"],
+                                                   batch["benchmark_ids"])
 
-    def train_step(self, micro: List[Dict[str, Any]]) -> Dict[str, float]:
-        """Forward/backward every micro-batch with the update's global normalizer, clip, step."""
+    def train_step(self, micro: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """Forward/backward every micro-batch with the update's global normalizer, clip, step; returns the
+        update's telemetry counters summed over micro-batches and ranks, their metrics, lr and gradient norm."""
         self.model.train()
         o = self.cfg.optim
         if self.cfg.data.loss_normalization == "token":
@@ -183,16 +212,15 @@ class Trainer:
             local = sum(int(example_groups(b["segment_ids"], b["loss_mask"]).unique().numel()) for b in micro)
         denom = self.dist.all_reduce_sum(torch.tensor([float(local)], device=self.device)).item()
         denom = max(denom, 1.0)
-        total, by_bench = None, None
+        counters: Counters = {}
         for i, b in enumerate(micro):
             sync = i == len(micro) - 1 or self.dist.mode == "none"
             ctx = self.model.no_sync() if (not sync and hasattr(self.model, "no_sync")) else nullcontext()
             with ctx:
                 # DDP/FSDP average gradients over ranks: world_size / denom makes it the global mean
-                loss, sums, bench = self._forward(b, self.dist.world_size / denom)
+                loss, batch_counters = self._forward(b, self.dist.world_size / denom)
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
-            total = sums if total is None else total + sums
-            by_bench = bench if by_bench is None else by_bench + bench
+            counters = add(counters, batch_counters)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         grad_norm = clip_grad_norm(self.model, o.clip_norm, self.dist)
@@ -205,53 +233,27 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1
-        num = total.nll_sum if self.cfg.data.loss_normalization == "token" else total.example_nll_sum
-        red = self.dist.all_reduce_sum(torch.cat([torch.stack([num.detach().double(),
-                                                               total.target_tokens.double()]),
-                                                  by_bench.reshape(-1)]))
-        nll, count = red[2:].reshape(2, -1)
-        return {"loss": float(red[0]) / denom * BITS_PER_NAT, "target_tokens": float(red[1]), "lr": lr,
-                "grad_norm": float(grad_norm),
-                "loss_by_benchmark": {name: float(nll[b] / count[b]) * BITS_PER_NAT
-                                      for b, name in enumerate(self.data.benchmarks) if count[b] > 0}}
+        keys, vector = to_vector(counters)
+        summed = from_vector(keys, self.dist.all_reduce_sum(vector).cpu())
+        return {"counters": summed, "metrics": nested(scalars(summed)), "lr": lr, "grad_norm": float(grad_norm)}
 
     # ---- validation ----
 
     @torch.no_grad()
-    def validate(self) -> Dict[str, float]:
-        """Token-normalized target loss (bits) of every validation subset (same tokens each time)."""
-        return {split: r["valid_loss"] for split, r in self.validate_detailed().items()}
-
-    @torch.no_grad()
-    def validate_detailed(self) -> Dict[str, Dict[str, Any]]:
-        """Per subset (one split each): its loss in bits per target token, and the loss per benchmark and per
-        category of its tasks (each rank scores its own fixed batches, sums all-reduced).
-
-        Why per group: one split mixes benchmarks and categories whose losses differ a lot; the split mean
-        hides which of them learning helps. Grouping costs one index_add per batch (per-token NLL is
-        summed by task id, then tasks by their benchmark/category)."""
+    def validate(self) -> Dict[str, Dict[str, Any]]:
+        """Per validation subset, the telemetry's validation metrics (`telemetry.scalars`, nested): loss
+        in bits per target token, per benchmark and per category of its tasks (each rank scores its own
+        fixed batches, counters all-reduced)."""
         self.model.eval()
         out: Dict[str, Dict[str, Any]] = {}
         for name, subset in self.data.validation.items():
-            tasks = subset.tasks
-            sums = torch.zeros(len(tasks), dtype=torch.float64)
-            counts = torch.zeros(len(tasks), dtype=torch.float64)
+            counters: Counters = {}
             for batch in subset.batches:  # the same count on every rank (FSDP gathers collectively)
                 nll, task_ids = self._token_nll(batch)
-                sums.index_add_(0, task_ids, nll.double())
-                counts.index_add_(0, task_ids, torch.ones_like(nll, dtype=torch.float64))
-            both = self.dist.all_reduce_sum(torch.stack([sums, counts]).to(self.device)).cpu()
-            sums, counts = both[0] * BITS_PER_NAT, both[1]
-            record: Dict[str, Any] = {"valid_loss": float(sums.sum() / counts.sum().clamp(min=1)),
-                                      "valid_target_tokens": int(counts.sum())}
-            for key in ("benchmark", "category"):
-                names = sorted({getattr(t, key) for t in tasks})
-                of_task = torch.tensor([names.index(getattr(t, key)) for t in tasks])
-                g_sum = torch.zeros(len(names), dtype=torch.float64).index_add_(0, of_task, sums)
-                g_cnt = torch.zeros(len(names), dtype=torch.float64).index_add_(0, of_task, counts)
-                record[f"valid_loss_by_{key}"] = {n: float(g_sum[i] / g_cnt[i]) for i, n in enumerate(names)
-                                                  if g_cnt[i] > 0}
-            out[name] = record
+                counters = add(counters, self.telemetry.valid_counters(nll, task_ids, subset.groups))
+            keys, vector = to_vector(counters)
+            summed = from_vector(keys, self.dist.all_reduce_sum(vector.to(self.device)).cpu())
+            out[name] = {**nested(scalars(summed)), "target_tokens": int(summed["target_tokens"])}
         return out
 
     def _token_nll(self, batch: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -262,9 +264,11 @@ class Trainer:
         return nll.cpu(), batch["task_ids"][batch["loss_mask"].bool()].long()
 
     def _validate_and_log(self) -> None:
-        for split, record in self.validate_detailed().items():
+        """One log line per subset: the metrics under `valid_` names, and the perplexity 2 ** loss."""
+        for split, metrics in self.validate().items():
+            record = {f"valid_{k}": v for k, v in metrics.items()}
             self._log({"step": self.step, "split": split, **record,
-                       "valid_ppl": 2.0 ** min(record["valid_loss"], 64.0)})
+                       "valid_ppl": 2.0 ** min(record.get("valid_loss", 0.0), 64.0)})
 
     # ---- loop ----
 
@@ -285,29 +289,19 @@ class Trainer:
         if self.step == 0 and run.valid_every:  # the starting point of every validation curve
             self._validate_and_log()
         it = iter(self.batches)
-        t0, window_tokens, window_targets, window_slots = time.perf_counter(), 0, 0, 0
+        t0, window = time.perf_counter(), {}
         while self.step < stop:
-            micro = self._micro_batches(it)
-            stats = self.train_step(micro)
-            window_tokens += sum(int((b["segment_ids"] > 0).sum()) for b in micro)
-            window_slots += sum(int(b["segment_ids"].numel()) for b in micro)
-            window_targets += stats["target_tokens"]
+            stats = self.train_step(self._micro_batches(it))
+            window = add(window, stats["counters"])
             last = self.step == o.max_update
             if self.step % run.log_every == 0 or last:
-                dt = max(time.perf_counter() - t0, 1e-9)
-                record = {"step": self.step, "loss": stats["loss"], "lr": stats["lr"],
-                          "grad_norm": stats["grad_norm"], "loss_by_benchmark": stats["loss_by_benchmark"],
-                          "realized_share": self._realized_shares(),
-                          "target_tokens_per_s": window_targets / dt,
-                          "tokens_per_s": window_tokens * self.dist.world_size / dt,
-                          "packing_efficiency": window_tokens / max(window_slots, 1),
-                          **self._cut_counts()}
+                record = self._train_record(window, stats, time.perf_counter() - t0)
                 self._log(record)
                 if bar is not None:
                     bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}",
                                     pack=f"{record['packing_efficiency']:.2f}",
                                     cut=f"{record['cut_left_examples']}L/{record['cut_right_examples']}R")
-                t0, window_tokens, window_targets, window_slots = time.perf_counter(), 0, 0, 0
+                t0, window = time.perf_counter(), {}
             if (run.valid_every and self.step % run.valid_every == 0) or last:
                 self._validate_and_log()
             if (run.save_every and self.step % run.save_every == 0) or last or self.step == stop:
@@ -333,11 +327,15 @@ class Trainer:
         names = ("cut_left_examples", "cut_left_tokens", "cut_right_examples", "cut_right_tokens")
         return {k: int(v) for k, v in zip(names, total.tolist())}
 
-    def _realized_shares(self) -> Dict[str, float]:
-        """Share of the examples read so far, per benchmark, over all ranks (requested: the mixture's)."""
-        counts = self.dist.all_reduce_sum(torch.as_tensor(self.data.shares.counts, dtype=torch.float64,
-                                                          device=self.device)).cpu().numpy()
-        return self.data.shares.shares(counts)["examples"]
+    def _train_record(self, window: Counters, stats: Dict[str, Any], seconds: float) -> Dict[str, Any]:
+        """The log line of the updates since the last one: the telemetry's metrics of their summed
+        counters (metaseq logs the same over its log interval), plus this trainer's own: lr, gradient
+        norm, throughput and the packer's cumulative cuts."""
+        dt = max(seconds, 1e-9)
+        return {"step": self.step, **nested(scalars(window)), "lr": stats["lr"],
+                "grad_norm": stats["grad_norm"], "target_tokens": int(window["target_tokens"]),
+                "target_tokens_per_s": float(window["target_tokens"]) / dt,
+                "tokens_per_s": float(window["tokens"]) / dt, **self._cut_counts()}
 
     def _log(self, record: Dict[str, Any]) -> None:
         if not self.dist.is_main:
@@ -347,12 +345,10 @@ class Trainer:
         writer = self._tensorboard()
         if writer is not None:
             prefix = f"valid/{record['split']}/" if "split" in record else "train/"
-            for k, v in record.items():
-                if k not in ("step", "split") and isinstance(v, (int, float)):
-                    writer.add_scalar(prefix + k, v, record["step"])
-                elif isinstance(v, dict):  # valid_loss_by_benchmark / _by_category
-                    for name, value in v.items():
-                        writer.add_scalar(f"{prefix}{k}/{name}", value, record["step"])
+            values = {k: v for k, v in record.items() if k not in ("step", "split")}
+            for key, value in flat(values).items():
+                if isinstance(value, (int, float)):
+                    writer.add_scalar(prefix + key, value, record["step"])
             writer.flush()
 
     def _tensorboard(self) -> Any:
@@ -395,14 +391,10 @@ class Trainer:
         if self.dist.is_main:
             print(f"optiml train: {message}", flush=True)
 
-    def resume(self, directory: Optional[Path] = None) -> bool:
-        """Load the newest loadable (or the given) checkpoint, falling back past damaged ones and saying
-        so; with none, start from scratch and say so."""
-        if directory is not None:
-            loaded: Optional[Dict[str, Any]] = dict(ckpt.load_checkpoint(directory, self.dist.rank),
-                                                    directory=directory)
-        else:
-            loaded = ckpt.load_newest(self.ckpt_root, self.dist.rank, self._say)
+    def resume(self) -> bool:
+        """Load the newest loadable checkpoint, falling back past damaged ones and saying so; with none,
+        start from scratch and say so."""
+        loaded = ckpt.load_newest(self.ckpt_root, self.dist.rank, self._say)
         self._agree_on_checkpoint(-1 if loaded is None else int(loaded["trainer"]["step"]))
         if loaded is None:
             self._say(f"no checkpoint under {self.ckpt_root}; starting from step 0")

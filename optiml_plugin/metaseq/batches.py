@@ -8,21 +8,21 @@ positions by them (`segment_attention`), never by sniffing token id 2.
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from optiml_plugin.data.tokenizer import PAD_ID
-
-# keys of a metaseq sample that are not tensors the model reads, but what the criterion logs
-EXTRA_KEYS = ("segment_ids", "benchmark_ids")
+from optiml_plugin.conventions import PAD_ID
 
 
 def to_metaseq_sample(batch: Dict[str, Any], ids: torch.Tensor, pad: int = PAD_ID,
-                      document_masking: bool = True) -> Dict[str, Any]:
+                      document_masking: bool = True,
+                      valid_groups: Optional[Sequence[Tuple[str, str]]] = None) -> Dict[str, Any]:
     """One core batch (`input_ids`, `target_ids`, `loss_mask`, `segment_ids`, `benchmark_ids`) as a
     metaseq sample; `target` carries pad wherever there is no loss. With document masking the segment
-    ids go into `net_input` too: the decoder (see `segment_attention`) masks and places positions by them."""
+    ids go into `net_input` too: the decoder (see `segment_attention`) masks and places positions by them.
+    A validation sample also carries its `task_ids` and `valid_groups`, the (benchmark, category) of
+    each task id, which the criterion's telemetry groups validation losses by."""
     src = batch["input_ids"].long()
     mask = batch["loss_mask"].bool()
     target = batch["target_ids"].long().masked_fill(~mask, pad)
@@ -41,4 +41,7 @@ def to_metaseq_sample(batch: Dict[str, Any], ids: torch.Tensor, pad: int = PAD_I
     }
     if "benchmark_ids" in batch:
         sample["benchmark_ids"] = batch["benchmark_ids"].long()
+    if valid_groups is not None:
+        sample["task_ids"] = batch["task_ids"].long()
+        sample["valid_groups"] = list(valid_groups)
     return sample

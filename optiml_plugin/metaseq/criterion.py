@@ -5,7 +5,8 @@ short targets; the loss here covers target tokens (and `</s>`) only and `sample_
 count, summed over workers by metaseq before dividing. With model parallel size > 1 the task builds
 the decoder so that it returns this rank's vocabulary slice of the logits (no gather of B x T x V on
 every rank), and `lossmath.target_nll` computes the exact full-vocabulary NLL of the target positions
-over the model-parallel group. The arithmetic lives in `lossmath` and `loss` (no metaseq import).
+over the model-parallel group. The arithmetic lives in `lossmath` and `loss`, the metrics in
+`telemetry` (no metaseq import); `reduce_metrics` is the metaseq sink of the telemetry's scalars.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from metaseq import metrics, utils
 from metaseq.criterions import BaseCriterion, register_criterion
 from metaseq.distributed import utils as distributed_utils
 
-from optiml_plugin.metaseq.lossmath import loss_and_logging, reduced_scalars, target_nll, target_sums
+from optiml_plugin.metaseq.lossmath import loss_and_logging, reduced_scalars, target_nll
+from optiml_plugin.telemetry import Telemetry
 
 CRITERION_NAME = "target_only_cross_entropy"
 
@@ -25,8 +27,8 @@ class TargetOnlyCrossEntropyCriterion(BaseCriterion):
     def __init__(self, task: Any) -> None:
         super().__init__(task)
         settings = getattr(task, "settings", None)
-        self.normalize = settings.fields.loss_normalization if settings is not None else "token"
-        self.benchmarks: List[str] = list(getattr(task, "benchmarks", []))
+        normalize = settings.fields.loss_normalization if settings is not None else "token"
+        self.telemetry = Telemetry(list(getattr(task, "benchmarks", [])), normalize)
 
     def forward(self, model: Any, sample: Dict[str, Any], reduce: bool = True) -> Tuple[Any, Any, Dict[str, Any]]:
         logits = model(**sample["net_input"])[0]
@@ -36,16 +38,14 @@ class TargetOnlyCrossEntropyCriterion(BaseCriterion):
         if distributed_utils.get_model_parallel_world_size() > 1:
             rank, group = distributed_utils.get_model_parallel_rank(), distributed_utils.get_model_parallel_group()
         nll = target_nll(logits, target, mask, rank, group)
-        sums, bnll, bcount = target_sums(nll, mask, sample.get("segment_ids"), sample.get("benchmark_ids"),
-                                         len(self.benchmarks), self.normalize)
-        return loss_and_logging(sums, self.normalize, sample, bnll, bcount, self.benchmarks)
+        return loss_and_logging(nll, sample, self.telemetry, self.padding_idx)
 
     @staticmethod
     def reduce_metrics(logging_outputs: List[Dict[str, Any]]) -> None:
-        """Loss and per-benchmark loss in bits per target token (metaseq's units), ppl = 2 ** nll_loss,
-        packing efficiency (non-pad share of the rows) and examples per row."""
-        for key, value, weight, rnd in reduced_scalars(logging_outputs):
-            metrics.log_scalar(key, value, weight, round=rnd)
+        """The telemetry's metrics (`telemetry.scalars`: loss in bits, per benchmark, realized shares,
+        packing; validation per benchmark and category), each weighted by its denominator; ppl = 2 ** nll_loss."""
+        for key, value, weight in reduced_scalars(logging_outputs):
+            metrics.log_scalar(key, value, weight, round=4)
         metrics.log_derived("ppl", lambda meters: utils.get_perplexity(
             meters["nll_loss"].avg if "nll_loss" in meters else None))
 

@@ -1,37 +1,22 @@
-"""The criterion's arithmetic: target-only loss sums, logging outputs, and what `reduce_metrics` logs.
+"""The criterion's arithmetic: the loss sum metaseq backpropagates, and the telemetry it logs.
 
 Why: this is where a normalization mistake would hide (metaseq's `cross_entropy` divides by all
 input tokens), so it is pure torch, imports no metaseq, and is tested against the core loss.
 The loss is returned as a SUM with `sample_size` = target tokens (or examples), because metaseq
 sums both over data-parallel workers before dividing: the update is normalized by the global count.
-Logging outputs hold the same keys on every worker (metaseq all-reduces them key by key), so every
-benchmark of the training mixture gets its two counters even when absent from a batch.
+The logging output holds the telemetry's counters (`telemetry.py`, the local trainer's too) under the
+same keys on every worker (metaseq sums them key by key), and `reduced_scalars` turns their sum into
+the one metric schema: `metrics.log_scalar` is then only a sink.
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from optiml_plugin.attention import segment_starts
-from optiml_plugin.data.training_data import benchmark_sums
-from optiml_plugin.loss import LossSums, example_groups, loss_sums, vocab_parallel_nll
-
-LN2 = math.log(2)
-
-
-def bench_key(name: str) -> Tuple[str, str]:
-    """Logging keys of one benchmark's target NLL sum and target token count."""
-    return f"bnll_{name}", f"btgt_{name}"
-
-
-def examples_by_benchmark(segment_ids: torch.Tensor, benchmark_ids: torch.Tensor, n_benchmarks: int) -> torch.Tensor:
-    """How many examples of each benchmark the batch holds (one per segment start; the realized shares)."""
-    starts = segment_starts(segment_ids) & (segment_ids > 0)
-    ids = benchmark_ids.long()[starts]
-    ids = ids[(ids >= 0) & (ids < n_benchmarks)]
-    return torch.bincount(ids, minlength=n_benchmarks).float()
+from optiml_plugin.conventions import PAD_ID
+from optiml_plugin.loss import example_groups, loss_sums, vocab_parallel_nll
+from optiml_plugin.telemetry import Scalar, Telemetry, scalars
 
 
 def target_nll(logits: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tensor, mp_rank: int = 0,
@@ -46,83 +31,42 @@ def target_nll(logits: torch.Tensor, target: torch.Tensor, loss_mask: torch.Tens
     return vocab_parallel_nll(logits[mask], target[mask], mp_rank, mp_group)
 
 
-def target_sums(nll: torch.Tensor, loss_mask: torch.Tensor, segment_ids: Optional[torch.Tensor],
-                benchmark_ids: Optional[torch.Tensor], n_benchmarks: int,
-                normalize: str) -> Tuple[LossSums, torch.Tensor, torch.Tensor]:
-    """Core loss sums of per-target-token `nll`, plus per-benchmark NLL sums and target counts (detached).
-
-    Example normalization groups the tokens by (row, segment), as the core loss does; a batch without
-    segment ids counts each row as one example.
-    """
-    mask = loss_mask.bool()
-    sums = loss_sums(nll, example_groups(segment_ids, mask), normalize)
-    if benchmark_ids is not None and n_benchmarks:
-        bnll, bcount = (t.float() for t in benchmark_sums(nll, benchmark_ids[mask], n_benchmarks))
-    else:
-        bnll = bcount = torch.zeros(n_benchmarks, dtype=torch.float32, device=nll.device)
-    return sums, bnll, bcount
-
-
-def loss_and_logging(sums: LossSums, normalize: str, sample: Dict[str, Any], bench_nll: torch.Tensor,
-                     bench_count: torch.Tensor, benchmarks: Sequence[str]
-                     ) -> Tuple[torch.Tensor, Any, Dict[str, Any]]:
-    """`(loss sum, sample_size, logging_output)` as metaseq's criterions return them."""
+def train_loss(nll: torch.Tensor, loss_mask: torch.Tensor, segment_ids: torch.Tensor,
+               normalize: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(differentiable loss sum, sample_size) of per-target-token `nll`: the NLL sum over target tokens
+    and their count, or (example normalization) the sum of example means and the number of examples."""
+    sums = loss_sums(nll, example_groups(segment_ids, loss_mask.bool()), normalize)
     if normalize == "token":
-        loss, sample_size = sums.nll_sum, sums.target_tokens
+        return sums.nll_sum, sums.target_tokens
+    return sums.example_nll_sum, sums.examples
+
+
+def loss_and_logging(nll: torch.Tensor, sample: Dict[str, Any], telemetry: Telemetry, pad: int = PAD_ID
+                     ) -> Tuple[torch.Tensor, Any, Dict[str, Any]]:
+    """`(loss sum, sample_size, logging_output)` as metaseq's criterions return them, from the
+    per-target-token `nll` of `sample` (row-major order of its targets).
+
+    A validation sample (it carries `valid_groups`, see `batches.to_metaseq_sample`) is scored per
+    target token whatever the training normalization, and grouped by its tasks' benchmarks and
+    categories; a training sample by `telemetry`'s normalization and the mixture's benchmarks."""
+    target = sample["target"]
+    mask = target.ne(pad)
+    log: Dict[str, Any] = {"ntokens": sample["ntokens"], "nsentences": sample["target"].size(0)}
+    if "valid_groups" in sample:
+        counters = telemetry.valid_counters(nll, sample["task_ids"][mask], sample["valid_groups"])
+        loss, sample_size = nll.sum(), counters["target_tokens"]
     else:
-        loss, sample_size = sums.example_nll_sum, sums.examples
-    src = sample["net_input"]["src_tokens"]
-    log: Dict[str, Any] = {
-        "loss": loss.detach(),
-        "nll_loss": sums.nll_sum.detach(),
-        "ntokens": sample["ntokens"],
-        "ntokens_target": sums.target_tokens.detach(),
-        "nsentences": sample["target"].size(0),
-        "sample_size": sample_size,
-        "ncapacity": int(src.numel()),
-    }
-    if "segment_ids" in sample:
-        log["nexamples"] = int(sample["segment_ids"].max(dim=1).values.clamp(min=0).sum())
-    examples = None
-    if "segment_ids" in sample and "benchmark_ids" in sample:
-        examples = examples_by_benchmark(sample["segment_ids"], sample["benchmark_ids"], len(benchmarks))
-    for b, name in enumerate(benchmarks):
-        k_nll, k_tgt = bench_key(name)
-        log[k_nll] = bench_nll[b]
-        log[k_tgt] = bench_count[b]
-        if examples is not None:
-            log[f"bex_{name}"] = examples[b]
+        counters = telemetry.train_counters(nll, mask, sample["segment_ids"], sample["benchmark_ids"])
+        loss, sample_size = train_loss(nll, mask, sample["segment_ids"], telemetry.normalize)
+    log.update(counters)
+    log.update(loss=loss.detach(), sample_size=sample_size)
     return loss, sample_size, log
 
 
-def _total(logs: Sequence[Dict[str, Any]], key: str) -> float:
-    return float(sum(float(log.get(key, 0)) for log in logs))
-
-
-def reduced_scalars(logs: Sequence[Dict[str, Any]]) -> List[Tuple[str, float, float, int]]:
-    """`(key, value, weight, round)` for `metrics.log_scalar`, in metaseq's units (base 2)."""
-    out: List[Tuple[str, float, float, int]] = []
-    sample_size = _total(logs, "sample_size")
-    ntgt = _total(logs, "ntokens_target")
-    if sample_size > 0:
-        out.append(("loss", _total(logs, "loss") / sample_size / LN2, sample_size, 3))
-    if ntgt > 0:
-        out.append(("nll_loss", _total(logs, "nll_loss") / ntgt / LN2, ntgt, 3))
-    capacity = _total(logs, "ncapacity")
-    if capacity > 0:
-        out.append(("pack_eff", _total(logs, "ntokens") / capacity, capacity, 4))
-        out.append(("tgt_frac", ntgt / capacity, capacity, 4))
-    rows = _total(logs, "nsentences")
-    if rows > 0 and any("nexamples" in log for log in logs):
-        out.append(("docsperex", _total(logs, "nexamples") / rows, rows, 3))
-    names = sorted({k[len("bnll_"):] for log in logs for k in log if k.startswith("bnll_")})
-    examples = sum(_total(logs, f"bex_{name}") for name in names)
-    for name in names:
-        k_nll, k_tgt = bench_key(name)
-        count = _total(logs, k_tgt)
-        if count > 0:
-            out.append((f"loss_{name}", _total(logs, k_nll) / count / LN2, count, 3))
-        if examples > 0:  # realized share of the examples trained on (the local trainer's realized_share)
-            out.append((f"share_{name}", _total(logs, f"bex_{name}") / examples, examples, 4))
-    return out
-
+def reduced_scalars(logs: Sequence[Dict[str, Any]]) -> List[Scalar]:
+    """The telemetry's scalars (key, value in bits, weight) of the logging outputs' summed counters:
+    what `reduce_metrics` hands to `metrics.log_scalar`, weighted so a log interval's average is the
+    value of its summed counters."""
+    keys = {k for log in logs for k in log}
+    summed = {k: sum(float(log.get(k, 0)) for log in logs) for k in keys}
+    return scalars(summed)

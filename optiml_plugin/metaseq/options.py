@@ -2,9 +2,10 @@
 
 Why: metaseq hands the task an omegaconf node (or a Namespace) of flat fields. The data, mixture,
 packing and loss settings are the recipe's `DataFields` (the same names and defaults as `optiml
-train`'s `data:` section, see `task_fields`); they are read back here, the text forms metaseq's
-command line needs (JSON objects, comma lists) parsed, and checked by the same schema, without
-importing metaseq, so the same code is tested everywhere and the task module stays a thin shell.
+train`'s `data:` section); `TaskOptions` states them as metaseq's command line spells them (JSON
+objects, comma lists), with their help, as a plain dataclass; they are read back here and checked by
+the recipe schema, without importing metaseq, so the same code is tested everywhere and the task
+module stays a thin shell.
 The checks refuse configurations that would silently train the wrong thing (sequence parallelism,
 whose fused layer drops the mask; gradient accumulation through metaseq's length-based grouping; more
 than one data-parallel rank outside FSDP) or could not start (the xformers attention without xformers).
@@ -12,15 +13,16 @@ than one data-parallel rank outside FSDP) or could not start (the xformers atten
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
-from optiml_plugin.conventions import EVAL_SPLITS
+from optiml_plugin.conventions import (EVAL_SPLITS, LOSS_NORMALIZATIONS, PACKING_STRATEGIES, TRUNCATIONS,
+                                      VALID_SPLITS)
 from optiml_plugin.data.mixture import parse_proportions
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.metaseq.xformers_attention import XFORMERS_VARIANT, xformers_ops
-from optiml_plugin.recipe import DataFields, FieldSpec, metaseq_fields, validate
+from optiml_plugin.recipe import DataFields, validate
 
 # `--valid-subset valid` (metaseq's default) stands for every validation split of the bench
 VALID_ALIAS = "valid"
@@ -36,26 +38,32 @@ class AdapterSettings:
     document_masking: bool
 
 
-def task_fields() -> List[Tuple[str, Any, Any, str, Optional[Tuple[str, ...]]]]:
-    """(name, command-line type, default, help, choices) of every `DataFields` setting, for the task's
-    option dataclass: scalars keep their type; mappings and lists are text on metaseq's command line
-    (a JSON object or a .json/.yaml file; a comma list), read back by `fields_from_cfg`."""
-    out = []
-    for name, spec in metaseq_fields().items():
-        kind, default = _text_form(spec)
-        out.append((name, kind, default, spec.help, spec.choices))
-    return out
+def _opt(default: Any, text: str, choices: Optional[Sequence[str]] = None) -> Any:
+    return field(default=default, metadata={"help": text, **({"choices": tuple(choices)} if choices else {})})
 
 
-def _text_form(spec: FieldSpec) -> Tuple[Any, Any]:
-    text = str(spec.type)
-    if "Dict" in text:
-        return Optional[str], ""
-    if "List" in text:
-        return str, ",".join(spec.default)
-    if spec.default is None or "Optional" in text or "Union" in text:
-        return Optional[int], spec.default
-    return spec.type, spec.default
+@dataclass
+class TaskOptions:
+    """The task's data options as metaseq's command line spells them (`--tokens-per-sample 2048`):
+    the recipe's `DataFields`, one for one, same names and defaults (tests hold them to it); mappings
+    are JSON text (or a .json/.yaml file), lists comma text, `--eps 0` is no cap as in the recipe."""
+
+    tokens_per_sample: int = _opt(2048, "tokens per packed row (paper: 2048)")
+    packing_strategy: str = _opt("best_fit", "best_fit (bounded window; fewer pad tokens) or sequential "
+                                             "(next-fit, as the authors)", PACKING_STRATEGIES)
+    packing_window: int = _opt(64, "open blocks the best_fit packer chooses among")
+    truncation: str = _opt("left", "too-long examples: cut the source from the left (paper) or the right",
+                           TRUNCATIONS)
+    benchmark_proportions: Optional[str] = _opt("", "benchmark shares as a JSON object or a .json/.yaml file; "
+                                                    "unlisted benchmarks share the rest by capped size")
+    eps: int = _opt(4096, "examples-proportional cap per task (0: no cap)")
+    benchmark_caps: Optional[str] = _opt("", "per-benchmark caps overriding eps, as a JSON object")
+    shuffle_buffer: Optional[int] = _opt(None, "packed rows held for shuffling (0: none; default 10 x batch size)")
+    valid_splits: str = _opt(",".join(VALID_SPLITS), "bench splits scored by `--valid-subset valid`, comma list")
+    max_valid_examples_per_task: int = _opt(250, "first N rows of every task in validation, in file order "
+                                                 "(paper §4.1; 0: all)")
+    loss_normalization: str = _opt("token", "token: mean over target tokens (paper); example: mean of "
+                                            "per-example means", LOSS_NORMALIZATIONS)
 
 
 def _get(cfg: Any, name: str, default: Any = None) -> Any:
@@ -81,8 +89,9 @@ def _json_object(text: Any, name: str) -> Optional[Dict[str, Any]]:
 def fields_from_cfg(cfg: Any) -> DataFields:
     """The recipe's `DataFields` from the task config, checked by the recipe schema (errors name the option)."""
     values: Dict[str, Any] = {}
-    for name, spec in metaseq_fields().items():
-        value = getattr(cfg, name, spec.default)
+    for option in fields(TaskOptions):
+        name = option.name
+        value = getattr(cfg, name, option.default)
         value = getattr(value, "value", value)  # metaseq's ChoiceEnum members
         if name == "benchmark_proportions":
             value = parse_proportions(value) if value is not None and str(value).strip() else None
@@ -91,8 +100,6 @@ def fields_from_cfg(cfg: Any) -> DataFields:
         elif name == "valid_splits":
             parts = value.split(",") if isinstance(value, str) else list(value or [])
             value = [part.strip() for part in parts if part.strip()]
-        elif name == "eps" and value is not None and int(value) <= 0:
-            value = None  # metaseq's command line has no null: `--eps 0` means no cap
         elif name == "shuffle_buffer" and value is not None and int(value) < 0:
             value = None  # `-1`: the pipeline's default (10 x batch size)
         values[name] = value

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from dataclasses import field, make_dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import field, fields, make_dataclass
+from typing import Any, Dict, List, Optional, Tuple, get_type_hints
 
 import torch
 from omegaconf import II, DictConfig, open_dict
@@ -22,10 +22,10 @@ from metaseq.dataclass import ChoiceEnum, MetaseqDataclass
 from metaseq.distributed import utils as distributed_utils
 from metaseq.tasks import LegacyTask, register_task
 
-from optiml_plugin.data.tokenizer import EOS_ID
+from optiml_plugin.conventions import EOS_ID
 from optiml_plugin.metaseq.iterator import PipelineEpochIterator
-from optiml_plugin.metaseq.options import (check_model_cfg, check_resumable, check_update_freq, settings_from_cfg,
-                                           task_fields)
+from optiml_plugin.metaseq.options import (TaskOptions, check_model_cfg, check_resumable, check_update_freq,
+                                           settings_from_cfg)
 from optiml_plugin.metaseq.segment_attention import use_segment_masks
 from optiml_plugin.metaseq.wiring import (TrainData, benchmark_names, build_train_data, build_valid_samples,
                                           load_tokenizer, open_bench, train_iterator, valid_iterator)
@@ -38,13 +38,10 @@ VOCAB_PARALLEL_CRITERION = "vocab_parallel_cross_entropy"
 
 
 def _task_config() -> Any:
-    """The task's option dataclass: the recipe's data settings (`options.task_fields`: the same names and
-    defaults as `optiml train`'s `data:` section) plus the tokenizer, the mask switch and what
-    metaseq's model config reads from the task.
-
-    Why generated: one schema (`recipe.DataFields`) states every setting once; a hand-written copy here
-    would drift from it. metaseq builds `--flags` from the dataclass field types, so they are real types
-    (choices become metaseq's ChoiceEnum)."""
+    """The task's option dataclass: the recipe's data settings as `options.TaskOptions` states them (the
+    same names and defaults as `optiml train`'s `data:` section), plus the tokenizer, the mask switch and
+    what metaseq's model config reads from the task, on metaseq's `MetaseqDataclass` (which builds the
+    `--flags` from the field types; choices become its ChoiceEnum)."""
     specs: List[Tuple[str, Any, Any]] = [
         ("data", Optional[str], field(default=None, metadata={"help": "bench directory (optiml bench build)"})),
         ("vocab_filename", Optional[str], field(default="", metadata={"help": "OPT gpt2-vocab.json"})),
@@ -52,10 +49,11 @@ def _task_config() -> Any:
         ("hf_tokenizer", Optional[str],
          field(default="", metadata={"help": "tokenizer.json (instead of vocab+merges)"})),
     ]
-    for name, kind, default, help_text, choices in task_fields():
-        if choices:
-            kind = ChoiceEnum(list(choices))
-        specs.append((name, kind, field(default=default, metadata={"help": help_text})))
+    types = get_type_hints(TaskOptions)  # the real types (this package's modules use postponed annotations)
+    for option in fields(TaskOptions):
+        choices = option.metadata.get("choices")
+        kind = ChoiceEnum(list(choices)) if choices else types[option.name]
+        specs.append((option.name, kind, field(default=option.default, metadata={"help": option.metadata["help"]})))
     specs += [
         # read by metaseq's transformer_lm config (II("task.max_target_positions"), II("task.add_bos_token"))
         ("max_target_positions", Optional[int],

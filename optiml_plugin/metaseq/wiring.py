@@ -1,8 +1,8 @@
 """The metaseq task's data for one data-parallel rank, from the core's one data path.
 
 Why: the metaseq task only knows its config and its rank; training batches, validation batches and
-logging keys come from `data.training_data` (as for the local trainer) and are only turned into
-metaseq samples and iterators here, without metaseq, so the same wiring is tested everywhere.
+the telemetry come from `data.training_data.open_run` (as for the local trainer) and are only turned
+into metaseq samples and iterators here, without metaseq, so the same wiring is tested everywhere.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from optiml_plugin.data.mixture import Mixture
 from optiml_plugin.data.pipeline import PackedBatches
 from optiml_plugin.data.stream import ExampleStream
 from optiml_plugin.data.tokenizer import OptTokenizer
-from optiml_plugin.data.training_data import TrainingData, mixture_config, training_data, validation_subset
+from optiml_plugin.data.training_data import Run, mixture_config, open_run, validation_subset
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.metaseq.batches import to_metaseq_sample
 from optiml_plugin.metaseq.iterator import PipelineEpochIterator, endless
@@ -50,9 +50,9 @@ def open_bench(settings: AdapterSettings) -> Bench:
 
 @dataclass
 class TrainData:
-    """One rank's training data (`data.training_data`, the local trainer's path too) and its rank."""
+    """One rank's training data (`open_run`, the local trainer's path too) and its rank."""
 
-    data: TrainingData
+    data: Run
     rank: int
 
     @property
@@ -84,7 +84,7 @@ def build_train_data(settings: AdapterSettings, bench: Bench, tokenizer: OptToke
                      seed: int, rank: int = 0, world_size: int = 1) -> TrainData:
     if not batch_size or batch_size < 1:
         raise ConfigError("--batch-size is required (rows of tokens_per_sample tokens per rank and step)")
-    data = training_data(bench, tokenizer, settings.fields, batch_size, seed, rank, world_size, valid_subsets={})
+    data = open_run(bench, tokenizer, settings.fields, batch_size, seed, rank, world_size, valid_subsets={})
     stream = data.stream
     say_on_every_rank("rank %d of %d data-parallel ranks reads stream partition %d of %d: the chunks of %d "
                       "stream indices numbered %d mod %d (seed %d, %d tasks)", rank, world_size, stream.partition,
@@ -117,9 +117,11 @@ def build_valid_samples(settings: AdapterSettings, bench: Bench, tokenizer: OptT
                         batch_size: int, rank: int, world_size: int, benchmarks: List[str],
                         document_masking: bool) -> List[Dict[str, Any]]:
     """This rank's samples of one `--valid-subset` (in order, first N examples per task, packed next-fit,
-    sharded so every rank runs the same number of batches: `data.training_data.validation_subset`)."""
+    sharded so every rank runs the same number of batches: `data.training_data.validation_subset`);
+    each carries its tasks' (benchmark, category), so held-out benchmarks are scored and grouped too."""
     splits = resolve_valid_subset(subset, settings, bench.splits())
     valid = validation_subset(bench, subset, splits, tokenizer, settings.fields, benchmarks, batch_size, rank,
                               world_size)
-    return [to_metaseq_sample(batch, batch["row_ids"], pad=tokenizer.pad_id, document_masking=document_masking)
+    return [to_metaseq_sample(batch, batch["row_ids"], pad=tokenizer.pad_id, document_masking=document_masking,
+                              valid_groups=valid.groups)
             for batch in valid.batches]

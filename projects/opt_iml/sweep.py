@@ -1,6 +1,6 @@
 """Launch the OPT-IML runs from this folder: `python projects/opt_iml/sweep.py --preset 30b --dry-run`.
 
-The same as `optiml sweep ...` (the generic rendering lives in optiml_plugin/sweep.py), reading the
+The same as `optiml sweep ...` (the generic rendering lives in optiml_plugin/metaseq/sweep.py), reading the
 presets of THIS folder (`presets/`), not the copy installed with the package: edit them here and run.
 """
 from __future__ import annotations

@@ -33,7 +33,8 @@ def _main(cfg: Any) -> None:
     out: Dict[str, Any] = {
         "alone": _packed_vs_alone(model, sample, criterion.padding_idx),
         "loss": float(loss) / float(size), "sample_size": float(size),
-        "benchmarks": {k: float(v) for k, v in log.items() if k.startswith(("bnll_", "btgt_"))},
+        "benchmarks": {k: float(v) for k, v in log.items()
+                       if k.startswith(("nll_sum/benchmark/", "target_tokens/benchmark/"))},
         "params": {n: p.detach().clone() for n, p in model.named_parameters()},
         "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None},
         "mp_rank": dist_utils.get_model_parallel_rank(), "mp_size": dist_utils.get_model_parallel_world_size(),

@@ -37,7 +37,8 @@ def transformers_tokenizer(model_dir: Path) -> Optional[Any]:
     from tokenizers import Tokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
-    from optiml_plugin.data.tokenizer import EOS, EOS_ID, PAD, UNK, OptTokenizer
+    from optiml_plugin.conventions import EOS, EOS_ID, PAD, UNK
+    from optiml_plugin.data.tokenizer import OptTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:  # OptTokenizer.from_dir accepts every OPT BPE layout
         raw = Tokenizer.from_file(str(OptTokenizer.from_dir(model_dir).save(tmp)))

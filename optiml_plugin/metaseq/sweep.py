@@ -6,6 +6,12 @@ job per grid point). This module renders those jobs from YAML presets (the paper
 `projects/opt_iml/presets/` and are installed with the package, `preset_dir`) without importing
 metaseq, so a dry run works on any machine and the exact command lines can be reviewed (and tested)
 before anything is submitted.
+
+What it knows of metaseq's command line is here and only here: `LaunchConfig` (the metaseq-only
+settings of the recipe: optimizer, schedule, loss scale), `HPARAMS` (every recipe key that has a
+metaseq flag: its flag, its text form and its run-directory key) and the task's fixed flags. A preset's
+`train:` keys and `--grid` keys are the recipe's names (`optiml_plugin/recipe.py`) plus `LaunchConfig`'s,
+checked by the same schema; a recipe key of the local trainer alone is refused, saying so.
 """
 from __future__ import annotations
 
@@ -16,15 +22,18 @@ import shlex
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 
 import yaml
+from pydantic import Field
 
 from optiml_plugin import recipe
 from optiml_plugin.conventions import VALID_SPLITS
 from optiml_plugin.data.mixture import validate_proportions
 from optiml_plugin.errors import ConfigError
+from optiml_plugin.recipe import (Bool, Float, Fraction, NonNegFloat, NonNegInt, PosInt, Section, choice,
+                                  setting)
 from optiml_plugin.yamlio import KeyPath, read_yaml_mapping_lines
 
 # Where presets are found, first hit wins: $OPTIML_PRESET_DIR; the copy installed with the package
@@ -32,7 +41,8 @@ from optiml_plugin.yamlio import KeyPath, read_yaml_mapping_lines
 # checkout's projects/opt_iml/presets (an editable install or a run from the repository).
 PRESET_DIR_ENV = "OPTIML_PRESET_DIR"
 PACKAGE_PRESETS = "presets"
-CHECKOUT_PRESETS = Path(__file__).resolve().parents[1] / "projects" / "opt_iml" / "presets"
+CHECKOUT_PRESETS = Path(__file__).resolve().parents[2] / "projects" / "opt_iml" / "presets"
+USER_DIR = Path(__file__).resolve().parents[1]   # optiml_plugin: metaseq's --user-dir
 MODEL_PRESETS = ("1.3b", "30b", "175b")
 
 # Metaseq flags of the instruction_meta_learning task (optiml_plugin/metaseq/task.py).
@@ -43,9 +53,27 @@ VALID_SUBSETS = VALID_SPLITS
 RESET_FLAGS: Tuple[str, ...] = ("--reset-optimizer", "--reset-dataloader", "--reset-meters")
 
 
+class LaunchConfig(Section):
+    """`metaseq-train` settings of the recipe that the local trainer does not have (sweep only)."""
+
+    optimizer: choice(("adam",)) = setting("adam", "metaseq optimizer")  # type: ignore[valid-type]
+    fp16_adam_stats: Bool = setting(False, "fp16 Adam state (`fp16adam`); false: fp32 (`fp32adam`)")
+    lr_scheduler: choice(("polynomial_decay",)) = setting(  # type: ignore[valid-type]
+        "polynomial_decay", "metaseq schedule (with power 1 and end 0: linear decay to 0)")
+    power: NonNegFloat = setting(1.0, "polynomial decay power")
+    end_learning_rate: NonNegFloat = setting(0.0, "learning rate at max_update")
+    attention_dropout: Fraction = setting(0.1, "attention dropout")
+    fp16_init_scale: PosInt = setting(128, "initial dynamic loss scale")
+
+
 def _fmt(value: Any) -> str:
-    """A value as metaseq's argparse and the released checkpoint names spell it (5e-05, 1.0)."""
+    """A value as metaseq's argparse and the released checkpoint names spell it (5e-05, 1.0); a mapping
+    as JSON (`--benchmark-caps`), a list of names as a comma list (`--valid-splits`)."""
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"))
     if isinstance(value, (list, tuple)):
+        if all(isinstance(v, str) for v in value):
+            return ",".join(value)
         return "(" + ", ".join(_fmt(v) for v in value) + ")"
     return str(value)
 
@@ -64,6 +92,7 @@ class HParam:
     name_key: Callable[[Any, Mapping[str, Any]], str]
     in_name: bool = False
     binary: bool = False          # a store_true flag: present when the value is true
+    optional: bool = False        # presets may leave it unset: the task's default is the recipe's
 
 
 def _k(fmt: str) -> Callable[[Any, Mapping[str, Any]], str]:
@@ -72,10 +101,11 @@ def _k(fmt: str) -> Callable[[Any, Mapping[str, Any]], str]:
 
 # Order matters twice: command lines list flags in this order, and run-directory names list their
 # keys in this order, which is the released checkpoints' order (eps_4096.docsep_2.mu4000.wu60.bsz8.
-# clip1.0.fp32adam.rs1234.lr5e-05).
+# clip1.0.fp32adam.rs1234.lr5e-05) less `docsep_2`: documents are masked by segment ids, so
+# `--self-attn-doc-sep` is not rendered (metaseq would build its doc-sep mask and positions only for
+# `segment_attention` to replace them).
 HPARAMS: Tuple[HParam, ...] = (
     HParam("eps", "--eps", _k("eps_{}"), in_name=True),
-    HParam("self_attn_doc_sep", "--self-attn-doc-sep", _k("docsep_{}"), in_name=True),
     HParam("max_update", "--max-update", _k("mu{}"), in_name=True),
     HParam("warmup_updates", "--warmup-updates", _k("wu{}"), in_name=True),
     HParam("batch_size", "--batch-size", _k("bsz{}"), in_name=True),
@@ -97,24 +127,58 @@ HPARAMS: Tuple[HParam, ...] = (
     HParam("update_freq", "--update-freq", _k("uf{}")),
     HParam("fp16_init_scale", "--fp16-init-scale", _k("initscale{}")),
     HParam("packing_strategy", "--packing-strategy", _k("pack_{}")),
-    HParam("save_interval_updates", "--save-interval-updates", _k("si{}")),
-    HParam("validate_interval_updates", "--validate-interval-updates", _k("vi{}")),
+    HParam("packing_window", "--packing-window", _k("pw{}"), optional=True),
+    HParam("truncation", "--truncation", _k("trunc_{}"), optional=True),
+    HParam("benchmark_caps", "--benchmark-caps", lambda v, cfg: "caps_" + "_".join(f"{k}{n}" for k, n in v.items()),
+           optional=True),
+    HParam("shuffle_buffer", "--shuffle-buffer", _k("shuf{}"), optional=True),
+    HParam("loss_normalization", "--loss-normalization", _k("norm_{}"), optional=True),
+    HParam("valid_splits", "--valid-splits", lambda v, cfg: "vs_" + "_".join(v), optional=True),
+    HParam("save_every", "--save-interval-updates", _k("si{}")),
+    HParam("valid_every", "--validate-interval-updates", _k("vi{}")),
     HParam("max_valid_examples_per_task", "--max-valid-examples-per-task", _k("mve{}")),
 )
 HPARAM_BY_KEY: Dict[str, HParam] = {h.key: h for h in HPARAMS}
 # Short names accepted by --grid: the run-directory keys of the released checkpoints.
 ALIASES = {"bsz": "batch_size", "mu": "max_update", "wu": "warmup_updates", "rs": "seed",
-           "clip": "clip_norm", "docsep": "self_attn_doc_sep", "tps": "tokens_per_sample",
-           "uf": "update_freq", "wd": "weight_decay", "dr": "dropout", "pack": "packing_strategy"}
+           "clip": "clip_norm", "tps": "tokens_per_sample", "uf": "update_freq", "wd": "weight_decay",
+           "dr": "dropout", "pack": "packing_strategy"}
+# recipe keys the mixture preset sets (its `eps` and `proportions`), not the recipe or the grid
+MIXTURE_KEYS = ("eps", "benchmark_proportions")
+
+
+def _recipe_key(key: str) -> bool:
+    return key in recipe.SECTION_OF
 
 
 def coerce(key: str, value: Any, where: str, lines: Optional[Dict[KeyPath, int]] = None,
            prefix: KeyPath = ()) -> Any:
-    """One hyperparameter value checked by the recipe schema's type for `key` (YAML reads `5e-5` as a
-    string; the schema parses it). `lines`/`prefix` locate the key in a preset file for errors."""
-    if key not in HPARAM_BY_KEY:
-        raise ConfigError(f"{where}: unknown hyperparameter {key!r}; known: {sorted(HPARAM_BY_KEY)}")
+    """One hyperparameter value checked by the schema's type for `key` (the recipe's, or `LaunchConfig`'s;
+    YAML reads `5e-5` as a string, the schema parses it). `lines`/`prefix` locate the key in a preset
+    file for errors."""
+    name = ".".join(map(str, prefix + (key,)))
+    head = recipe.located(where, lines, prefix + (key,))
+    if key in LaunchConfig.model_fields:
+        return getattr(recipe.validate(LaunchConfig, {key: value}, where, lines, prefix), key)
+    if key in MIXTURE_KEYS:
+        raise ConfigError(f"{head}: {name}: set by the mixture preset (its eps and proportions), not here")
+    if key in recipe.RENAMED:
+        raise ConfigError(f"{head}: {name}: now {recipe.RENAMED[key]}")
+    if _recipe_key(key) and key not in HPARAM_BY_KEY:
+        raise ConfigError(f"{head}: {name}: "
+                          f"{recipe.SECTION_OF[key]}.{key} is a setting of the local trainer (`optiml train`) "
+                          f"with no metaseq flag")
+    if not _recipe_key(key):
+        raise ConfigError(f"{head}: {name}: unknown hyperparameter; known: "
+                          f"{sorted(set(HPARAM_BY_KEY) | set(LaunchConfig.model_fields))}")
     return recipe.check_value(key, value, where, lines, prefix)
+
+
+def default(key: str) -> Any:
+    """The schema's default of a flat hyperparameter key (recipe or launch)."""
+    if key in LaunchConfig.model_fields:
+        return LaunchConfig.model_fields[key].get_default(call_default_factory=True)
+    return recipe.default(key)
 
 
 # ----------------------------------------------------------------------------------------- presets
@@ -187,67 +251,84 @@ def installed_presets() -> Optional[Path]:
     return path if path.is_dir() else None
 
 
-def _read_yaml(path: Path, kind: str) -> Tuple[Dict[str, Any], Dict[KeyPath, int]]:
-    data, lines = read_yaml_mapping_lines(path, "preset")
-    if data.get("kind") != kind:
-        raise ConfigError(f"{path}: field 'kind' must be {kind!r}, got {data.get('kind')!r}")
-    return data, lines
+class _File(Section):
+    kind: str = setting(..., "what this preset is: mixture, recipe or model")
+
+    @classmethod
+    def read(cls, path: Path, kind: str) -> Tuple[Any, Dict[KeyPath, int]]:
+        """The preset at `path`, checked by its schema (errors name file, line and key)."""
+        data, lines = read_yaml_mapping_lines(path, "preset")
+        if data.get("kind") != kind:
+            raise ConfigError(f"{recipe.located(str(path), lines, ('kind',))}: kind: must be {kind!r}, "
+                              f"got {data.get('kind')!r}")
+        return recipe.validate(cls, data, str(path), lines), lines
 
 
-def _require(data: Mapping[str, Any], key: str, kind: type, path: Path, section: str = "") -> Any:
-    where = f"{path}: field '{section}{key}'"
-    if key not in data:
-        raise ConfigError(f"{where} is missing")
-    value = data[key]
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
-    if kind is str and (not isinstance(value, str) or not value):
-        raise ConfigError(f"{where} must be a non-empty string, got {value!r}")
-    if kind is dict and not isinstance(value, dict):
-        raise ConfigError(f"{where} must be a mapping, got {value!r}")
-    return value
+class MixtureFile(_File):
+    name: Annotated[str, Field(min_length=1)] = setting(..., "mixture name")
+    tag: Annotated[str, Field(min_length=1)] = setting(..., "its key in run-directory names")
+    eps: NonNegInt = setting(..., "examples-proportional cap per task (0: no cap)")
+    proportions: Dict[str, Float] = setting(..., "benchmark shares, summing to 1")
 
 
-def _check_keys(data: Mapping[str, Any], allowed: Sequence[str], path: Path, section: str = "") -> None:
-    unknown = sorted(set(data) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{path}: unknown field(s) {[section + k for k in unknown]}; "
-                          f"allowed: {sorted(allowed)}")
+class RecipeFile(_File):
+    name: Annotated[str, Field(min_length=1)] = setting(..., "recipe name")
+    train: Dict[str, Any] = setting({}, "hyperparameters by their recipe names")
+    metaseq_flags: List[Union[str, int, float]] = setting([], "fixed metaseq command-line words")
 
 
-def _train_section(data: Any, path: Path, section: KeyPath, lines: Dict[KeyPath, int]) -> Dict[str, Any]:
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: field '{'.'.join(section)}' must be a mapping, got {data!r}")
+class ModelShape(Section):
+    layers: PosInt = setting(..., "decoder layers")
+    embed_dim: PosInt = setting(..., "model dimension")
+    ffn_embed_dim: PosInt = setting(..., "feed-forward dimension")
+    attention_heads: PosInt = setting(..., "attention heads")
+    model_parallel: PosInt = setting(..., "tensor (model) parallel size")
+
+
+class Cluster(Section):
+    gpus: PosInt = setting(..., "GPUs in all")
+    gpus_per_node: PosInt = setting(..., "GPUs per node")
+    time_minutes: PosInt = setting(..., "SLURM time limit")
+
+
+class MaxSection(Section):
+    train: Dict[str, Any] = setting({}, "hyperparameters of the -Max variant")
+
+
+class ModelFile(_File):
+    name: Annotated[str, Field(min_length=1)] = setting(..., "model size name")
+    recipe: Annotated[str, Field(min_length=1)] = setting(..., "the recipe preset, relative to this file")
+    mixture: Annotated[str, Field(min_length=1)] = setting(..., "the mixture preset, relative to this file")
+    model: ModelShape = setting(..., "architecture and model parallelism")
+    restore_file: Annotated[str, Field(min_length=1)] = setting(..., "OPT checkpoint under --opt-checkpoints")
+    cluster: Cluster = setting(..., "cluster shape")
+    train: Dict[str, Any] = setting({}, "hyperparameters over the recipe's")
+    global_batch: Optional[PosInt] = setting(None, "sequences per update, checked against the shape")
+    max: MaxSection = Field(default_factory=MaxSection)
+
+
+def _train_section(data: Mapping[str, Any], path: Path, section: KeyPath,
+                   lines: Dict[KeyPath, int]) -> Dict[str, Any]:
     return {k: coerce(k, v, str(path), lines, section) for k, v in data.items()}
 
 
 def load_mixture_preset(path: Union[str, Path]) -> MixturePreset:
     """A mixture preset; its shares must cover every benchmark it names and sum to 1."""
     path = Path(path)
-    data, _ = _read_yaml(path, "mixture")
-    _check_keys(data, ("kind", "name", "tag", "eps", "proportions"), path)
-    props = _require(data, "proportions", dict, path)
+    data, lines = MixtureFile.read(path, "mixture")
     try:
-        validate_proportions(props, benchmarks=list(props))
+        props = validate_proportions(data.proportions, benchmarks=list(data.proportions))
     except ConfigError as e:
-        raise ConfigError(f"{path}: field 'proportions': {e}") from None
-    return MixturePreset(name=_require(data, "name", str, path), tag=_require(data, "tag", str, path),
-                         eps=_require(data, "eps", int, path),
-                         proportions={str(k): float(v) for k, v in props.items()}, path=path)
+        raise ConfigError(f"{recipe.located(str(path), lines, ('proportions',))}: proportions: {e}") from None
+    return MixturePreset(name=data.name, tag=data.tag, eps=data.eps, proportions=props, path=path)
 
 
 def load_recipe(path: Union[str, Path]) -> Tuple[str, Dict[str, Any], Tuple[str, ...]]:
     """(name, hyperparameters, fixed metaseq flags) of a recipe preset."""
     path = Path(path)
-    data, lines = _read_yaml(path, "recipe")
-    _check_keys(data, ("kind", "name", "train", "metaseq_flags"), path)
-    flags = data.get("metaseq_flags") or []
-    if not isinstance(flags, list) or not all(isinstance(f, (str, int, float)) for f in flags):
-        raise ConfigError(f"{path}: field 'metaseq_flags' must be a list of command-line words, got {flags!r}")
-    return (_require(data, "name", str, path), _train_section(data.get("train"), path, ("train",), lines),
-            tuple(str(f) for f in flags))
+    data, lines = RecipeFile.read(path, "recipe")
+    return (data.name, _train_section(data.train, path, ("train",), lines),
+            tuple(str(f) for f in data.metaseq_flags))
 
 
 def resolve_preset_path(name_or_path: Union[str, Path], directory: Union[str, Path, None] = None) -> Path:
@@ -267,40 +348,23 @@ def load_model_preset(name_or_path: Union[str, Path], mixture_path: Union[str, P
                       directory: Union[str, Path, None] = None) -> ModelPreset:
     """Load a model preset with the recipe and mixture it names (paths relative to the preset)."""
     path = resolve_preset_path(name_or_path, directory)
-    data, lines = _read_yaml(path, "model")
-    _check_keys(data, ("kind", "name", "recipe", "mixture", "model", "restore_file", "cluster",
-                       "train", "global_batch", "max"), path)
-    recipe_name, train, fixed_flags = load_recipe(path.parent / _require(data, "recipe", str, path))
-    train.update(_train_section(data.get("train"), path, ("train",), lines))
-    missing = [h.key for h in HPARAMS if h.key not in train and h.key != "eps"]
+    data, lines = ModelFile.read(path, "model")
+    recipe_name, train, fixed_flags = load_recipe(path.parent / data.recipe)
+    train.update(_train_section(data.train, path, ("train",), lines))
+    missing = [h.key for h in HPARAMS if h.key not in train and h.key != "eps" and not h.optional]
     if missing:
         raise ConfigError(f"{path}: the recipe and 'train' leave {missing} unset")
-    mixture = load_mixture_preset(Path(mixture_path) if mixture_path is not None
-                                  else path.parent / _require(data, "mixture", str, path))
+    mixture = load_mixture_preset(Path(mixture_path) if mixture_path is not None else path.parent / data.mixture)
     train["eps"] = mixture.eps
-    model = _require(data, "model", dict, path)
-    _check_keys(model, ("layers", "embed_dim", "ffn_embed_dim", "attention_heads", "model_parallel"),
-                path, "model.")
-    arch = {k: _require(model, k, int, path, "model.") for k in model}
-    cluster = _require(data, "cluster", dict, path)
-    _check_keys(cluster, ("gpus", "gpus_per_node", "time_minutes"), path, "cluster.")
-    max_section = data.get("max") or {}
-    if not isinstance(max_section, dict):
-        raise ConfigError(f"{path}: field 'max' must be a mapping, got {max_section!r}")
-    _check_keys(max_section, ("train",), path, "max.")
-    global_batch = data.get("global_batch")
-    if global_batch is not None:
-        _require(data, "global_batch", int, path)
+    shape, cluster = data.model, data.cluster
     preset = ModelPreset(
-        name=_require(data, "name", str, path), path=path, recipe=recipe_name, fixed_flags=fixed_flags,
-        layers=arch["layers"], embed_dim=arch["embed_dim"], ffn_embed_dim=arch["ffn_embed_dim"],
-        attention_heads=arch["attention_heads"], model_parallel=arch["model_parallel"],
-        restore_file=_require(data, "restore_file", str, path),
-        gpus=_require(cluster, "gpus", int, path, "cluster."),
-        gpus_per_node=_require(cluster, "gpus_per_node", int, path, "cluster."),
-        time_minutes=_require(cluster, "time_minutes", int, path, "cluster."),
-        train=train, max_train=_train_section(max_section.get("train"), path, ("max", "train"), lines),
-        global_batch=global_batch, mixture=mixture)
+        name=data.name, path=path, recipe=recipe_name, fixed_flags=fixed_flags,
+        layers=shape.layers, embed_dim=shape.embed_dim, ffn_embed_dim=shape.ffn_embed_dim,
+        attention_heads=shape.attention_heads, model_parallel=shape.model_parallel,
+        restore_file=data.restore_file, gpus=cluster.gpus, gpus_per_node=cluster.gpus_per_node,
+        time_minutes=cluster.time_minutes, train=train,
+        max_train=_train_section(data.max.train, path, ("max", "train"), lines),
+        global_batch=data.global_batch, mixture=mixture)
     _check_shapes(preset)
     return preset
 
@@ -338,12 +402,12 @@ def parse_grid(specs: Sequence[str]) -> Dict[str, List[Any]]:
                           key.strip().lstrip("-").replace("-", "_"))
         if not sep or not values.strip():
             raise ConfigError(f"--grid {spec!r}: expected KEY=V1,V2,... (e.g. lr=1e-5,5e-5)")
-        if key == "eps":
-            raise ConfigError(f"--grid {spec!r}: EPS belongs to the mixture preset; "
-                              f"pass --mixture-file with another eps")
+        if key in MIXTURE_KEYS:
+            raise ConfigError(f"--grid {spec!r}: {key} belongs to the mixture preset; "
+                              f"pass --mixture-file with another one")
         if key in grid:
             raise ConfigError(f"--grid {spec!r}: {key} is given twice")
-        if key in HPARAM_BY_KEY and isinstance(recipe.default(key), list):
+        if key in HPARAM_BY_KEY and (isinstance(default(key), list) or key == "benchmark_caps"):
             raise ConfigError(f"--grid {spec!r}: {key} cannot be swept from the command line; "
                               f"edit the recipe or pass --preset-file")
         grid[key] = [coerce(key, _scalar(v), f"--grid {spec!r}") for v in values.split(",")]
@@ -438,6 +502,8 @@ def hparam_args(cfg: Mapping[str, Any]) -> List[str]:
         if h.key not in cfg:
             continue
         value = cfg[h.key]
+        if value is None:   # the task's default (null in the schema: no caps, 10 x batch rows)
+            continue
         if h.binary:
             out += [h.flag] if value else []
         else:
@@ -452,13 +518,13 @@ def train_command(preset: ModelPreset, run: Run, paths: Paths, launcher: str = "
     """The full `metaseq-train` argv of one grid point (first launch: restore OPT and reset)."""
     cmd = [launcher]
     if launcher == "metaseq-train":
-        cmd += ["--user-dir", paths.user_dir or str(Path(__file__).resolve().parent)]
+        cmd += ["--user-dir", paths.user_dir or str(USER_DIR)]
     bpe = paths.get("bpe_dir", dry_run).rstrip("/")
     cmd += [paths.get("data", dry_run),
             "--task", TASK, "--criterion", CRITERION,
             "--vocab-filename", f"{bpe}/gpt2-vocab.json", "--merges-filename", f"{bpe}/gpt2-merges.txt",
             "--benchmark-proportions", json.dumps(preset.mixture.proportions, separators=(",", ":")),
-            "--valid-subset", ",".join(VALID_SUBSETS),
+            "--valid-subset", ",".join(run.config.get("valid_splits", VALID_SUBSETS)),
             "--model-parallel-size", str(preset.model_parallel),
             "--decoder-layers", str(preset.layers), "--decoder-embed-dim", str(preset.embed_dim),
             "--decoder-ffn-embed-dim", str(preset.ffn_embed_dim),
