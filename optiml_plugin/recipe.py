@@ -103,6 +103,18 @@ class DataFields(Section):
         250, "first N rows of every task in validation, in file order (paper §4.1; 0: all)")
     loss_normalization: Normalization = _help(  # type: ignore[valid-type]
         "token", "token: mean over target tokens (paper); example: mean of per-example means")
+    max_train_tasks: Optional[PosInt] = _help(
+        None, "task scaling (paper Tab 16): train on the first N training tasks of a fixed seeded order "
+              "(nested: the first 16 are among the first 64); null: all")
+    metaicl_zipf_a: Optional[PosFloat] = _help(
+        None, "MetaICL training (§4.8): k demonstrations of the same task before each example, "
+              "P(k) ~ (k+1)^-a for k <= max_demonstrations (paper: a = 2 or 4); null: off")
+    metaicl_suffix_loss: Bool = _help(
+        False, "MetaICL's suffix loss: loss on the first demonstration's target and everything after it")
+    fewshot_share: Optional[Dict[str, Fraction]] = _help(
+        None, "Flan-style mixed prompts: per benchmark, the share of examples rendered few-shot "
+              "(k uniform on 1..max_demonstrations); unlisted benchmarks stay zero-shot; null: off")
+    max_demonstrations: PosInt = _help(5, "most demonstrations before an example (MetaICL's K = 5)")
 
 
 class DataConfig(DataFields):

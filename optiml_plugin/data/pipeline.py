@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from optiml_plugin.hashing import GOLDEN, MASK64, mix64
+from optiml_plugin.data.demonstrations import Demonstrations
 from optiml_plugin.data.packing import Block, Packer, PackingConfig, PackingStats, PackItem, build_block, make_item
 from optiml_plugin.data.tokenizer import PAD_ID, OptTokenizer
 from optiml_plugin.errors import BadRecordError, ConfigError, mismatch_error
@@ -30,10 +31,14 @@ STATE_VERSION = 1
 STATE_WORDS = {"tokens_per_sample": "data.tokens_per_sample", "strategy": "the packing strategy",
                "window": "the packing window", "truncation": "the truncation side",
                "batch_size": "data.batch_size", "seed": "the seed (run.seed)",
-               "shuffle_buffer": "the shuffle buffer", "vocab_size": "the tokenizer's vocabulary size"}
+               "shuffle_buffer": "the shuffle buffer", "vocab_size": "the tokenizer's vocabulary size",
+               "demonstrations": "the demonstration settings (data.metaicl_*, data.fewshot_share, "
+                                 "data.max_demonstrations)"}
 DEFAULT_ENCODE_CHUNK = 256
-# a chunk of stream examples and the future of its (src_ids, tgt_ids) pairs
-_InFlight = Tuple[List[Any], "Future[List[Tuple[List[int], List[int]]]]"]
+# an example's (src_ids, tgt_ids, demonstrations kept)
+Encoded = Tuple[List[int], List[int], int]
+# a chunk of stream examples and the future of its encodings
+_InFlight = Tuple[List[Any], "Future[List[Encoded]]"]
 
 
 def collate_blocks(blocks: Sequence[Block], rows: Optional[int] = None,
@@ -134,7 +139,7 @@ class PackedBatches:
     def __init__(self, stream: Any, tokenizer: OptTokenizer, packing: PackingConfig, batch_size: int,
                  seed: int, shuffle_buffer: Optional[int] = None, drop_last: bool = True,
                  encode_chunk: int = DEFAULT_ENCODE_CHUNK, prefetch: bool = True,
-                 observer: Optional[Any] = None) -> None:
+                 observer: Optional[Any] = None, demonstrations: Optional[Demonstrations] = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         buffer = 10 * batch_size if shuffle_buffer is None else shuffle_buffer
@@ -152,6 +157,9 @@ class PackedBatches:
         self.encode_chunk = int(encode_chunk)
         self.prefetch = prefetch
         self.observer = observer
+        self.demonstrations = demonstrations
+        self._separator = tokenizer.encode(demonstrations.config.separator) if demonstrations else []
+        self.demo_counts = [0] * (demonstrations.config.max_k + 1 if demonstrations else 1)
         self._executor: Optional[ThreadPoolExecutor] = None
         self._inflight: Optional[_InFlight] = None  # a chunk read, its encoding under way
         self.stats = PackingStats()   # over every block yielded so far
@@ -168,17 +176,39 @@ class PackedBatches:
         self._iter: Optional[Iterator[Any]] = None
 
     # ---- tokenization -------------------------------------------------------------------------
-    def _encode(self, examples: Sequence[Any]) -> List[Tuple[List[int], List[int]]]:
-        return self.tokenizer.encode_pairs([_source_target(ex) for ex in examples])
+    def _texts(self, examples: Sequence[Any]) -> List[List[Tuple[str, str]]]:
+        """Per example, the (src, tgt) texts to encode: its demonstrations (read here, on the calling
+        thread) and itself."""
+        pairs = [_source_target(ex) for ex in examples]
+        if self.demonstrations is None:
+            return [[pair] for pair in pairs]
+        return [self.demonstrations.texts(ex) for ex in examples]
 
-    def _make_items(self, examples: Sequence[Any], pairs: Sequence[Tuple[List[int], List[int]]],
-                    record: bool) -> List[PackItem]:
+    def _encode_texts(self, groups: Sequence[Sequence[Tuple[str, str]]]) -> List[Encoded]:
+        """(src_ids, tgt_ids, k demonstrations kept) per example; one `encode_batch` call."""
+        ids = self.tokenizer.encode_pairs([pair for group in groups for pair in group])
+        if self.demonstrations is None:
+            return [(src, tgt, 0) for src, tgt in ids]
+        out, at = [], 0
+        for group in groups:
+            done = self.demonstrations.assemble(ids[at:at + len(group)], self._separator,
+                                                self.packing.block_size)
+            out.append((done.src_ids, done.tgt_ids, done.k))
+            at += len(group)
+        return out
+
+    def _encode(self, examples: Sequence[Any]) -> List[Encoded]:
+        return self._encode_texts(self._texts(examples))
+
+    def _make_items(self, examples: Sequence[Any], encoded: Sequence[Encoded], record: bool) -> List[PackItem]:
         items = []
-        for ex, (src, tgt) in zip(examples, pairs):
+        for ex, (src, tgt, k) in zip(examples, encoded):
             item = make_item(src, tgt, self.packing, index=ex.index, task_id=ex.task_id,
                              benchmark_id=ex.benchmark_id, eos_id=self.tokenizer.eos_id)
             if record and self.observer is not None:
                 self.observer.observe(ex.benchmark_id, len(item), len(item) - item.n_src)
+            if record and self.demonstrations is not None:
+                self.demo_counts[k] += 1
             items.append(item)
         return items
 
@@ -195,7 +225,7 @@ class PackedBatches:
     def _launch(self) -> _InFlight:
         """Read a chunk here and start encoding it on the background thread; a failed read is
         kept in the future, to surface when the chunk is due (as a read in the background would)."""
-        future: "Future[List[Tuple[List[int], List[int]]]]"
+        future: "Future[List[Encoded]]"
         try:
             examples = self._read_examples()
         except Exception as err:  # re-raised, unchanged, by future.result() when the chunk is due
@@ -204,7 +234,7 @@ class PackedBatches:
             return [], future
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optiml-tokenize")
-        return examples, self._executor.submit(self._encode, examples)
+        return examples, self._executor.submit(self._encode_texts, self._texts(examples))
 
     def _read_more(self) -> bool:
         """Move the next tokenized chunk into the pending queue.
@@ -301,7 +331,8 @@ class PackedBatches:
         p = self.packing
         return {"tokens_per_sample": p.tokens_per_sample, "strategy": p.strategy, "window": p.window,
                 "truncation": p.truncation, "batch_size": self.batch_size, "seed": self.seed,
-                "shuffle_buffer": self.shuffle_buffer, "vocab_size": self.tokenizer.vocab_size}
+                "shuffle_buffer": self.shuffle_buffer, "vocab_size": self.tokenizer.vocab_size,
+                "demonstrations": self.demonstrations.config.identity() if self.demonstrations else None}
 
     def state_dict(self) -> Dict[str, Any]:
         """JSON-serializable: the stream's state plus the stream indices of every held example."""
@@ -314,7 +345,8 @@ class PackedBatches:
                 "ready": [b.indices for b in self._ready],
                 "draws": self._draws, "exhausted": self._exhausted, "stats": self.stats.to_dict(),
                 "packer_stats": self._packer.stats.to_dict(),
-                "observer": self.observer.to_dict() if self.observer is not None else None}
+                "observer": self.observer.to_dict() if self.observer is not None else None,
+                "demo_counts": list(self.demo_counts)}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -347,6 +379,8 @@ class PackedBatches:
         self.stats = PackingStats.from_dict(state["stats"])
         if self.observer is not None and state.get("observer") is not None:
             self.observer.load_dict(state["observer"])
+        if state.get("demo_counts") is not None:
+            self.demo_counts = [int(c) for c in state["demo_counts"]]
 
     @property
     def held_examples(self) -> int:

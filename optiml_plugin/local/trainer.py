@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from optiml_plugin.benchfiles import Bench
+from optiml_plugin.data.demonstrations import realized_k
 from optiml_plugin.data.training_data import BITS_PER_NAT, benchmark_sums, training_data
 from optiml_plugin.errors import ConfigError, CorruptFileError, WriteError, first_line
 from optiml_plugin.fsio import replace_dir
@@ -301,7 +302,7 @@ class Trainer:
                           "target_tokens_per_s": window_targets / dt,
                           "tokens_per_s": window_tokens * self.dist.world_size / dt,
                           "packing_efficiency": window_tokens / max(window_slots, 1),
-                          **self._cut_counts()}
+                          **self._cut_counts(), **self._demo_counts()}
                 self._log(record)
                 if bar is not None:
                     bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}",
@@ -332,6 +333,15 @@ class Trainer:
         total = self.dist.all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device))
         names = ("cut_left_examples", "cut_left_tokens", "cut_right_examples", "cut_right_tokens")
         return {k: int(v) for k, v in zip(names, total.tolist())}
+
+    def _demo_counts(self) -> Dict[str, Any]:
+        """MetaICL / mixed prompts: how many trained examples had k = 0..K demonstrations, over all ranks
+        (nothing when neither is on)."""
+        if self.batches.demonstrations is None:
+            return {}
+        total = self.dist.all_reduce_sum(torch.tensor(self.batches.demo_counts, dtype=torch.float64,
+                                                      device=self.device))
+        return {"demonstrations": realized_k([int(v) for v in total.tolist()])}
 
     def _realized_shares(self) -> Dict[str, float]:
         """Share of the examples read so far, per benchmark, over all ranks (requested: the mixture's)."""

@@ -53,6 +53,8 @@ def _text_form(spec: FieldSpec) -> Tuple[Any, Any]:
         return Optional[str], ""
     if "List" in text:
         return str, ",".join(spec.default)
+    if "float" in text and ("Optional" in text or "Union" in text):
+        return Optional[float], spec.default
     if spec.default is None or "Optional" in text or "Union" in text:
         return Optional[int], spec.default
     return spec.type, spec.default
@@ -86,7 +88,7 @@ def fields_from_cfg(cfg: Any) -> DataFields:
         value = getattr(value, "value", value)  # metaseq's ChoiceEnum members
         if name == "benchmark_proportions":
             value = parse_proportions(value) if value is not None and str(value).strip() else None
-        elif name == "benchmark_caps":
+        elif name in ("benchmark_caps", "fewshot_share"):
             value = _json_object(value, name)
         elif name == "valid_splits":
             parts = value.split(",") if isinstance(value, str) else list(value or [])
