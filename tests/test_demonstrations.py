@@ -124,7 +124,7 @@ def test_mixed_prompts_follow_the_share_per_benchmark(bench, tok):
     data, batches = first_batches(bench, tok, n=40, fewshot_share={"b1": 1.0}, max_demonstrations=2)
     by_bench = {"b1": [], "b2": []}
     for batch in batches:
-        for whole, loss in segments(batch, tok):
+        for whole, _loss in segments(batch, tok):
             by_bench[whole[:2]].append(whole.count("\n\n\n"))
             assert "HELDOUT" not in whole
     assert by_bench["b2"] and set(by_bench["b2"]) == {0}          # unlisted: zero-shot
@@ -158,7 +158,7 @@ def test_demonstrations_that_do_not_fit_are_dropped_and_counted(bench, tok):
     """At a short row length the farthest demonstrations go first; the query is never cut for them."""
     data, batches = first_batches(bench, tok, metaicl_zipf_a=0.1, tokens_per_sample=40)
     for batch in batches:
-        for whole, loss in segments(batch, tok):
+        for _whole, loss in segments(batch, tok):
             assert re.fullmatch(r"b\dtaskanswer\d+", loss.strip()), loss   # the query's target, whole
     assert data.batches.stats.cut_right_examples == 0
     assert sum(data.batches.demo_counts[3:]) == 0   # at most two demonstrations fit in 40 tokens
