@@ -47,6 +47,8 @@ def _fmt(value: Any) -> str:
     """A value as metaseq's argparse and the released checkpoint names spell it (5e-05, 1.0)."""
     if isinstance(value, (list, tuple)):
         return "(" + ", ".join(_fmt(v) for v in value) + ")"
+    if isinstance(value, dict):   # a JSON object flag (--fewshot-share), as the task reads it
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
     return str(value)
 
 
@@ -64,6 +66,7 @@ class HParam:
     name_key: Callable[[Any, Mapping[str, Any]], str]
     in_name: bool = False
     binary: bool = False          # a store_true flag: present when the value is true
+    required: bool = True         # every preset sets it; else (the §4 ablations' settings) left out when unset
 
 
 def _k(fmt: str) -> Callable[[Any, Mapping[str, Any]], str]:
@@ -97,6 +100,13 @@ HPARAMS: Tuple[HParam, ...] = (
     HParam("update_freq", "--update-freq", _k("uf{}")),
     HParam("fp16_init_scale", "--fp16-init-scale", _k("initscale{}")),
     HParam("packing_strategy", "--packing-strategy", _k("pack_{}")),
+    HParam("max_train_tasks", "--max-train-tasks", _k("ntasks{}"), required=False),
+    HParam("metaicl_zipf_a", "--metaicl-zipf-a", _k("zipf{}"), required=False),
+    HParam("metaicl_suffix_loss", "--metaicl-suffix-loss", lambda v, cfg: "suffix" if v else "nosuffix",
+           binary=True, required=False),
+    HParam("fewshot_share", "--fewshot-share", lambda v, cfg: "fewshot_" + "_".join(
+        f"{k}{_fmt(x)}" for k, x in sorted(v.items())), required=False),
+    HParam("max_demonstrations", "--max-demonstrations", _k("maxk{}"), required=False),
     HParam("save_interval_updates", "--save-interval-updates", _k("si{}")),
     HParam("validate_interval_updates", "--validate-interval-updates", _k("vi{}")),
     HParam("max_valid_examples_per_task", "--max-valid-examples-per-task", _k("mve{}")),
@@ -272,7 +282,7 @@ def load_model_preset(name_or_path: Union[str, Path], mixture_path: Union[str, P
                        "train", "global_batch", "max"), path)
     recipe_name, train, fixed_flags = load_recipe(path.parent / _require(data, "recipe", str, path))
     train.update(_train_section(data.get("train"), path, ("train",), lines))
-    missing = [h.key for h in HPARAMS if h.key not in train and h.key != "eps"]
+    missing = [h.key for h in HPARAMS if h.required and h.key not in train and h.key != "eps"]
     if missing:
         raise ConfigError(f"{path}: the recipe and 'train' leave {missing} unset")
     mixture = load_mixture_preset(Path(mixture_path) if mixture_path is not None
@@ -438,6 +448,8 @@ def hparam_args(cfg: Mapping[str, Any]) -> List[str]:
         if h.key not in cfg:
             continue
         value = cfg[h.key]
+        if value is None and not h.required:
+            continue
         if h.binary:
             out += [h.flag] if value else []
         else:

@@ -13,7 +13,8 @@ from optiml_plugin.data.training_data import training_data
 from optiml_plugin.local.data import training_texts
 from optiml_plugin.recipe import DataFields
 
-TASKS = [dict(benchmark="b1" if i < 6 else "b2", category="c", task=f"t{i:02d}", n=5 + i) for i in range(8)]
+TASKS = [dict(benchmark="b1" if i < 6 else "b2", category="c", task=f"t{i:02d}", n=5 + i) for i in range(8)] + [
+    dict(benchmark="b1", category="c", task="t05", n=3, split="valid_heldout_instances")]
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +30,7 @@ def test_the_first_n_tasks_are_nested_and_do_not_depend_on_file_order(bench):
     kept = {n: set(stems(Mixture.from_bench(bench, MixtureConfig(max_tasks=n)))) for n in (2, 4, 8)}
     assert len(kept[2]) == 2 and len(kept[4]) == 4 and len(kept[8]) == 8
     assert kept[2] < kept[4] < kept[8]
+    assert all("t05" in k for k in kept.values())   # a fully supervised task is always kept (§4.4)
     names = [f"x{i}" for i in range(20)]
     order = [names[i] for i in task_order(names)]
     rev = names[::-1]
@@ -41,8 +43,7 @@ def test_the_first_n_tasks_are_nested_and_do_not_depend_on_file_order(bench):
 def test_a_benchmark_left_without_tasks_gives_its_share_back(bench):
     full = Mixture.from_bench(bench, MixtureConfig(proportions={"b1": 0.5, "b2": 0.5}))
     assert set(full.benchmarks) == {"b1", "b2"}
-    n = next(n for n in range(1, 8)
-             if {t.benchmark for t in Mixture.from_bench(bench, MixtureConfig(max_tasks=n)).tasks} == {"b1"})
+    n = 1   # the first task is the fully supervised t05, of b1
     m = Mixture.from_bench(bench, MixtureConfig(proportions={"b1": 0.5, "b2": 0.5}, max_tasks=n))
     assert m.benchmarks == ["b1"] and m.dropped_shares == {"b2": 0.5}
     assert m.effective_benchmark_probs().tolist() == pytest.approx([1.0])

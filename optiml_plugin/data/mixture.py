@@ -20,10 +20,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from optiml_plugin.benchfiles import Bench, TaskFile, file_stem, normalize_name
+from optiml_plugin.conventions import EVAL_SPLITS, LEVEL_INSTANCES
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.yamlio import read_yaml
 
 TOLERANCE = 1e-6
+#: the splits of held-out instances: their tasks are the fully supervised level, kept by task scaling
+HELDOUT_INSTANCE_SPLITS = tuple(s for s in EVAL_SPLITS if s.endswith(LEVEL_INSTANCES))
 
 
 @dataclass
@@ -36,12 +39,14 @@ class MixtureConfig:
     max_tasks: Optional[int] = None   # task scaling: the first N tasks of `task_order` (None: all)
 
 
-def task_order(stems: Sequence[str]) -> List[int]:
-    """Indices of `stems` in the fixed order task scaling takes them from (paper Tab 16): by a hash of
-    each task's file stem, so the order depends neither on the bench's file order nor on the run seed,
-    and the first 16 tasks are among the first 64 in every run on the same bench."""
+def task_order(stems: Sequence[str], first: Iterable[str] = ()) -> List[int]:
+    """Indices of `stems` in the fixed order task scaling takes them from (paper Tab 16, §4.4: nested
+    subsets that always include the fully supervised tasks): the tasks in `first` (those with held-out
+    instances), then the rest, each group by a hash of the task's file stem, so the order depends neither
+    on the bench's file order nor on the run seed, and the first 16 tasks are among the first 64."""
+    first = set(first)
     keys = [hashlib.sha1(f"optiml-task-scaling\0{s}".encode("utf-8")).digest()[:8] for s in stems]
-    return sorted(range(len(stems)), key=lambda i: (keys[i], stems[i]))
+    return sorted(range(len(stems)), key=lambda i: (stems[i] not in first, keys[i], stems[i]))
 
 
 def validate_proportions(props: Mapping[str, float], benchmarks: Optional[Iterable[str]] = None) -> None:
@@ -161,7 +166,9 @@ class Mixture:
         if config.max_tasks is not None:
             n = _check_positive_int(config.max_tasks, "mixture max_tasks (data.max_train_tasks)")
             stems = [file_stem(t.benchmark, t.category, t.task) for t in tasks]
-            keep = set(task_order(stems)[:n])
+            supervised = {file_stem(t.benchmark, t.category, t.task) for s in HELDOUT_INSTANCE_SPLITS
+                          for t in bench.task_files(s) if t.count > 0}
+            keep = set(task_order(stems, first=supervised)[:n])
             left_out = [stems[i] for i in range(len(tasks)) if i not in keep]
             tasks = [t for i, t in enumerate(tasks) if i in keep]
         benchmarks = sorted({t.benchmark for t in tasks})
