@@ -171,3 +171,29 @@ def test_settings_are_checked():
         DemoConfig(suffix_loss=True)
     with pytest.raises(ConfigError, match="does not have"):
         Demonstrations(DemoConfig(fewshot_share={"nope": 0.5}), 0, ["b1"], [3], None, None)
+
+
+def test_the_local_trainer_logs_the_realized_k_and_resumes_exactly(bench, tmp_path):
+    """The trainer consumes the same batches: the realized k distribution is in its log (TensorBoard on, as
+    by default), and a run killed after a checkpoint continues with the very same losses and counts."""
+    import json
+
+    from bench_factory import micro_train_config
+    from optiml_plugin.local.trainer import Trainer, read_log
+
+    data = {"metaicl_zipf_a": 1.0, "metaicl_suffix_loss": True, "tokens_per_sample": 128,
+            "valid_splits": ["valid_heldout_instances"]}
+    full = Trainer(micro_train_config(bench, tmp_path / "full", data=data, run={"tensorboard": True}))
+    full.train()
+    cut = Trainer(micro_train_config(bench, tmp_path / "cut", data=data))
+    assert cut.train(until=3) is None
+    del cut
+    resumed = Trainer(micro_train_config(bench, tmp_path / "cut", data=data), resume=True)
+    resumed.train()
+    a = [r for r in read_log(tmp_path / "full" / "log.jsonl") if "split" not in r]
+    b = [r for r in read_log(tmp_path / "cut" / "log.jsonl") if "split" not in r]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    assert a[-1]["demo_k_share"] == b[-1]["demo_k_share"] and a[-1]["demo_examples"] > 0
+    assert set(a[-1]["demo_k_share"]) == {"0", "1", "2", "3", "4", "5"}
+    assert sum(a[-1]["demo_k_share"].values()) == pytest.approx(1.0) and a[-1]["demo_k_share"]["0"] < 1.0
+    assert json.loads((tmp_path / "full" / "mixture.json").read_text())["benchmarks"].keys() == {"b1", "b2"}

@@ -156,6 +156,7 @@ class Demonstrations:
 
 
 def realized_k(counts: Sequence[int]) -> Dict[str, Any]:
-    """The k distribution realized by the examples trained so far, for the run's log."""
+    """The k distribution realized by the examples trained so far, for the run's log (flat numbers, as
+    the log's other per-key mappings: TensorBoard draws one curve per k)."""
     total = sum(counts)
-    return {"examples": total, "k_counts": list(counts), "k_share": [c / total if total else 0.0 for c in counts]}
+    return {"demo_examples": total, "demo_k_share": {str(k): c / total if total else 0.0 for k, c in enumerate(counts)}}

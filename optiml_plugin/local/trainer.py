@@ -118,6 +118,8 @@ class Trainer:
         self.data = training_data(self.bench, self.tokenizer, config.data, config.data.batch_size, run.seed,
                                   rank=self.dist.rank, world_size=self.dist.world_size)
         self.batches = self.data.batches
+        if self.dist.is_main:  # the mixture trained on (tasks, shares, tasks left out by task scaling)
+            (self.out / "mixture.json").write_text(json.dumps(self.data.mixture.to_dict(), indent=1) + "\n")
         if self.dist.is_main:  # what the per-task cap used and left out, per task
             (self.out / "validation_sets.json").write_text(json.dumps(
                 [vset.counts() for subset in self.data.validation.values() for vset in subset.sets],
@@ -341,7 +343,7 @@ class Trainer:
             return {}
         total = self.dist.all_reduce_sum(torch.tensor(self.batches.demo_counts, dtype=torch.float64,
                                                       device=self.device))
-        return {"demonstrations": realized_k([int(v) for v in total.tolist()])}
+        return realized_k([int(v) for v in total.tolist()])
 
     def _realized_shares(self) -> Dict[str, float]:
         """Share of the examples read so far, per benchmark, over all ranks (requested: the mixture's)."""
