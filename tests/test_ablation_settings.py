@@ -33,3 +33,31 @@ def test_bad_ablation_values_name_the_setting():
         options.fields_from_cfg(task_cfg(fewshot_share='{"flan": 1.5}'))
     with pytest.raises(ConfigError, match="metaicl_zipf_a"):
         options.fields_from_cfg(task_cfg(metaicl_zipf_a=-1.0))
+
+
+def test_the_metaseq_task_trains_on_the_same_demonstration_rows(tmp_path):
+    """MetaICL with the suffix loss through the metaseq adapter's pure wiring: the samples it hands to
+    metaseq are the local trainer's batches, token for token and loss mask for loss mask."""
+    import torch
+
+    from bench_factory import make_bench
+    from optiml_plugin.benchfiles import Bench
+    from optiml_plugin.data.tokenizer import OptTokenizer
+    from optiml_plugin.data.training_data import training_data
+    from optiml_plugin.local.data import training_texts
+    from optiml_plugin.metaseq import wiring
+
+    bench = Bench(make_bench(tmp_path / "bench", [dict(benchmark="niv2", category="qa", task="a", n=40),
+                                                  dict(benchmark="flan", category="nli", task="b", n=30)]))
+    tok = OptTokenizer.builtin(training_texts(bench), vocab_size=300)
+    settings = options.settings_from_cfg(task_cfg(data=str(bench.root), tokens_per_sample=256,
+                                                  metaicl_zipf_a=1.0, metaicl_suffix_loss=True))
+    train = wiring.build_train_data(settings, bench, tok, batch_size=2, seed=5)
+    local = training_data(bench, tok, settings.fields, 2, 5, valid_subsets={})
+    samples, batches = train.samples(tok.pad_id, True), iter(local.batches)
+    for _ in range(4):
+        s, b = next(samples), next(batches)
+        assert s["net_input"]["src_tokens"].equal(b["input_ids"])
+        assert s["target"].equal(torch.where(b["loss_mask"], b["target_ids"], torch.tensor(tok.pad_id)))
+        assert s["net_input"]["segment_ids"].equal(b["segment_ids"])
+    assert sum(train.batches.demo_counts[1:]) > 0 and train.batches.demo_counts == local.batches.demo_counts
