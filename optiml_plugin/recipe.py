@@ -100,6 +100,18 @@ class DataFields(Section):
         250, "first N rows of every task in validation, in file order (paper §4.1; 0: all)")
     loss_normalization: Normalization = setting(  # type: ignore[valid-type]
         "token", "token: mean over target tokens (paper); example: mean of per-example means")
+    max_train_tasks: Optional[PosInt] = setting(
+        None, "task scaling (paper Tab 16): train on the first N training tasks of a fixed seeded order "
+              "(nested: the first 16 are among the first 64); null: all")
+    metaicl_zipf_a: Optional[PosFloat] = setting(
+        None, "MetaICL training (§4.8): k demonstrations of the same task before each example, "
+              "P(k) ~ (k+1)^-a for k <= max_demonstrations (paper: a = 2 or 4); null: off")
+    metaicl_suffix_loss: Bool = setting(
+        False, "MetaICL's suffix loss: loss on the first demonstration's target and everything after it")
+    fewshot_share: Optional[Dict[str, Fraction]] = setting(
+        None, "Flan-style mixed prompts: per benchmark, the share of examples rendered few-shot "
+              "(k uniform on 1..max_demonstrations); unlisted benchmarks stay zero-shot; null: off")
+    max_demonstrations: PosInt = setting(5, "most demonstrations before an example (MetaICL's K = 5)")
 
 
 class DataConfig(DataFields):

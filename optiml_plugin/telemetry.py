@@ -22,7 +22,7 @@ training are scored too; its loss is per target token whatever the training norm
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -51,15 +51,18 @@ def _f64(x: Any, device: Any) -> torch.Tensor:
 class Telemetry:
     """The counters of one run: its training benchmarks (the logging keys) and loss normalization."""
 
-    def __init__(self, benchmarks: Sequence[str], normalize: str = "token") -> None:
+    def __init__(self, benchmarks: Sequence[str], normalize: str = "token", max_demos: int = 0) -> None:
         self.benchmarks: List[str] = list(benchmarks)
         self.normalize = normalize
+        self.max_demos = max_demos   # MetaICL / mixed prompts: the most demonstrations before an example
 
     def train_counters(self, nll: torch.Tensor, loss_mask: torch.Tensor, segment_ids: torch.Tensor,
-                       benchmark_ids: torch.Tensor) -> Counters:
+                       benchmark_ids: torch.Tensor, demo_k: Optional[torch.Tensor] = None) -> Counters:
         """Counters of one trained micro-batch: `nll` [n] per target token (row-major order of
         `loss_mask` [B, L]); `segment_ids` [B, L] (0 = padding), `benchmark_ids` [B, L] (per token, index
-        into `benchmarks`; -1 on padding). Shares are counted here, where the examples are trained."""
+        into `benchmarks`; -1 on padding); `demo_k` [B, L] (MetaICL / mixed prompts: the demonstrations
+        before each token's example, -1 on padding). Shares are counted here, where the examples are
+        trained."""
         nll = nll.detach()
         device = nll.device
         mask = loss_mask.bool()
@@ -86,6 +89,10 @@ class Telemetry:
         for kind, values in per.items():
             for b, name in enumerate(self.benchmarks):
                 out[f"{kind}/benchmark/{name}"] = values[b].to(device)
+        if demo_k is not None:   # one counter per k of the law, so every rank gives the same keys
+            ks = group_sums(torch.ones(int(starts.sum()), device=device), demo_k.long()[starts], self.max_demos + 1)
+            for k in range(self.max_demos + 1):
+                out[f"examples/demonstrations/{k}"] = ks[k].to(device)
         return out
 
     @staticmethod
@@ -170,6 +177,11 @@ def scalars(counters: Dict[str, Any]) -> List[Scalar]:
             total = sum(_value(counters, prefix + name) for name in names)
             for name in names:
                 put(f"realized_share/{kind}/{name}", _value(counters, prefix + name), total)
+        prefix = "examples/demonstrations/"
+        ks = [k[len(prefix):] for k in counters if k.startswith(prefix)]
+        total = sum(_value(counters, prefix + k) for k in ks)
+        for k in ks:   # the realized k distribution of MetaICL training / mixed prompts
+            put(f"demonstrations/{k}", _value(counters, prefix + k), total)
     return out
 
 

@@ -25,4 +25,4 @@ def test_bad_entries(tmp_path, spec, message):
 
 def test_default_benchmarks():
     assert DEFAULT_BENCHMARKS == {"sni": "niv2", "p3": "promptsource", "flan": "flan", "generic": None,
-                                  "text": "pretrain", "datasets": None}
+                                  "text": "pretrain", "dialogue": "dialogue", "datasets": None}

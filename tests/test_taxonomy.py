@@ -22,9 +22,9 @@ def tax() -> Taxonomy:
 
 
 def test_packaged_taxonomy_has_sni_categories(tax):
-    assert len(tax.known) == 76 + 4
+    assert len(tax.known) == 76 + 5
     assert {"Textual Entailment", "Coreference Resolution", "Dialogue Act Recognition", "Misc.",
-            "Fill in The Blank", "Reasoning", "Pretraining"} <= tax.known
+            "Fill in The Blank", "Reasoning", "Pretraining", "Dialogue Data"} <= tax.known
 
 
 @pytest.mark.parametrize("name, bench, expected", [

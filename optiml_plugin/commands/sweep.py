@@ -20,9 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sweep", help="render (and submit) the paper's metaseq training runs as SLURM jobs",
         description="Turn a model preset (1.3b, 30b, 175b) and a hyperparameter grid into "
                     "metaseq-train command lines and one sbatch script per grid point.")
-    p.add_argument("--preset", default="30b",
+    p.add_argument("--preset", default=None,
                    help=f"model preset name ({', '.join(core.MODEL_PRESETS)}) from the preset directory "
-                        "(default: 30b)")
+                        "(default: 30b, or the ablation's)")
     p.add_argument("--preset-dir", help=f"where --preset names are looked up (default: "
                                         f"${core.PRESET_DIR_ENV}, else the presets installed with optiml)")
     p.add_argument("--preset-file", help="a model preset YAML file (overrides --preset)")
@@ -31,6 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="sweep a hyperparameter, e.g. --grid lr=1e-5,5e-5 --grid bsz=4,8 "
                         "(repeatable)")
+    p.add_argument("--ablation", metavar="NAME",
+                   help="render one of the paper's §4 ablation tables as runs (one per row, on its model "
+                        "preset unless --preset/--preset-file is given): eps, proportions, reasoning, pretrain, "
+                        "dialogue, metaicl, task_scaling, mixed_prompts, or an ablation preset file")
     p.add_argument("--dry-run", action="store_true",
                    help="print the command lines and sbatch scripts; write and submit nothing")
     p.add_argument("--data", help="bench directory built by `optiml bench build`")
@@ -53,14 +57,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    preset = core.load_model_preset(args.preset_file or args.preset, args.mixture_file, args.preset_dir)
-    runs = core.expand(preset, core.parse_grid(args.grid), max_variant=args.max, prefix=args.prefix)
+    ablation = None
+    if args.ablation:
+        from optiml_plugin.ablations import load_ablation, row_runs
+
+        if args.grid or args.max:
+            raise OptimlError("--ablation renders the table's rows; give no --grid or --max with it")
+        ablation = load_ablation(args.ablation, core.preset_dir(args.preset_dir))
+    preset = core.load_model_preset(args.preset_file or args.preset or (ablation.preset if ablation else "30b"),
+                                    args.mixture_file, args.preset_dir)
+    if ablation is not None:
+        rows = row_runs(ablation, preset, prefix=args.prefix)
+        print(f"# ablation {ablation.name}: {ablation.table}; paper's figures: {ablation.column}")
+        for row, _, r in rows:
+            print(f"#   {r.name}: row {row.name}" + (f" (paper {row.paper})" if row.paper else ""))
+        jobs = [(row_preset, r) for _, row_preset, r in rows]
+    else:
+        jobs = [(preset, r) for r in core.expand(preset, core.parse_grid(args.grid), max_variant=args.max,
+                                                 prefix=args.prefix)]
+    runs = [r for _, r in jobs]
     paths = core.Paths(data=args.data, bpe_dir=args.bpe_dir, opt_checkpoints=args.opt_checkpoints,
                        checkpoints_dir=args.checkpoints_dir, user_dir=args.user_dir)
     sbatch_kw = dict(partition=args.partition, account=args.account, cpus_per_task=args.cpus_per_task)
     print(f"# preset {preset.name}{' (Max)' if args.max else ''} from {preset.path}; "
           f"mixture {preset.mixture.name} ({preset.mixture.path}); {len(runs)} run(s)")
-    for i, r in enumerate(runs):
+    for i, (preset, r) in enumerate(jobs):
         if args.dry_run:
             print(f"\n# run {i + 1}/{len(runs)}: {r.name}")
             print(core.shell_join(core.train_command(preset, r, paths, args.launcher, dry_run=True)))

@@ -15,16 +15,19 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from optiml_plugin.benchfiles import Bench, TaskFile, file_stem, normalize_name
+from optiml_plugin.conventions import EVAL_SPLITS, LEVEL_INSTANCES
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.recipe import number
 from optiml_plugin.yamlio import read_yaml
 
 TOLERANCE = 1e-6
+#: the splits of held-out instances: their tasks are the fully supervised level, kept by task scaling
+HELDOUT_INSTANCE_SPLITS = tuple(s for s in EVAL_SPLITS if s.endswith(LEVEL_INSTANCES))
 
 
 @dataclass
@@ -34,6 +37,17 @@ class MixtureConfig:
     proportions: Optional[Dict[str, float]] = None
     eps: Optional[int] = 4096
     caps: Optional[Dict[str, int]] = None
+    max_tasks: Optional[int] = None   # task scaling: the first N tasks of `task_order` (None: all)
+
+
+def task_order(stems: Sequence[str], first: Iterable[str] = ()) -> List[int]:
+    """Indices of `stems` in the fixed order task scaling takes them from (paper Tab 16, §4.4: nested
+    subsets that always include the fully supervised tasks): the tasks in `first` (those with held-out
+    instances), then the rest, each group by a hash of the task's file stem, so the order depends neither
+    on the bench's file order nor on the run seed, and the first 16 tasks are among the first 64."""
+    first = set(first)
+    keys = [hashlib.sha1(f"optiml-task-scaling\0{s}".encode("utf-8")).digest()[:8] for s in stems]
+    return sorted(range(len(stems)), key=lambda i: (stems[i] not in first, keys[i], stems[i]))
 
 
 def validate_proportions(props: Mapping[str, Any], benchmarks: Optional[Iterable[str]] = None
@@ -134,6 +148,8 @@ class Mixture:
                 probs[sel] = benchmark_probs[b] * task_weights[sel] / mass[b]
         self.probs = probs / probs.sum()
         self.sizes = np.array([t.count for t in tasks], dtype=np.int64)
+        self.left_out_tasks: List[str] = []          # task scaling: training tasks not in the mixture
+        self.dropped_shares: Dict[str, float] = {}   # task scaling: shares of benchmarks left without tasks
 
     @classmethod
     def from_bench(cls, bench: Bench, config: MixtureConfig, split: str = "train") -> "Mixture":
@@ -152,6 +168,15 @@ class Mixture:
         empty = [file_stem(t.benchmark, t.category, t.task) for t in all_files if t.count == 0]
         if not tasks:
             raise ConfigError(f"{bench.root}: split {split!r} has no examples to sample from")
+        left_out: List[str] = []
+        if config.max_tasks is not None:
+            n = _check_positive_int(config.max_tasks, "mixture max_tasks (data.max_train_tasks)")
+            stems = [file_stem(t.benchmark, t.category, t.task) for t in tasks]
+            supervised = {file_stem(t.benchmark, t.category, t.task) for s in HELDOUT_INSTANCE_SPLITS
+                          for t in bench.task_files(s) if t.count > 0}
+            keep = set(task_order(stems, first=supervised)[:n])
+            left_out = [stems[i] for i in range(len(tasks)) if i not in keep]
+            tasks = [t for i, t in enumerate(tasks) if i in keep]
         benchmarks = sorted({t.benchmark for t in tasks})
         bidx = {b: i for i, b in enumerate(benchmarks)}
         benchmark_of_task = np.array([bidx[t.benchmark] for t in tasks], dtype=np.int64)
@@ -159,6 +184,11 @@ class Mixture:
                            dtype=np.int64)
         mass = np.bincount(benchmark_of_task, weights=weights, minlength=len(benchmarks))
         requested = {by_norm[normalize_name(k)]: float(v) for k, v in props.items()}
+        dropped = {}
+        if left_out:  # task scaling: a benchmark left without tasks gives its share back, said in the table
+            dropped = {b: v for b, v in requested.items() if b not in bidx}
+            kept_total = 1.0 - sum(dropped.values())
+            requested = {b: v / kept_total for b, v in requested.items() if b in bidx} if kept_total > 0 else {}
         for name, share in requested.items():
             if share > 0 and name not in bidx:
                 raise ConfigError(f"benchmark {name!r} has share {share} but no examples in split "
@@ -181,7 +211,9 @@ class Mixture:
         if bprobs.sum() <= 0:
             raise ConfigError(f"benchmark proportions give every benchmark with examples in split "
                               f"{split!r} a zero share")
-        return cls(tasks, benchmarks, benchmark_of_task, weights, bprobs, requested, config, empty, split)
+        mixture = cls(tasks, benchmarks, benchmark_of_task, weights, bprobs, requested, config, empty, split)
+        mixture.left_out_tasks, mixture.dropped_shares = left_out, dropped
+        return mixture
 
     def fingerprint(self) -> str:
         """Hash of tasks, sizes and probabilities: a stream state only resumes on the same mixture."""
@@ -225,6 +257,11 @@ class Mixture:
         if self.empty_tasks:
             lines.append(f"{len(self.empty_tasks)} tasks with no examples in split {self.split!r} "
                          f"are not sampled")
+        if self.left_out_tasks:
+            lines.append(f"task scaling: the first {len(self.tasks)} training tasks are kept, "
+                         f"{len(self.left_out_tasks)} left out" + (
+                             f"; shares of benchmarks left without tasks given back to the others: "
+                             f"{self.dropped_shares}" if self.dropped_shares else ""))
         return "\n".join(lines)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -245,4 +282,7 @@ class Mixture:
                        "probability": float(p)}
                       for t, n, w, p in zip(self.tasks, self.sizes, self.task_weights, self.probs)],
             "empty_tasks": list(self.empty_tasks),
+            "max_tasks": self.config.max_tasks,
+            "left_out_tasks": list(self.left_out_tasks),
+            "dropped_shares": dict(self.dropped_shares),
         }

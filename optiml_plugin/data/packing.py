@@ -75,6 +75,7 @@ class PackItem:
     n_src: int
     cut_left: int = 0    # source tokens removed from the left
     cut_right: int = 0   # target tokens (incl. `</s>`) removed from the right
+    demos: int = 0       # demonstrations before the example (data.demonstrations), inside `tokens`
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -121,6 +122,7 @@ class Block:
     cut_left_tokens: int
     cut_right_examples: int
     cut_right_tokens: int
+    demos: List[int] = field(default_factory=list)   # per segment: demonstrations before its example
 
     @property
     def n_tokens(self) -> int:
@@ -152,7 +154,8 @@ def build_block(items: Sequence[PackItem], block_size: int, pad_id: int = PAD_ID
                  cut_left_examples=sum(1 for it in items if it.cut_left),
                  cut_left_tokens=sum(it.cut_left for it in items),
                  cut_right_examples=sum(1 for it in items if it.cut_right),
-                 cut_right_tokens=sum(it.cut_right for it in items))
+                 cut_right_tokens=sum(it.cut_right for it in items),
+                 demos=[it.demos for it in items])
 
 
 @dataclass

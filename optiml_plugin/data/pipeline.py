@@ -23,6 +23,7 @@ import torch
 
 from optiml_plugin.conventions import PAD_ID
 from optiml_plugin.hashing import GOLDEN, MASK64, mix64
+from optiml_plugin.data.demonstrations import Demonstrations
 from optiml_plugin.data.packing import Block, Packer, PackingConfig, PackingStats, PackItem, build_block, make_item
 from optiml_plugin.data.tokenizer import OptTokenizer
 from optiml_plugin.errors import BadRecordError, ConfigError, mismatch_error
@@ -31,10 +32,14 @@ STATE_VERSION = 1
 STATE_WORDS = {"tokens_per_sample": "data.tokens_per_sample", "strategy": "the packing strategy",
                "window": "the packing window", "truncation": "the truncation side",
                "batch_size": "data.batch_size", "seed": "the seed (run.seed)",
-               "shuffle_buffer": "the shuffle buffer", "vocab_size": "the tokenizer's vocabulary size"}
+               "shuffle_buffer": "the shuffle buffer", "vocab_size": "the tokenizer's vocabulary size",
+               "demonstrations": "the demonstration settings (data.metaicl_*, data.fewshot_share, "
+                                 "data.max_demonstrations)"}
 DEFAULT_ENCODE_CHUNK = 256
-# a chunk of stream examples and the future of its (src_ids, tgt_ids) pairs
-_InFlight = Tuple[List[Any], "Future[List[Tuple[List[int], List[int]]]]"]
+# an example's (src_ids, tgt_ids, demonstrations kept)
+Encoded = Tuple[List[int], List[int], int]
+# a chunk of stream examples and the future of its encodings
+_InFlight = Tuple[List[Any], "Future[List[Encoded]]"]
 
 
 def collate_blocks(blocks: Sequence[Block], rows: Optional[int] = None,
@@ -91,8 +96,8 @@ def collate_blocks(blocks: Sequence[Block], rows: Optional[int] = None,
         is_target[r] = block.is_target
         segments[r] = block.segment_ids
         positions[r] = block.positions
-        bench[r] = np.asarray([-1] + list(block.benchmark_ids), dtype=np.int64)[block.segment_ids]
-        task[r] = np.asarray([-1] + list(block.task_ids), dtype=np.int64)[block.segment_ids]
+        bench[r] = _per_token(block, block.benchmark_ids)
+        task[r] = _per_token(block, block.task_ids)
     loss_mask = is_target[:, 1:]
     target = np.where(loss_mask, tokens[:, 1:], pad_id)
     as_t = torch.from_numpy
@@ -102,6 +107,17 @@ def collate_blocks(blocks: Sequence[Block], rows: Optional[int] = None,
             "position_ids": as_t(np.ascontiguousarray(positions[:, :-1])),
             "benchmark_ids": as_t(np.ascontiguousarray(bench[:, :-1])),
             "task_ids": as_t(np.ascontiguousarray(task[:, :-1]))}
+
+
+def _per_token(block: Block, values: Sequence[int]) -> np.ndarray:
+    """Each token's value of its segment (`values` per segment; -1 on padding)."""
+    return np.asarray([-1] + list(values), dtype=np.int64)[block.segment_ids]
+
+
+def segment_values(blocks: Sequence[Block], name: str) -> torch.Tensor:
+    """[B, L] per token: the block attribute `name` (a value per segment) of the token's example, -1 on
+    padding, aligned with `input_ids`."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack([_per_token(b, getattr(b, name)) for b in blocks])[:, :-1]))
 
 
 def _source_target(example: Any) -> Sequence[str]:
@@ -126,13 +142,16 @@ class PackedBatches:
     `stream` is duck-typed: an iterable of examples with `index`, `task_id`, `benchmark_id`, `row`
     (a dict with "src" and "tgt"), plus `example(i)`, `state_dict()` and `load_state_dict()`, and
     optionally `take(n)` (the next n examples at once) (data.stream.ExampleStream).
+    `demonstrations` (data.demonstrations; MetaICL training, mixed prompts) puts demonstrations before
+    each example; the batch then carries `demo_k` [B, L], the k of each token's example (-1 on padding).
     `shuffle_buffer` counts blocks (default 10 x batch_size, the authors' 10 x batch x shards per
     shard); 0 disables shuffling. `drop_last` drops a final partial batch of a finite stream.
     """
 
     def __init__(self, stream: Any, tokenizer: OptTokenizer, packing: PackingConfig, batch_size: int,
                  seed: int, shuffle_buffer: Optional[int] = None, drop_last: bool = True,
-                 encode_chunk: int = DEFAULT_ENCODE_CHUNK, prefetch: bool = True) -> None:
+                 encode_chunk: int = DEFAULT_ENCODE_CHUNK, prefetch: bool = True,
+                 demonstrations: Optional[Demonstrations] = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         buffer = 10 * batch_size if shuffle_buffer is None else shuffle_buffer
@@ -149,6 +168,8 @@ class PackedBatches:
         self.drop_last = drop_last
         self.encode_chunk = int(encode_chunk)
         self.prefetch = prefetch
+        self.demonstrations = demonstrations
+        self._separator = tokenizer.encode(demonstrations.config.separator) if demonstrations else []
         self._executor: Optional[ThreadPoolExecutor] = None
         self._inflight: Optional[_InFlight] = None  # a chunk read, its encoding under way
         self.stats = PackingStats()   # over every block yielded so far
@@ -165,15 +186,36 @@ class PackedBatches:
         self._iter: Optional[Iterator[Any]] = None
 
     # ---- tokenization -------------------------------------------------------------------------
-    def _encode(self, examples: Sequence[Any]) -> List[Tuple[List[int], List[int]]]:
-        return self.tokenizer.encode_pairs([_source_target(ex) for ex in examples])
+    def _texts(self, examples: Sequence[Any]) -> List[List[Tuple[str, str]]]:
+        """Per example, the (src, tgt) texts to encode: its demonstrations (read here, on the calling
+        thread) and itself."""
+        pairs = [_source_target(ex) for ex in examples]
+        if self.demonstrations is None:
+            return [[pair] for pair in pairs]
+        return [self.demonstrations.texts(ex) for ex in examples]
 
-    def _make_items(self, examples: Sequence[Any],
-                    pairs: Sequence[Tuple[List[int], List[int]]]) -> List[PackItem]:
+    def _encode_texts(self, groups: Sequence[Sequence[Tuple[str, str]]]) -> List[Encoded]:
+        """(src_ids, tgt_ids, k demonstrations kept) per example; one `encode_batch` call."""
+        ids = self.tokenizer.encode_pairs([pair for group in groups for pair in group])
+        if self.demonstrations is None:
+            return [(src, tgt, 0) for src, tgt in ids]
+        out, at = [], 0
+        for group in groups:
+            done = self.demonstrations.assemble(ids[at:at + len(group)], self._separator,
+                                                self.packing.block_size)
+            out.append((done.src_ids, done.tgt_ids, done.k))
+            at += len(group)
+        return out
+
+    def _encode(self, examples: Sequence[Any]) -> List[Encoded]:
+        return self._encode_texts(self._texts(examples))
+
+    def _make_items(self, examples: Sequence[Any], encoded: Sequence[Encoded]) -> List[PackItem]:
         items = []
-        for ex, (src, tgt) in zip(examples, pairs):
+        for ex, (src, tgt, k) in zip(examples, encoded):
             item = make_item(src, tgt, self.packing, index=ex.index, task_id=ex.task_id,
                              benchmark_id=ex.benchmark_id, eos_id=self.tokenizer.eos_id)
+            item.demos = k
             items.append(item)
         return items
 
@@ -190,7 +232,7 @@ class PackedBatches:
     def _launch(self) -> _InFlight:
         """Read a chunk here and start encoding it on the background thread; a failed read is
         kept in the future, to surface when the chunk is due (as a read in the background would)."""
-        future: "Future[List[Tuple[List[int], List[int]]]]"
+        future: "Future[List[Encoded]]"
         try:
             examples = self._read_examples()
         except Exception as err:  # re-raised, unchanged, by future.result() when the chunk is due
@@ -199,7 +241,7 @@ class PackedBatches:
             return [], future
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optiml-tokenize")
-        return examples, self._executor.submit(self._encode, examples)
+        return examples, self._executor.submit(self._encode_texts, self._texts(examples))
 
     def _read_more(self) -> bool:
         """Move the next tokenized chunk into the pending queue.
@@ -289,6 +331,8 @@ class PackedBatches:
             self.stats.add_block(block)
         batch["stats"] = batch_stats.to_dict()
         batch["example_indices"] = [list(b.indices) for b in blocks]
+        if self.demonstrations is not None:   # k per token, counted by the telemetry where trained
+            batch["demo_k"] = segment_values(blocks, "demos")
         return batch
 
     # ---- exact state --------------------------------------------------------------------------
@@ -296,7 +340,8 @@ class PackedBatches:
         p = self.packing
         return {"tokens_per_sample": p.tokens_per_sample, "strategy": p.strategy, "window": p.window,
                 "truncation": p.truncation, "batch_size": self.batch_size, "seed": self.seed,
-                "shuffle_buffer": self.shuffle_buffer, "vocab_size": self.tokenizer.vocab_size}
+                "shuffle_buffer": self.shuffle_buffer, "vocab_size": self.tokenizer.vocab_size,
+                "demonstrations": self.demonstrations.config.identity() if self.demonstrations else None}
 
     def state_dict(self) -> Dict[str, Any]:
         """JSON-serializable: the stream's state plus the stream indices of every held example."""

@@ -29,6 +29,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from optiml_plugin.benchfiles import Bench, TaskFile
+from optiml_plugin.data.demonstrations import DemoConfig, Demonstrations
 from optiml_plugin.data.mixture import Mixture, MixtureConfig
 from optiml_plugin.data.packing import Block, PackingConfig, build_block, pack
 from optiml_plugin.data.pipeline import PackedBatches, collate_blocks
@@ -43,7 +44,30 @@ VALIDATION_STRATEGY = "sequential"
 
 def mixture_config(data: DataFields) -> MixtureConfig:
     """The mixture of the recipe's data settings (`eps: 0`, the one spelling of no cap, is None here)."""
-    return MixtureConfig(proportions=data.benchmark_proportions, eps=data.eps or None, caps=data.benchmark_caps)
+    return MixtureConfig(proportions=data.benchmark_proportions, eps=data.eps or None, caps=data.benchmark_caps,
+                         max_tasks=data.max_train_tasks)
+
+
+def demo_config(data: DataFields) -> DemoConfig:
+    return DemoConfig(zipf_a=data.metaicl_zipf_a, suffix_loss=data.metaicl_suffix_loss,
+                      fewshot_share=data.fewshot_share, max_k=data.max_demonstrations)
+
+
+def demonstrations(bench: Bench, stream: ExampleStream, data: DataFields, seed: int) -> Optional[Demonstrations]:
+    """The demonstration drawer of MetaICL training / mixed prompts (None when both are off): rows of
+    the example's own training task file, read through the stream's bench."""
+    config = demo_config(data)
+    if not config.active:
+        return None
+    mixture = stream.mixture
+    return Demonstrations(config, seed, mixture.benchmarks, mixture.sizes, stream.locate,
+                          lambda task_id, rows: [bench.read(mixture.tasks[task_id], r) for r in rows])
+
+
+def run_telemetry(data: DataFields, benchmarks: Sequence[str]) -> Telemetry:
+    """The metric schema of a run on the mixture's `benchmarks` (both trainers build it here)."""
+    return Telemetry(benchmarks, data.loss_normalization,
+                     max_demos=data.max_demonstrations if demo_config(data).active else 0)
 
 
 def packing_config(data: DataFields, strategy: Optional[str] = None) -> PackingConfig:
@@ -134,7 +158,8 @@ def open_run(bench: Bench, tokenizer: OptTokenizer, data: DataFields, batch_size
     mixture = Mixture.from_bench(bench, mixture_config(data), split="train")
     stream = ExampleStream(bench, mixture, seed=seed, rank=rank, world_size=world_size)
     batches = PackedBatches(stream, tokenizer, packing_config(data), batch_size, seed,
-                            shuffle_buffer=data.shuffle_buffer)
+                            shuffle_buffer=data.shuffle_buffer,
+                            demonstrations=demonstrations(bench, stream, data, seed))
     subsets = valid_subsets if valid_subsets is not None else {s: [s] for s in data.valid_splits}
     validation = {}
     for name, splits in subsets.items():
@@ -143,4 +168,4 @@ def open_run(bench: Bench, tokenizer: OptTokenizer, data: DataFields, batch_size
         if subset.batches:
             validation[name] = subset
     return Run(tokenizer, mixture, stream, batches, validation,
-               Telemetry(mixture.benchmarks, data.loss_normalization))
+               run_telemetry(data, mixture.benchmarks))

@@ -96,9 +96,20 @@ def chart(runs: Sequence[Run], path: Path) -> str:
                      title="score per generalization level (95% bootstrap intervals)")
 
 
-def compare(paths: Sequence[str], out: Path, names: Optional[Sequence[str]] = None, seed: int = 0
-            ) -> Tuple[Path, Path]:
-    """Write compare.md and compare.png into `out`; returns their paths."""
+def shot_means(run: Run) -> Dict[int, Optional[float]]:
+    """Per shot count, the mean of the run's generalization-level scores (the figure set beside a paper
+    ablation's column)."""
+    by_shots: Dict[int, List[float]] = {}
+    for x in run.results["aggregate"]["levels"]:
+        if x.get("score") is not None:
+            by_shots.setdefault(int(x["shots"]), []).append(float(x["score"]))
+    return {k: sum(v) / len(v) for k, v in by_shots.items()}
+
+
+def compare(paths: Sequence[str], out: Path, names: Optional[Sequence[str]] = None, seed: int = 0,
+            reference: Optional[Any] = None) -> Tuple[Path, Path]:
+    """Write compare.md and compare.png into `out`; returns their paths. `reference` (an
+    `ablations.Ablation`) adds the paper's column for the table it reproduces."""
     from optiml_plugin.benchfiles import atomic_write_bytes
 
     if len(paths) < 1:
@@ -110,5 +121,10 @@ def compare(paths: Sequence[str], out: Path, names: Optional[Sequence[str]] = No
         raise ConfigError("two runs have the same name; give --names")
     out.mkdir(parents=True, exist_ok=True)
     chart(runs, out / CHART)
-    atomic_write_bytes(out / TABLE, markdown(runs).encode("utf-8"))
+    text = markdown(runs)
+    if reference is not None:
+        from optiml_plugin.ablations import reference_table
+
+        text += "\n" + "\n".join(reference_table(reference, [(r.name, shot_means(r)) for r in runs])) + "\n"
+    atomic_write_bytes(out / TABLE, text.encode("utf-8"))
     return out / TABLE, out / CHART

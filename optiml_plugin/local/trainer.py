@@ -42,6 +42,7 @@ from optiml_plugin.loss import example_groups, token_coefficients
 from optiml_plugin.telemetry import Counters, add, flat, from_vector, nested, scalars, to_vector
 
 BATCH_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "position_ids", "benchmark_ids")
+OPTIONAL_KEYS = ("demo_k",)   # MetaICL / mixed prompts: the telemetry counts each example's demonstrations
 
 
 def lr_lambda(warmup: int, total: int):
@@ -150,6 +151,8 @@ class Trainer:
                              rank=self.dist.rank, world_size=self.dist.world_size)
         self.batches = self.data.batches
         self.telemetry = self.data.telemetry
+        if self.dist.is_main:  # the mixture trained on (tasks, shares, tasks left out by task scaling)
+            (self.out / "mixture.json").write_text(json.dumps(self.data.mixture.to_dict(), indent=1) + "\n")
         if self.dist.is_main:  # what the per-task cap used and left out, per task
             (self.out / "validation_sets.json").write_text(json.dumps(
                 [vset.counts() for subset in self.data.validation.values() for vset in subset.sets],
@@ -192,14 +195,14 @@ class Trainer:
 
     def _forward(self, batch: Dict[str, torch.Tensor], scale: float) -> Tuple[torch.Tensor, Counters]:
         """(`scale` x the loss numerator, to backward; the micro-batch's telemetry counters)."""
-        batch = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS}
+        batch = {k: batch[k].to(self.device, non_blocking=True) for k in BATCH_KEYS + OPTIONAL_KEYS if k in batch}
         groups = example_groups(batch["segment_ids"], batch["loss_mask"])
         with self._autocast():
             loss, nll = self.model(batch["loss_mask"], batch["target_ids"],
                                    token_coefficients(groups, self.cfg.data.loss_normalization) * scale,
                                    **self.attention.model_inputs(batch))
         return loss, self.telemetry.train_counters(nll, batch["loss_mask"], batch["segment_ids"],
-                                                   batch["benchmark_ids"])
+                                                   batch["benchmark_ids"], batch.get("demo_k"))
 
     def train_step(self, micro: List[Dict[str, Any]]) -> Dict[str, Any]:
         """Forward/backward every micro-batch with the update's global normalizer, clip, step; returns the

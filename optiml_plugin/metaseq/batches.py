@@ -41,6 +41,8 @@ def to_metaseq_sample(batch: Dict[str, Any], ids: torch.Tensor, pad: int = PAD_I
     }
     if "benchmark_ids" in batch:
         sample["benchmark_ids"] = batch["benchmark_ids"].long()
+    if "demo_k" in batch:   # MetaICL / mixed prompts: demonstrations per token's example
+        sample["demo_k"] = batch["demo_k"].long()
     if valid_groups is not None:
         sample["task_ids"] = batch["task_ids"].long()
         sample["valid_groups"] = list(valid_groups)

@@ -17,6 +17,7 @@ from metaseq.criterions import BaseCriterion, register_criterion
 from metaseq.distributed import utils as distributed_utils
 
 from optiml_plugin.metaseq.lossmath import loss_and_logging, reduced_scalars, target_nll
+from optiml_plugin.data.training_data import run_telemetry
 from optiml_plugin.telemetry import Telemetry
 
 CRITERION_NAME = "target_only_cross_entropy"
@@ -27,8 +28,8 @@ class TargetOnlyCrossEntropyCriterion(BaseCriterion):
     def __init__(self, task: Any) -> None:
         super().__init__(task)
         settings = getattr(task, "settings", None)
-        normalize = settings.fields.loss_normalization if settings is not None else "token"
-        self.telemetry = Telemetry(list(getattr(task, "benchmarks", [])), normalize)
+        benchmarks = list(getattr(task, "benchmarks", []))
+        self.telemetry = run_telemetry(settings.fields, benchmarks) if settings is not None else Telemetry(benchmarks)
 
     def forward(self, model: Any, sample: Dict[str, Any], reduce: bool = True) -> Tuple[Any, Any, Dict[str, Any]]:
         logits = model(**sample["net_input"])[0]

@@ -56,7 +56,8 @@ def loss_and_logging(nll: torch.Tensor, sample: Dict[str, Any], telemetry: Telem
         counters = telemetry.valid_counters(nll, sample["task_ids"][mask], sample["valid_groups"])
         loss, sample_size = nll.sum(), counters["target_tokens"]
     else:
-        counters = telemetry.train_counters(nll, mask, sample["segment_ids"], sample["benchmark_ids"])
+        counters = telemetry.train_counters(nll, mask, sample["segment_ids"], sample["benchmark_ids"],
+                                            sample.get("demo_k"))
         loss, sample_size = train_loss(nll, mask, sample["segment_ids"], telemetry.normalize)
     log.update(counters)
     log.update(loss=loss.detach(), sample_size=sample_size)

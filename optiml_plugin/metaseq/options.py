@@ -64,6 +64,14 @@ class TaskOptions:
                                                  "(paper §4.1; 0: all)")
     loss_normalization: str = _opt("token", "token: mean over target tokens (paper); example: mean of "
                                             "per-example means", LOSS_NORMALIZATIONS)
+    max_train_tasks: Optional[int] = _opt(None, "task scaling (paper Tab 16): the first N training tasks of a fixed "
+                                                "order, fully supervised tasks first (default: all)")
+    metaicl_zipf_a: Optional[float] = _opt(None, "MetaICL training (§4.8): k ~ Zipf(a) demonstrations of the same "
+                                                 "task before each example, k <= --max-demonstrations (default: off)")
+    metaicl_suffix_loss: bool = _opt(False, "MetaICL's suffix loss: on the first demonstration's target and after")
+    fewshot_share: Optional[str] = _opt("", "Flan-style mixed prompts: per benchmark, the share of examples trained "
+                                            "few-shot, as a JSON object")
+    max_demonstrations: int = _opt(5, "most demonstrations before an example (MetaICL's K = 5)")
 
 
 def _get(cfg: Any, name: str, default: Any = None) -> Any:
@@ -95,7 +103,7 @@ def fields_from_cfg(cfg: Any) -> DataFields:
         value = getattr(value, "value", value)  # metaseq's ChoiceEnum members
         if name == "benchmark_proportions":
             value = parse_proportions(value) if value is not None and str(value).strip() else None
-        elif name == "benchmark_caps":
+        elif name in ("benchmark_caps", "fewshot_share"):
             value = _json_object(value, name)
         elif name == "valid_splits":
             parts = value.split(",") if isinstance(value, str) else list(value or [])

@@ -134,6 +134,13 @@ HPARAMS: Tuple[HParam, ...] = (
     HParam("shuffle_buffer", "--shuffle-buffer", _k("shuf{}"), optional=True),
     HParam("loss_normalization", "--loss-normalization", _k("norm_{}"), optional=True),
     HParam("valid_splits", "--valid-splits", lambda v, cfg: "vs_" + "_".join(v), optional=True),
+    HParam("max_train_tasks", "--max-train-tasks", _k("ntasks{}"), optional=True),
+    HParam("metaicl_zipf_a", "--metaicl-zipf-a", _k("zipf{}"), optional=True),
+    HParam("metaicl_suffix_loss", "--metaicl-suffix-loss", lambda v, cfg: "suffix" if v else "nosuffix",
+           binary=True, optional=True),
+    HParam("fewshot_share", "--fewshot-share", lambda v, cfg: "fewshot_" + "_".join(
+        f"{k}{_fmt(x)}" for k, x in sorted(v.items())), optional=True),
+    HParam("max_demonstrations", "--max-demonstrations", _k("maxk{}"), optional=True),
     HParam("save_every", "--save-interval-updates", _k("si{}")),
     HParam("valid_every", "--validate-interval-updates", _k("vi{}")),
     HParam("max_valid_examples_per_task", "--max-valid-examples-per-task", _k("mve{}")),

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping
 
 from optiml_plugin.bench.records import Record
-from optiml_plugin.bench.sources import flan, generic, hf_datasets, p3, sni, text
+from optiml_plugin.bench.sources import dialogue, flan, generic, hf_datasets, p3, sni, text
 from optiml_plugin.bench.sources.base import SourceSpec, parse_spec
 from optiml_plugin.errors import BadRecordPolicy, ConfigError
 
-LOADERS = {"sni": sni, "p3": p3, "flan": flan, "generic": generic, "text": text, "datasets": hf_datasets}
+LOADERS = {"sni": sni, "p3": p3, "flan": flan, "generic": generic, "text": text, "dialogue": dialogue,
+           "datasets": hf_datasets}
 #: benchmark key each source type gets unless the entry sets `benchmark` (generic: per row or entry)
 DEFAULT_BENCHMARKS: Dict[str, Any] = {name: mod.DEFAULT_BENCHMARK for name, mod in LOADERS.items()}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from optiml_plugin.bench.records import Record
 from optiml_plugin.bench.sources.base import RecordGate, SourceSpec, has_suffix
@@ -24,32 +24,50 @@ DEFAULT_CATEGORY = "Pretraining"
 DOCUMENT_MODES = ("file", "paragraphs")
 
 
+#: a row's text, or None after reporting it bad: (row, path, line, gate) -> text
+RowText = Callable[[Dict[str, Any], Path, int, RecordGate], Optional[str]]
+
+
 def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
-    mode = spec.option("documents", "file")
-    if mode not in DOCUMENT_MODES:
-        raise ConfigError(f"source '{spec.path}': 'documents' must be one of {DOCUMENT_MODES}, got {mode!r}")
     text_field = spec.option("text_field", "text")
     if not isinstance(text_field, str) or not text_field:
         raise ConfigError(f"source '{spec.path}': 'text_field' must be a non-empty string")
-    benchmark = spec.benchmark or DEFAULT_BENCHMARK
-    task = spec.option("task") or benchmark
-    root = Path(os.path.commonpath([str(f.parent) for f in spec.files]))
 
-    def make(text: Any, rid: str, meta: Optional[Dict[str, Any]] = None) -> Record:
-        return Record(benchmark=benchmark, task=task, category=spec.category or DEFAULT_CATEGORY,
-                      sources=(task,), instruction="", input="",
-                      outputs=(text.rstrip("\n"),) if isinstance(text, str) else text, id=rid,
-                      language=spec.language or "en", meta=meta or {})
-
-    def build_row(row: Dict[str, Any], path: Path, line: int, _task: Any, gate: RecordGate) -> Optional[Record]:
+    def row_text(row: Dict[str, Any], path: Path, line: int, gate: RecordGate) -> Optional[str]:
         if text_field not in row:
             gate.bad(path, line, text_field, "missing_field", f"row has no '{text_field}'")
             return None
         if not isinstance(row[text_field], str):
             gate.bad(path, line, text_field, "wrong_type", f"'{text_field}' must be a string")
             return None
+        return row[text_field]
+
+    return load_documents(spec, policy, DEFAULT_BENCHMARK, DEFAULT_CATEGORY, "file", row_text)
+
+
+def load_documents(spec: SourceSpec, policy: BadRecordPolicy, default_benchmark: str, default_category: str,
+                   default_mode: str, row_text: RowText) -> Iterator[Record]:
+    """Records whose whole text is the target (empty instruction and input): `.txt` files by
+    `documents` mode, table rows through `row_text` (shared by the `text` and `dialogue` sources)."""
+    mode = spec.option("documents", default_mode)
+    if mode not in DOCUMENT_MODES:
+        raise ConfigError(f"source '{spec.path}': 'documents' must be one of {DOCUMENT_MODES}, got {mode!r}")
+    benchmark = spec.benchmark or default_benchmark
+    task = spec.option("task") or benchmark
+    root = Path(os.path.commonpath([str(f.parent) for f in spec.files]))
+
+    def make(text: Any, rid: str, meta: Optional[Dict[str, Any]] = None) -> Record:
+        return Record(benchmark=benchmark, task=task, category=spec.category or default_category,
+                      sources=(task,), instruction="", input="",
+                      outputs=(text.rstrip("\n"),) if isinstance(text, str) else text, id=rid,
+                      language=spec.language or "en", meta=meta or {})
+
+    def build_row(row: Dict[str, Any], path: Path, line: int, _task: Any, gate: RecordGate) -> Optional[Record]:
+        text = row_text(row, path, line, gate)
+        if text is None:
+            return None
         rid = row["id"] if isinstance(row.get("id"), str) else f"{task}-{_relative(path, root)}-{line}"
-        return make(row[text_field], rid)
+        return make(text, rid)
 
     gate = RecordGate(spec, policy)
     if gate.wanted(task):
