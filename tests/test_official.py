@@ -56,7 +56,7 @@ def test_official_splits_feed_the_fully_supervised_level(data):
 def test_default_states_random_rows(data):
     m = build_bench(config(data), data / "bench", progress=False)
     assert m["split_plan"]["heldout_instances"] == {
-        "mode": "random", "from": "random rows of every training task", "official_split_tasks": []}
+        "mode": "random", "from": "random examples of every training task", "official_split_tasks": []}
     test = rows(data / "bench", m, "sst2", "test_heldout_instances")
     assert len(test) == 3 and any("-train-" in i for i in test)
     with pytest.raises(ConfigError, match="'heldout_instances' must be one of random, official"):
