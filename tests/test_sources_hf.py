@@ -78,7 +78,7 @@ def test_bad_rows_name_the_location_and_are_counted_when_skipping(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(
         dict(SNI, targets=["Who?", " "]))}).save_to_disk(str(tmp_path / "sni"))
     spec = {"type": "datasets", "format": "sni", "path": str(tmp_path / "sni"), "category": "QG"}
-    with pytest.raises(BadRecordError, match=r"sni/train:2: field 'outputs'"):
+    with pytest.raises(BadRecordError, match=r"sni/train:2: field 'targets'.*column 'targets'"):
         _load(spec)
     records, policy = _load(spec, mode="skip")
     assert len(records) == 1 and policy.read == 2 and policy.skipped == {"empty_field": 1}

@@ -11,6 +11,7 @@ does not depend on which worker ran which task.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -337,7 +338,9 @@ class Phases:
         removed.update(exact_input_match=len(hits), train_cap=len(kept) - len(capped))
         recs = self._records(key, set(capped) | set(valid) | set(test) | {0})
         rendered = {i: render(r, seed, config.prompt_format) for i, r in recs.items()}
-        pairs = self.ngrams.pairs(key, [_text(rendered[i]) for i in capped], dc.threshold)
+        pairs = [dataclasses.replace(p, train_texts=tuple((recs[capped[j]].id, _text(rendered[capped[j]]))
+                                                          for j in p.train_examples))
+                 for p in self.ngrams.pairs(key, [_text(rendered[i]) for i in capped], dc.threshold)]
         if dc.drop_flagged and any(not dc.cleared(p.train_task[1], p.eval_task[1]) for p in pairs):
             removed["ngram_overlap"] += len(capped) + len(valid) + len(test)
             return _Written(key, {}, {}, removed, len(hits), pairs, dropped=True, multiplexed=mux,
