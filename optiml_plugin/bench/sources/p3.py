@@ -12,10 +12,10 @@ The task is the dataset, not the template (prompt multiplexing, bench/multiplex.
 `template_name` loses that suffix; a task without a template column is matched against the dataset
 prefixes of P3 (`dataset_prefixes` replaces them; `group_templates: false` keeps one task per
 template). Ids keep the per-template name, so instantiations of one example stay distinct; an
-integer `idx` (the example's number in its split) names the example they share, so every rendering
-of it is held out together (bench/examples.py; `example_id` or `example_fields` name it otherwise).
-ANLI's exports end in their round (`anli_GPT_3_style_r1`): each round is its own task
-(`anli_r1`), as the paper reports R1/R2/R3 apart.
+integer `idx` (the example's number in its split, which goes into the id with the split) names the
+example they share, so every rendering of it is held out together (bench/examples.py;
+`example_id` or `example_fields` name it otherwise). ANLI's exports end in their round
+(`anli_GPT_3_style_r1`): each round is its own task (`anli_r1`), as the paper reports R1/R2/R3 apart.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 from optiml_plugin.bench.records import Record
 from optiml_plugin.bench.sources.base import (RecordGate, SourceSpec, candidates_value, outputs_value,
-                                             row_fields, sources_value, task_name)
+                                             release_split, row_fields, sources_value, task_name)
 from optiml_plugin.bench.sources.tabular import (TABLE_SUFFIXES, Build, TaskOf, inputs_and_targets,
                                                 load_rows)
 from optiml_plugin.errors import BadRecordPolicy, ConfigError
@@ -135,7 +135,12 @@ def row_builder(spec: SourceSpec) -> Tuple[TaskOf, Build]:
         fields.update(sources=sources_value(row, task if isinstance(task, str) else str(task)),
                       template=template)
         idx = row.get("idx")  # the example's number in its dataset split, the same under every template
-        meta = {"example": str(idx)} if isinstance(idx, int) and not isinstance(idx, bool) else {}
+        meta = {}
+        if isinstance(idx, int) and not isinstance(idx, bool) and not isinstance(row.get("id"), str):
+            meta["example"] = str(idx)
+            split = row.get("split") if isinstance(row.get("split"), str) else release_split(path)
+            if split:  # each split counts from 0
+                fields["id"] = f"{fields['id'][:-len(str(idx))]}{split}-{idx}"
         return Record(benchmark=spec.benchmark or DEFAULT_BENCHMARK, task=task, instruction="",
                       input=inputs, outputs=outputs_value(targets),
                       candidates=candidates_value(row.get("answer_choices")), options_block=False,
