@@ -61,3 +61,14 @@ def test_default_states_random_rows(data):
     assert len(test) == 3 and any("-train-" in i for i in test)
     with pytest.raises(ConfigError, match="'heldout_instances' must be one of random, official"):
         config(data, heldout_instances="dev")
+
+
+def test_a_source_without_release_splits_says_so(data):
+    (data / "other").mkdir()
+    write_rows(data / "other" / "flat.jsonl", "flat", {"train": 20}, split_field=False)
+    raw = {"sources": [{"type": "generic", "path": "data"}, {"type": "generic", "path": "other"}], "seed": 5,
+           "heldout_instances": "official", "split": {"heldout_valid": 4, "heldout_test": 3}}
+    m = build_bench(load_build_config(raw, data), data / "bench", progress=False)
+    plan = m["split_plan"]["heldout_instances"]
+    assert plan["random_fallback_tasks"] == ["flat", "plain"]
+    assert plan["sources_without_dev_test"] == ["other"]  # `data` has tasks with dev/test splits
