@@ -5,6 +5,7 @@ with `inputs_pretokenized`/`targets_pretokenized` and, for SuperGLUE, the exampl
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict
 
 import pytest
@@ -121,12 +122,14 @@ def test_no_example_is_on_both_sides_of_a_training_task(promptsource, mode):
     assert m["accounting"]["balanced"]
 
 
-def test_templated_rows_without_an_example_id_are_named_in_the_manifest(promptsource):
+def test_templated_rows_without_an_example_id_are_named_in_the_manifest(promptsource, capsys):
     """Without `idx`, `example_id` or `example_fields`, renderings whose prompts differ cannot be
     grouped: the manifest says which tasks, so the user can name the example or use `official`."""
     m = build(promptsource, "b",
               sources=[{"type": "p3", "path": "p3/ag_news_*.jsonl", "category": "Text Categorization"}])
     assert m["split_plan"]["holdout_unit"]["templated_tasks_keyed_by_input"] == ["ag_news"]
+    assert "1 training task(s) render examples with several templates but name no example (ag_news)" in (
+        capsys.readouterr().err)
 
 
 def test_one_record_per_example_keeps_the_draws_it_had(tmp_path):
@@ -220,3 +223,72 @@ def test_anli_rounds_are_separate_tasks_multiplexed_over_their_templates(tmp_pat
                     tmp_path / "bench", progress=False)
     drawn = {t["task"]: (t["templates"], t["instantiations"], t["drawn"]) for t in m["multiplexing"]["tasks"]}
     assert drawn == {"anli_r1": (2, 60, 30), "anli_r2": (2, 40, 20), "anli_r3": (2, 20, 10)}
+
+
+def promptsource_templates():
+    """PromptSource's templates folder: $OPTIML_PROMPTSOURCE, else an installed `promptsource`
+    (`pip download --no-deps promptsource==0.2.3` ships it in the sdist); skipped when neither."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    found = os.environ.get("OPTIML_PROMPTSOURCE")
+    if not found:
+        spec = importlib.util.find_spec("promptsource")
+        found = str(Path(spec.origin).parent / "templates") if spec and spec.origin else None
+    if not found or not (Path(found) / "super_glue" / "copa" / "templates.yaml").is_file():
+        pytest.skip("PromptSource templates not found (set OPTIML_PROMPTSOURCE to promptsource/templates of the "
+                    "promptsource 0.2.3 sdist)")
+    return Path(found)
+
+
+def render_with_promptsource(folder, dataset, templates_file, examples):
+    """P3-shaped rows of `examples` (split -> rows) under every template of a templates.yaml, rendered
+    as PromptSource renders them: the jinja text split at '|||' into prompt and target."""
+    import jinja2
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    for tag in ("!Template", "!TemplateMetadata"):
+        Loader.add_constructor(tag, lambda loader, node: loader.construct_mapping(node, deep=True))
+    env = jinja2.Environment(loader=jinja2.BaseLoader())
+    spec = yaml.load(templates_file.read_text(encoding="utf-8"), Loader=Loader)
+    for t in spec["templates"].values():
+        lines = []
+        for split, rows in examples.items():
+            for ex in rows:
+                choices = None
+                if t.get("answer_choices"):
+                    choices = [c.strip() for c in env.from_string(t["answer_choices"]).render(**ex).split("|||")]
+                parts = [p.strip() for p in env.from_string(t["jinja"]).render(**ex, answer_choices=choices)
+                         .split("|||")]
+                if len(parts) == 2 and all(parts):  # a template that does not apply gives no row, as in P3
+                    lines.append(json.dumps(dict(ex, task=f"{dataset}_{clean(t['name'])}", split=split,
+                                                 inputs_pretokenized=parts[0], targets_pretokenized=parts[1])))
+        (folder / f"{dataset}_{clean(t['name'])}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return len(spec["templates"])
+
+
+def test_real_promptsource_templates_hold_out_whole_examples(tmp_path):
+    templates = promptsource_templates()
+    copa = {split: [{"premise": f"The man did thing {i} in {split}.", "choice1": f"One for {split} {i}.",
+                     "choice2": f"Two for {split} {i}.", "question": ("cause", "effect")[i % 2], "label": i % 2,
+                     "idx": i} for i in range(n)] for split, n in (("train", 40), ("validation", 20))}
+    ag = {split: [{"text": f"Story {i} of {split}: markets, teams and politics.", "label": i % 4} for i in range(n)]
+          for split, n in (("train", 40), ("test", 20))}
+    (tmp_path / "p3").mkdir()
+    assert render_with_promptsource(tmp_path / "p3", "super_glue_copa", templates / "super_glue/copa/templates.yaml",
+                                    copa) == 12
+    assert render_with_promptsource(tmp_path / "p3", "ag_news", templates / "ag_news/templates.yaml", ag) == 7
+    for mode in ("random", "official"):
+        m = build(tmp_path, mode, heldout_instances=mode)
+        for task in ("super_glue_copa", "ag_news"):
+            [entry] = [t for t in m["tasks"] if t["task"] == task]
+            truth = {}
+            for split, rel in entry["files"].items():
+                rows = [json.loads(line) for line in (tmp_path / mode / rel).read_text().splitlines()]
+                truth[split] = {re.search(r"(thing \d+ in \w+|Story \d+ of \w+)", r["input"]).group(1) for r in rows}
+            train = truth.pop("train")
+            assert truth and all(not train & held for held in truth.values()), (mode, task)

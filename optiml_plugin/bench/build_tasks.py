@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +200,7 @@ class Phases:
         by_ngram = {k for k, reason in plan.dropped.items() if reason == "ngram_overlap"}
         flagged, review = flagged_rows(pairs, dc, by_ngram, lambda k, j: written[k].examples[j])
         total_exact = sum(by_task.values())
+        _warn_unnamed(sorted(k for k, w in written.items() if w.official is False and self.surveys[k].keyed_by_input))
         report = {
             "split_plan": {
                 "sni_split_dir": cfg.sni_split_dir,
@@ -486,6 +488,17 @@ def _keyed_by_input(lay: Layout) -> bool:
     """Several templates and no example named by the source: renderings whose prompts differ cannot
     be grouped (listed in the manifest; `heldout_instances: official` or an `example_id` fixes it)."""
     return not lay.named and len(set(lay.templates)) > 1
+
+
+def _warn_unnamed(keys: List[TaskKey]) -> None:
+    """Say on stderr which training tasks' random held-out rows may share examples with their training
+    rows (several templates, no example named: bench/examples.py)."""
+    if keys:
+        names = ", ".join(k[1] for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        print(f"optiml: warning: {len(keys)} training task(s) render examples with several templates but name no "
+              f"example ({names}): a held-out rendering may share its example with a training one; give rows an "
+              f"example_id (P3: idx), set the source's example_fields, or use heldout_instances: official "
+              f"(split_plan.holdout_unit.templated_tasks_keyed_by_input)", file=sys.stderr)
 
 
 def _by_task(surveys: Mapping[TaskKey, _Survey], reason: str) -> Dict[str, int]:
