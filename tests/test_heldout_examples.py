@@ -292,3 +292,24 @@ def test_real_promptsource_templates_hold_out_whole_examples(tmp_path):
                 truth[split] = {re.search(r"(thing \d+ in \w+|Story \d+ of \w+)", r["input"]).group(1) for r in rows}
             train = truth.pop("train")
             assert truth and all(not train & held for held in truth.values()), (mode, task)
+
+
+def test_eval_rows_of_other_splits_are_counted_and_a_task_without_eval_rows_is_dropped(tmp_path):
+    from optiml_plugin.bench.records import Record
+
+    def rows(task, splits):
+        return [Record(benchmark="b", task=task, category=task.upper(), sources=(task,), instruction="Do it.",
+                       input=f"{task} {split} {i}", outputs=("o",), id=f"{task}-{split}-{i}", meta={"split": split})
+                for split, n in splits.items() for i in range(n)]
+
+    records = (rows("ev", {"train": 5, "dev_r1": 3, "test_matched": 2, "unlabeled": 4})
+               + rows("only_train", {"train": 6}) + rows("tr", {"train": 20}))
+    raw = {"sources": [{"type": "builtin"}], "split": {"heldout_tasks": ["ev", "only_train"]}}
+    m = build_bench(load_build_config(raw), tmp_path / "b", records=records, progress=False)
+    [ev] = [t for t in m["tasks"] if t["task"] == "ev"]
+    assert ev["counts"] == {"test_heldout_categories": 5}  # dev_r1 and test_matched rows
+    assert {"benchmark": "b", "task": "only_train", "reason": "no_eval_rows"} in m["split_plan"]["dropped_tasks"]
+    removed = m["accounting"]["removed"]
+    assert (removed["eval_task_train_split"], removed["eval_task_other_split"]) == (11, 4)
+    assert m["split_plan"]["eval_splits"]["other_split_rows_dropped"] == {"ev": 4}
+    assert m["accounting"]["balanced"]
