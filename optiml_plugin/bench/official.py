@@ -1,14 +1,17 @@
-"""Held-out instances of training tasks from the source's official dev/test splits (paper §2.3).
+"""The release's own splits: training tasks' held-out instances from its dev/test splits (paper §2.3),
+and the rows an eval task may test on.
 
 Why: the paper's fully supervised level evaluates trained-on tasks on "held-out validation/test
-instances ... taken from the original data releases"; random rows of the training data (the default,
-`heldout_instances: random`) are a different, easier set when a source repeats an example under
-several templates. With `heldout_instances: official`, a training task whose records carry their
-release split (`meta["split"]`: a `split` field, a split-named file such as `validation.jsonl`, or a
-Hugging Face split) takes its valid instances from the release's validation/dev split and its test
-instances from the test split (seeded samples of at most `heldout_valid`/`heldout_test`), and trains
-on the train split only. Rows of other splits, and official rows beyond those counts, are not used
-(counted as removed). A task without official dev/test rows falls back to random rows.
+instances ... taken from the original data releases"; random rows of the training data (the
+`heldout_instances: random` mode) are another set. With `heldout_instances: official` (the paper
+preset), a training task whose records carry their release split (`meta["split"]`: a `split` field,
+a split-named file such as `validation.jsonl`, or a Hugging Face split) takes its valid instances
+from the release's validation/dev split and its test instances from the test split (seeded samples
+of at most `heldout_valid`/`heldout_test` examples, each with all its renderings:
+bench/examples.py), and trains on the train split only. Rows of other splits, and official rows
+beyond those counts, are not used (counted as removed). A task without official dev/test rows falls
+back to random examples. Eval tasks test only on rows of the release's evaluation splits (Tab 1:
+the test sets are the releases' evaluation data): `eval_rows`.
 """
 from __future__ import annotations
 
