@@ -5,7 +5,11 @@ must stay byte for byte what the in-memory builder wrote. `GOLDEN_FILE` holds th
 file the in-memory builder (commit fc86fa2, bench format 1) wrote for these configs, made with
 `python tests/golden_build.py --write` at that commit; tests/test_build_golden.py rebuilds, turns the
 bench back into format 1 (`as_format1`: format 2 only leaves out rows' instructions equal to their
-task's) and compares.
+task's) and compares. Re-written once where the bench's rules changed (issue 22): the FLAN eval
+tasks' files (no training-split rows in test), test tasks' valid files (gone: dev tasks apart from
+test tasks), task05's training file in `official` (its exact-input matches follow task04's test
+set), the review file (both sides of each pair) and the manifests; every other file is still the
+in-memory builder's.
 The records hit: held-out tasks and a held-out category, SNI-style tasks with positive examples and
 an output language, templates (multiplexing), candidates, release splits (official held-out rows),
 a source shared with an eval task, exact-input and 13-gram overlap, duplicate ids (within and across

@@ -158,8 +158,13 @@ def test_caps_and_eval_caps_are_counted(tmp_path):
     counts = {t["task"]: t["counts"] for t in m["tasks"]}
     assert counts["big"] == {"train": 10, "valid_heldout_instances": 2, "test_heldout_instances": 3}
     assert counts["small"]["train"] == 20
-    assert counts["ev"] == {"valid_heldout_categories": 5, "test_heldout_categories": 7}
-    assert m["accounting"]["removed"] == {"eval_cap": 18, "train_cap": 35 + 5}
+    assert counts["ev"] == {"test_heldout_categories": 7}  # a test task gives no valid rows (dev apart from test)
+    assert m["accounting"]["removed"] == {"eval_cap": 23, "train_cap": 35 + 5}
+    raw = dict(config.raw, split=dict(config.raw["split"], test_tasks_give_valid=True))
+    m = build_bench(load_build_config(raw), tmp_path / "old", records=recs, progress=False)
+    assert {t["task"]: t["counts"] for t in m["tasks"]}["ev"] == {"valid_heldout_categories": 5,
+                                                                  "test_heldout_categories": 7}
+    assert m["accounting"]["removed"]["eval_cap"] == 18
 
 
 @pytest.mark.parametrize("make,reason", [

@@ -127,7 +127,13 @@ def test_build_removes_flagged_training_tasks_writes_the_review_file_and_counts_
     [pair] = [json.loads(line) for line in (tmp_path / "drop" / REVIEW_FILE).read_text().splitlines()]
     assert (pair["train_task"], pair["eval_task"], pair["fraction"], pair["action"]) == (
         "train_c", "eval_y", 0.25, "removed_train_task")
-    assert [e["id"] for e in pair["examples"]] == ["eval_y-0"] and long in pair["examples"][0]["text"]
+    # both sides of the pair and the 13-grams they share, so a reviewer can judge it from the file
+    [shown] = pair["examples"]
+    assert shown["eval"] == {"id": "eval_y-0", "text": shown["eval"]["text"]} and long in shown["eval"]["text"]
+    assert shown["train"]["id"].startswith("train_c-") and long in shown["train"]["text"]
+    assert "the quick brown fox jumps over the lazy dog near the river bank" in shown["shared_13grams"]
+    assert all(g in normalize_text(shown["train"]["text"]) and g in normalize_text(shown["eval"]["text"])
+               for g in shown["shared_13grams"]) and len(shown["shared_13grams"]) >= 1
     assert ngram["flagged"] == [{k: v for k, v in pair.items() if k != "examples"}]
     # a pair a review cleared stays, reported as cleared; reporting only removes nothing
     m = build("cleared", drop_flagged=True, allowed_pairs=["train_c/eval_y"])

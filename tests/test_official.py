@@ -56,8 +56,19 @@ def test_official_splits_feed_the_fully_supervised_level(data):
 def test_default_states_random_rows(data):
     m = build_bench(config(data), data / "bench", progress=False)
     assert m["split_plan"]["heldout_instances"] == {
-        "mode": "random", "from": "random rows of every training task", "official_split_tasks": []}
+        "mode": "random", "from": "random examples of every training task", "official_split_tasks": []}
     test = rows(data / "bench", m, "sst2", "test_heldout_instances")
     assert len(test) == 3 and any("-train-" in i for i in test)
     with pytest.raises(ConfigError, match="'heldout_instances' must be one of random, official"):
         config(data, heldout_instances="dev")
+
+
+def test_a_source_without_release_splits_says_so(data):
+    (data / "other").mkdir()
+    write_rows(data / "other" / "flat.jsonl", "flat", {"train": 20}, split_field=False)
+    raw = {"sources": [{"type": "generic", "path": "data"}, {"type": "generic", "path": "other"}], "seed": 5,
+           "heldout_instances": "official", "split": {"heldout_valid": 4, "heldout_test": 3}}
+    m = build_bench(load_build_config(raw, data), data / "bench", progress=False)
+    plan = m["split_plan"]["heldout_instances"]
+    assert plan["random_fallback_tasks"] == ["flat", "plain"]
+    assert plan["sources_without_dev_test"] == ["other"]  # `data` has tasks with dev/test splits

@@ -57,6 +57,8 @@ def test_bench_preset_is_the_papers_split_plan_and_feeds_the_mixture():
     assert (cfg.cap_for("flan"), cfg.cap_for("niv2"), cfg.split.eval_valid) == (30000, 100000, 250)
     dc = cfg.decontamination  # the paper's rule: 13-gram pairs above 1% lose their training task
     assert (dc.ngram, dc.threshold, dc.drop_flagged, cfg.multiplex) == (13, 0.01, True, True)
+    # held-out instances of training tasks from the releases' dev/test splits; dev tasks apart from test tasks
+    assert cfg.heldout_instances == "official" and not cfg.split.test_tasks_give_valid
     # every benchmark the bench produces has a share in the mixture, and nothing else does
     names = {s.get("benchmark") or DEFAULT_BENCHMARKS[s["type"]] for s in cfg.sources}
     mixture = sweep.load_mixture_preset(PRESETS / "mixture.yaml")

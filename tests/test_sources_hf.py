@@ -43,8 +43,34 @@ def test_p3_save_to_disk_dataset_dict_groups_templates_and_keeps_splits(tmp_path
     train_only, _ = _load({"type": "datasets", "format": "p3", "path": str(tmp_path / "super_glue_*"),
                            "splits": "train"})
     assert len(train_only) == 4 and {r.task for r in train_only} == {"super_glue_copa"}
-    with pytest.raises(ConfigError, match="splits nope not found"):
+    with pytest.raises(ConfigError, match=r"super_glue_copa_best_option: splits nope not found \(splits: train, "):
         _load({"type": "datasets", "format": "p3", "path": str(tmp_path), "splits": ["nope"]})
+
+
+@pytest.mark.parametrize("columns,message", [
+    # measured: "row has no 'targets' [missing_field]"
+    ({"inputs_pretokenized": ["q"], "targets_pretokenized": [7]},
+     r"x/train:1: field 'targets_pretokenized': column 'targets_pretokenized' must be a string, got int "
+     r"\[wrong_type\]"),
+    # measured: the message named the internal field 'outputs'
+    ({"inputs_pretokenized": ["q"], "targets": [7]},
+     r"x/train:1: field 'targets': column 'targets' must be a string or a list of strings, got int "
+     r"\[wrong_type\]"),
+    ({"inputs": [[1, 2]], "targets_pretokenized": ["a"]},
+     r"x/train:1: field 'inputs': column 'inputs' must be a string, got list of int \[wrong_type\]"),
+])
+def test_wrong_typed_columns_name_the_column_the_type_and_the_file(tmp_path, columns, message):
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(columns)}).save_to_disk(str(tmp_path / "x"))
+    with pytest.raises(BadRecordError, match=message):
+        _load({"type": "datasets", "format": "p3", "path": str(tmp_path / "x")})
+
+
+def test_a_mapped_column_of_the_wrong_type_is_named_as_the_data_names_it(tmp_path):
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(dict(SNI, targets=[1, 2]))}).save_to_disk(
+        str(tmp_path / "sni"))
+    with pytest.raises(BadRecordError, match=r"sni/train:1: field 'targets': 'output' must be a string, got int "
+                                             r"\(column 'targets', read as 'output'\) \[wrong_type\]"):
+        _load({"type": "datasets", "format": "sni", "path": str(tmp_path / "sni"), "category": "QG"})
 
 
 def test_flan_and_sni_exports_by_their_published_columns(tmp_path):
@@ -78,7 +104,7 @@ def test_bad_rows_name_the_location_and_are_counted_when_skipping(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(
         dict(SNI, targets=["Who?", " "]))}).save_to_disk(str(tmp_path / "sni"))
     spec = {"type": "datasets", "format": "sni", "path": str(tmp_path / "sni"), "category": "QG"}
-    with pytest.raises(BadRecordError, match=r"sni/train:2: field 'outputs'"):
+    with pytest.raises(BadRecordError, match=r"sni/train:2: field 'targets'.*column 'targets'"):
         _load(spec)
     records, policy = _load(spec, mode="skip")
     assert len(records) == 1 and policy.read == 2 and policy.skipped == {"empty_field": 1}

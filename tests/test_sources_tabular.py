@@ -172,7 +172,8 @@ def test_p3_flan_missing_targets(tmp_path, kind):
     with pytest.raises(BadRecordError, match=r"x\.jsonl:1: field 'targets'.*missing_field"):
         _load({"type": kind, "path": str(path)})
     tokens_only = _jsonl(tmp_path / "y.jsonl", [{"inputs": [1, 2], "targets": "a", "task": "t"}])
-    with pytest.raises(BadRecordError, match=r"y\.jsonl:1: field 'input'.*wrong_type"):
+    with pytest.raises(BadRecordError, match=r"y\.jsonl:1: field 'inputs': column 'inputs' must be a string, "
+                                             r"got list of int \[wrong_type"):
         _load({"type": kind, "path": str(tokens_only)})
 
 

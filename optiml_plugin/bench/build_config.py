@@ -141,9 +141,9 @@ def _split_config(section: Any, origin: str, base: Path) -> SplitConfig:
             if not isinstance(value, str):
                 raise ConfigError(f"{origin}: 'split.sni_split_dir' must be a path, got {value!r}")
             values[key] = str(Path(value) if Path(value).is_absolute() else base / value)
-        elif key == "sni_lists_complete":
+        elif key in ("sni_lists_complete", "test_tasks_give_valid"):
             if not isinstance(value, bool):
-                raise ConfigError(f"{origin}: 'split.sni_lists_complete' must be true or false")
+                raise ConfigError(f"{origin}: 'split.{key}' must be true or false")
             values[key] = value
         else:
             values[key] = _int(value, origin, f"split.{key}")

@@ -11,7 +11,9 @@ does not depend on which worker ran which task.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +27,11 @@ from optiml_plugin import benchfiles
 from optiml_plugin.bench.build_config import BuildConfig, jsonable
 from optiml_plugin.bench.decontam import (REVIEW_FILE, DecontamConfig, EvalNgrams, ExactInputFilter, OverlapPair,
                                          flagged_rows, source_conflicts)
+from optiml_plugin.bench.examples import KEY_WORDS, Layout, layout
 from optiml_plugin.bench.multiplex import multiplex_train
-from optiml_plugin.bench.official import official_instances
+from optiml_plugin.bench.official import eval_rows, official_instances
 from optiml_plugin.bench.records import Record
-from optiml_plugin.bench.spill import INPUT, META, TEMPLATE, SpillWriter, read_rows, to_record
+from optiml_plugin.bench.spill import INPUT, SpillWriter, read_rows, to_record
 from optiml_plugin.bench.splits import (EVAL, TRAIN, TaskInfo, TaskKey, absent_from_lists, assign_levels,
                                        assign_roles, cap_indices, eval_draw, split_eval_instances,
                                        split_train_instances)
@@ -72,6 +75,9 @@ class _Survey:
     removed: Counter
     inputs: List[str]  # raw inputs of its valid and test instances (exact-input check)
     hashes: Optional[Tuple[Any, Any]] = None  # eval tasks: n-gram hashes of their rendered instances
+    examples: Dict[str, int] = field(default_factory=dict)  # eval tasks: distinct examples of valid, test
+    keyed_by_input: bool = False  # several templates, and no row names its example (bench/examples.py)
+    dropped_rows: Dict[str, int] = field(default_factory=dict)  # eval tasks: rows of non-eval splits
 
 
 @dataclass
@@ -86,8 +92,9 @@ class _Written:
     pairs: List[OverlapPair] = field(default_factory=list)
     dropped: bool = False
     examples: Dict[int, Tuple[str, str]] = field(default_factory=dict)  # eval instance -> (id, text)
+    example_counts: Dict[str, int] = field(default_factory=dict)  # split -> distinct examples written
     multiplexed: Optional[Dict[str, Any]] = None
-    official: bool = False  # its held-out instances came from the release's dev/test splits
+    official: Optional[bool] = None  # training tasks: held-out instances from the release's dev/test splits
     instruction: str = ""  # the task's instruction (its first record's), stored once in the manifest
 
 
@@ -158,9 +165,12 @@ class Phases:
             removed.update(s.removed)
             self.exact.add_all(s.inputs)
             s.inputs = []
-            if s.hashes is not None:
+            if plan.roles[s.key] == EVAL and not s.valid and not s.test:
+                del plan.roles[s.key]  # no row of an evaluation split: nothing to evaluate on
+                plan.dropped[s.key] = "no_eval_rows"
+            elif s.hashes is not None:
                 self.ngrams.add(s.key, len(s.valid) + len(s.test), s.hashes)
-                s.hashes = None
+            s.hashes = None
         self.ngrams.freeze()
         train_keys = sorted(k for k, r in plan.roles.items() if r == TRAIN)
         n_eval = sum(1 for r in plan.roles.values() if r == EVAL)
@@ -190,20 +200,28 @@ class Phases:
         by_ngram = {k for k, reason in plan.dropped.items() if reason == "ngram_overlap"}
         flagged, review = flagged_rows(pairs, dc, by_ngram, lambda k, j: written[k].examples[j])
         total_exact = sum(by_task.values())
+        _warn_unnamed(sorted(k for k, w in written.items() if w.official is False and self.surveys[k].keyed_by_input))
         report = {
             "split_plan": {
                 "sni_split_dir": cfg.sni_split_dir,
                 "eval_draw": eval_draw(cfg),
+                "eval_splits": {
+                    "from": "eval tasks' valid and test rows come only from the release's evaluation splits "
+                            "(validation/dev/test, or rows without a split, e.g. SNI's task files); "
+                            "rows of its training split are dropped (eval_task_train_split), rows of "
+                            "other named splits too (eval_task_other_split)",
+                    "train_split_rows_dropped": _by_task(self.surveys, "eval_task_train_split"),
+                    "other_split_rows_dropped": _by_task(self.surveys, "eval_task_other_split")},
+                "holdout_unit": {
+                    "unit": "example: all renderings (templates) of one example go to one side",
+                    "key": KEY_WORDS,
+                    "templated_tasks_keyed_by_input": [k[1] for k, s in sorted(self.surveys.items())
+                                                       if s.keyed_by_input and k in plan.roles]},
                 "absent_from_sni_lists": absent_from_lists(sni_lists, names),
                 "unlisted_tasks": [k[1] for k in roles.unlisted],
                 "dropped_tasks": [{"benchmark": k[0], "task": k[1], "reason": r}
                                   for k, r in sorted(plan.dropped.items())],
-                "heldout_instances": {
-                    "mode": config.heldout_instances,
-                    "from": ("the release's dev/test splits where a task has them, else random rows"
-                             if config.heldout_instances == "official"
-                             else "random rows of every training task"),
-                    "official_split_tasks": [k[1] for k, w in sorted(written.items()) if w.official]},
+                "heldout_instances": self._heldout_report(written),
                 "merged_tasks": merged,
             },
             "multiplexing": {"enabled": config.multiplex,
@@ -220,6 +238,24 @@ class Phases:
             },
         }
         return self._manifest(order, written, removed, report, review, policy, problems)
+
+    def _heldout_report(self, written: Mapping[TaskKey, _Written]) -> Dict[str, Any]:
+        """Where training tasks' held-out instances came from; in `official` mode also the tasks,
+        and the sources, without dev/test rows (they fell back to random examples)."""
+        official = self.config.heldout_instances == "official"
+        out: Dict[str, Any] = {
+            "mode": self.config.heldout_instances,
+            "from": ("the release's dev/test splits where a task has them, else random examples" if official
+                     else "random examples of every training task"),
+            "official_split_tasks": [k[1] for k, w in sorted(written.items()) if w.official]}
+        if official:
+            fallback = [k for k, w in sorted(written.items()) if w.official is False]
+            out["random_fallback_tasks"] = [k[1] for k in fallback]
+            used = {i for k, w in written.items() if w.official for i in self.facts[k].source_indices}
+            without = {i for k in fallback for i in self.facts[k].source_indices} - used
+            out["sources_without_dev_test"] = [str(self.config.sources[i].get("path", self.config.sources[i].get(
+                "type"))) for i in sorted(without)]
+        return out
 
     # ------------------------------------------------------------------ work on one task (workers)
 
@@ -245,49 +281,50 @@ class Phases:
         return {i: to_record(row, key, category) for i, row in rows}
 
     def _train_parts(self, key: TaskKey, multiplex: bool) -> Tuple[List[int], List[int], List[int], Counter,
-                                                                   Optional[Dict[str, Any]], bool]:
-        """(train, valid, test, removed, multiplexing entry, used release splits) of a training task;
-        without `multiplex` the train part is not multiplexed (a caller that needs only valid/test)."""
+                                                                   Optional[Dict[str, Any]], bool, Layout]:
+        """(train, valid, test, removed, multiplexing entry, used release splits, layout) of a training
+        task; without `multiplex` the train part is not multiplexed (a caller that needs only
+        valid/test). Held-out draws pick examples (bench/examples.py)."""
         config, cfg, seed = self.config, self.config.split, self.config.seed
         removed: Counter = Counter()
-        official = config.heldout_instances == "official"
-        multiplex = multiplex and config.multiplex
-        templates: List[str] = []
-        splits: List[str] = []
-        if official or multiplex:
-            for row in self._rows(key):
-                templates.append(row[TEMPLATE])
-                if official:
-                    splits.append(row[META].get("split", ""))
-        by_release = official_instances(splits, cfg, seed, key) if official else None
+        lay = layout(self._rows(key))
+        by_release = None
+        if config.heldout_instances == "official":
+            by_release = official_instances(lay.splits, lay.groups, cfg, seed, key)
         if by_release is None:
-            train, valid, test = split_train_instances(self.facts[key].size, cfg, seed, key)
+            train, valid, test = split_train_instances(lay.groups, cfg, seed, key)
         else:
             train, valid, test, unused = by_release
             removed["official_split_unused"] += unused
         mux = None
-        if multiplex:
-            train, drawn = multiplex_train(templates, train, seed, key)
+        if multiplex and config.multiplex:
+            train, drawn = multiplex_train(lay.templates, train, seed, key)
             if drawn is not None:
                 removed["multiplex"] += drawn.instantiations - drawn.drawn
                 mux = drawn.to_dict()
-        return train, valid, test, removed, mux, by_release is not None
+        return train, valid, test, removed, mux, by_release is not None, lay
 
     def survey(self, key: TaskKey) -> _Survey:
-        cfg, seed, f = self.config.split, self.config.seed, self.facts[key]
+        cfg, seed = self.config.split, self.config.seed
         if self.plan.roles[key] == EVAL:
-            valid, test = split_eval_instances(f.size, cfg, key[1] in cfg.valid_tasks, seed, key)
+            lay = layout(self._rows(key))
+            usable, dropped = eval_rows(lay.splits)
+            valid, test = split_eval_instances(lay.groups, usable, cfg, key[1] in cfg.valid_tasks, seed, key)
             recs = self._records(key, set(valid) | set(test))
             texts = [_text(render(recs[i], seed, self.config.prompt_format)) for i in valid + test]
-            return _Survey(key, valid, test, Counter(eval_cap=f.size - len(valid) - len(test)),
-                           [recs[i].input for i in valid + test], hashes=self.ngrams.hashes(texts))
-        _, valid, test, _, _, _ = self._train_parts(key, multiplex=False)
+            removed = Counter(eval_cap=len(usable) - len(valid) - len(test), **dropped)
+            return _Survey(key, valid, test, removed, [recs[i].input for i in valid + test],
+                           hashes=self.ngrams.hashes(texts), keyed_by_input=_keyed_by_input(lay),
+                           examples={"valid": lay.count(valid), "test": lay.count(test)},
+                           dropped_rows=dropped)
+        _, valid, test, _, _, _, lay = self._train_parts(key, multiplex=False)
         recs = self._records(key, set(valid) | set(test))
-        return _Survey(key, valid, test, Counter(), [recs[i].input for i in valid + test])
+        return _Survey(key, valid, test, Counter(), [recs[i].input for i in valid + test],
+                       keyed_by_input=_keyed_by_input(lay))
 
     def write_train(self, key: TaskKey) -> _Written:
         config, dc, seed = self.config, self.config.decontamination, self.config.seed
-        train, valid, test, removed, mux, official = self._train_parts(key, multiplex=True)
+        train, valid, test, removed, mux, official, lay = self._train_parts(key, multiplex=True)
         wanted = set(train)
         hits: Set[int] = set()
         batch: List[Tuple[int, str]] = []
@@ -303,16 +340,20 @@ class Phases:
         removed.update(exact_input_match=len(hits), train_cap=len(kept) - len(capped))
         recs = self._records(key, set(capped) | set(valid) | set(test) | {0})
         rendered = {i: render(r, seed, config.prompt_format) for i, r in recs.items()}
-        pairs = self.ngrams.pairs(key, [_text(rendered[i]) for i in capped], dc.threshold)
+        pairs = [dataclasses.replace(p, train_texts=tuple((recs[capped[j]].id, _text(rendered[capped[j]]))
+                                                          for j in p.train_examples))
+                 for p in self.ngrams.pairs(key, [_text(rendered[i]) for i in capped], dc.threshold)]
         if dc.drop_flagged and any(not dc.cleared(p.train_task[1], p.eval_task[1]) for p in pairs):
             removed["ngram_overlap"] += len(capped) + len(valid) + len(test)
             return _Written(key, {}, {}, removed, len(hits), pairs, dropped=True, multiplexed=mux,
                             official=official)
         instruction = recs[0].instruction
-        files, counts = self._write_parts(key, LEVEL_TRAIN, {"train": capped, "valid": valid, "test": test},
-                                          recs, rendered, instruction)
+        parts = {"train": capped, "valid": valid, "test": test}
+        files, counts = self._write_parts(key, LEVEL_TRAIN, parts, recs, rendered, instruction)
         return _Written(key, files, counts, removed, len(hits), pairs, multiplexed=mux, official=official,
-                        instruction=instruction)
+                        instruction=instruction,
+                        example_counts={split_name(LEVEL_TRAIN, part): lay.count(idx) for part, idx in parts.items()
+                                        if idx})
 
     def _exact_hits(self, batch: List[Tuple[int, str]]) -> List[int]:
         matches = self.exact.matches_all([text for _, text in batch])
@@ -327,7 +368,9 @@ class Phases:
                                           instruction)
         both = s.valid + s.test
         shown = {j: (recs[both[j]].id, _text(rendered[both[j]])) for j in examples}
-        return _Written(key, files, counts, Counter(), examples=shown, instruction=instruction)
+        example_counts = {split_name(level, part): n for part, n in s.examples.items() if n}
+        return _Written(key, files, counts, Counter(), examples=shown, instruction=instruction,
+                        example_counts=example_counts)
 
     def _write_parts(self, key: TaskKey, level: str, parts: Mapping[str, List[int]], recs: Mapping[int, Record],
                      rendered: Mapping[int, Rendered], instruction: str) -> Tuple[Dict[str, str], Dict[str, int]]:
@@ -353,6 +396,7 @@ class Phases:
         config, root = self.config, self.root
         entries = []
         splits = {s: {"tasks": 0, "examples": 0} for s in benchfiles.SPLITS}
+        units = {s: {"examples": 0, "renderings": 0} for s in benchfiles.SPLITS}
         kept = 0
         for key in order:
             if key not in self.plan.roles:
@@ -361,9 +405,12 @@ class Phases:
             for split, n in w.counts.items():
                 splits[split]["tasks"] += 1
                 splits[split]["examples"] += n
+                units[split]["renderings"] += n
+                units[split]["examples"] += w.example_counts.get(split, 0)
                 kept += n
             entry = {"task": key[1], "benchmark": key[0], "category": f.category, "level": self.plan.levels[key],
-                     "sources": list(f.info().sources), "files": w.files, "counts": w.counts}
+                     "sources": list(f.info().sources), "files": w.files, "counts": w.counts,
+                     "example_counts": w.example_counts}
             if w.instruction:  # rows with this instruction leave it out (`_row`)
                 entry["instruction"] = w.instruction
             if f.positive_examples:  # SNI's k-shot demonstrations (eval/prompts.py)
@@ -376,6 +423,7 @@ class Phases:
             raise OptimlError(f"bench accounting does not balance: read {policy.read} != kept {kept} + "
                               f"skipped {skipped} + removed {removed_d} (this is a bug in optiml)")
         report["split_plan"]["problems"] = problems.to_dict()
+        report["split_plan"]["holdout_unit"]["splits"] = {s: u for s, u in units.items() if u["renderings"]}
         benchfiles.atomic_write_bytes(root / REVIEW_FILE, b"".join(benchfiles.dumps_line(r) for r in review))
         manifest = {
             "format": benchfiles.FORMAT_NAME, "version": benchfiles.FORMAT_VERSION, "seed": config.seed,
@@ -434,6 +482,27 @@ def split_name(level: str, part: str) -> str:
     if part == "train":
         return benchfiles.TRAIN_SPLIT
     return f"{part}_{LEVEL_INSTANCES if level == LEVEL_TRAIN else level}"
+
+
+def _keyed_by_input(lay: Layout) -> bool:
+    """Several templates and no example named by the source: renderings whose prompts differ cannot
+    be grouped (listed in the manifest; `heldout_instances: official` or an `example_id` fixes it)."""
+    return not lay.named and len(set(lay.templates)) > 1
+
+
+def _warn_unnamed(keys: List[TaskKey]) -> None:
+    """Say on stderr which training tasks' random held-out rows may share examples with their training
+    rows (several templates, no example named: bench/examples.py)."""
+    if keys:
+        names = ", ".join(k[1] for k in keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        print(f"optiml: warning: {len(keys)} training task(s) render examples with several templates but name no "
+              f"example ({names}): a held-out rendering may share its example with a training one; give rows an "
+              f"example_id (P3: idx), set the source's example_fields, or use heldout_instances: official "
+              f"(split_plan.holdout_unit.templated_tasks_keyed_by_input)", file=sys.stderr)
+
+
+def _by_task(surveys: Mapping[TaskKey, _Survey], reason: str) -> Dict[str, int]:
+    return {k[1]: s.dropped_rows[reason] for k, s in sorted(surveys.items()) if s.dropped_rows.get(reason)}
 
 
 def _row(r: Record, rendered: Rendered, split: str, task_instruction: str) -> Dict[str, Any]:

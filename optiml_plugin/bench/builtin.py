@@ -209,6 +209,7 @@ def builtin_config(seed: int = 0) -> Dict[str, Any]:
             "heldout_tasks": list(HELDOUT_TASKS),
             "eval_valid": EVAL_SIZE // 2,
             "eval_test": EVAL_SIZE // 2,
+            "test_tasks_give_valid": True,  # held-out tasks are scored on valid and test (the demo's intervals)
             "heldout_valid": 20,
             "heldout_test": 20,
         },

@@ -6,10 +6,12 @@ evaluation); (b) training instances whose normalized input equals an evaluation 
 dropped; (c) for every (training task, evaluation task) pair, the fraction of evaluation instances
 that share any n-gram (13 by default) with the training task is reported, optionally dropping the
 flagged training tasks (the paper examined every pair above 1% by hand and removed one task of each
-confirmed pair); the pairs go to a JSONL file a person reviews, with the overlapping evaluation
-instances, and `allowed_pairs` keeps the pairs a review cleared. (c) hashes every n-gram once
-(numpy rolling hash over interned token ids) and joins all evaluation n-grams against one sorted
-array of all training n-grams, so the cost is linear in the text, not in the number of task pairs.
+confirmed pair); the pairs go to a JSONL file a person reviews, with both sides of the first
+overlapping instances (the evaluation text, a training text it overlaps, and the n-grams they
+share: one side alone cannot be judged), and `allowed_pairs` keeps the pairs a review cleared.
+(c) hashes every n-gram once (numpy rolling hash over interned token ids) and joins all evaluation
+n-grams against one sorted array of all training n-grams, so the cost is linear in the text, not in
+the number of task pairs.
 """
 from __future__ import annotations
 
@@ -52,17 +54,22 @@ class DecontamConfig:
 #: the reviewable list of flagged pairs, one JSON object per line, in the bench directory
 REVIEW_FILE = "decontamination_pairs.jsonl"
 REVIEW_EXAMPLES = 3  # overlapping eval instances listed per pair
+REVIEW_NGRAMS = 5  # shared n-grams listed per overlapping instance
 
 
 @dataclass(frozen=True)
 class OverlapPair:
-    """`examples`: indices (into the eval task's texts) of the first overlapping eval instances."""
+    """`examples`: indices (into the eval task's texts) of the first overlapping eval instances;
+    `train_examples[k]`: the index of a training text sharing an n-gram with `examples[k]`, and
+    `train_texts[k]` its (id, text) once the builder looked it up."""
 
     train_task: Hashable
     eval_task: Hashable
     overlapping: int
     eval_instances: int
     examples: Tuple[int, ...] = ()
+    train_examples: Tuple[int, ...] = ()
+    train_texts: Tuple[Tuple[str, str], ...] = ()
 
     @property
     def fraction(self) -> float:
@@ -230,7 +237,8 @@ class EvalNgrams:
         `texts` exceeds `min_fraction`, in the order eval tasks were added."""
         if not texts or not len(self._h):
             return []
-        h = np.unique(self.hasher.hashes(texts, unique=False)[0])
+        h_all, owner = self.hasher.hashes(texts, unique=False)
+        h = np.unique(h_all)
         at = np.searchsorted(self._h, h)
         found = at[self._h[np.minimum(at, len(self._h) - 1)] == h]
         left = self._starts[found]
@@ -239,16 +247,21 @@ class EvalNgrams:
         if total == 0:
             return []
         first = np.repeat(left - (np.cumsum(cnt) - cnt), cnt)
-        hits = np.unique(self._code[first + np.arange(total)])  # (eval task, instance), sorted
+        codes = self._code[first + np.arange(total)]
+        hashes = np.repeat(self._h[found], cnt)  # the hash each code was found by
+        hits = np.unique(codes)  # (eval task, instance), sorted
         owners = hits >> 32
         out: List[OverlapPair] = []
         bounds = np.flatnonzero(np.diff(owners)) + 1
         for group in np.split(hits, bounds):
             e = int(group[0] >> 32)
-            examples = tuple(int(i) for i in (group[:REVIEW_EXAMPLES] & 0xFFFFFFFF))
-            pair = OverlapPair(train_key, self.keys[e], len(group), self.sizes[e], examples)
-            if pair.fraction > min_fraction:
-                out.append(pair)
+            if not self.sizes[e] or len(group) / self.sizes[e] <= min_fraction:
+                continue
+            shown = group[:REVIEW_EXAMPLES]
+            # a training text behind each shown instance: the first owner of one of its n-grams
+            train = tuple(int(owner[np.flatnonzero(np.isin(h_all, hashes[codes == c]))[0]]) for c in shown)
+            out.append(OverlapPair(train_key, self.keys[e], len(group), self.sizes[e],
+                                   tuple(int(i) for i in (shown & 0xFFFFFFFF)), train))
         return out
 
 
@@ -265,6 +278,21 @@ class ExactInputFilter:
         return [bool(n) and n in self.inputs for n in normalize_many(texts)]
 
 
+def shared_ngrams(a: str, b: str, n: int, limit: int = REVIEW_NGRAMS) -> List[str]:
+    """The first `limit` normalized n-grams of `a` (in its order) that `b` also has; a text shorter
+    than n tokens counts as one n-gram, as the hashes count it (`NgramHasher`)."""
+    ta, tb = normalize_text(a).split(), normalize_text(b).split()
+    grams_b = {tuple(tb[i:i + n]) for i in range(max(1, len(tb) - n + 1))}
+    out: List[str] = []
+    for i in range(max(1, len(ta) - n + 1)):
+        gram = tuple(ta[i:i + n])
+        if gram in grams_b and " ".join(gram) not in out:
+            out.append(" ".join(gram))
+            if len(out) >= limit:
+                break
+    return out
+
+
 def flagged_rows(pairs: Sequence[OverlapPair], dc: DecontamConfig, dropped: Set[Hashable],
                  eval_instance: Callable[[Hashable, int], Tuple[str, str]]
                  ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
@@ -272,7 +300,9 @@ def flagged_rows(pairs: Sequence[OverlapPair], dc: DecontamConfig, dropped: Set[
 
     Task keys are (benchmark, task); `action` says what the build did with the pair: removed the
     training task, kept it because a review cleared the pair, or only reported it. A review row adds
-    the first overlapping eval instances (`eval_instance(eval key, index)` gives their id and text)."""
+    both sides of the first overlapping eval instances: the eval instance (`eval_instance(eval key,
+    index)` gives its id and text), a training instance it overlaps (`train_texts`) and the n-grams
+    they share, so a reviewer can judge the pair from the file alone."""
     rows, review = [], []
     for p in sorted(pairs, key=lambda p: (-p.fraction, p.train_task, p.eval_task)):
         if dc.cleared(p.train_task[1], p.eval_task[1]):
@@ -284,6 +314,11 @@ def flagged_rows(pairs: Sequence[OverlapPair], dc: DecontamConfig, dropped: Set[
                "overlapping": p.overlapping, "eval_instances": p.eval_instances,
                "fraction": round(p.fraction, 6), "action": action}
         rows.append(row)
-        examples = [eval_instance(p.eval_task, j) for j in p.examples]
-        review.append(dict(row, examples=[{"id": i, "text": t} for i, t in examples]))
+        examples = []
+        for j, (train_id, train_text) in zip(p.examples, p.train_texts):
+            eval_id, eval_text = eval_instance(p.eval_task, j)
+            examples.append({"eval": {"id": eval_id, "text": eval_text},
+                             "train": {"id": train_id, "text": train_text},
+                             f"shared_{dc.ngram}grams": shared_ngrams(eval_text, train_text, dc.ngram)})
+        review.append(dict(row, examples=examples))
     return rows, review

@@ -28,13 +28,17 @@ TaskKey = Tuple[str, str]  # (benchmark, task)
 class SplitConfig:
     """The split plan. `sni_split_dir` holds SNI's train/test/excluded lists (test -> eval tasks,
     excluded -> dropped); `heldout_categories`/`heldout_tasks` add eval tasks; `valid_tasks` are eval
-    tasks that go wholly to the valid splits (the paper's dev tasks were disjoint from its test tasks);
-    other eval tasks give their test instances as the paper draws them (§4.1, §5): every instance
-    (all prompts and examples) for benchmarks in `eval_test_all` (FLAN, PromptSource), the first
-    `eval_test` in file order elsewhere (SNI: first 100); valid sets are `eval_valid` instances (paper:
-    250) drawn at random from all of a task's prompts merged, among those not in test (see
-    `eval_draw`). Training tasks hold out `heldout_valid`/`heldout_test`
-    random instances each (at most a quarter of the task each, so training keeps the rest).
+    tasks that go wholly to the valid splits, and every other eval task gives only test instances:
+    the paper's 35 dev tasks are apart from its 87 test tasks (§4.1, Tab 15); `test_tasks_give_valid`
+    brings back the behaviour before issue 22 (a test task also gives up to `eval_valid` of its
+    non-test instances to valid). Eval tasks' test instances are drawn as the paper draws them
+    (§4.1, §5): every instance (all prompts and examples) for benchmarks in `eval_test_all` (FLAN,
+    PromptSource), the first `eval_test` examples in file order elsewhere (SNI: first 100); valid
+    sets are `eval_valid` instances (paper: 250) drawn at random from all of a task's prompts merged,
+    among those not in test (see `eval_draw`). Training tasks hold out the instances of
+    `heldout_valid`/`heldout_test` random examples each (at most a quarter of the task's examples
+    each, so training keeps the rest). The unit of every draw is the underlying example
+    (bench/examples.py): all renderings of an example go to one side.
     `sni_lists_complete`: the data should hold every task SNI's lists name (a full checkout); a
     partial copy (the default) only counts the absent ones. `origins` names the split file a task
     list was read from, for error messages."""
@@ -48,6 +52,7 @@ class SplitConfig:
     eval_test_all: Tuple[str, ...] = ("flan", "promptsource")
     heldout_valid: int = 50
     heldout_test: int = 50
+    test_tasks_give_valid: bool = False
     sni_lists_complete: bool = False
     origins: Mapping[str, str] = field(default_factory=dict)
 
@@ -149,43 +154,73 @@ def assign_levels(roles: Mapping[TaskKey, str], categories: Mapping[TaskKey, str
     return out
 
 
-def split_eval_instances(size: int, cfg: SplitConfig, valid_only: bool, seed: int,
-                         key: TaskKey) -> Tuple[List[int], List[int]]:
-    """(valid, test) instance indices of an eval task, drawn as the paper draws them (`SplitConfig`).
+def split_eval_instances(groups: Sequence[int], usable: Sequence[int], cfg: SplitConfig, valid_only: bool,
+                         seed: int, key: TaskKey) -> Tuple[List[int], List[int]]:
+    """(valid, test) instance indices of an eval task, drawn as the paper draws them (`SplitConfig`);
+    `usable` are the indices of rows from the release's evaluation splits (bench/examples.py), in
+    file order, `groups[i]` is row i's example.
 
-    Test keeps file order (SNI's "first 100"); valid is a seeded random sample, sorted.
+    Test keeps file order (SNI's "first 100", counted in examples); valid is a seeded random sample
+    of renderings, sorted, from examples not in test, so no example is on both sides. A test task
+    gives no valid rows unless `cfg.test_tasks_give_valid`.
     """
     if valid_only:
         test: List[int] = []
     elif normalize_name(key[0]) in {normalize_name(b) for b in cfg.eval_test_all}:
-        test = list(range(size))
+        test = list(usable)
     else:
-        test = list(range(min(size, cfg.eval_test)))
-    rest = size - len(test)
-    pick = task_rng(seed, key, "eval_valid").permutation(rest)[:min(rest, cfg.eval_valid)]
-    return sorted(len(test) + int(i) for i in pick), test
+        first = set(first_examples(groups, usable, cfg.eval_test))
+        test = [i for i in usable if groups[i] in first]
+    if not (valid_only or cfg.test_tasks_give_valid):
+        return [], test
+    in_test = {groups[i] for i in test}
+    rest = [i for i in usable if groups[i] not in in_test]
+    pick = task_rng(seed, key, "eval_valid").permutation(len(rest))[:min(len(rest), cfg.eval_valid)]
+    return sorted(rest[int(i)] for i in pick), test
+
+
+def first_examples(groups: Sequence[int], indices: Iterable[int], n: int) -> List[int]:
+    """The first `n` distinct examples of `indices`, in order of appearance."""
+    seen: Dict[int, None] = {}
+    for i in indices:
+        if len(seen) >= n:
+            break
+        seen.setdefault(groups[i], None)
+    return list(seen)
 
 
 def eval_draw(cfg: SplitConfig) -> Dict[str, str]:
     """How eval tasks' test and valid sets were drawn, in words, for the manifest."""
     every = ", ".join(cfg.eval_test_all) or "none"
-    return {"test": f"every instance (all prompts and examples) for benchmarks [{every}]; the first "
-                    f"{cfg.eval_test} instances in file order for other benchmarks",
-            "valid": f"{cfg.eval_valid} instances per task drawn at random (seeded) from all of its "
-                     f"prompts merged, excluding test instances; valid_tasks give all their "
-                     f"instances to this draw"}
+    valid = (f"{cfg.eval_valid} instances per task drawn at random (seeded) from all of its prompts merged, "
+             f"from examples not in test, for valid_tasks (all their instances enter this draw)")
+    if cfg.test_tasks_give_valid:
+        valid += " and for every test task (test_tasks_give_valid: dev and test tasks overlap)"
+    else:
+        valid += "; test tasks give no valid instances (dev tasks apart from test tasks, paper §4.1)"
+    return {"test": f"every instance (all prompts and examples) for benchmarks [{every}]; the instances "
+                    f"of the first {cfg.eval_test} examples in file order for other benchmarks; only "
+                    f"rows of the release's evaluation splits (or rows without a split)",
+            "valid": valid}
 
 
-def split_train_instances(size: int, cfg: SplitConfig, seed: int,
+def split_train_instances(groups: Sequence[int], cfg: SplitConfig, seed: int,
                           key: TaskKey) -> Tuple[List[int], List[int], List[int]]:
-    """(train, valid, test) indices of a training task: a seeded random hold-out, each split sorted."""
+    """(train, valid, test) indices of a training task: the instances of seeded random held-out
+    examples (`groups[i]`: row i's example, numbered 0.. in order of appearance), each split sorted."""
+    size = max(groups, default=-1) + 1
     n_valid = min(cfg.heldout_valid, size // 4)
     n_test = min(cfg.heldout_test, size // 4)
     perm = task_rng(seed, key, LEVEL_INSTANCES).permutation(size)
-    test = sorted(int(i) for i in perm[:n_test])
-    valid = sorted(int(i) for i in perm[n_test:n_test + n_valid])
-    train = sorted(int(i) for i in perm[n_test + n_valid:])
-    return train, valid, test
+    part = [0] * size  # 0 train, 1 valid, 2 test
+    for g in perm[:n_test]:
+        part[int(g)] = 2
+    for g in perm[n_test:n_test + n_valid]:
+        part[int(g)] = 1
+    out: Tuple[List[int], List[int], List[int]] = ([], [], [])
+    for i, g in enumerate(groups):
+        out[part[g]].append(i)
+    return out
 
 
 def cap_indices(indices: Sequence[int], cap: int, seed: int, key: TaskKey) -> List[int]:

@@ -126,6 +126,9 @@ class RecordGate:
         self._path_index: Dict[Union[str, Path], int] = {}
         self._odd: List[Tuple[Union[str, Path], Where]] = []  # locations not packed into a payload
         self.tasks_seen: Set[str] = set()
+        #: field -> the data's column it was read from, where they differ (a `datasets` source's
+        #: `columns`): messages name the column the user has
+        self.columns: Mapping[str, str] = {}
 
     def wanted(self, task: str) -> bool:
         """Whether the spec's `tasks` filter keeps `task` (rows of other tasks are not read)."""
@@ -138,6 +141,9 @@ class RecordGate:
 
     def bad(self, path: Path, where: Where, fld: Optional[str], reason: str, detail: str,
             records: int = 1) -> None:
+        column = self.columns.get(fld or "") or (self.columns.get("output") if fld == "outputs" else None)
+        if column and column != fld:
+            fld, detail = column, f"{detail} (column '{column}', read as '{fld}')"
         self.policy.handle(BadRecordError(str(path), where, fld, reason, detail), records)
 
     def admit(self, record: Record, path: Path, where: Where) -> Optional[Record]:

@@ -22,7 +22,7 @@ from optiml_plugin.bench.sources.tabular import (TABLE_SUFFIXES, Build, TaskOf, 
 from optiml_plugin.bench.templates import OPTIONS_HEADER
 from optiml_plugin.errors import BadRecordPolicy
 
-KEYS = ("task",)
+KEYS = ("task", "example_fields")
 SUFFIXES = TABLE_SUFFIXES
 #: bench/reading.py may read each file, and parts of a JSONL file, in its own process
 PARTS = "lines"

@@ -23,10 +23,10 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 from optiml_plugin.bench.records import Record
 from optiml_plugin.bench.sources.base import (RecordGate, SourceSpec, candidates_value, first_present,
                                              outputs_value, row_fields, task_name)
-from optiml_plugin.bench.sources.tabular import TABLE_SUFFIXES, Build, TaskOf, load_rows
+from optiml_plugin.bench.sources.tabular import TABLE_SUFFIXES, Build, TaskOf, load_rows, type_name
 from optiml_plugin.errors import BadRecordPolicy
 
-KEYS = ("task", "instruction", "options_block")
+KEYS = ("task", "instruction", "options_block", "example_fields")
 SUFFIXES = TABLE_SUFFIXES
 #: bench/reading.py may read each file, and parts of a JSONL file, in its own process
 PARTS = "lines"
@@ -57,6 +57,9 @@ def row_builder(spec: SourceSpec) -> Tuple[TaskOf, Build]:
         if out_key == "outputs" and not isinstance(outputs, list):
             gate.bad(path, line, "outputs", "outputs_not_list",
                      f"'outputs' must be a list of strings, got {type(outputs).__name__}")
+            return None
+        if out_key == "output" and not isinstance(outputs, str):
+            gate.bad(path, line, "output", "wrong_type", f"'output' must be a string, got {type_name(outputs)}")
             return None
         instruction = _or(row.get("instruction"), spec.option("instruction", ""))
         if instruction == "" and row["input"] == "":

@@ -32,7 +32,7 @@ from optiml_plugin.bench.sources.tabular import PARQUET_SUFFIXES, iter_rows, row
 from optiml_plugin.errors import BadRecordPolicy, ConfigError, OptimlError
 
 KEYS = ("format", "columns", "name", "config", "cache_dir", "splits", "task", "dataset_prefixes",
-        "group_templates", "instruction", "options_block")
+        "group_templates", "instruction", "options_block", "example_fields")
 SUFFIXES = (".arrow",) + PARQUET_SUFFIXES
 DEFAULT_BENCHMARK = None  # the format's: p3 promptsource, flan flan, sni niv2, generic per row
 _BATCH = 4096
@@ -116,6 +116,7 @@ def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
     mapping = dict(ready, **dict(spec.option("columns") or {}))
     wanted = _names(spec.option("splits"))
     gate = RecordGate(spec, policy)
+    gate.columns = {f: c for f, c in mapping.items() if f != c}
     for where, task, split, columns, rows in _locations(spec, wanted, policy):
         missing = sorted({c for c in mapping.values() if c not in columns})
         if missing:
@@ -150,12 +151,12 @@ def _locations(spec: SourceSpec, wanted: Optional[List[str]], policy: BadRecordP
         cache = str(spec.files[0]) if spec.files else None
         for config in _names(spec.option("config")) or [None]:
             task = config or spec.path.rstrip("/").split("/")[-1]
-            for split, ds in _splits(_load_cached(spec.path, config, cache), wanted):
+            for split, ds in _splits(_load_cached(spec.path, config, cache), wanted, Path(spec.path) / (config or "")):
                 yield Path(spec.path) / (config or "") / split, task, split, list(ds.column_names), _ds_rows(ds)
         return
     for path in spec.files:
         if path.is_dir():
-            for split, ds in _splits(_datasets().load_from_disk(str(path)), wanted):
+            for split, ds in _splits(_datasets().load_from_disk(str(path)), wanted, path):
                 shown = path / split if split else path
                 yield shown, path.name, split, list(ds.column_names), _ds_rows(ds)
             continue
@@ -171,14 +172,15 @@ def _locations(spec: SourceSpec, wanted: Optional[List[str]], policy: BadRecordP
             yield path, file_stem(path), split, list(ds.column_names), _ds_rows(ds)
 
 
-def _splits(loaded: Any, wanted: Optional[List[str]]) -> Iterator[Tuple[Optional[str], Any]]:
-    """(split name, Dataset) of a DatasetDict, or (None, it) of a single Dataset."""
+def _splits(loaded: Any, wanted: Optional[List[str]], where: Path) -> Iterator[Tuple[Optional[str], Any]]:
+    """(split name, Dataset) of a DatasetDict, or (None, it) of a single Dataset; `where` (the
+    folder or hub name) is named when a wanted split is not there."""
     if not hasattr(loaded, "keys"):
         yield (loaded.split and str(loaded.split)) or None, loaded
         return
     unknown = sorted(set(wanted or ()) - set(loaded.keys()))
     if unknown:
-        raise ConfigError(f"splits {', '.join(unknown)} not found (splits: {', '.join(loaded.keys())})")
+        raise ConfigError(f"{where}: splits {', '.join(unknown)} not found (splits: {', '.join(loaded.keys())})")
     for split in sorted(loaded.keys()):
         if wanted is None or split in wanted:
             yield split, loaded[split]

@@ -11,7 +11,11 @@ The task is the dataset, not the template (prompt multiplexing, bench/multiplex.
 `[A-Za-z0-9_.]` made `_` (t-zero's `get_task_name`). A row whose task ends with its own
 `template_name` loses that suffix; a task without a template column is matched against the dataset
 prefixes of P3 (`dataset_prefixes` replaces them; `group_templates: false` keeps one task per
-template). Ids keep the per-template name, so instantiations of one example stay distinct.
+template). Ids keep the per-template name, so instantiations of one example stay distinct; an
+integer `idx` (the example's number in its split, which goes into the id with the split) names the
+example they share, so every rendering of it is held out together (bench/examples.py;
+`example_id` or `example_fields` name it otherwise). ANLI's exports end in their round
+(`anli_GPT_3_style_r1`): each round is its own task (`anli_r1`), as the paper reports R1/R2/R3 apart.
 """
 from __future__ import annotations
 
@@ -21,12 +25,12 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 from optiml_plugin.bench.records import Record
 from optiml_plugin.bench.sources.base import (RecordGate, SourceSpec, candidates_value, outputs_value,
-                                             row_fields, sources_value, task_name)
+                                             release_split, row_fields, sources_value, task_name)
 from optiml_plugin.bench.sources.tabular import (TABLE_SUFFIXES, Build, TaskOf, inputs_and_targets,
                                                 load_rows)
 from optiml_plugin.errors import BadRecordPolicy, ConfigError
 
-KEYS = ("task", "dataset_prefixes", "group_templates")
+KEYS = ("task", "dataset_prefixes", "group_templates", "example_fields")
 SUFFIXES = TABLE_SUFFIXES
 #: bench/reading.py may read each file, and parts of a JSONL file, in its own process
 PARTS = "lines"
@@ -34,6 +38,10 @@ DEFAULT_BENCHMARK = "promptsource"
 TASK_KEYS = ("task", "task_name")
 TEMPLATE_KEYS = ("template", "template_name")
 _UNSAFE = re.compile(r"[^\w.]+")
+#: datasets whose P3 exports end in a round (`anli_GPT_3_style_r1`): each round is its own task, as the
+#: paper reports ANLI R1/R2/R3 (Tab 4, 5), multiplexed over the round's templates
+ROUND_DATASETS = ("anli",)
+_ROUND = re.compile(r"_(r\d+)$")
 
 #: the (dataset, subset) pairs of T0's training and held-out mixtures as PromptSource names them; P3's
 #: export names start with their cleaned `dataset_subset`
@@ -61,14 +69,23 @@ DEFAULT_PREFIXES = tuple(clean_name(d.replace("/", "_")) for d in P3_DATASETS)
 
 
 def dataset_and_template(task: str, template: str, prefixes: Sequence[str]) -> Tuple[str, str]:
-    """(dataset, template) of a P3 task name; the task itself when no rule applies."""
+    """(dataset, template) of a P3 task name; the task itself when no rule applies. A name ending in a
+    round after its template (`anli_GPT_3_style_r1`) gives the round's dataset (`anli_r1`)."""
+    round_ = _ROUND.search(task)
     if template:
         suffix = "_" + clean_name(template)
         if task.endswith(suffix) and len(task) > len(suffix):
             return task[:-len(suffix)], template
+        if round_ and task[:round_.start()].endswith(suffix) and round_.start() > len(suffix):
+            return f"{task[:round_.start() - len(suffix)]}_{round_.group(1)}", template
         return task, template
     best = max((p for p in prefixes if task.startswith(p + "_")), key=len, default=None)
-    return (best, task[len(best) + 1:]) if best else (task, "")
+    if not best:
+        return task, ""
+    named = task[len(best) + 1:]
+    if best in ROUND_DATASETS and round_ and round_.start() > len(best) + 1:
+        return f"{best}_{round_.group(1)}", named[:round_.start() - len(best) - 1]
+    return best, named
 
 
 def load(spec: SourceSpec, policy: BadRecordPolicy) -> Iterator[Record]:
@@ -117,9 +134,16 @@ def row_builder(spec: SourceSpec) -> Tuple[TaskOf, Build]:
         fields = row_fields(row, spec, path, line, own)
         fields.update(sources=sources_value(row, task if isinstance(task, str) else str(task)),
                       template=template)
+        idx = row.get("idx")  # the example's number in its dataset split, the same under every template
+        meta = {}
+        if isinstance(idx, int) and not isinstance(idx, bool) and not isinstance(row.get("id"), str):
+            meta["example"] = str(idx)
+            split = row.get("split") if isinstance(row.get("split"), str) else release_split(path)
+            if split:  # each split counts from 0
+                fields["id"] = f"{fields['id'][:-len(str(idx))]}{split}-{idx}"
         return Record(benchmark=spec.benchmark or DEFAULT_BENCHMARK, task=task, instruction="",
                       input=inputs, outputs=outputs_value(targets),
                       candidates=candidates_value(row.get("answer_choices")), options_block=False,
-                      **fields)
+                      meta=meta, **fields)
 
     return task_of, build

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 from optiml_plugin.bench.records import Record
 from optiml_plugin.bench.sources.base import RecordGate, SourceSpec, release_split
-from optiml_plugin.errors import BadRecordError, BadRecordPolicy, OptimlError
+from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError, OptimlError
 
 #: suffixes read as JSON Lines (`.json` too: `datasets.Dataset.to_json` writes JSON Lines) or Parquet
 JSONL_SUFFIXES = (".jsonl", ".json")
@@ -122,6 +122,7 @@ def rows_records(gate: RecordGate, path: Path, rows: Iterable[Tuple[int, Dict[st
     `build(row, path, line, task, gate)` makes the Record (or reports a missing field via
     `gate.bad` and returns None); the gate then validates it and refuses duplicate ids.
     """
+    fields = example_fields(gate.spec)
     for line, row in rows:
         task = task_of(row, gate.spec, path)
         if isinstance(task, str) and task and not gate.wanted(task):
@@ -134,31 +135,73 @@ def rows_records(gate: RecordGate, path: Path, rows: Iterable[Tuple[int, Dict[st
                 row_split = row.get("split")
                 if isinstance(row_split, str) or split is not None:
                     kept.meta["split"] = row_split if isinstance(row_split, str) else split
+                example = example_of(row, fields)
+                if example is not None:
+                    kept.meta["example"] = example
                 yield kept
 
 
-def required_text(row: Mapping[str, Any], names: Sequence[str], path: Path, line: int,
-                  gate: RecordGate) -> Tuple[bool, Any]:
-    """(True, value) of the first of `names` present in `row`; else report missing_field, (False, None).
+def example_fields(spec: SourceSpec) -> Optional[Tuple[str, ...]]:
+    """The source's `example_fields`: the columns that name a row's underlying example."""
+    value = spec.option("example_fields")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"source '{spec.path}': 'example_fields' must be a list of column names, got {value!r}")
+    return tuple(value)
 
-    Also accepts `<name>_pretokenized` (P3's string twin of a token-id column) when `<name>` is absent
-    or not a string.
-    """
-    for name in names:
-        value = row.get(name)
-        if not isinstance(value, str) and isinstance(row.get(f"{name}_pretokenized"), str):
-            return True, row[f"{name}_pretokenized"]
-        if value is not None:
-            return True, value
-    gate.bad(path, line, names[0], "missing_field", f"row has no '{names[0]}'")
+
+def example_of(row: Mapping[str, Any], fields: Optional[Tuple[str, ...]]) -> Optional[str]:
+    """The underlying example a row renders (bench/examples.py): the values of `fields` when the source
+    names them, else the row's `example_id`; None when the row names none (the record's own `meta`
+    may still hold one: P3's `idx`)."""
+    if fields is not None:
+        return json.dumps([row.get(f) for f in fields], sort_keys=True, default=str, ensure_ascii=False)
+    value = row.get("example_id")
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    return str(value)
+
+
+def text_column(row: Mapping[str, Any], name: str, path: Path, line: int, gate: RecordGate,
+                lists: bool = False) -> Tuple[bool, Any]:
+    """(True, text) of column `name` of a P3/FLAN-style row, or of its `<name>_pretokenized` twin (P3
+    exports keep token ids in `name` and the text in the twin); `lists` also accepts a list of strings
+    (several references). Else report it and return (False, None): `missing_field` when neither
+    column is there, `wrong_type` naming the column, the type it must have and the type it has."""
+    value, twin_name = row.get(name), f"{name}_pretokenized"
+    twin = row.get(twin_name)
+    if _is_text(value, lists):
+        return True, value
+    if isinstance(twin, str):
+        return True, twin
+    if value is None and twin is None:
+        gate.bad(path, line, name, "missing_field", f"row has no '{name}'")
+        return False, None
+    column, got = (twin_name, twin) if twin is not None else (name, value)
+    want = "a string or a list of strings" if lists and column == name else "a string"
+    gate.bad(path, line, column, "wrong_type", f"column '{column}' must be {want}, got {type_name(got)}")
     return False, None
+
+
+def _is_text(value: Any, lists: bool) -> bool:
+    return isinstance(value, str) or (lists and isinstance(value, list) and bool(value)
+                                      and all(isinstance(v, str) for v in value))
+
+
+def type_name(value: Any) -> str:
+    """`int`, `list of int`, `dict`: what a wrong-typed value is, for messages."""
+    if isinstance(value, (list, tuple)) and value:
+        inner = sorted({type(v).__name__ for v in value})
+        return f"{type(value).__name__} of {'/'.join(inner)}"
+    return type(value).__name__
 
 
 def inputs_and_targets(row: Mapping[str, Any], path: Path, line: int,
                        gate: RecordGate) -> Optional[Tuple[Any, Any]]:
     """The `inputs` and `targets` of a P3/FLAN-style row, or None after reporting the missing one."""
-    ok, inputs = required_text(row, ("inputs",), path, line, gate)
+    ok, inputs = text_column(row, "inputs", path, line, gate)
     if not ok:
         return None
-    ok, targets = required_text(row, ("targets",), path, line, gate)
+    ok, targets = text_column(row, "targets", path, line, gate, lists=True)
     return (inputs, targets) if ok else None
