@@ -54,6 +54,10 @@ def test_dialogue_trains_at_its_share_with_the_whole_sequence_as_target(tmp_path
                                                     {"type": "generic", "path": "gen.jsonl"}]}, base_dir=tmp_path)
     build_bench(cfg, tmp_path / "bench", progress=False)
     bench = Bench(tmp_path / "bench")
+    # dialogue (like pre-training text) is training data only: no held-out instance of it is ever scored
+    counts = {t["task"]: t["counts"] for t in bench.manifest["tasks"]}
+    assert counts["dialogue"] == {"train": 4}
+    assert any(k.endswith("heldout_instances") for k in counts["t0"])
     texts = [r["tgt"] for tf in bench.task_files("train") for r in bench.reader(tf)]
     tok = OptTokenizer.builtin(texts + [r["src"] for tf in bench.task_files("train") for r in bench.reader(tf)],
                                vocab_size=300)

@@ -31,7 +31,7 @@ from optiml_plugin.bench.examples import KEY_WORDS, Layout, layout
 from optiml_plugin.bench.multiplex import multiplex_train
 from optiml_plugin.bench.official import eval_rows, official_instances
 from optiml_plugin.bench.records import Record
-from optiml_plugin.bench.spill import INPUT, SpillWriter, read_rows, to_record
+from optiml_plugin.bench.spill import INPUT, INSTRUCTION, SpillWriter, read_rows, to_record
 from optiml_plugin.bench.splits import (EVAL, TRAIN, TaskInfo, TaskKey, absent_from_lists, assign_levels,
                                        assign_roles, cap_indices, eval_draw, split_eval_instances,
                                        split_train_instances)
@@ -287,7 +287,12 @@ class Phases:
         valid/test). Held-out draws pick examples (bench/examples.py)."""
         config, cfg, seed = self.config, self.config.split, self.config.seed
         removed: Counter = Counter()
-        lay = layout(self._rows(key))
+        rows = self._rows(key)
+        lay = layout(rows)
+        if rows and all(not r[INSTRUCTION] and not r[INPUT] for r in rows):
+            # pre-training text and dialogue data (empty source, whole text the target): training data
+            # only, never a held-out instance scored as if it were an instruction task (§4.5, §4.7)
+            return list(range(len(rows))), [], [], removed, None, False, lay
         by_release = None
         if config.heldout_instances == "official":
             by_release = official_instances(lay.splits, lay.groups, cfg, seed, key)
