@@ -176,7 +176,8 @@ class PackedBatches:
         items = []
         for ex, (src, tgt) in zip(examples, pairs):
             item = make_item(src, tgt, self.packing, index=ex.index, task_id=ex.task_id,
-                             benchmark_id=ex.benchmark_id, eos_id=self.tokenizer.eos_id)
+                             benchmark_id=ex.benchmark_id, eos_id=self.tokenizer.eos_id,
+                             start_id=self.tokenizer.start_id)
             if record and self.observer is not None:
                 self.observer.observe(ex.benchmark_id, len(item), len(item) - item.n_src)
             items.append(item)
