@@ -107,16 +107,22 @@ class DataFields(Section):
 
 class DataConfig(DataFields):
     bench: str = _help("", "bench directory (`optiml bench build`)")
-    tokenizer: str = _help("builtin", "builtin (BPE trained on the bench) or a tokenizer directory")
+    tokenizer: str = _help("builtin", "builtin (BPE trained on the bench), model (model.checkpoint's own), or a "
+                                      "tokenizer directory / tokenizer.json")
     builtin_vocab_size: PosInt = _help(2048, "vocabulary of the builtin tokenizer")
     batch_size: PosInt = _help(8, "rows per micro-batch per rank")
 
 
 class ModelConfig(Section):
-    preset: Optional[str] = _help("tiny", "local/model.py PRESETS; null when checkpoint is given")
-    checkpoint: Optional[str] = _help(None, "a transformers OPT directory (or a hub name, with network)")
-    dropout: Fraction = _help(0.1, "dropout, embeddings included (paper: 0.1)")
-    overrides: Dict[str, Any] = _help({}, "OPTConfig fields over the preset")
+    preset: Optional[str] = _help("tiny", "local/model.py PRESETS (family-neutral shapes); null when config or "
+                                          "checkpoint is given")
+    family: str = _help("opt", "the preset's family: opt | llama | mistral | qwen2 | gemma | gpt_neox")
+    config: Optional[str] = _help(None, "a transformers config.json (or its directory) of any decoder: random init")
+    checkpoint: Optional[str] = _help(None, "a transformers checkpoint directory of any decoder (OPT, Llama, "
+                                            "Mistral, Qwen2, Gemma, GPT-NeoX; a hub name with network)")
+    dropout: Fraction = _help(0.1, "dropout, embeddings included (paper: 0.1); families without one ignore it")
+    attention_dropout: Fraction = _help(0.0, "attention dropout (metaseq's default; the recipe preset: 0.1)")
+    overrides: Dict[str, Any] = _help({}, "the model config's own fields over the preset/config/checkpoint")
 
 
 class OptimConfig(Section):
@@ -160,7 +166,6 @@ class LaunchConfig(Section):
         "polynomial_decay", "metaseq schedule (with power 1 and end 0: linear decay to 0)")
     power: NonNegFloat = _help(1.0, "polynomial decay power")
     end_learning_rate: NonNegFloat = _help(0.0, "learning rate at max_update")
-    attention_dropout: Fraction = _help(0.1, "attention dropout")
     fp16_init_scale: PosInt = _help(128, "initial dynamic loss scale")
     save_interval_updates: NonNegInt = _help(1000, "updates between checkpoints")
     validate_interval_updates: NonNegInt = _help(1000, "updates between validations")

@@ -1,4 +1,5 @@
-"""Document-masked attention for packed rows on transformers' OPT, chosen per device.
+"""Document-masked attention for packed rows on any transformers decoder (OPT, Llama, Mistral, Qwen2, Gemma,
+GPT-NeoX), chosen per device.
 
 Why several backends: a packed row holds several examples that must not attend to each other.
 - "per_example": causal SDPA over each example's own tokens, examples of similar length gathered into a few
@@ -11,6 +12,8 @@ Why several backends: a packed row holds several examples that must not attend t
   single right-padded example.
 The custom ones are registered in transformers' AttentionInterface (no monkey-patching); the model reads
 per-batch extras (spans, block mask) from keyword arguments transformers forwards to the attention function.
+Positions restart per example through `position_ids`, which OPT's learned positions and the rotary
+families' rotations both read.
 """
 from __future__ import annotations
 
@@ -150,6 +153,17 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
+def sliding_window(config: Any) -> Optional[int]:
+    """The model's attention window when it is in use (Mistral v0.1, Qwen2 with use_sliding_window), else None."""
+    window = getattr(config, "sliding_window", None)
+    if not window or not getattr(config, "use_sliding_window", True):
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
+
+
 _IMPLEMENTATION = {"per_example": PER_EXAMPLE, "flex": FLEX, "dense": "sdpa", "causal": "sdpa"}
 
 
@@ -157,10 +171,26 @@ class DocumentAttention:
     """Turns a packed batch into model keyword arguments for one backend, and sets the model to use it."""
 
     def __init__(self, backend: str, device: torch.device) -> None:
+        self.requested = backend
         self.backend = resolve_backend(backend, device)
         _register()
 
-    def configure(self, model: torch.nn.Module) -> torch.nn.Module:
+    def configure(self, model: torch.nn.Module, max_length: Optional[int] = None) -> torch.nn.Module:
+        """Set the model's attention implementation, after checking that this backend computes exactly the
+        model's attention on rows of `max_length` tokens: no sliding window shorter than a row (the document
+        masks here are full causal), and no attention dropout under flex (FlexAttention has none; 'auto'
+        then takes per_example)."""
+        window = sliding_window(model.config)
+        if window is not None and (max_length is None or window < max_length):
+            raise ConfigError(f"attention: {type(model).__name__} uses sliding-window attention ({window} tokens) "
+                              f"but the document masks here are full causal over rows of {max_length} tokens; set "
+                              f"model.overrides.sliding_window: null, or data.tokens_per_sample below {window}")
+        dropout = float(getattr(model.config, "attention_dropout", 0.0) or 0.0)
+        if self.backend == "flex" and dropout > 0:
+            if self.requested != "auto":
+                raise ConfigError(f"attention: 'flex' has no attention dropout (model attention_dropout "
+                                  f"{dropout}); use 'per_example' or 'dense', or attention_dropout 0")
+            self.backend = "per_example"
         model.config._attn_implementation = _IMPLEMENTATION[self.backend]
         return model
 

@@ -110,7 +110,8 @@ class Trainer:
                               f"or choose another run.out_dir")
 
         self.bench = Bench(config.data.bench)
-        self.tokenizer = load_tokenizer(config.data, self.bench, self.out / "tokenizer" if resume else None)
+        self.tokenizer = load_tokenizer(config.data, self.bench, self.out / "tokenizer" if resume else None,
+                                        checkpoint=config.model.checkpoint)
         if self.dist.is_main:
             self.tokenizer.save(self.out / "tokenizer")
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -122,12 +123,16 @@ class Trainer:
                 [vset.counts() for subset in self.data.validation.values() for vset in subset.sets],
                 indent=1) + "\n")
 
-        model = build_model(preset=config.model.preset if config.model.checkpoint is None else None,
-                            checkpoint=config.model.checkpoint, vocab_size=self.tokenizer.vocab_size,
-                            max_positions=max(2048, config.data.tokens_per_sample),
-                            dropout=config.model.dropout, overrides=config.model.overrides, seed=run.seed)
+        m = config.model
+        tok = self.tokenizer
+        model = build_model(preset=m.preset if m.checkpoint is None and m.config is None else None,
+                            checkpoint=m.checkpoint, config=m.config, family=m.family,
+                            vocab_size=tok.vocab_size, max_positions=max(2048, config.data.tokens_per_sample),
+                            dropout=m.dropout, attention_dropout=m.attention_dropout, overrides=m.overrides,
+                            seed=run.seed, special_ids={"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
+                                                        "pad_token_id": tok.pad_id})
         self.attention = DocumentAttention(run.attention, self.device)
-        self.attention.configure(model)
+        self.attention.configure(model, config.data.tokens_per_sample + 1)
         self.n_params = count_parameters(model)
         threads = cpu_threads(run.threads, self.device, self.n_params)
         if threads:
