@@ -225,3 +225,70 @@ def test_config_file_random_init_and_exactness_guards(tmp_path):
         build_model(config=str(tmp_path / "cfg"), vocab_size=400)
     with pytest.raises(ConfigError, match="exactly one"):
         build_model(preset="micro", config=str(tmp_path / "cfg"), vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    from bench_factory import make_bench
+
+    return make_bench(tmp_path_factory.mktemp("bench") / "bench", [
+        dict(benchmark="b1", category="c1", task="t1", n=40),
+        dict(benchmark="b2", category="c2", task="t2", n=30),
+        dict(benchmark="b1", category="c1", task="t1", n=6, split="valid_heldout_instances")])
+
+
+def _llama_run(bench, out, checkpoint, **run):
+    from bench_factory import micro_train_config
+
+    return micro_train_config(bench, out, model={"preset": None, "checkpoint": str(checkpoint), "dropout": 0.1,
+                                                 "attention_dropout": 0.1},
+                              data={"tokenizer": "model"}, run=run)
+
+
+def test_llama_checkpoint_trains_saves_in_its_format_and_resumes_exactly(bench, tmp_path):
+    """`optiml train` on a local Llama directory: its own tokenizer and BOS rule, attention dropout on, the final
+    model loadable by AutoModelForCausalLM and the evaluator, and a resumed run equal to an uninterrupted one."""
+    from transformers import AutoModelForCausalLM
+
+    from optiml_plugin.local.trainer import Trainer, read_log
+
+    start = F.write_tokenizer("llama", tmp_path / "llama")
+    F.tiny_model("llama", resolve_tokenizer(start)).save_pretrained(str(start))
+    full = Trainer(_llama_run(bench, tmp_path / "full", start))
+    assert full.tokenizer.family == "llama" and full.tokenizer.start_id == 1
+    row = next(iter(full.data.validation.values())).batches[0]
+    seg = row["segment_ids"][0]
+    starts = torch.cat([torch.tensor([True]), seg[1:] != seg[:-1]]) & (seg > 0)
+    assert set(row["input_ids"][0][starts].tolist()) == {1}   # every packed example opens with Llama's <s>
+    full.train()
+    cut = Trainer(_llama_run(bench, tmp_path / "cut", start))
+    cut.train(until=3)
+    del cut
+    resumed = Trainer(_llama_run(bench, tmp_path / "cut", start), resume=True)
+    assert resumed.step == 3
+    resumed.train()
+    losses = [[r["loss"] for r in read_log(tmp_path / run / "log.jsonl") if "split" not in r] for run in ("full", "cut")]
+    assert len(losses[0]) == 6 and losses[0] == losses[1]
+    a, b = (AutoModelForCausalLM.from_pretrained(str(tmp_path / run / "final")) for run in ("full", "cut"))
+    assert type(a).__name__ == "LlamaForCausalLM"
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert torch.equal(a.lm_head.weight, full.lm.lm_head.weight.detach())
+    backend = HFBackend.from_dir(tmp_path / "full" / "final", device="cpu")
+    assert backend.tok.family == "llama" and backend.prefix_ids == [1]
+
+
+def test_family_presets_train_from_random_init(bench, tmp_path):
+    """A family-neutral preset as GPT-NeoX with the builtin tokenizer: trains, saves as GPTNeoXForCausalLM."""
+    from bench_factory import micro_train_config
+    from transformers import AutoModelForCausalLM
+
+    from optiml_plugin.local.trainer import Trainer
+
+    trainer = Trainer(micro_train_config(bench, tmp_path / "run", model={"family": "gpt_neox"},
+                                         optim={"lr": 1e-2, "max_update": 8}))
+    before = trainer.validate()["valid_heldout_instances"]
+    final = trainer.train()
+    assert trainer.validate()["valid_heldout_instances"] < before
+    assert type(AutoModelForCausalLM.from_pretrained(str(final))).__name__ == "GPTNeoXForCausalLM"
+    with pytest.raises(ConfigError, match="'builtin' trains new ids"):
+        Trainer(micro_train_config(bench, tmp_path / "bad", model={"preset": None, "checkpoint": str(final)}))

@@ -60,6 +60,12 @@ FAMILIES: Dict[str, Family] = {
 }
 
 
+def dropout_fields(model_type: str, dropout: float) -> Dict[str, float]:
+    """The config field that takes model.dropout in this family ({} where it has none or is not listed)."""
+    family = FAMILIES.get(model_type)
+    return {family.dropout_field: dropout} if family is not None and family.dropout_field else {}
+
+
 def pad_vocab(n: int, multiple: int = 8) -> int:
     return ((n + multiple - 1) // multiple) * multiple
 
@@ -105,7 +111,7 @@ def preset_config(preset: str, family: str, vocab_size: int, max_positions: int,
     return config_class(**fields)
 
 
-def file_config(path: str, vocab_size: int, attention_dropout: float,
+def file_config(path: str, vocab_size: int, dropout: float, attention_dropout: float,
                 overrides: Optional[Dict[str, Any]] = None) -> Any:
     """A transformers config.json (or a directory holding one) for random init, with `overrides` applied."""
     from transformers import AutoConfig
@@ -127,6 +133,7 @@ def file_config(path: str, vocab_size: int, attention_dropout: float,
     _check_fields(config_class, dict(overrides or {}), "model.overrides")
     if "attention_dropout" in config_class().to_dict():
         data["attention_dropout"] = attention_dropout
+    data.update(dropout_fields(data["model_type"], dropout))
     data.update(overrides or {})
     config = AutoConfig.for_model(**data)
     if config.vocab_size < vocab_size:
@@ -165,9 +172,9 @@ def build_model(preset: Optional[str] = None, checkpoint: Optional[str] = None, 
     if sum(x is not None for x in (preset, checkpoint, config)) != 1:
         raise ConfigError("model: give exactly one of 'preset', 'config' or 'checkpoint'")
     if checkpoint is not None:
-        return _load_checkpoint(checkpoint, vocab_size, attention_dropout, overrides, attn_implementation)
+        return _load_checkpoint(checkpoint, vocab_size, dropout, attention_dropout, overrides, attn_implementation)
     if config is not None:
-        cfg = file_config(config, vocab_size, attention_dropout, overrides)
+        cfg = file_config(config, vocab_size, dropout, attention_dropout, overrides)
         where = f"model.config {config}"
     else:
         cfg = preset_config(preset, family, vocab_size, max_positions, dropout, attention_dropout, overrides,
@@ -179,7 +186,7 @@ def build_model(preset: Optional[str] = None, checkpoint: Optional[str] = None, 
     return check_supported(AutoModelForCausalLM.from_config(cfg), where)
 
 
-def _load_checkpoint(checkpoint: str, vocab_size: int, attention_dropout: float,
+def _load_checkpoint(checkpoint: str, vocab_size: int, dropout: float, attention_dropout: float,
                      overrides: Optional[Dict[str, Any]], attn_implementation: str) -> torch.nn.Module:
     """A checkpoint directory (or a hub name, with network) in fp32, its config fields overridden before
     the modules are built (attention dropout is read from the config at construction)."""
@@ -189,9 +196,12 @@ def _load_checkpoint(checkpoint: str, vocab_size: int, attention_dropout: float,
     if checkpoint.startswith((".", "/", "~")) and not os.path.isdir(path):
         raise ConfigError(f"model.checkpoint: directory {checkpoint!r} does not exist")
     try:
-        config_class = type(AutoConfig.from_pretrained(path))
+        loaded = AutoConfig.from_pretrained(path)
+        config_class = type(loaded)
         fields = dict(overrides or {})
         _check_fields(config_class, fields, "model.overrides")
+        for key, value in dropout_fields(loaded.model_type, dropout).items():
+            fields.setdefault(key, value)
         if "attention_dropout" in config_class().to_dict():
             fields.setdefault("attention_dropout", attention_dropout)
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation,

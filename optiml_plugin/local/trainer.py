@@ -1,4 +1,5 @@
-"""The single-machine (or torchrun) training loop on transformers' OPT.
+"""The single-machine (or torchrun) training loop on a transformers decoder (OPT, Llama, Mistral, Qwen2, Gemma,
+GPT-NeoX; local/model.py).
 
 Why these choices:
 - Loss: the core target-only loss as sums; with gradient accumulation and data parallelism the update's
@@ -33,7 +34,7 @@ from optiml_plugin.local.data import load_tokenizer
 from optiml_plugin.local.distributed import (Dist, clip_grad_norm, full_state_dict, init_distributed,
                                              load_full_state_dict, load_optimizer_state, optimizer_state,
                                              wrap_model)
-from optiml_plugin.local.model import TargetLM, build_model, count_parameters
+from optiml_plugin.local.model import TargetLM, build_model, count_parameters, dropout_fields
 from optiml_plugin.local.runlog import read_log, trim_log  # noqa: F401  (read_log: the log's reader)
 from optiml_plugin.loss import LossSums, example_groups, loss_sums, token_coefficients
 
@@ -131,6 +132,9 @@ class Trainer:
                             dropout=m.dropout, attention_dropout=m.attention_dropout, overrides=m.overrides,
                             seed=run.seed, special_ids={"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
                                                         "pad_token_id": tok.pad_id})
+        if m.dropout > 0 and not dropout_fields(model.config.model_type, m.dropout):
+            self._say(f"{model.config.model_type} has no hidden dropout: model.dropout {m.dropout} does not apply "
+                      f"(model.attention_dropout does)")
         self.attention = DocumentAttention(run.attention, self.device)
         self.attention.configure(model, config.data.tokens_per_sample + 1)
         self.n_params = count_parameters(model)
