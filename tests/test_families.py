@@ -267,7 +267,8 @@ def test_llama_checkpoint_trains_saves_in_its_format_and_resumes_exactly(bench, 
     resumed = Trainer(_llama_run(bench, tmp_path / "cut", start), resume=True)
     assert resumed.step == 3
     resumed.train()
-    losses = [[r["loss"] for r in read_log(tmp_path / run / "log.jsonl") if "split" not in r] for run in ("full", "cut")]
+    losses = [[r["loss"] for r in read_log(tmp_path / run / "log.jsonl") if "split" not in r]
+              for run in ("full", "cut")]
     assert len(losses[0]) == 6 and losses[0] == losses[1]
     a, b = (AutoModelForCausalLM.from_pretrained(str(tmp_path / run / "final")) for run in ("full", "cut"))
     assert type(a).__name__ == "LlamaForCausalLM"
