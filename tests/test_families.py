@@ -103,6 +103,24 @@ def test_packed_example_equals_the_example_alone(family, backend, tokenizers):
     assert packed_vs_alone(family, tokenizers[family], backend) <= TOLERANCE
 
 
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_grouped_query_attention_packs_exactly(family, backend, tokenizers):
+    """Fewer key/value heads than query heads (TinyLlama, Mistral, Qwen2 checkpoints)."""
+    tok = tokenizers[family]
+    model = build_model("micro", family=family, vocab_size=tok.vocab_size, dropout=0.0, seed=0,
+                        overrides={"num_attention_heads": 4, "num_key_value_heads": 2})
+    batch, items = _batch(tok, F.PAIRS)
+    packed = _packed_logits(model, backend, batch)
+    model.config._attn_implementation = "sdpa"
+    at = 0
+    for item in items:
+        with torch.no_grad():
+            alone = model(input_ids=torch.as_tensor(item.tokens)[None], use_cache=False).logits
+        assert float((packed[0, at:at + len(item)] - alone[0]).abs().max()) <= TOLERANCE
+        at += len(item)
+
+
 @pytest.mark.parametrize("family", F.FAMILIES)
 def test_plain_causal_rows_would_leak(family, tokenizers):
     """The control: the same row with one causal mask over all examples and positions counting on."""

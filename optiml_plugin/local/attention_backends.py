@@ -95,6 +95,7 @@ def per_example_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     """transformers attention function: q/k/v [B,H,L,D] -> ([B,L,H,D], None), causal within each span."""
     if optiml_spans is None:
         raise RuntimeError("per_example attention needs optiml_spans (call the model through DocumentAttention)")
+    key, value = share_kv_heads(query, key), share_kv_heads(query, value)
     b, h, length, d = query.shape
     sizes = [n * longest for n, longest in optiml_spans.shapes]
     # one gather per tensor (its backward is one scatter, not one full-size zero fill per group)
@@ -109,6 +110,13 @@ def per_example_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     return out.index_select(0, optiml_spans.scatter).view(b, length, h, d), None
 
 
+def share_kv_heads(query: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """Grouped-query attention (Llama 2 70B, Mistral, Qwen2, TinyLlama: fewer key/value heads than query
+    heads): each key/value head serves `heads / kv_heads` consecutive query heads, as transformers' repeat_kv."""
+    groups = query.shape[1] // kv.shape[1]
+    return kv if groups == 1 else kv.repeat_interleave(groups, dim=1)
+
+
 _compiled_flex: Dict[str, Any] = {}
 
 
@@ -121,7 +129,8 @@ def flex_attention_fn(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     fn = flex_attention
     if query.device.type != "cpu":
         fn = _compiled_flex.setdefault("fn", torch.compile(flex_attention, dynamic=False))
-    out = fn(query, key, value, block_mask=optiml_block_mask, scale=scaling)
+    out = fn(query, share_kv_heads(query, key), share_kv_heads(query, value), block_mask=optiml_block_mask,
+             scale=scaling)
     return out.transpose(1, 2).contiguous(), None
 
 
