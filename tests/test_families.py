@@ -311,3 +311,27 @@ def test_family_presets_train_from_random_init(bench, tmp_path):
     assert type(AutoModelForCausalLM.from_pretrained(str(final))).__name__ == "GPTNeoXForCausalLM"
     with pytest.raises(ConfigError, match="'builtin' trains new ids"):
         Trainer(micro_train_config(bench, tmp_path / "bad", model={"preset": None, "checkpoint": str(final)}))
+
+
+def test_one_resolver_serves_every_call_site(tokenizers, tmp_path):
+    """The local trainer, the metaseq task and the evaluator read a tokenizer through `resolve_tokenizer`; the
+    metaseq task (OPT's dictionary) refuses another family's by name, the others take its rules."""
+    from optiml_plugin.local.data import load_tokenizer
+    from optiml_plugin.metaseq.wiring import load_tokenizer as metaseq_tokenizer
+    from optiml_plugin.recipe import DataConfig
+
+    llama = F.write_tokenizer("llama", tmp_path / "llama")
+    opt = tokenizers["opt"].save(tmp_path / "opt")
+    assert metaseq_tokenizer(None, None, str(opt)).family == "opt"
+    with pytest.raises(ConfigError, match="the metaseq task needs OPT's BPE with OPT's ids; this is a llama"):
+        metaseq_tokenizer(None, None, str(llama / "tokenizer.json"))
+    local = load_tokenizer(DataConfig(tokenizer="model"), bench=None, checkpoint=str(llama))
+    assert local.specials == tokenizers["llama"].specials
+    with pytest.raises(ConfigError, match="'model' takes the tokenizer of model.checkpoint"):
+        load_tokenizer(DataConfig(tokenizer="model"), bench=None)
+    with pytest.raises(ConfigError, match="data.tokenizer: '/nowhere' is neither 'builtin' nor a tokenizer"):
+        load_tokenizer(DataConfig(tokenizer="/nowhere"), bench=None)
+    (tmp_path / "spm").mkdir()
+    (tmp_path / "spm" / "tokenizer.model").write_bytes(b"\0")
+    with pytest.raises(ConfigError, match="SentencePiece tokenizer.model: write tokenizer.json once"):
+        resolve_tokenizer(tmp_path / "spm")
