@@ -217,4 +217,9 @@ class DocumentAttention:
             from optiml_plugin.attention import flex_block_mask
 
             inputs["optiml_block_mask"] = flex_block_mask(seg)
+        elif self.backend == "causal":
+            # transformers (5.x) reads restarting position ids without a mask as packed sequences and masks them
+            # itself (measured: Llama's packed logits then equal each example alone); an explicit all-ones
+            # padding mask keeps this baseline what it says, plain causal, for every family
+            inputs["attention_mask"] = torch.ones_like(batch["input_ids"])
         return inputs
