@@ -246,6 +246,12 @@ def test_config_file_random_init_and_exactness_guards(tmp_path):
         build_model(config=str(tmp_path / "cfg"), vocab_size=400)
     with pytest.raises(ConfigError, match="exactly one"):
         build_model(preset="micro", config=str(tmp_path / "cfg"), vocab_size=300)
+    from transformers import Gemma2Config
+
+    Gemma2Config(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=16).save_pretrained(str(tmp_path / "gemma2"))
+    with pytest.raises(ConfigError, match=r"transforms its logits \(final_logit_softcapping\)"):
+        build_model(config=str(tmp_path / "gemma2"), vocab_size=300)   # the fused target loss would be wrong
 
 
 @pytest.fixture(scope="module")

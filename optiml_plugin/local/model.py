@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -144,16 +145,24 @@ def file_config(path: str, vocab_size: int, dropout: float, attention_dropout: f
 
 def check_supported(model: torch.nn.Module, where: str) -> torch.nn.Module:
     """Refuse models whose attention bypasses transformers' attention interface (the document masks could
-    not reach it) or whose logits are not the plain output projection (the fused target loss assumes it)."""
-    if not getattr(model, "_supports_attention_backend", False):
+    not reach it) or whose logits are not the plain output projection."""
+    supported = getattr(model, "_supports_attention_backend", None)
+    if supported is None:  # transformers without the flag: the modeling module dispatches through the interface
+        supported = hasattr(sys.modules.get(type(model).__module__), "ALL_ATTENTION_FUNCTIONS")
+    if not supported:
         raise ConfigError(f"{where}: {type(model).__name__} does not route attention through transformers' "
                           f"attention interface, so packed rows cannot be document-masked; supported: "
                           f"{sorted(FAMILIES)} and other decoders that do")
-    for field in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
-        if getattr(model.config, field, None) not in (None, 1, 1.0):
-            raise ConfigError(f"{where}: {type(model).__name__} transforms its logits ({field}); the fused "
-                              f"target loss uses the plain output projection")
+    check_logits(model.config, where)
     return model
+
+
+def check_logits(config: Any, where: str) -> None:
+    """Refuse configs whose logits are not the plain output projection (the fused target loss assumes it)."""
+    for field in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+        if getattr(config, field, None) not in (None, 1, 1.0):
+            raise ConfigError(f"{where}: {config.model_type} transforms its logits ({field}); the fused "
+                              f"target loss uses the plain output projection")
 
 
 def build_model(preset: Optional[str] = None, checkpoint: Optional[str] = None, vocab_size: int = OPT_VOCAB_SIZE,
@@ -180,10 +189,15 @@ def build_model(preset: Optional[str] = None, checkpoint: Optional[str] = None, 
         cfg = preset_config(preset, family, vocab_size, max_positions, dropout, attention_dropout, overrides,
                             special_ids)
         where = f"model.preset {preset} ({family})"
+    check_logits(cfg, where)
     if seed is not None:
         torch.manual_seed(seed)
     cfg._attn_implementation = attn_implementation
-    return check_supported(AutoModelForCausalLM.from_config(cfg), where)
+    try:
+        model = AutoModelForCausalLM.from_config(cfg)
+    except ValueError as e:  # e.g. an architecture without the attention implementation asked for
+        raise ConfigError(f"{where}: transformers cannot build it: {str(e).splitlines()[0]}") from None
+    return check_supported(model, where)
 
 
 def _load_checkpoint(checkpoint: str, vocab_size: int, dropout: float, attention_dropout: float,
