@@ -61,9 +61,14 @@ def tokenizer_files(family: str) -> Tuple[Any, Dict[str, Any]]:
         return (_sentencepiece(["<unk>", "<s>", "</s>"], "<s>", "first"),
                 {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
                  "pad_token": None})
-    if family == "mistral":  # as Llama, but BOS only from the post-processor (no add_bos_token key)
+    if family == "mistral":  # as Llama, but BOS only from the post-processor (no add_bos_token key), and
+        # special tokens in transformers 4's serialized AddedToken form
+        def added(content: str) -> Dict[str, Any]:
+            return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": False,
+                    "rstrip": False, "single_word": False}
+
         return (_sentencepiece(["<unk>", "<s>", "</s>"], "<s>", "first"),
-                {"bos_token": {"content": "<s>"}, "eos_token": {"content": "</s>"}, "unk_token": "<unk>"})
+                {"bos_token": added("<s>"), "eos_token": added("</s>"), "unk_token": "<unk>"})
     if family == "gemma":  # <pad>=0 <eos>=1 <bos>=2 <unk>=3, adds BOS, no prepended marker
         return (_sentencepiece(["<pad>", "<eos>", "<bos>", "<unk>"], "<bos>", "never"),
                 {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",

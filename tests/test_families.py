@@ -344,3 +344,16 @@ def test_one_resolver_serves_every_call_site(tokenizers, tmp_path):
     (tmp_path / "spm" / "tokenizer.model").write_bytes(b"\0")
     with pytest.raises(ConfigError, match="SentencePiece tokenizer.model: write tokenizer.json once"):
         resolve_tokenizer(tmp_path / "spm")
+
+
+@pytest.mark.parametrize("family", [f for f in F.FAMILIES if f != "opt"])
+def test_rules_agree_with_transformers_tokenizer(family, tokenizers, tmp_path):
+    """Where a family adds BOS, transformers' own tokenizer of the saved directory adds the same token."""
+    from transformers import AutoTokenizer
+
+    tok = tokenizers[family]
+    auto = AutoTokenizer.from_pretrained(str(tok.save(tmp_path / "saved").parent))
+    for src, _ in F.PAIRS:
+        want = ([tok.bos_id] if tok.specials.adds_bos else []) + tok.encode(src)
+        assert list(auto(src)["input_ids"]) == want, (family, src)
+    assert auto.eos_token_id == tok.eos_id
