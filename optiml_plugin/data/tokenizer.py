@@ -212,6 +212,7 @@ class OptTokenizer:
         for name in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):  # the config's values win, as in transformers
             if (root / name).is_file():
                 config.update(_read_json(root / name))
+        family = family or str(config.get("model_type", ""))  # `save` records it for a directory without config.json
         if family == OPT or not config:
             return cls(tok, origin=origin)
         specials = Specials.from_files(tok, config, family or "unknown", str(root))
@@ -241,7 +242,9 @@ class OptTokenizer:
         out.mkdir(parents=True, exist_ok=True)
         self._tok.save(str(out / TOKENIZER_JSON))
         if self.specials.family != OPT:
-            (out / TOKENIZER_CONFIG).write_text(json.dumps(self._config, indent=1) + "\n", encoding="utf-8")
+            config = dict(self._config)
+            config.setdefault("model_type", self.specials.family)
+            (out / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
         return out / TOKENIZER_JSON
 
     # ---- ids ----------------------------------------------------------------------------------
