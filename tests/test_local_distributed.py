@@ -92,7 +92,8 @@ def _worker(rank: int, port: int, bench: Path, root: Path) -> None:
             Trainer(_config(bench, root / f"{mode}_noclip", mode=mode, clip_norm=1e9, max_update=4)).train()
         # a Llama-family model (rotary positions, no hidden dropout: attention dropout on) sharded and resumed
         llama = {"family": "llama", "attention_dropout": 0.1}
-        Trainer(_config(bench, root / "fsdp_llama_full", mode="fsdp", model=llama)).train()
+        for mode in ("ddp", "fsdp"):
+            Trainer(_config(bench, root / f"{mode}_llama_full", mode=mode, model=llama)).train()
         _run_and_resume(_config(bench, root / "fsdp_llama_cut", mode="fsdp", model=llama), cut=3)
     finally:
         dist.destroy_process_group()
@@ -239,11 +240,12 @@ def test_fsdp_puts_the_same_parameters_under_weight_decay(world):
         assert rank["fsdp"] == rank["ddp"]
 
 
-def test_fsdp_llama_resume_continues_exactly(world):
+def test_llama_under_ddp_and_fsdp_resumes_exactly(world):
     from transformers import AutoModelForCausalLM
 
     full, cut = world / "fsdp_llama_full", world / "fsdp_llama_cut"
     assert _losses(cut) == _losses(full) and len(_losses(full)) == 6
+    assert _losses(full) == pytest.approx(_losses(world / "ddp_llama_full"), rel=1e-5)   # sharded = replicated
     a, b = (AutoModelForCausalLM.from_pretrained(str(run / "final")) for run in (full, cut))
     assert type(a).__name__ == "LlamaForCausalLM"
     sa, sb = a.state_dict(), b.state_dict()
