@@ -1,9 +1,10 @@
-"""Training throughput (target tokens/s) of the tiny OPT on the SNI sample: packed + document-masked rows
-vs one example per row padded to the longest in its batch (the unpacked baseline, given the same token
-budget per step: rows x tokens_per_sample). Aim: >= 2x.
+"""Training throughput (target tokens/s) of the tiny OPT (or `--family llama`, ...) on the SNI sample: packed +
+document-masked rows vs one example per row padded to the longest in its batch (the unpacked baseline, given
+the same token budget per step: rows x tokens_per_sample). Aim: >= 2x.
 
     python benchmarks/train_throughput.py                       # tiny OPT, 8 rows x 1024 tokens, 4 steps each
     python benchmarks/train_throughput.py --tokens-per-sample 2048 --rows 8 --steps 20 --preset small
+    python benchmarks/train_throughput.py --family llama        # the same shape as a Llama-family model
 
 The bench is built from ../shared/data/sni (skipped with a message when absent) with the OPT BPE files
 (../shared/data/opt-bpe, else the builtin tokenizer). Both variants see the same examples, in stream order,
@@ -142,6 +143,8 @@ def measure(runs: Dict[str, Run], steps: int, warmup: int = 1) -> Dict[str, Dict
 def parse(description: str) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--family", default="opt", help="the preset's model family (local/model.py FAMILIES: opt, "
+                    "llama, mistral, qwen2, gemma, gpt_neox); the same tokenizer for every family")
     ap.add_argument("--tokens-per-sample", type=int, default=1024)
     ap.add_argument("--rows", type=int, default=8, help="rows per packed batch")
     ap.add_argument("--steps", type=int, default=4)
@@ -168,14 +171,17 @@ def main() -> None:
     bench, tok = setup(args)
 
     def fresh():
-        return build_model(args.preset, vocab_size=tok.vocab_size, dropout=0.0, seed=0,
-                           max_positions=max(2048, args.tokens_per_sample))
+        return build_model(args.preset, vocab_size=tok.vocab_size, dropout=0.0, seed=0, family=args.family,
+                           max_positions=max(2048, args.tokens_per_sample),
+                           special_ids={"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
+                                        "pad_token_id": tok.pad_id})
 
     res = measure({"packed": Run(fresh(), args.backend, packed_batches(bench, tok, args.tokens_per_sample, args.rows)),
                    "padded": Run(fresh(), "causal", padded_batches(bench, tok, args.tokens_per_sample, args.rows))},
                   args.steps)
     packed, padded = res["packed"], res["padded"]
-    print(f"OPT preset {args.preset}, packed backend {args.backend}, rows of {args.tokens_per_sample} tokens, "
+    print(f"{args.family} preset {args.preset}, packed backend {args.backend}, rows of {args.tokens_per_sample} "
+          f"tokens, "
           f"threads {torch.get_num_threads()}, tokenizer {tok.origin} ({tok.vocab_size} tokens); the padded "
           f"baseline fills the same {args.rows} x {args.tokens_per_sample} token budget")
     for name, r in (("packed + document mask", packed), ("one example per row, padded", padded)):

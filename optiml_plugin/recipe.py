@@ -116,16 +116,22 @@ class DataFields(Section):
 
 class DataConfig(DataFields):
     bench: str = setting("", "bench directory (`optiml bench build`)")
-    tokenizer: str = setting("builtin", "builtin (BPE trained on the bench) or a tokenizer directory")
+    tokenizer: str = setting("builtin", "builtin (BPE trained on the bench), model (model.checkpoint's own), or a "
+                                      "tokenizer directory / tokenizer.json")
     builtin_vocab_size: PosInt = setting(2048, "vocabulary of the builtin tokenizer")
     batch_size: PosInt = setting(8, "rows per micro-batch per rank")
 
 
 class ModelConfig(Section):
-    preset: Optional[str] = setting("tiny", "local/model.py PRESETS; null when checkpoint is given")
-    checkpoint: Optional[str] = setting(None, "a transformers OPT directory (or a hub name, with network)")
-    dropout: Fraction = setting(0.1, "dropout, embeddings included (paper: 0.1)")
-    overrides: Dict[str, Any] = setting({}, "OPTConfig fields over the preset")
+    preset: Optional[str] = setting("tiny", "local/model.py PRESETS (family-neutral shapes); null when config or "
+                                          "checkpoint is given")
+    family: str = setting("opt", "the preset's family: opt | llama | mistral | qwen2 | gemma | gpt_neox")
+    config: Optional[str] = setting(None, "a transformers config.json (or its directory) of any decoder: random init")
+    checkpoint: Optional[str] = setting(None, "a transformers checkpoint directory of any decoder (OPT, Llama, "
+                                            "Mistral, Qwen2, Gemma, GPT-NeoX; a hub name with network)")
+    dropout: Fraction = setting(0.1, "dropout, embeddings included (paper: 0.1); families without one ignore it")
+    attention_dropout: Fraction = setting(0.0, "attention dropout (metaseq's default; the recipe preset: 0.1)")
+    overrides: Dict[str, Any] = setting({}, "the model config's own fields over the preset/config/checkpoint")
 
 
 class OptimConfig(Section):

@@ -30,8 +30,8 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
                                 reason="torch.distributed with the gloo backend is not available here")
 
 
-def _config(bench: Path, out: Path, mode: str = "ddp", dropout: float = 0.1, **optim: Any):
-    return micro_train_config(bench, out, model={"dropout": dropout}, optim=optim,
+def _config(bench: Path, out: Path, mode: str = "ddp", dropout: float = 0.1, model: Any = None, **optim: Any):
+    return micro_train_config(bench, out, model={"dropout": dropout, **(model or {})}, optim=optim,
                               run={"distributed": mode, "device": "cpu"})
 
 
@@ -90,6 +90,11 @@ def _worker(rank: int, port: int, bench: Path, root: Path) -> None:
         # sharded vs replicated training, clipping out of play (see test_fsdp_clips_by_the_global_norm)
         for mode in ("ddp", "fsdp"):
             Trainer(_config(bench, root / f"{mode}_noclip", mode=mode, clip_norm=1e9, max_update=4)).train()
+        # a Llama-family model (rotary positions, no hidden dropout: attention dropout on) sharded and resumed
+        llama = {"family": "llama", "attention_dropout": 0.1}
+        for mode in ("ddp", "fsdp"):
+            Trainer(_config(bench, root / f"{mode}_llama_full", mode=mode, model=llama)).train()
+        _run_and_resume(_config(bench, root / "fsdp_llama_cut", mode="fsdp", model=llama), cut=3)
     finally:
         dist.destroy_process_group()
 
@@ -233,6 +238,18 @@ def test_fsdp_clips_by_the_global_norm(world):
 def test_fsdp_puts_the_same_parameters_under_weight_decay(world):
     for rank in _ranks(world, "param_groups"):
         assert rank["fsdp"] == rank["ddp"]
+
+
+def test_llama_under_ddp_and_fsdp_resumes_exactly(world):
+    from transformers import AutoModelForCausalLM
+
+    full, cut = world / "fsdp_llama_full", world / "fsdp_llama_cut"
+    assert _losses(cut) == _losses(full) and len(_losses(full)) == 6
+    assert _losses(full) == pytest.approx(_losses(world / "ddp_llama_full"), rel=1e-5)   # sharded = replicated
+    a, b = (AutoModelForCausalLM.from_pretrained(str(run / "final")) for run in (full, cut))
+    assert type(a).__name__ == "LlamaForCausalLM"
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_fsdp_resume_continues_exactly(world):

@@ -175,7 +175,8 @@ def test_every_recipe_key_with_a_metaseq_flag_is_accepted_and_rendered(capsys):
     benchmark_caps, shuffle_buffer, loss_normalization, valid_splits) were "unknown hyperparameter"."""
     from optiml_plugin.recipe import DataFields, SECTION_OF
 
-    local_only = {"bench", "tokenizer", "builtin_vocab_size", "preset", "checkpoint", "overrides", "out_dir",
+    local_only = {"bench", "tokenizer", "builtin_vocab_size", "preset", "family", "config", "checkpoint",
+                  "overrides", "out_dir",
                   "device", "precision", "attention", "distributed", "threads", "log_every", "keep_last",
                   "tensorboard", "progress"}
     rendered = set(sweep.HPARAM_BY_KEY) - set(sweep.LaunchConfig.model_fields)

@@ -82,15 +82,17 @@ class PackItem:
 
 
 def make_item(src_ids: Sequence[int], tgt_ids: Sequence[int], config: PackingConfig, index: int = 0,
-              task_id: int = 0, benchmark_id: int = 0, eos_id: int = EOS_ID) -> PackItem:
-    """Build the example `</s> src tgt </s>` (the BOS rule: `conventions.EXAMPLE_START_ID` opens it) and
-    fit it to a block. The opening `</s>` counts as source and is never truncated."""
+              task_id: int = 0, benchmark_id: int = 0, eos_id: int = EOS_ID,
+              start_id: int = EXAMPLE_START_ID) -> PackItem:
+    """Build the example `</s> src tgt </s>` (the BOS rule: `start_id` opens it, OPT's `</s>` by default,
+    another model's `OptTokenizer.start_id`) and fit it to a block. The opening token counts as source and
+    is never truncated."""
     block = config.block_size
     n_src = len(src_ids) + 1
     if n_src + len(tgt_ids) + 1 <= block:  # the common case: one conversion, no truncation
-        tokens = np.array([EXAMPLE_START_ID, *src_ids, *tgt_ids, eos_id], dtype=np.int64)
+        tokens = np.array([start_id, *src_ids, *tgt_ids, eos_id], dtype=np.int64)
         return PackItem(index, task_id, benchmark_id, tokens, n_src)
-    src = np.array([EXAMPLE_START_ID, *src_ids], dtype=np.int64)
+    src = np.array([start_id, *src_ids], dtype=np.int64)
     tgt = np.concatenate([np.asarray(tgt_ids, dtype=np.int64), np.array([eos_id], dtype=np.int64)])
     if config.truncation == "right":
         whole = np.concatenate([src, tgt])

@@ -214,7 +214,8 @@ class PackedBatches:
         items = []
         for ex, (src, tgt, k) in zip(examples, encoded):
             item = make_item(src, tgt, self.packing, index=ex.index, task_id=ex.task_id,
-                             benchmark_id=ex.benchmark_id, eos_id=self.tokenizer.eos_id)
+                             benchmark_id=ex.benchmark_id, eos_id=self.tokenizer.eos_id,
+                             start_id=self.tokenizer.start_id)
             item.demos = k
             items.append(item)
         return items

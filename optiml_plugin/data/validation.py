@@ -51,7 +51,8 @@ def validation_set(bench: Bench, split: str, tokenizer: OptTokenizer, packing: P
         rows = [reader[i] for i in range(n)]
         for src_ids, tgt_ids in tokenizer.encode_pairs([(r["src"], r["tgt"]) for r in rows]):
             out.items.append(make_item(src_ids, tgt_ids, packing, index=index, task_id=first_task + task_id,
-                                       benchmark_id=bench_id.get(tf.benchmark, -1), eos_id=tokenizer.eos_id))
+                                       benchmark_id=bench_id.get(tf.benchmark, -1), eos_id=tokenizer.eos_id,
+                                       start_id=tokenizer.start_id))
             index += 1
         out.taken.append(n)
         out.available.append(len(reader))

@@ -1,4 +1,5 @@
-"""Document-masked attention for packed rows on transformers' OPT, chosen per device.
+"""Document-masked attention for packed rows on any transformers decoder (OPT, Llama, Mistral, Qwen2, Gemma,
+GPT-NeoX), chosen per device.
 
 Why several backends: a packed row holds several examples that must not attend to each other.
 - "per_example": causal SDPA over each example's own tokens, examples of similar length gathered into a few
@@ -11,6 +12,8 @@ Why several backends: a packed row holds several examples that must not attend t
   single right-padded example.
 The custom ones are registered in transformers' AttentionInterface (no monkey-patching); the model reads
 per-batch extras (spans, block mask) from keyword arguments transformers forwards to the attention function.
+Positions restart per example through `position_ids`, which OPT's learned positions and the rotary
+families' rotations both read.
 """
 from __future__ import annotations
 
@@ -92,6 +95,7 @@ def per_example_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     """transformers attention function: q/k/v [B,H,L,D] -> ([B,L,H,D], None), causal within each span."""
     if optiml_spans is None:
         raise RuntimeError("per_example attention needs optiml_spans (call the model through DocumentAttention)")
+    key, value = share_kv_heads(query, key), share_kv_heads(query, value)
     b, h, length, d = query.shape
     sizes = [n * longest for n, longest in optiml_spans.shapes]
     # one gather per tensor (its backward is one scatter, not one full-size zero fill per group)
@@ -106,6 +110,13 @@ def per_example_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     return out.index_select(0, optiml_spans.scatter).view(b, length, h, d), None
 
 
+def share_kv_heads(query: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+    """Grouped-query attention (Llama 2 70B, Mistral, Qwen2, TinyLlama: fewer key/value heads than query
+    heads): each key/value head serves `heads / kv_heads` consecutive query heads, as transformers' repeat_kv."""
+    groups = query.shape[1] // kv.shape[1]
+    return kv if groups == 1 else kv.repeat_interleave(groups, dim=1)
+
+
 _compiled_flex: Dict[str, Any] = {}
 
 
@@ -118,7 +129,8 @@ def flex_attention_fn(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     fn = flex_attention
     if query.device.type != "cpu":
         fn = _compiled_flex.setdefault("fn", torch.compile(flex_attention, dynamic=False))
-    out = fn(query, key, value, block_mask=optiml_block_mask, scale=scaling)
+    out = fn(query, share_kv_heads(query, key), share_kv_heads(query, value), block_mask=optiml_block_mask,
+             scale=scaling)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -150,6 +162,17 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return name
 
 
+def sliding_window(config: Any) -> Optional[int]:
+    """The model's attention window when it is in use (Mistral v0.1, Qwen2 with use_sliding_window), else None."""
+    window = getattr(config, "sliding_window", None)
+    if not window or not getattr(config, "use_sliding_window", True):
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
+
+
 _IMPLEMENTATION = {"per_example": PER_EXAMPLE, "flex": FLEX, "dense": "sdpa", "causal": "sdpa"}
 
 
@@ -157,10 +180,26 @@ class DocumentAttention:
     """Turns a packed batch into model keyword arguments for one backend, and sets the model to use it."""
 
     def __init__(self, backend: str, device: torch.device) -> None:
+        self.requested = backend
         self.backend = resolve_backend(backend, device)
         _register()
 
-    def configure(self, model: torch.nn.Module) -> torch.nn.Module:
+    def configure(self, model: torch.nn.Module, max_length: Optional[int] = None) -> torch.nn.Module:
+        """Set the model's attention implementation, after checking that this backend computes exactly the
+        model's attention on rows of `max_length` tokens: no sliding window shorter than a row (the document
+        masks here are full causal), and no attention dropout under flex (FlexAttention has none; 'auto'
+        then takes per_example)."""
+        window = sliding_window(model.config)
+        if window is not None and (max_length is None or window < max_length):
+            raise ConfigError(f"attention: {type(model).__name__} uses sliding-window attention ({window} tokens) "
+                              f"but the document masks here are full causal over rows of {max_length} tokens; set "
+                              f"model.overrides.sliding_window: null, or data.tokens_per_sample below {window}")
+        dropout = float(getattr(model.config, "attention_dropout", 0.0) or 0.0)
+        if self.backend == "flex" and dropout > 0:
+            if self.requested != "auto":
+                raise ConfigError(f"attention: 'flex' has no attention dropout (model attention_dropout "
+                                  f"{dropout}); use 'per_example' or 'dense', or attention_dropout 0")
+            self.backend = "per_example"
         model.config._attn_implementation = _IMPLEMENTATION[self.backend]
         return model
 
@@ -178,4 +217,9 @@ class DocumentAttention:
             from optiml_plugin.attention import flex_block_mask
 
             inputs["optiml_block_mask"] = flex_block_mask(seg)
+        elif self.backend == "causal":
+            # transformers (5.x) reads restarting position ids without a mask as packed sequences and masks them
+            # itself (measured: Llama's packed logits then equal each example alone); an explicit all-ones
+            # padding mask keeps this baseline what it says, plain causal, for every family
+            inputs["attention_mask"] = torch.ones_like(batch["input_ids"])
         return inputs

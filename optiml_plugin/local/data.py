@@ -1,4 +1,5 @@
-"""The local trainer's tokenizer: the run's saved one, the builtin BPE trained on the bench, or a directory.
+"""The local trainer's tokenizer: the run's saved one, the model checkpoint's, the builtin BPE trained on the
+bench, or a directory (all through `data.tokenizer.resolve_tokenizer`).
 
 Everything else the trainer takes from the data (batches, validation, logging keys) comes from the core's
 `data.training_data`, as for the metaseq task.
@@ -10,11 +11,12 @@ from typing import Iterator, Optional
 
 from optiml_plugin.conventions import TRAIN_SPLIT
 from optiml_plugin.benchfiles import Bench
-from optiml_plugin.data.tokenizer import OptTokenizer
+from optiml_plugin.data.tokenizer import BUILTIN, TOKENIZER_JSON, OptTokenizer, resolve_tokenizer
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.recipe import DataConfig
 
 TOKENIZER_SAMPLE_PER_TASK = 2000
+MODEL = "model"  # data.tokenizer: the model checkpoint's own tokenizer
 
 
 def training_texts(bench: Bench, per_task: int = TOKENIZER_SAMPLE_PER_TASK) -> Iterator[str]:
@@ -27,12 +29,19 @@ def training_texts(bench: Bench, per_task: int = TOKENIZER_SAMPLE_PER_TASK) -> I
             yield row["tgt"]
 
 
-def load_tokenizer(cfg: DataConfig, bench: Bench, saved: Optional[Path] = None) -> OptTokenizer:
-    """Reuse the run's saved tokenizer (resume), else 'builtin' trains one on the bench, else a dir."""
-    if saved is not None and (saved / "tokenizer.json").is_file():
-        return OptTokenizer.from_dir(saved)
-    if cfg.tokenizer == "builtin":
-        return OptTokenizer.builtin(training_texts(bench), vocab_size=cfg.builtin_vocab_size)
-    if not Path(cfg.tokenizer).is_dir():
-        raise ConfigError(f"data.tokenizer: {cfg.tokenizer!r} is neither 'builtin' nor a directory")
-    return OptTokenizer.from_dir(cfg.tokenizer)
+def load_tokenizer(cfg: DataConfig, bench: Bench, saved: Optional[Path] = None,
+                   checkpoint: Optional[str] = None) -> OptTokenizer:
+    """Reuse the run's saved tokenizer (resume), else resolve `data.tokenizer`: 'model' is the model
+    checkpoint's own, 'builtin' trains one on the bench, else a tokenizer directory or file."""
+    if saved is not None and (saved / TOKENIZER_JSON).is_file():
+        return resolve_tokenizer(saved, what="the run's saved tokenizer")
+    spec = cfg.tokenizer
+    if spec == MODEL:
+        if checkpoint is None:
+            raise ConfigError("data.tokenizer: 'model' takes the tokenizer of model.checkpoint, which is not set")
+        spec = checkpoint
+    elif spec == BUILTIN and checkpoint is not None:
+        raise ConfigError(f"data.tokenizer: 'builtin' trains new ids, which the pretrained model.checkpoint "
+                          f"{checkpoint!r} does not know; use 'model' (its own tokenizer) or a directory")
+    return resolve_tokenizer(spec, builtin_texts=lambda: training_texts(bench),
+                             builtin_vocab_size=cfg.builtin_vocab_size, what="data.tokenizer")

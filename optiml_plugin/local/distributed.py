@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Set
 
 import torch
 import torch.distributed as dist
@@ -67,14 +67,26 @@ def wrap_model(model: torch.nn.Module, d: Dist, device: torch.device) -> torch.n
     if d.mode == "fsdp":
         from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
         from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
-        from transformers.models.opt.modeling_opt import OPTDecoderLayer
         import functools
 
-        policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={OPTDecoderLayer})
+        policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=decoder_layer_classes(model))
         return FullyShardedDataParallel(model, auto_wrap_policy=policy, use_orig_params=True,
                                         sharding_strategy=ShardingStrategy.FULL_SHARD,
                                         device_id=device)  # CPU too: FSDP refuses CPU unless named
     return model
+
+
+def decoder_layer_classes(model: torch.nn.Module) -> Set[type]:
+    """The classes of the model's decoder layers (transformers lists them in `_no_split_modules`): FSDP's
+    units, one per layer, for any family (OPTDecoderLayer, LlamaDecoderLayer, GPTNeoXLayer, ...)."""
+    names = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or ())
+    found = {type(m) for m in model.modules() if type(m).__name__ in names}
+    if not found:
+        raise ConfigError(f"run.distributed: fsdp: {type(unwrap(model)).__name__} names no decoder layer class "
+                          f"(transformers' _no_split_modules) to shard by")
+    return found
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,4 +1,5 @@
-"""The single-machine (or torchrun) training loop on transformers' OPT.
+"""The single-machine (or torchrun) training loop on a transformers decoder (OPT, Llama, Mistral, Qwen2, Gemma,
+GPT-NeoX; local/model.py).
 
 Why these choices:
 - Loss: the core target-only loss as sums; with gradient accumulation and data parallelism the update's
@@ -36,7 +37,7 @@ from optiml_plugin.local.data import load_tokenizer
 from optiml_plugin.local.distributed import (Dist, clip_grad_norm, full_state_dict, init_distributed,
                                              load_full_state_dict, load_optimizer_state, optimizer_state,
                                              wrap_model)
-from optiml_plugin.local.model import TargetLM, build_model, count_parameters
+from optiml_plugin.local.model import TargetLM, build_model, count_parameters, dropout_fields
 from optiml_plugin.local.runlog import read_log, trim_log  # noqa: F401  (read_log: the log's reader)
 from optiml_plugin.loss import example_groups, token_coefficients
 from optiml_plugin.telemetry import Counters, add, flat, from_vector, nested, scalars, to_vector
@@ -143,7 +144,8 @@ class Trainer:
         validation subsets and telemetry."""
         config, run = self.cfg, self.cfg.run
         self.bench = Bench(config.data.bench)
-        self.tokenizer = load_tokenizer(config.data, self.bench, self.out / "tokenizer" if resume else None)
+        self.tokenizer = load_tokenizer(config.data, self.bench, self.out / "tokenizer" if resume else None,
+                                        checkpoint=config.model.checkpoint)
         if self.dist.is_main:
             self.tokenizer.save(self.out / "tokenizer")
             (self.out / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -159,14 +161,22 @@ class Trainer:
                 indent=1) + "\n")
 
     def _setup_model(self) -> None:
-        """The OPT model (preset or checkpoint), its attention backend, CPU threads, the wrapped model."""
+        """The model (a preset of any family, a config or a checkpoint), its attention backend, CPU threads,
+        the wrapped model."""
         config, run = self.cfg, self.cfg.run
-        model = build_model(preset=config.model.preset if config.model.checkpoint is None else None,
-                            checkpoint=config.model.checkpoint, vocab_size=self.tokenizer.vocab_size,
-                            max_positions=max(2048, config.data.tokens_per_sample),
-                            dropout=config.model.dropout, overrides=config.model.overrides, seed=run.seed)
+        m = config.model
+        tok = self.tokenizer
+        model = build_model(preset=m.preset if m.checkpoint is None and m.config is None else None,
+                            checkpoint=m.checkpoint, config=m.config, family=m.family,
+                            vocab_size=tok.vocab_size, max_positions=max(2048, config.data.tokens_per_sample),
+                            dropout=m.dropout, attention_dropout=m.attention_dropout, overrides=m.overrides,
+                            seed=run.seed, special_ids={"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
+                                                        "pad_token_id": tok.pad_id})
+        if m.dropout > 0 and not dropout_fields(model.config.model_type, m.dropout):
+            self._say(f"{model.config.model_type} has no hidden dropout: model.dropout {m.dropout} does not apply "
+                      f"(model.attention_dropout does)")
         self.attention = DocumentAttention(run.attention, self.device)
-        self.attention.configure(model)
+        self.attention.configure(model, config.data.tokens_per_sample + 1)
         self.n_params = count_parameters(model)
         threads = cpu_threads(run.threads, self.device, self.n_params)
         if threads:

@@ -32,7 +32,7 @@ from optiml_plugin import recipe
 from optiml_plugin.conventions import VALID_SPLITS
 from optiml_plugin.data.mixture import validate_proportions
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.recipe import (Bool, Float, Fraction, NonNegFloat, NonNegInt, PosInt, Section, choice,
+from optiml_plugin.recipe import (Bool, Float, NonNegFloat, NonNegInt, PosInt, Section, choice,
                                   setting)
 from optiml_plugin.yamlio import KeyPath, read_yaml_mapping_lines
 
@@ -62,7 +62,6 @@ class LaunchConfig(Section):
         "polynomial_decay", "metaseq schedule (with power 1 and end 0: linear decay to 0)")
     power: NonNegFloat = setting(1.0, "polynomial decay power")
     end_learning_rate: NonNegFloat = setting(0.0, "learning rate at max_update")
-    attention_dropout: Fraction = setting(0.1, "attention dropout")
     fp16_init_scale: PosInt = setting(128, "initial dynamic loss scale")
 
 

@@ -15,7 +15,7 @@ from optiml_plugin.benchfiles import Bench
 from optiml_plugin.data.mixture import Mixture
 from optiml_plugin.data.pipeline import PackedBatches
 from optiml_plugin.data.stream import ExampleStream
-from optiml_plugin.data.tokenizer import OptTokenizer
+from optiml_plugin.data.tokenizer import OptTokenizer, resolve_tokenizer
 from optiml_plugin.data.training_data import Run, mixture_config, open_run, validation_subset
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.metaseq.batches import to_metaseq_sample
@@ -32,11 +32,12 @@ def say_on_every_rank(message: str, *args: Any) -> None:
 
 
 def load_tokenizer(vocab: Optional[str], merges: Optional[str], hf_json: Optional[str]) -> OptTokenizer:
-    """OPT's BPE from `--hf-tokenizer` or `--vocab-filename` + `--merges-filename`."""
+    """OPT's BPE from `--hf-tokenizer` or `--vocab-filename` + `--merges-filename` (the house resolver;
+    metaseq's dictionary fixes OPT's ids, so other rules are refused)."""
     if hf_json:
-        return OptTokenizer.from_json(hf_json)
+        return resolve_tokenizer(hf_json, what="--hf-tokenizer").require_opt("the metaseq task")
     if vocab and merges:
-        return OptTokenizer.from_files(vocab, merges)
+        return resolve_tokenizer((vocab, merges)).require_opt("the metaseq task")
     raise ConfigError("give the OPT tokenizer: --vocab-filename gpt2-vocab.json --merges-filename "
                       "gpt2-merges.txt (or --hf-tokenizer tokenizer.json)")
 

@@ -1,9 +1,11 @@
-"""transformers causal LMs (OPT and any AutoModelForCausalLM) as an evaluation backend.
+"""transformers causal LMs (OPT, Llama, Mistral, Gemma, Qwen2, GPT-NeoX: any AutoModelForCausalLM) as an
+evaluation backend.
 
-Why: models trained by the local trainer, HF OPT checkpoints and converted metaseq checkpoints are
-all transformers directories; scoring passes the evaluator's tree mask as a 4D additive mask with
-explicit position ids, and generation uses transformers' own greedy `generate` on left-padded batches
-(OPT derives its position ids from the padding mask, so left padding keeps positions right).
+Why: models trained by the local trainer, HF checkpoints and converted metaseq checkpoints are all
+transformers directories; their tokenizer comes from the house resolver with the model's own BOS rule.
+Scoring passes the evaluator's tree mask as a 4D additive mask with explicit position ids (rotary
+models read them as OPT does); generation uses transformers' own greedy `generate` on left-padded
+batches (`generate` derives position ids from the padding mask, so left padding keeps positions right).
 """
 from __future__ import annotations
 
@@ -13,8 +15,7 @@ from typing import Any, List, Optional, Sequence, Union
 
 import torch
 
-from optiml_plugin.conventions import EXAMPLE_START_ID
-from optiml_plugin.data.tokenizer import OptTokenizer, join_texts
+from optiml_plugin.data.tokenizer import OptTokenizer, resolve_tokenizer
 from optiml_plugin.errors import ConfigError, CorruptFileError, first_line
 from optiml_plugin.eval.backend import Backend
 
@@ -41,23 +42,10 @@ def check_model_dir(root: Path) -> None:
                           f"copy the tokenizer files of the model it was trained from into it")
 
 
-def _tokenizer(path: Path):
-    """OptTokenizer when the directory has OPT-BPE files with OPT's ids, else AutoTokenizer."""
-    try:
-        return OptTokenizer.from_dir(path)
-    except ConfigError as opt_err:
-        from transformers import AutoTokenizer
-
-        try:
-            return AutoTokenizer.from_pretrained(str(path))
-        except Exception as err:  # transformers raises many types for a missing/odd tokenizer
-            raise ConfigError(f"{path}: no usable tokenizer ({opt_err}; AutoTokenizer: {err})") from err
-
-
 class HFBackend(Backend):
-    """A loaded transformers model plus its tokenizer (an `OptTokenizer` or a transformers one)."""
+    """A loaded transformers model plus its tokenizer (the house's `OptTokenizer`, with the model's rules)."""
 
-    def __init__(self, model: Any, tokenizer: Any, model_id: str = "model",
+    def __init__(self, model: Any, tokenizer: OptTokenizer, model_id: str = "model",
                  device: Optional[Union[str, torch.device]] = None) -> None:
         self.model = model.eval()
         if device is not None:
@@ -65,15 +53,8 @@ class HFBackend(Backend):
         self.device = next(self.model.parameters()).device
         self.tok = tokenizer
         self.model_id = model_id
-        self._opt = isinstance(tokenizer, OptTokenizer)
-        if self._opt:
-            self.eos_id, self.pad_id = tokenizer.eos_id, tokenizer.pad_id
-            self._prefix = [EXAMPLE_START_ID]  # the BOS rule: </s> opens every example, as in training
-        else:
-            self.eos_id = int(tokenizer.eos_token_id)
-            pad = tokenizer.pad_token_id
-            self.pad_id = int(pad if pad is not None else self.eos_id)
-            self._prefix = list(tokenizer("", add_special_tokens=True)["input_ids"])
+        self.eos_id, self.pad_id = tokenizer.eos_id, tokenizer.pad_id
+        self._prefix = [tokenizer.start_id]  # the BOS rule: the token that opens every example in training
         cfg = model.config
         self.max_positions = int(getattr(cfg, "max_position_embeddings", None)
                                  or getattr(cfg, "n_positions", None) or 2048)
@@ -88,7 +69,7 @@ class HFBackend(Backend):
         check_model_dir(root)
         if dtype is not None and dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        tok = _tokenizer(root)
+        tok = resolve_tokenizer(root, what=f"{root}: the tokenizer")
         try:
             model = AutoModelForCausalLM.from_pretrained(str(root), dtype=DTYPES.get(dtype or "float32"))
         except (OSError, ValueError, RuntimeError) as e:  # a truncated or foreign weights file
@@ -101,17 +82,13 @@ class HFBackend(Backend):
         return list(self._prefix)
 
     def encode(self, text: str) -> List[int]:
-        if self._opt:
-            return self.tok.encode(text)
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+        return self.tok.encode(text)
 
     def encode_target(self, src: str, tgt: str) -> List[int]:
-        return self.encode(join_texts(src, tgt)[1])
+        return self.tok.encode_target(src, tgt)
 
     def decode(self, ids: Sequence[int]) -> str:
-        if self._opt:
-            return self.tok.decode(ids)
-        return self.tok.decode(list(ids), skip_special_tokens=True)
+        return self.tok.decode(ids)
 
     @torch.no_grad()
     def token_logprobs(self, input_ids, position_ids, attention, gather_pos, gather_tok):
