@@ -110,7 +110,7 @@ def test_prompt_format_is_a_build_setting_recorded_in_the_manifest(sni_dir, tmp_
     row = bench.read(bench.task_files("train")[0], 0)
     assert row["src"].startswith("Definition: ") and row["src"].endswith("\nOutput: ")
     assert "Now complete the following example -\nInput: " in row["src"]
-    with pytest.raises(ConfigError, match="'prompt_format' must be one of paper, sni"):
+    with pytest.raises(ConfigError, match=r"prompt_format: must be one of \['paper', 'sni'\]"):
         load_build_config(dict(raw, prompt_format="tk"))
 
 
@@ -204,14 +204,15 @@ def test_split_file_task_absent_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("raw,needle", [
-    ({"sources": [{"type": "builtin"}], "bogus": 1}, "'bogus'"),
-    ({"sources": [{"type": "builtin"}], "split": {"eval_tests": 3}}, "'split.eval_tests'"),
-    ({"sources": [{"type": "builtin"}], "decontamination": {"ngrams": 3}}, "'decontamination.ngrams'"),
-    ({"sources": [{"type": "builtin"}], "decontamination": {"threshold": 2}}, "threshold"),
-    ({"sources": [{"type": "builtin"}], "seed": -1}, "'seed'"),
-    ({"sources": [{"type": "builtin"}], "on_bad_record": "ignore"}, "on_bad_record"),
-    ({"sources": []}, "'sources'"),
-    ({"sources": [{"type": "builtin"}], "caps": {"flan": 0}}, "caps.flan"),
+    ({"sources": [{"type": "builtin"}], "bogus": 1}, "bogus: unknown key"),
+    ({"sources": [{"type": "builtin"}], "split": {"eval_tests": 3}}, "split.eval_tests: unknown key"),
+    ({"sources": [{"type": "builtin"}], "decontamination": {"ngrams": 3}}, "decontamination.ngrams: unknown key"),
+    ({"sources": [{"type": "builtin"}], "decontamination": {"threshold": 2}}, "decontamination.threshold:"),
+    ({"sources": [{"type": "builtin"}], "seed": -1}, "seed: Input should be greater than or equal to 0"),
+    ({"sources": [{"type": "builtin"}], "on_bad_record": "ignore"}, "on_bad_record: must be one of"),
+    ({"sources": []}, "sources:"),
+    ({"sources": [{"type": "builtin"}], "caps": {"flan": 0}}, "caps.flan:"),
+    ({"sources": [{"type": "builtin"}], "split": {"heldout_valid": 2.5}}, "split.heldout_valid:"),
 ])
 def test_config_errors_name_the_key(raw, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
@@ -245,3 +246,25 @@ def test_example_config_validates():
     config = load_build_config(Path(__file__).resolve().parents[1] / "examples" / "bench_sni.yaml")
     assert config.split.sni_split_dir and config.decontamination.allowed_shared_sources == ("synthetic",)
     assert config.cap_for("flan") == 30_000 and config.cap_for("niv2") == 100_000
+
+
+def test_a_build_file_error_names_file_line_and_key(tmp_path):
+    """The build config goes through the recipe's schema rules: the error names the line of the key."""
+    (tmp_path / "c.yaml").write_text("sources:\n  - {type: builtin}\nsplit:\n  eval_valid: 10\n"
+                                     "  heldout_test: -3\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:5: split\.heldout_test: Input should be greater than or equal to 0"):
+        load_build_config(tmp_path / "c.yaml")
+
+
+def test_build_sections_mirror_the_builders_configs():
+    """One schema per section, key for key the dataclass the builder reads (nothing checked by hand)."""
+    import dataclasses
+
+    from optiml_plugin.bench.build_config import DecontamSection, SplitSection
+    from optiml_plugin.bench.decontam import DecontamConfig
+    from optiml_plugin.bench.splits import SplitConfig
+
+    assert set(SplitSection.model_fields) == {f.name for f in dataclasses.fields(SplitConfig)} - {"origins"}
+    assert set(DecontamSection.model_fields) == {f.name for f in dataclasses.fields(DecontamConfig)}
+    assert load_build_config({"sources": [{"type": "builtin"}]}).split == SplitConfig()
+    assert load_build_config({"sources": [{"type": "builtin"}]}).decontamination == DecontamConfig()

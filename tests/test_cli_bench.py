@@ -48,7 +48,7 @@ def test_usage_errors(tmp_path, capsys):
     assert "not a bench directory" in capsys.readouterr().err
     (tmp_path / "c.yaml").write_text("sources: [{type: builtin}]\nsplitt: {}\n")
     assert main(["bench", "build", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "y")]) == 2
-    assert "unknown key 'splitt'" in capsys.readouterr().err
+    assert "c.yaml:2: splitt: unknown key" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "build", "--builtin", "--out", str(tmp_path / "z"), "--on-bad-record", "maybe"])
 

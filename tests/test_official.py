@@ -59,7 +59,7 @@ def test_default_states_random_rows(data):
         "mode": "random", "from": "random examples of every training task", "official_split_tasks": []}
     test = rows(data / "bench", m, "sst2", "test_heldout_instances")
     assert len(test) == 3 and any("-train-" in i for i in test)
-    with pytest.raises(ConfigError, match="'heldout_instances' must be one of random, official"):
+    with pytest.raises(ConfigError, match=r"heldout_instances: must be one of \['random', 'official'\]"):
         config(data, heldout_instances="dev")
 
 

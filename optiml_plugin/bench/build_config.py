@@ -5,26 +5,24 @@ byte, and the command line, the demo and the presets all load configs without bu
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, List, Mapping, Optional, Tuple, Union
+
+from pydantic import Field, Strict
 
 from optiml_plugin.bench.decontam import DecontamConfig
 from optiml_plugin.bench.official import MODES as OFFICIAL_MODES
 from optiml_plugin.bench.splits import SplitConfig, read_task_list
 from optiml_plugin.bench.templates import PROMPT_FORMATS
-from optiml_plugin.errors import BadRecordPolicy, ConfigError
-from optiml_plugin.recipe import number
-from optiml_plugin.yamlio import read_yaml
+from optiml_plugin.errors import ON_BAD_CHOICES, ConfigError
+from optiml_plugin.recipe import (Bool, Fraction, NonNegInt, PosInt, Section, choice, located, setting,
+                                  validate)
+from optiml_plugin.yamlio import KeyPath, read_yaml_mapping_lines
 
 DEFAULT_CAP = 100_000
 DEFAULT_BENCHMARK_CAPS = {"flan": 30_000}  # the paper's per-task caps (§2.1)
-_TOP_KEYS = ("sources", "taxonomy", "split", "caps", "decontamination", "seed", "on_bad_record",
-             "multiplex", "heldout_instances", "prompt_format")
-_LIST_KEYS = ("heldout_categories", "heldout_tasks", "valid_tasks", "eval_test_all")
-_FILE_LIST_KEYS = ("heldout_tasks", "valid_tasks")
 
 
 @dataclass(frozen=True)
@@ -58,131 +56,102 @@ class BuildConfig:
         return p if p.is_absolute() else Path(self.base_dir) / p
 
 
+Name = Annotated[str, Strict(), Field(min_length=1)]
+Names = List[Name]
+
+
+class SplitSection(Section):
+    """`split:` (bench/splits.py SplitConfig, one for one; a task list may be a split file's path)."""
+
+    sni_split_dir: Optional[str] = setting(None, "SNI's split lists (train/test/excluded task files)")
+    heldout_categories: Names = setting([], "categories held out whole (fully held-out level)")
+    heldout_tasks: Union[Names, str] = setting([], "tasks held out (names, or a file: one task per line)")
+    valid_tasks: Union[Names, str] = setting([], "dev tasks: wholly to the valid splits (names or a file)")
+    eval_valid: NonNegInt = setting(250, "valid instances per dev task (paper: 250)")
+    eval_test: NonNegInt = setting(100, "test examples per eval task outside eval_test_all (SNI: first 100)")
+    eval_test_all: Names = setting(["flan", "promptsource"], "benchmarks whose eval tasks test on every instance")
+    heldout_valid: NonNegInt = setting(50, "held-out valid examples per training task")
+    heldout_test: NonNegInt = setting(50, "held-out test examples per training task")
+    test_tasks_give_valid: Bool = setting(False, "test tasks also give valid rows (before issue 22)")
+    sni_lists_complete: Bool = setting(False, "the data should hold every task SNI's lists name")
+
+
+class DecontamSection(Section):
+    """`decontamination:` (bench/decontam.py DecontamConfig, one for one)."""
+
+    ngram: PosInt = setting(13, "n-gram length of the overlap report (paper: 13)")
+    threshold: Fraction = setting(0.01, "overlap share that flags a pair (paper: 1%)")
+    drop_flagged: Bool = setting(False, "drop training tasks above the threshold")
+    source_overlap: choice(("drop", "move")) = setting(  # type: ignore[valid-type]
+        "drop", "a training task sharing a source with an eval task: drop it, or move it to evaluation")
+    allowed_shared_sources: Names = setting([], "broad resources whose sharing is not a conflict")
+    allowed_pairs: Names = setting([], "'<train task>/<eval task>' pairs a review cleared")
+
+
+class BuildFile(Section):
+    """A build config file's keys and types, checked by the recipe's schema rules (errors name the file,
+    the line and the key; `1e-2` is a number here too)."""
+
+    sources: Annotated[List[Dict[str, Any]], Field(min_length=1)] = setting(
+        ..., "the sources: - {type: sni, path: data/sni/tasks}, ...")
+    taxonomy: Optional[str] = setting(None, "a taxonomy YAML (default: the packaged one)")
+    split: SplitSection = Field(default_factory=SplitSection)
+    caps: Dict[str, PosInt] = setting({}, "per-task training caps by benchmark ('default' for the rest)")
+    decontamination: DecontamSection = Field(default_factory=DecontamSection)
+    seed: NonNegInt = setting(0, "seed of every draw")
+    on_bad_record: choice(ON_BAD_CHOICES) = setting("error", "error, or skip and count")  # type: ignore[valid-type]
+    multiplex: Bool = setting(True, "draw a training task's examples from all its templates' instantiations")
+    heldout_instances: choice(OFFICIAL_MODES) = setting(  # type: ignore[valid-type]
+        "random", "training tasks' held-out examples: random, or the releases' dev/test splits (official)")
+    prompt_format: choice(PROMPT_FORMATS) = setting(  # type: ignore[valid-type]
+        "paper", "how src is rendered: paper, or sni (Tk-Instruct's prompt for SNI tasks)")
+
+
 def load_build_config(source: Union[str, Path, Mapping[str, Any]],
                       base_dir: Optional[Union[str, Path]] = None) -> BuildConfig:
-    """Validate a YAML file or a mapping into a `BuildConfig`; any unknown key is a ConfigError."""
+    """Validate a YAML file or a mapping into a `BuildConfig`; any unknown key is a ConfigError naming
+    the file, its line and the key."""
+    lines: Dict[KeyPath, int] = {}
     if isinstance(source, Mapping):
         raw: Any = dict(source)
         origin = "build config"
         base = Path(base_dir) if base_dir is not None else Path(".")
     else:
         path = Path(source)
-        raw = read_yaml(path, "build config")
+        raw, lines = read_yaml_mapping_lines(path, "build config")
         origin = str(path)
         base = Path(base_dir) if base_dir is not None else path.parent
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{origin}: a build config must be a mapping, got {type(raw).__name__}")
-    _unknown(raw, _TOP_KEYS, origin, "")
-    sources = raw.get("sources")
-    if not isinstance(sources, list) or not sources or not all(isinstance(s, Mapping) for s in sources):
-        raise ConfigError(f"{origin}: 'sources' must be a non-empty list of mappings "
-                          f"(e.g. - {{type: sni, path: data/sni/tasks}})")
-    seed = _int(raw.get("seed", 0), origin, "seed")
-    on_bad = raw.get("on_bad_record", "error")
-    BadRecordPolicy(on_bad)  # validates the value with the same message everywhere
-    taxonomy = raw.get("taxonomy")
-    if taxonomy is not None and not isinstance(taxonomy, str):
-        raise ConfigError(f"{origin}: 'taxonomy' must be a path, got {taxonomy!r}")
-    multiplex = raw.get("multiplex", True)
-    if not isinstance(multiplex, bool):
-        raise ConfigError(f"{origin}: 'multiplex' must be true or false, got {multiplex!r}")
-    prompt_format = raw.get("prompt_format", "paper")
-    if prompt_format not in PROMPT_FORMATS:
-        raise ConfigError(f"{origin}: 'prompt_format' must be one of {', '.join(PROMPT_FORMATS)}, "
-                          f"got {prompt_format!r}")
-    heldout = raw.get("heldout_instances", "random")
-    if heldout not in OFFICIAL_MODES:
-        raise ConfigError(f"{origin}: 'heldout_instances' must be one of {', '.join(OFFICIAL_MODES)}, "
-                          f"got {heldout!r}")
+    cfg: BuildFile = validate(BuildFile, raw, origin, lines)
     return BuildConfig(
-        sources=tuple(dict(s) for s in sources), multiplex=multiplex, heldout_instances=heldout,
-        prompt_format=prompt_format,
-        split=_split_config(raw.get("split") or {}, origin, base),
-        decontamination=_decontam_config(raw.get("decontamination") or {}, origin),
-        caps=_caps(raw.get("caps") or {}, origin), taxonomy=taxonomy, seed=seed,
-        on_bad_record=on_bad, base_dir=str(base), raw=raw)
+        sources=tuple(dict(s) for s in cfg.sources), multiplex=cfg.multiplex,
+        heldout_instances=cfg.heldout_instances, prompt_format=cfg.prompt_format,
+        split=_split_config(cfg.split, base, origin, lines),
+        decontamination=DecontamConfig(**{**cfg.decontamination.model_dump(),
+                                          "allowed_shared_sources": tuple(cfg.decontamination.allowed_shared_sources),
+                                          "allowed_pairs": tuple(cfg.decontamination.allowed_pairs)}),
+        caps={**DEFAULT_BENCHMARK_CAPS, "default": DEFAULT_CAP, **{str(k): v for k, v in cfg.caps.items()}},
+        taxonomy=cfg.taxonomy, seed=cfg.seed, on_bad_record=cfg.on_bad_record, base_dir=str(base), raw=raw)
 
 
-def _unknown(section: Mapping[str, Any], allowed: Sequence[str], origin: str, prefix: str) -> None:
-    for key in section:
-        if key not in allowed:
-            raise ConfigError(f"{origin}: unknown key '{prefix}{key}' (allowed: {', '.join(allowed)})")
-
-
-def _int(value: Any, origin: str, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{origin}: '{name}' must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _str_list(value: Any, origin: str, name: str) -> Tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise ConfigError(f"{origin}: '{name}' must be a list of names, got {value!r}")
-    return tuple(v.strip() for v in value)
-
-
-def _split_config(section: Any, origin: str, base: Path) -> SplitConfig:
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"{origin}: 'split' must be a mapping")
-    names = [f.name for f in dataclasses.fields(SplitConfig) if f.name != "origins"]
-    _unknown(section, names, origin, "split.")
-    values: Dict[str, Any] = {}
+def _split_config(section: SplitSection, base: Path, origin: str, lines: Dict[KeyPath, int]) -> SplitConfig:
+    """SplitConfig of the checked section: task lists given as split files are read (one task per line),
+    paths resolve against the config's folder."""
+    values: Dict[str, Any] = section.model_dump()
     origins: Dict[str, str] = {}
-    for key, value in section.items():
-        if key in _FILE_LIST_KEYS and isinstance(value, str):  # a split file, one task per line
+    for key, value in values.items():
+        if isinstance(value, str) and key in ("heldout_tasks", "valid_tasks"):
             path = Path(value) if Path(value).is_absolute() else base / value
             if not path.is_file():
-                raise ConfigError(f"{origin}: split file 'split.{key}' = '{value}' does not exist")
+                raise ConfigError(f"{located(origin, lines, ('split', key))}: split.{key}: split file "
+                                  f"'{value}' does not exist")
             values[key] = read_task_list(path)
             origins[key] = str(path)
-        elif key in _LIST_KEYS:
-            values[key] = _str_list(value, origin, f"split.{key}")
-        elif key == "sni_split_dir":
-            if not isinstance(value, str):
-                raise ConfigError(f"{origin}: 'split.sni_split_dir' must be a path, got {value!r}")
-            values[key] = str(Path(value) if Path(value).is_absolute() else base / value)
-        elif key in ("sni_lists_complete", "test_tasks_give_valid"):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{origin}: 'split.{key}' must be true or false")
-            values[key] = value
-        else:
-            values[key] = _int(value, origin, f"split.{key}")
+        elif isinstance(value, list):
+            values[key] = tuple(v.strip() for v in value)
+    if values["sni_split_dir"] is not None:
+        values["sni_split_dir"] = str(Path(values["sni_split_dir"]) if Path(values["sni_split_dir"]).is_absolute()
+                                      else base / values["sni_split_dir"])
     return SplitConfig(origins=origins, **values)
-
-
-def _decontam_config(section: Any, origin: str) -> DecontamConfig:
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"{origin}: 'decontamination' must be a mapping")
-    _unknown(section, [f.name for f in dataclasses.fields(DecontamConfig)], origin, "decontamination.")
-    values: Dict[str, Any] = dict(section)
-    if "ngram" in values:
-        _int(values["ngram"], origin, "decontamination.ngram", minimum=1)
-    th = values.get("threshold", 0.01)
-    try:
-        th = number(th)  # the recipe's number rule: `1e-2` is a number in every file
-    except ValueError:
-        pass
-    if isinstance(th, bool) or not isinstance(th, (int, float)) or not 0 <= th <= 1:
-        raise ConfigError(f"{origin}: 'decontamination.threshold' must be a fraction in [0, 1], got {th!r}")
-    values["threshold"] = float(th)
-    if not isinstance(values.get("drop_flagged", False), bool):
-        raise ConfigError(f"{origin}: 'decontamination.drop_flagged' must be true or false")
-    if values.get("source_overlap", "drop") not in ("drop", "move"):
-        raise ConfigError(f"{origin}: 'decontamination.source_overlap' must be 'drop' or 'move', "
-                          f"got {values.get('source_overlap')!r}")
-    for key in ("allowed_shared_sources", "allowed_pairs"):
-        if key in values:
-            values[key] = _str_list(values[key], origin, f"decontamination.{key}")
-    return DecontamConfig(**values)
-
-
-def _caps(section: Any, origin: str) -> Dict[str, int]:
-    if not isinstance(section, Mapping):
-        raise ConfigError(f"{origin}: 'caps' must map benchmark names (or 'default') to per-task caps")
-    caps = dict(DEFAULT_BENCHMARK_CAPS, default=DEFAULT_CAP)
-    for key, value in section.items():
-        caps[str(key)] = _int(value, origin, f"caps.{key}", minimum=1)
-    return caps
 
 
 def jsonable(value: Any) -> Any:
