@@ -252,7 +252,7 @@ def test_a_build_file_error_names_file_line_and_key(tmp_path):
     """The build config goes through the recipe's schema rules: the error names the line of the key."""
     (tmp_path / "c.yaml").write_text("sources:\n  - {type: builtin}\nsplit:\n  eval_valid: 10\n"
                                      "  heldout_test: -3\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml:5: split\.heldout_test: Input should be greater than or equal to 0"):
+    with pytest.raises(ConfigError, match=r"c\.yaml:5: split\.heldout_test: Input should be greater than or equal"):
         load_build_config(tmp_path / "c.yaml")
 
 
