@@ -108,6 +108,52 @@ def test_model_checks_for_document_masking(monkeypatch):
     options.check_model_cfg(Namespace(self_attn_doc_sep=-1, attn_variant="xformers_default"), False)
 
 
+class _Positions(torch.nn.Embedding):
+    """metaseq's LearnedPositionalEmbedding contract: precomputed positions only with padding_idx None,
+    otherwise positions from the padding (padding_idx + 1 on at the first token)."""
+
+    def forward(self, input, incremental_state=None, positions=None):
+        assert positions is None or self.padding_idx is None
+        if positions is None and self.padding_idx is not None:
+            keep = input.ne(self.padding_idx).long()
+            positions = torch.cumsum(keep, dim=1) * keep + self.padding_idx
+        return torch.nn.functional.embedding(positions, self.weight, self.padding_idx)
+
+
+class _Decoder(torch.nn.Module):
+    """The parts of metaseq's decoder that `use_segment_masks` adapts."""
+
+    padding_idx = 1
+
+    def __init__(self):
+        super().__init__()
+        self.embed_positions = _Positions(16, 4, padding_idx=1)
+
+    def buffered_future_mask(self, tensor, input_tokens=None):
+        return torch.zeros(0)
+
+    def forward(self, tokens):
+        x = self.embed_positions(tokens)
+        return x, self.buffered_future_mask(x)
+
+
+def test_packed_forward_leaves_positions_for_a_later_plain_forward():
+    """A forward with segment ids must not leave the position module without its padding_idx: metaseq's
+    generation and plain validation subsets run forwards without them (a TypeError in metaseq before)."""
+    from optiml_plugin.metaseq.segment_attention import use_segment_masks
+
+    decoder = _Decoder()
+    use_segment_masks(decoder)
+    tokens = torch.tensor([[5, 6, 7, 8, 1, 1]])
+    packed, mask = decoder(tokens, segment_ids=torch.tensor([[1, 1, 2, 2, 0, 0]]))
+    assert mask.shape == (1, 6, 6)  # the document mask
+    table = decoder.embed_positions.weight
+    assert torch.equal(packed[0], table[[2, 3, 2, 3, 1, 1]])  # positions restart with each example
+    assert decoder.embed_positions.padding_idx == 1
+    plain, mask = decoder(tokens)
+    assert mask.numel() == 0 and torch.equal(plain[0], table[[2, 3, 4, 5, 1, 1]])
+
+
 # ---- batches ---------------------------------------------------------------------------------
 
 def core_batch():

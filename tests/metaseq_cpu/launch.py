@@ -1,6 +1,6 @@
 """Run metaseq's ``train`` on CPU with one process per rank, with the stand-ins installed.
 
-    python -m tests.metaseq_cpu.launch --world-size 2 [--log-dir DIR] -- <metaseq-train args>
+    python tests/metaseq_cpu/launch.py --world-size 2 [--log-dir DIR] -- <metaseq-train args>
 
 metaseq spawns no workers without GPUs, so each rank is started here with
 ``--distributed-world-size N --distributed-no-spawn --distributed-rank R
@@ -97,10 +97,12 @@ def launch(train_args: Sequence[str], world_size: int, log_dir: Optional[str] = 
 
 def worker(train_args: Sequence[str]) -> None:
     """One rank: install the stand-ins, then metaseq's train entry point."""
-    sys.path.insert(0, _HERE)
-    from standins import install  # by path: the name ``tests`` may belong to another package
+    # tests/ on the path and the helpers by their own name: metaseq's editable install puts
+    # metaseq's repository on sys.path, and its `tests` package would shadow ours
+    sys.path.insert(0, os.path.dirname(_HERE))
+    from metaseq_cpu import standins
 
-    install()
+    standins.install()
     from metaseq.cli.train import cli_main
 
     sys.argv = ["metaseq-train", *train_args]
