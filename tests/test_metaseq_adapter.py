@@ -343,3 +343,66 @@ def test_unresumable_backends_are_refused_up_front(backend, ranks, refused):
             options.check_resumable(backend, ranks)
     else:
         options.check_resumable(backend, ranks)
+
+
+# ---- model-parallel gradient norm -------------------------------------------------------------
+
+class ColumnParallelLinear(torch.nn.Module):  # named as Megatron's layers: grad_norm reads the class name
+    pass
+
+
+class RowParallelLinear(torch.nn.Module):
+    pass
+
+
+def _flat(infos, numels, grads, sharded=False):
+    """An FSDP flat parameter as fairscale lays it out: weights concatenated in `_param_infos` order."""
+    p = torch.nn.Parameter(torch.zeros(len(grads)))
+    p.grad = torch.tensor(grads, dtype=torch.float32)
+    p._param_infos, p._param_numels, p._is_sharded = infos, numels, sharded
+    return p
+
+
+def test_flat_parameter_segments_follow_megatron_layers_and_the_shard():
+    from optiml_plugin.metaseq import grad_norm
+
+    col, row, norm = ColumnParallelLinear(), RowParallelLinear(), torch.nn.LayerNorm(2)
+    infos = [("c", col, "weight"), ("c", col, "bias"), ("r", row, "weight"), ("r", row, "bias"), ("n", norm, "weight")]
+    numels = [4, 2, 4, 1, 2]  # 13 elements: split, split, split, replicated, replicated
+    whole = _flat(infos, numels, [0.0] * 13)
+    assert grad_norm.flat_segments(whole, 0, 1) == [(0, 4, True), (4, 6, True), (6, 10, True), (10, 11, False),
+                                                    (11, 13, False)]
+    shard = _flat(infos, numels, [0.0] * 7, sharded=True)  # torch.chunk(13, 2): 7 + 6, the second padded
+    assert grad_norm.flat_segments(shard, 0, 2) == [(0, 4, True), (4, 6, True), (6, 7, True)]
+    assert grad_norm.flat_segments(shard, 1, 2) == [(0, 3, True), (3, 4, False), (4, 6, False)]
+    # a tied weight is split if any module holding it splits it (the embedding shared with the output)
+    tied = _flat([("out", norm, "weight")], [2], [0.0, 0.0])
+    tied._shared_param_infos = [("emb", "out", col, "weight", norm, "weight")]
+    assert grad_norm.flat_segments(tied, 0, 1) == [(0, 2, True)]
+    plain = torch.nn.Parameter(torch.zeros(3))
+    assert grad_norm.param_segments(plain, 0, 1) == [(0, 3, False)]
+    plain.tensor_model_parallel = True
+    assert grad_norm.param_segments(plain, 0, 1) == [(0, 3, True)]
+
+
+def test_norm_counts_replicated_weights_once_at_model_parallel_2_and_fsdp_2():
+    """Four ranks (model parallel 2 x FSDP 2) of one model: summed as metaseq's all-reduces sum them,
+    the norm is the full gradient's; metaseq's own rule counts the replicated weights twice."""
+    from optiml_plugin.metaseq import grad_norm
+
+    torch.manual_seed(0)
+    full_w, full_b, ln = torch.randn(4, 3), torch.randn(3), torch.randn(3)  # row-parallel weight split in 2
+    true_sq = float(full_w.pow(2).sum() + full_b.pow(2).sum() + ln.pow(2).sum())
+    row, norm = RowParallelLinear(), torch.nn.LayerNorm(3)
+    infos = [("r", row, "weight"), ("r", row, "bias"), ("n", norm, "weight")]
+    total, metaseq_rule = 0.0, 0.0
+    for mp_rank in range(2):
+        local = torch.cat([full_w[2 * mp_rank:2 * mp_rank + 2].reshape(-1), full_b, ln])  # 6 + 3 + 3 = 12
+        metaseq_rule += float(local.pow(2).sum())
+        for dp_rank in range(2):
+            p = _flat(infos, [6, 3, 3], local[6 * dp_rank:6 * dp_rank + 6].tolist(), sharded=True)
+            plain, sharded = grad_norm.squared_norm_once([p], 2, dp_rank, 2)
+            assert float(plain) == 0.0
+            total += float(sharded)
+    assert total == pytest.approx(true_sq, rel=1e-6)  # summed over data-parallel, then model-parallel ranks
+    assert metaseq_rule > true_sq * 1.05
