@@ -5,6 +5,7 @@ import importlib.util
 import math
 import sys
 from argparse import Namespace
+from pathlib import Path
 
 import pytest
 import torch
@@ -406,3 +407,20 @@ def test_norm_counts_replicated_weights_once_at_model_parallel_2_and_fsdp_2():
             total += float(sharded)
     assert total == pytest.approx(true_sq, rel=1e-6)  # summed over data-parallel, then model-parallel ranks
     assert metaseq_rule > true_sq * 1.05
+
+
+def test_install_block_is_the_one_the_skip_message_names():
+    """The metaseq tests' skip message points at docs/metaseq.md's install section; its block installs
+    what the plugin imports (this repository with [metaseq], not --no-deps) and what the tests need."""
+    import metaseq_cpu
+
+    root = Path(__file__).resolve().parents[1]
+    docs = (root / "docs" / "metaseq.md").read_text(encoding="utf-8")
+    assert "docs/metaseq.md" in metaseq_cpu.SKIP_REASON and metaseq_cpu.INSTALL_SECTION in metaseq_cpu.SKIP_REASON
+    section = docs.split(f"## {metaseq_cpu.INSTALL_SECTION}\n", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    assert 'pip install -e "/path/to/optiml[metaseq]"' in block
+    assert "fixing_memory_issues_with_keeping_overlap_may24" in block and "--no_megatron" in block
+    assert "python -m pytest -m metaseq" in block
+    extras = (root / "setup.py").read_text(encoding="utf-8").split('"metaseq": [', 1)[1].split("]", 1)[0]
+    assert "pytest" in extras and "hypothesis" in extras
