@@ -424,3 +424,13 @@ def test_install_block_is_the_one_the_skip_message_names():
     assert "python -m pytest -m metaseq" in block
     extras = (root / "setup.py").read_text(encoding="utf-8").split('"metaseq": [', 1)[1].split("]", 1)[0]
     assert "pytest" in extras and "hypothesis" in extras
+
+
+def test_grad_norm_once_refused_where_weights_are_copied():
+    """metaseq's --fp16 without --memory-efficient-fp16 clips fp32 copies: split and replicated weights
+    cannot be told apart there, outside FSDP."""
+    with pytest.raises(ConfigError, match="--memory-efficient-fp16 or --ddp-backend fully_sharded"):
+        options.check_grad_norm_once(True, False, "pytorch_ddp")
+    options.check_grad_norm_once(True, True, "pytorch_ddp")
+    options.check_grad_norm_once(True, False, "fully_sharded")
+    options.check_grad_norm_once(False, False, "pytorch_ddp")
