@@ -15,6 +15,9 @@ EXTRAS = {
     # the `datasets` source: Hugging Face datasets on disk or in the hub cache
     "hf": ["datasets>=2.14"],
     "dev": ["pytest>=7", "hypothesis>=6", "pyarrow>=10"],
+    # a metaseq environment (docs/metaseq.md): the plugin's own tests there, `pytest -m metaseq`
+    # (metaseq itself, torch and fairscale are installed from their repositories first)
+    "metaseq": ["pytest>=7", "hypothesis>=6"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 # `optiml eval suite` (the paper's Tab 9 / Tab 14 through lm-evaluation-harness). Not in `all`:

@@ -7,6 +7,7 @@ import math
 import sys
 import typing
 from argparse import Namespace
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,6 +118,52 @@ def test_model_checks_for_document_masking(monkeypatch):
                                           "default"):
         options.check_model_cfg(Namespace(self_attn_doc_sep=-1, attn_variant="xformers_default"), True)
     options.check_model_cfg(Namespace(self_attn_doc_sep=-1, attn_variant="xformers_default"), False)
+
+
+class _Positions(torch.nn.Embedding):
+    """metaseq's LearnedPositionalEmbedding contract: precomputed positions only with padding_idx None,
+    otherwise positions from the padding (padding_idx + 1 on at the first token)."""
+
+    def forward(self, input, incremental_state=None, positions=None):
+        assert positions is None or self.padding_idx is None
+        if positions is None and self.padding_idx is not None:
+            keep = input.ne(self.padding_idx).long()
+            positions = torch.cumsum(keep, dim=1) * keep + self.padding_idx
+        return torch.nn.functional.embedding(positions, self.weight, self.padding_idx)
+
+
+class _Decoder(torch.nn.Module):
+    """The parts of metaseq's decoder that `use_segment_masks` adapts."""
+
+    padding_idx = 1
+
+    def __init__(self):
+        super().__init__()
+        self.embed_positions = _Positions(16, 4, padding_idx=1)
+
+    def buffered_future_mask(self, tensor, input_tokens=None):
+        return torch.zeros(0)
+
+    def forward(self, tokens):
+        x = self.embed_positions(tokens)
+        return x, self.buffered_future_mask(x)
+
+
+def test_packed_forward_leaves_positions_for_a_later_plain_forward():
+    """A forward with segment ids must not leave the position module without its padding_idx: metaseq's
+    generation and plain validation subsets run forwards without them (a TypeError in metaseq before)."""
+    from optiml_plugin.metaseq.segment_attention import use_segment_masks
+
+    decoder = _Decoder()
+    use_segment_masks(decoder)
+    tokens = torch.tensor([[5, 6, 7, 8, 1, 1]])
+    packed, mask = decoder(tokens, segment_ids=torch.tensor([[1, 1, 2, 2, 0, 0]]))
+    assert mask.shape == (1, 6, 6)  # the document mask
+    table = decoder.embed_positions.weight
+    assert torch.equal(packed[0], table[[2, 3, 2, 3, 1, 1]])  # positions restart with each example
+    assert decoder.embed_positions.padding_idx == 1
+    plain, mask = decoder(tokens)
+    assert mask.numel() == 0 and torch.equal(plain[0], table[[2, 3, 4, 5, 1, 1]])
 
 
 # ---- batches ---------------------------------------------------------------------------------
@@ -309,3 +356,93 @@ def test_unresumable_backends_are_refused_up_front(backend, ranks, refused):
             options.check_resumable(backend, ranks)
     else:
         options.check_resumable(backend, ranks)
+
+
+# ---- model-parallel gradient norm -------------------------------------------------------------
+
+class ColumnParallelLinear(torch.nn.Module):  # named as Megatron's layers: grad_norm reads the class name
+    pass
+
+
+class RowParallelLinear(torch.nn.Module):
+    pass
+
+
+def _flat(infos, numels, grads, sharded=False):
+    """An FSDP flat parameter as fairscale lays it out: weights concatenated in `_param_infos` order."""
+    p = torch.nn.Parameter(torch.zeros(len(grads)))
+    p.grad = torch.tensor(grads, dtype=torch.float32)
+    p._param_infos, p._param_numels, p._is_sharded = infos, numels, sharded
+    return p
+
+
+def test_flat_parameter_segments_follow_megatron_layers_and_the_shard():
+    from optiml_plugin.metaseq import grad_norm
+
+    col, row, norm = ColumnParallelLinear(), RowParallelLinear(), torch.nn.LayerNorm(2)
+    infos = [("c", col, "weight"), ("c", col, "bias"), ("r", row, "weight"), ("r", row, "bias"), ("n", norm, "weight")]
+    numels = [4, 2, 4, 1, 2]  # 13 elements: split, split, split, replicated, replicated
+    whole = _flat(infos, numels, [0.0] * 13)
+    assert grad_norm.flat_segments(whole, 0, 1) == [(0, 4, True), (4, 6, True), (6, 10, True), (10, 11, False),
+                                                    (11, 13, False)]
+    shard = _flat(infos, numels, [0.0] * 7, sharded=True)  # torch.chunk(13, 2): 7 + 6, the second padded
+    assert grad_norm.flat_segments(shard, 0, 2) == [(0, 4, True), (4, 6, True), (6, 7, True)]
+    assert grad_norm.flat_segments(shard, 1, 2) == [(0, 3, True), (3, 4, False), (4, 6, False)]
+    # a tied weight is split if any module holding it splits it (the embedding shared with the output)
+    tied = _flat([("out", norm, "weight")], [2], [0.0, 0.0])
+    tied._shared_param_infos = [("emb", "out", col, "weight", norm, "weight")]
+    assert grad_norm.flat_segments(tied, 0, 1) == [(0, 2, True)]
+    plain = torch.nn.Parameter(torch.zeros(3))
+    assert grad_norm.param_segments(plain, 0, 1) == [(0, 3, False)]
+    plain.tensor_model_parallel = True
+    assert grad_norm.param_segments(plain, 0, 1) == [(0, 3, True)]
+
+
+def test_norm_counts_replicated_weights_once_at_model_parallel_2_and_fsdp_2():
+    """Four ranks (model parallel 2 x FSDP 2) of one model: summed as metaseq's all-reduces sum them,
+    the norm is the full gradient's; metaseq's own rule counts the replicated weights twice."""
+    from optiml_plugin.metaseq import grad_norm
+
+    torch.manual_seed(0)
+    full_w, full_b, ln = torch.randn(4, 3), torch.randn(3), torch.randn(3)  # row-parallel weight split in 2
+    true_sq = float(full_w.pow(2).sum() + full_b.pow(2).sum() + ln.pow(2).sum())
+    row, norm = RowParallelLinear(), torch.nn.LayerNorm(3)
+    infos = [("r", row, "weight"), ("r", row, "bias"), ("n", norm, "weight")]
+    total, metaseq_rule = 0.0, 0.0
+    for mp_rank in range(2):
+        local = torch.cat([full_w[2 * mp_rank:2 * mp_rank + 2].reshape(-1), full_b, ln])  # 6 + 3 + 3 = 12
+        metaseq_rule += float(local.pow(2).sum())
+        for dp_rank in range(2):
+            p = _flat(infos, [6, 3, 3], local[6 * dp_rank:6 * dp_rank + 6].tolist(), sharded=True)
+            plain, sharded = grad_norm.squared_norm_once([p], 2, dp_rank, 2)
+            assert float(plain) == 0.0
+            total += float(sharded)
+    assert total == pytest.approx(true_sq, rel=1e-6)  # summed over data-parallel, then model-parallel ranks
+    assert metaseq_rule > true_sq * 1.05
+
+
+def test_install_block_is_the_one_the_skip_message_names():
+    """The metaseq tests' skip message points at docs/metaseq.md's install section; its block installs
+    what the plugin imports (this repository with [metaseq], not --no-deps) and what the tests need."""
+    import metaseq_cpu
+
+    root = Path(__file__).resolve().parents[1]
+    docs = (root / "docs" / "metaseq.md").read_text(encoding="utf-8")
+    assert "docs/metaseq.md" in metaseq_cpu.SKIP_REASON and metaseq_cpu.INSTALL_SECTION in metaseq_cpu.SKIP_REASON
+    section = docs.split(f"## {metaseq_cpu.INSTALL_SECTION}\n", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    assert 'pip install -e "/path/to/optiml[metaseq]"' in block
+    assert "fixing_memory_issues_with_keeping_overlap_may24" in block and "--no_megatron" in block
+    assert "python -m pytest -m metaseq" in block
+    extras = (root / "setup.py").read_text(encoding="utf-8").split('"metaseq": [', 1)[1].split("]", 1)[0]
+    assert "pytest" in extras and "hypothesis" in extras
+
+
+def test_grad_norm_once_refused_where_weights_are_copied():
+    """metaseq's --fp16 without --memory-efficient-fp16 clips fp32 copies: split and replicated weights
+    cannot be told apart there, outside FSDP."""
+    with pytest.raises(ConfigError, match="--memory-efficient-fp16 or --ddp-backend fully_sharded"):
+        options.check_grad_norm_once(True, False, "pytorch_ddp")
+    options.check_grad_norm_once(True, True, "pytorch_ddp")
+    options.check_grad_norm_once(True, False, "fully_sharded")
+    options.check_grad_norm_once(False, False, "pytorch_ddp")

@@ -25,8 +25,7 @@ from optiml_plugin.metaseq.convert import merge_shards
 
 
 pytestmark = [pytest.mark.metaseq,
-              pytest.mark.skipif(not metaseq_cpu.has_metaseq(), reason="metaseq is not installed (install it "
-                                 "from its git repository, see docs/metaseq.md)")]
+              pytest.mark.skipif(not metaseq_cpu.has_metaseq(), reason=metaseq_cpu.SKIP_REASON)]
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -10,7 +10,6 @@ dense path with the [B, L, L] document mask (`segment_attention`), while metaseq
 from __future__ import annotations
 
 import importlib.util
-from datetime import timedelta
 from typing import Any, Dict, Iterator, List, Tuple
 
 import metaseq_cpu
@@ -19,8 +18,7 @@ import torch
 import torch.distributed as dist
 
 pytestmark = [pytest.mark.metaseq,
-              pytest.mark.skipif(not metaseq_cpu.has_metaseq(), reason="metaseq is not installed (install it "
-                                 "from its git repository, see docs/metaseq.md)"),
+              pytest.mark.skipif(not metaseq_cpu.has_metaseq(), reason=metaseq_cpu.SKIP_REASON),
               pytest.mark.skipif(importlib.util.find_spec("xformers") is None,
                                  reason="xformers is not installed (pip install --no-deps xformers matching "
                                  "the torch of the metaseq environment, see docs/metaseq.md)")]
@@ -38,16 +36,8 @@ def model_parallel_1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
     """A one-process gloo world with metaseq's model-parallel groups (size 1) and RNG tracker."""
     if dist.is_initialized():
         pytest.skip("torch.distributed is already initialized in this process")
-    from metaseq.modules.megatron import mpu
-
-    store = tmp_path_factory.mktemp("dist") / "store"
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1,
-                            timeout=timedelta(seconds=60))
-    mpu.initialize_model_parallel(1)
-    mpu.model_parallel_cuda_manual_seed(0)
-    yield
-    mpu.destroy_model_parallel()
-    dist.destroy_process_group()
+    with metaseq_cpu.one_rank_world(tmp_path_factory.mktemp("dist")):
+        yield
 
 
 @pytest.fixture

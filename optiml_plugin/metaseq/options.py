@@ -191,3 +191,15 @@ def check_model_cfg(model_cfg: Any, document_masking: bool) -> None:
             "--sequence-parallel runs metaseq's fused transformer layer, which applies a plain causal mask "
             "and ignores the document mask, so packed examples would attend to each other. Drop "
             "--sequence-parallel (or pass --no-document-masking to train across packed examples).")
+
+
+def check_grad_norm_once(fp16: bool, memory_efficient_fp16: bool, ddp_backend: Any) -> None:
+    """Refuse `--grad-norm-replicated-once` where it cannot tell split from replicated weights:
+    metaseq's `--fp16` without `--memory-efficient-fp16`, outside FSDP, clips fp32 copies of the
+    weights, which carry neither Megatron's mark nor their module (`grad_norm`)."""
+    backend = str(getattr(ddp_backend, "value", ddp_backend))
+    if fp16 and not memory_efficient_fp16 and backend != "fully_sharded":
+        raise ConfigError(
+            "--grad-norm-replicated-once cannot tell split from replicated weights with --fp16 outside FSDP "
+            "(metaseq clips fp32 copies of the weights): add --memory-efficient-fp16 or --ddp-backend "
+            "fully_sharded, or drop --grad-norm-replicated-once")

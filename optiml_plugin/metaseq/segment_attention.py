@@ -73,7 +73,13 @@ def use_segment_masks(decoder: Any) -> None:
             segments = decoder._optiml_segments
             if segments is None or incremental_state:
                 return pos_forward(input, incremental_state=incremental_state, positions=positions)
-            pos_module.padding_idx = None  # precomputed positions, as metaseq's doc-sep path does
-            return pos_forward(input, positions=learned_positions(segments, decoder.padding_idx))
+            # metaseq takes precomputed positions only with padding_idx None (its doc-sep path clears it
+            # for good); restored at once, so that a later forward without segment ids (generation, a
+            # plain validation subset) still derives its positions from the padding
+            padding_idx, pos_module.padding_idx = pos_module.padding_idx, None
+            try:
+                return pos_forward(input, positions=learned_positions(segments, decoder.padding_idx))
+            finally:
+                pos_module.padding_idx = padding_idx
 
         pos_module.forward = seg_positions

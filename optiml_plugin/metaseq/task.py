@@ -23,9 +23,10 @@ from metaseq.distributed import utils as distributed_utils
 from metaseq.tasks import LegacyTask, register_task
 
 from optiml_plugin.conventions import EOS_ID
+from optiml_plugin.metaseq import grad_norm
 from optiml_plugin.metaseq.iterator import PipelineEpochIterator
-from optiml_plugin.metaseq.options import (TaskOptions, check_model_cfg, check_resumable, check_update_freq,
-                                           settings_from_cfg)
+from optiml_plugin.metaseq.options import (TaskOptions, check_grad_norm_once, check_model_cfg, check_resumable,
+                                           check_update_freq, settings_from_cfg)
 from optiml_plugin.metaseq.segment_attention import use_segment_masks
 from optiml_plugin.metaseq.wiring import (TrainData, benchmark_names, build_train_data, build_valid_samples,
                                           load_tokenizer, open_bench, train_iterator, valid_iterator)
@@ -62,6 +63,12 @@ def _task_config() -> Any:
             "help": "refused: every example already opens with `</s>` (conventions.EXAMPLE_START_ID)"})),
         ("no_document_masking", bool, field(default=False, metadata={
             "help": "let packed examples attend to each other (default: masks from the batch's segment ids)"})),
+        ("grad_norm_replicated_once", bool, field(default=False, metadata={
+            "help": "model parallel: the gradient norm (clipping, gnorm) counts weights replicated on every "
+                    "model-parallel rank once, so it is the same at any model-parallel size (metaseq counts "
+                    "them once per rank; on in the presets)"})),
+        ("fp16", bool, field(default=II("common.fp16"))),
+        ("memory_efficient_fp16", bool, field(default=II("common.memory_efficient_fp16"))),
         ("seed", int, field(default=II("common.seed"))),
         ("batch_size", Optional[int], field(default=II("dataset.batch_size"))),
         ("batch_size_valid", Optional[int], field(default=II("dataset.batch_size_valid"))),
@@ -107,6 +114,11 @@ class InstructionMetaLearningTask(LegacyTask):
         super().__init__(args)
         check_update_freq(getattr(args, "update_freq", [1]))
         check_resumable(getattr(args, "ddp_backend", "pytorch_ddp"), distributed_utils.get_data_parallel_world_size())
+        self.grad_norm_once = bool(getattr(args, "grad_norm_replicated_once", False))
+        if self.grad_norm_once:
+            check_grad_norm_once(bool(getattr(args, "fp16", False)),
+                                 bool(getattr(args, "memory_efficient_fp16", False)),
+                                 getattr(args, "ddp_backend", "pytorch_ddp"))
         self.settings = settings_from_cfg(args)
         self.tokenizer = load_tokenizer(args.vocab_filename, args.merges_filename, args.hf_tokenizer)
         self.dictionary = build_dictionary(self.tokenizer.vocab_size)
@@ -125,6 +137,8 @@ class InstructionMetaLearningTask(LegacyTask):
         if distributed_utils.get_model_parallel_world_size() > 1:
             args = sharded_logits_cfg(args)
         model = super().build_model(args)
+        if self.grad_norm_once and distributed_utils.get_model_parallel_world_size() > 1:
+            grad_norm.install()
         if self.settings.document_masking:
             use_segment_masks(model.decoder)
         return model

@@ -84,8 +84,11 @@ def _packed_vs_alone(model: Any, sample: Dict[str, Any], pad: int) -> Dict[str, 
 
 
 def main(argv: list) -> None:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    from tests.metaseq_cpu import standins
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # the repository (optiml_plugin) and tests/ (metaseq_cpu, by its own name: metaseq's editable
+    # install puts metaseq's repository on sys.path, and its `tests` package would shadow ours)
+    sys.path[:0] = [os.path.dirname(tests_dir), tests_dir]
+    from metaseq_cpu import standins
 
     standins.install()
     from metaseq import options
