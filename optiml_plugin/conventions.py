@@ -30,3 +30,10 @@ TRAIN_SPLIT = "train"
 VALID_SPLITS = tuple(f"valid_{level}" for level in LEVELS)
 EVAL_SPLITS = tuple(f"{kind}_{level}" for level in LEVELS for kind in ("valid", "test"))
 SPLITS = (TRAIN_SPLIT,) + EVAL_SPLITS
+
+# ---- loss normalization: the recipe validates it, loss.py applies it --------------------------
+LOSS_NORMALIZATIONS = ("token", "example")   # mean over target tokens, or mean of per-example means
+
+# ---- the paper's model presets for `optiml sweep` (YAML files in the preset directory) -----------
+MODEL_PRESETS = ("1.3b", "30b", "175b")
+PRESET_DIR_ENV = "OPTIML_PRESET_DIR"      # environment variable naming another preset directory

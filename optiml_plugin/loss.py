@@ -15,9 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from optiml_plugin.conventions import LOSS_NORMALIZATIONS as NORMALIZE
 from optiml_plugin.errors import ConfigError
-
-NORMALIZE = ("token", "example")
 
 
 @dataclass

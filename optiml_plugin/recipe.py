@@ -26,10 +26,9 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict,
                       ValidationError)
 
-from optiml_plugin.conventions import EOS_ID, EVAL_SPLITS, VALID_SPLITS
+from optiml_plugin.conventions import EOS_ID, EVAL_SPLITS, LOSS_NORMALIZATIONS, VALID_SPLITS
 from optiml_plugin.data.packing import STRATEGIES, TRUNCATIONS
 from optiml_plugin.errors import ConfigError
-from optiml_plugin.loss import NORMALIZE
 from optiml_plugin.yamlio import KeyPath, read_yaml_mapping_lines
 
 
@@ -67,7 +66,7 @@ Fraction = Annotated[float, BeforeValidator(_number), Field(ge=0, le=1)]
 Bool = Annotated[bool, Strict()]
 Strategy = _choice(STRATEGIES)
 Truncation = _choice(TRUNCATIONS)
-Normalization = _choice(NORMALIZE)
+Normalization = _choice(LOSS_NORMALIZATIONS)
 EvalSplit = _choice(EVAL_SPLITS)
 
 
