@@ -37,11 +37,10 @@ NUM = r"([-+]?[\d,]*\.?\d+(?:e[-+]?\d+)?)"
 
 @dataclass
 class Run:
-    """One process: its stdout, wall seconds and peak RSS (MiB, of the process itself)."""
+    """One process: its output (stdout and stderr) and wall seconds."""
 
     out: str
     wall: float
-    rss_mib: float
 
 
 @dataclass
@@ -103,10 +102,8 @@ def _pick(quick: bool, full: Sequence[str], small: Sequence[str]) -> List[str]:
 def _cli_render(r: Results) -> str:
     bare = [w * 1e3 for w in r.wall("bare")]
     cli = [w * 1e3 for w in r.wall("help")]
-    rss = {v: statistics.median(x.rss_mib for x in r.runs[v]) for v in ("bare", "help")}
     return (f"bare Python {summarize(bare)} ms, `optiml --help` {summarize(cli)} ms "
-            f"({summarize([c / b for c, b in zip(cli, bare)], '{:.2f}')}x); peak RSS {rss['bare']:.1f} vs "
-            f"{rss['help']:.1f} MiB")
+            f"({summarize([c / b for c, b in zip(cli, bare)], '{:.2f}')}x)")
 
 
 def _build_render(r: Results) -> str:
@@ -305,18 +302,15 @@ ROWS: List[Row] = [
 # ---- running ------------------------------------------------------------------------------------
 
 def run_once(argv: List[str], env: Dict[str, str]) -> Run:
-    """One process from the repository root; its own peak RSS through wait4."""
-    with tempfile.TemporaryFile() as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status
-        out.seek(0)
-        text = out.read().decode("utf-8", "replace")
+    """One process from the repository root. (Its peak RSS is not taken: a child's ru_maxrss counts the
+    forking parent's pages too, which would make bare Python and `optiml --help` look alike.)"""
+    start = time.perf_counter()
+    proc = subprocess.run(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    text = proc.stdout.decode("utf-8", "replace")
     if proc.returncode != 0:
         raise RuntimeError(f"`{' '.join(argv)}` exited {proc.returncode}:\n{text[-3000:]}")
-    return Run(text, wall, usage.ru_maxrss / 1024)
+    return Run(text, wall)
 
 
 def extract(row: Row, variant: str, text: str) -> Dict[str, float]:
@@ -391,11 +385,11 @@ def commit() -> str:
 
 
 def table(rows: List[Row], results: Dict[str, Dict[str, str]], quick: bool, started: str,
-          repeats: Optional[int]) -> str:
+          repeats: Optional[int], at_commit: str) -> str:
     lines = [f"Measured {started} UTC by `python benchmarks/readme_table.py{' --quick' if quick else ''}"
              f"{' --rows ' + ','.join(r.key for r in rows) if [r.key for r in rows] != DEFAULTS else ''}"
              f"{f' --repeats {repeats}' if repeats else ''}` "
-             f"(commit {commit()}) on {machine()}. Each result is the median [min–max] over n runs"
+             f"(commit {at_commit}) on {machine()}. Each result is the median [min–max] over n runs"
              f"{' (QUICK MODE: small sizes, not figures)' if quick else ''}; variants alternated; load is the "
              f"1-minute load average during the row.",
              "", "| figure | result | aim | n | load | command |", "|---|---|---|---|---|---|"]
@@ -439,6 +433,7 @@ def main() -> int:
     rows = [by_key[k] for k in keys]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    at_commit = commit()   # the code measured: taken before the runs
     results, failed = {}, []
     with tempfile.TemporaryDirectory(prefix="optiml_readme_") as cache:
         for row in rows:
@@ -450,7 +445,7 @@ def main() -> int:
                 failed.append(row.key)
                 results[row.key] = {"result": "ERROR (see stderr)", "load": "", "command": "", "n": "0"}
             print(f"[{row.key}] {results[row.key]['result']}", file=sys.stderr, flush=True)
-    text = table(rows, results, args.quick, started, args.repeats)
+    text = table(rows, results, args.quick, started, args.repeats, at_commit)
     print(text)
     if failed:
         print(f"rows that failed: {', '.join(failed)}; the README was not changed", file=sys.stderr)
