@@ -24,6 +24,8 @@ EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 # it pulls datasets, pandas, scikit-learn, accelerate and peft (about 2 minutes to install);
 # tests that need it skip without it.
 EXTRAS["lmeval"] = ["lm-eval[hf]>=0.4.13"]
+# benchmarks/trl_sft.py only (TRL's SFTTrainer beside optiml's step); not in `all`
+EXTRAS["trl"] = ["trl>=1.16"]
 
 setup(
     name="optiml",

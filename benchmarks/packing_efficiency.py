@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,7 +92,7 @@ def report(name: str, pairs: Pairs, tps: int, windows: Sequence[int]) -> None:
 
 
 def main() -> None:
-    shared = REPO.parent / "shared" / "data"
+    shared = Path(os.environ.get("OPTIML_SHARED", REPO.parent / "shared")) / "data"
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens-per-sample", type=int, default=2048)
     ap.add_argument("--windows", type=int, nargs="+", default=[8, 64])

@@ -36,3 +36,7 @@ SPLITS = (TRAIN_SPLIT,) + EVAL_SPLITS
 PACKING_STRATEGIES = ("best_fit", "sequential")
 TRUNCATIONS = ("left", "right")
 LOSS_NORMALIZATIONS = ("token", "example")
+
+# ---- the paper's model presets for `optiml sweep` (YAML files in the preset directory) -----------
+MODEL_PRESETS = ("1.3b", "30b", "175b")
+PRESET_DIR_ENV = "OPTIML_PRESET_DIR"      # environment variable naming another preset directory

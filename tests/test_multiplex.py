@@ -82,7 +82,7 @@ def test_multiplex_config_must_be_a_bool():
     import pytest
 
     from optiml_plugin.errors import ConfigError
-    with pytest.raises(ConfigError, match="'multiplex' must be true or false"):
+    with pytest.raises(ConfigError, match="multiplex: Input should be a valid boolean"):
         load_build_config({"sources": [{"type": "builtin"}], "multiplex": "yes"})
     assert load_build_config({"sources": [{"type": "builtin"}]}).multiplex is True
 

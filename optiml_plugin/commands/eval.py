@@ -26,7 +26,7 @@ def _unescape(text: str) -> str:
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
-    from optiml_plugin.benchfiles import LEVELS
+    from optiml_plugin.conventions import LEVELS
 
     p = sub.add_parser("eval", help="evaluate a model on a bench's held-out levels",
                        usage="optiml eval --model DIR --bench DIR [options]\n"

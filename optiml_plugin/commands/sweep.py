@@ -1,7 +1,7 @@
 """`optiml sweep`: the paper's presets -> metaseq-train command lines and sbatch scripts.
 
 Thin: parses arguments and calls optiml_plugin.metaseq.sweep; imports no metaseq, so `--dry-run` works on
-a laptop.
+a laptop, and imports the sweep (recipe, pydantic) only when it runs, so `optiml --help` starts at once.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from optiml_plugin.metaseq import sweep as core
+from optiml_plugin.conventions import MODEL_PRESETS, PRESET_DIR_ENV
 from optiml_plugin.errors import OptimlError
 
 
@@ -21,10 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Turn a model preset (1.3b, 30b, 175b) and a hyperparameter grid into "
                     "metaseq-train command lines and one sbatch script per grid point.")
     p.add_argument("--preset", default=None,
-                   help=f"model preset name ({', '.join(core.MODEL_PRESETS)}) from the preset directory "
+                   help=f"model preset name ({', '.join(MODEL_PRESETS)}) from the preset directory "
                         "(default: 30b, or the ablation's)")
     p.add_argument("--preset-dir", help=f"where --preset names are looked up (default: "
-                                        f"${core.PRESET_DIR_ENV}, else the presets installed with optiml)")
+                                        f"${PRESET_DIR_ENV}, else the presets installed with optiml)")
     p.add_argument("--preset-file", help="a model preset YAML file (overrides --preset)")
     p.add_argument("--mixture-file", help="a mixture preset YAML file (default: the preset's)")
     p.add_argument("--max", action="store_true", help="the OPT-IML-Max variant (longer schedule)")
@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from optiml_plugin.metaseq import sweep as core
+
     ablation = None
     if args.ablation:
         from optiml_plugin.ablations import load_ablation, row_runs

@@ -29,7 +29,7 @@ import yaml
 from pydantic import Field
 
 from optiml_plugin import recipe
-from optiml_plugin.conventions import VALID_SPLITS
+from optiml_plugin.conventions import PRESET_DIR_ENV, VALID_SPLITS
 from optiml_plugin.data.mixture import validate_proportions
 from optiml_plugin.errors import ConfigError
 from optiml_plugin.recipe import (Bool, Float, NonNegFloat, NonNegInt, PosInt, Section, choice,
@@ -39,11 +39,9 @@ from optiml_plugin.yamlio import KeyPath, read_yaml_mapping_lines
 # Where presets are found, first hit wins: $OPTIML_PRESET_DIR; the copy installed with the package
 # (setup.py ships projects/opt_iml/presets as the package data optiml_plugin/presets); the source
 # checkout's projects/opt_iml/presets (an editable install or a run from the repository).
-PRESET_DIR_ENV = "OPTIML_PRESET_DIR"
 PACKAGE_PRESETS = "presets"
 CHECKOUT_PRESETS = Path(__file__).resolve().parents[2] / "projects" / "opt_iml" / "presets"
 USER_DIR = Path(__file__).resolve().parents[1]   # optiml_plugin: metaseq's --user-dir
-MODEL_PRESETS = ("1.3b", "30b", "175b")
 
 # Metaseq flags of the instruction_meta_learning task (optiml_plugin/metaseq/task.py).
 TASK = "instruction_meta_learning"
