@@ -232,13 +232,13 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
         for (lv, p), ids in zip(generated, outs):
             text = cut_at_stops(backend.decode(ids), config.stop_strings)
             lang = output_language(p.inst.row)
-            track = M.track(lang)
+            track, rule = M.task_track(p.inst.file.task, lang)
             xl = xlingual() if track == M.XLINGUAL_TRACK else None
-            m = {"rougeL": M.rouge_l(text, p.inst.references, lang, xl),
+            m = {"rougeL": M.rouge_l(text, p.inst.references, track, xl),
                  "exact_match": M.exact_match(text, p.inst.references)}
             rec = _record(lv, shots, p, config.split)
             rec.update(kind="generate", prediction=text, new_tokens=len(ids), output_language=lang,
-                       track=track, score=m["rougeL"], metrics=m)
+                       track=track, track_rule=rule, score=m["rougeL"], metrics=m)
             records.append(rec)
     bar.close()
     extra, bleu_tokenize = _bleu(records)
@@ -253,6 +253,8 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
         # the bench's own rendering of `src` (build config `prompt_format`), beside this eval's (config)
         "bench_prompt_format": bench.manifest.get("prompt_format", "paper"),
         "scoring": {"rouge_tracks": dict(Counter(r["track"] for r in records if r.get("track"))),
+                    "task_tracks": {f"{r['benchmark']}/{r['task']}": {"track": r["track"], "rule": r["track_rule"]}
+                                    for r in records if r.get("track")},
                     "xlingual_bpe": xlingual.origin, "bleu_tokenize": bleu_tokenize,
                     "rank_metrics": dict(M.RANK_METRICS)},
         "aggregate": aggregate(records, config.task_groups, extra),
