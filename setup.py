@@ -50,7 +50,7 @@ setup(
     ],
     extras_require=EXTRAS,
     package_data={"optiml_plugin.bench": ["taxonomy.yaml"], "optiml_plugin.presets": ["*.yaml"],
-                  "optiml_plugin.eval": ["presets/*.yaml", "presets/lmeval_tasks/*/*.yaml",
+                  "optiml_plugin.eval": ["sni_splits/*.txt", "presets/*.yaml", "presets/lmeval_tasks/*/*.yaml",
                                          "presets/lmeval_tasks/*/_*_yaml", "presets/lmeval_tasks/*/*.py"]},
     entry_points={"console_scripts": [
         "optiml=optiml_plugin.cli:main",

@@ -84,7 +84,9 @@ def test_sni_bench_levels_decontamination_and_accounting(sni_dir, tmp_path):
     # what eval needs to reproduce published SNI numbers: the draw, positive examples, output language
     assert "first 20" in m["split_plan"]["eval_draw"]["test"]
     snli = tasks["task190_snli_classification"]
-    assert len(snli["positive_examples"]) >= 2 and set(snli["positive_examples"][0]) == {"input", "output"}
+    assert len(snli["positive_examples"]) >= 2
+    assert set(snli["positive_examples"][0]) == {"input", "output", "explanation"}
+    assert len(snli["negative_examples"]) == 2  # Tk-Instruct's pos_2_neg_2 prompts (eval/prompts.py)
     assert row["output_language"] == "en"
 
 

@@ -11,7 +11,7 @@ from optiml_plugin.bench.sources import load_source
 from optiml_plugin.bench.templates import render
 from optiml_plugin.errors import BadRecordPolicy
 from optiml_plugin.eval.prompts import (Demo, Pool, build_prompt, demo_indices, demonstration,
-                                        positive_demos, row_template, split_instruction)
+                                        sni_demos, row_template, split_instruction)
 
 
 def _rows(n, task="t", bench="niv2", delimiter="\nAnswer:"):
@@ -98,7 +98,7 @@ def test_demo_draw_is_deterministic_and_nests():
 
 def test_sni_format_by_hand():
     row = {"src": "ignored", "instruction": " Say the color ", "input": "sky?", "tgt": "blue"}
-    demos = positive_demos([{"input": "grass", "output": "green!"}, {"input": "sun", "output": "yellow"},
+    demos = sni_demos([{"input": "grass", "output": "green!"}, {"input": "sun", "output": "yellow"},
                             {"input": "x", "output": "y"}], 2)
     p = build_prompt(row, demos, True, "sni", "\n\n", lambda t: True)
     assert p.text == ("Definition: Say the color.\n\n"
@@ -145,7 +145,7 @@ def test_sni_format_equals_tk_instruct_on_real_sni_tasks(sni_records, task, k, i
     rendered = render(record, seed=0)
     row = {"src": rendered.src, "tgt": rendered.tgt, "instruction": record.instruction,
            "input": record.input, "candidates": None}
-    demos = positive_demos(record.meta["positive_examples"], k)
+    demos = sni_demos(record.meta["positive_examples"], k)
     text = build_prompt(row, demos, True, "sni", "\n\n", lambda t: True).text
     assert len(text) == length and hashlib.sha256(text.encode("utf-8")).hexdigest() == digest
     if k == 0:  # a bench built with `prompt_format: sni` trains on the very same 0-shot prompt
@@ -155,3 +155,64 @@ def test_sni_format_equals_tk_instruct_on_real_sni_tasks(sni_records, task, k, i
     if k:
         assert paper.count(record.instruction.strip()) == 1
         assert paper.count(rendered.delimiter) == len(demos) + 1
+
+
+def test_sni_negative_examples_and_explanations_by_hand():
+    row = {"src": "ignored", "instruction": "Say the color", "input": "sky", "tgt": "blue"}
+    pos = sni_demos([{"input": "grass", "output": "green", "explanation": "Grass is green"},
+                     {"input": "sun", "output": "yellow"}], 2)
+    neg = sni_demos([{"input": "snow", "output": "black", "explanation": "Snow is white."}], 2,
+                    "negative")
+    p = build_prompt(row, pos, True, "sni", "\n\n", lambda t: True, neg, explanations=True)
+    assert p.text == ("Definition: Say the color.\n\n"
+                      " Positive Example 1 -\nInput: grass.\n Output: green.\n Explanation: Grass is green.\n\n"
+                      " Positive Example 2 -\nInput: sun.\n Output: yellow.\n\n"
+                      " Negative Example 1 -\nInput: snow.\n Output: black.\n Explanation: Snow is white.\n\n"
+                      "Now complete the following example -\nInput: sky.\nOutput: ")
+    assert p.demo_ids == ("positive_example_1", "positive_example_2", "negative_example_1")
+    assert "Explanation" not in build_prompt(row, pos, True, "sni", "\n\n", lambda t: True, neg).text
+    # the negative list stops at its own first example that does not fit; the positives stay
+    short = build_prompt(row, pos, True, "sni", "\n\n", lambda t: "Negative" not in t, neg, True)
+    assert short.demo_ids == ("positive_example_1", "positive_example_2") and short.dropped == 1
+
+
+# Tk-Instruct's DataCollatorForNI (yizhongw/Tk-Instruct 7c0e400, src/ni_collator.py, text_only=True,
+# add_task_definition=True), run in a scratch directory with transformers' GPT2TokenizerFast on OPT's
+# BPE files over EVERY instance of the 30 real SNI sample task files (sorted by file name, instances in
+# file order): (num_pos_examples, num_neg_examples, add_explanation, max_source_length) -> instances,
+# sha256 of the renderings joined by NUL bytes. At 512 tokens some examples do not fit and are left out
+# (no rendering is cut: each fits in 512 tokens).
+TK_ENCODINGS = [
+    (2, 0, False, 100000, 1350, "f9d9d1a8a4f86a0df384f6b8e758136a7db5da3eaa139274c0b3f563f611756f"),
+    (2, 0, True, 100000, 1350, "56e619acf2140215b2862f9c6cd6cc1c0130cc789e691d3f7ed89da30646c929"),
+    (2, 2, False, 100000, 1350, "bde2d1903e9438d631b2547a5455387ad392ca3470623664f07177c2a5dec84c"),
+    (2, 2, True, 100000, 1350, "ba16f3581711c9f4ada303ce71842b259e23d2404ba08373730d76e5e61638c5"),  # pos_2_neg_2_expl
+    (5, 3, True, 100000, 1350, "8a849b40fa9f8753f655d236d024bc39df15a3ff274e06d67fa35d270bc7a91e"),
+    (2, 2, True, 512, 1350, "c5c19e457025b04d571829b999aabb4954e62cb6fa2c456834547ace74adab74"),
+]
+
+
+@pytest.fixture(scope="module")
+def all_sni_records(sni_dir):
+    spec = {"type": "sni", "path": "tasks/*.json"}
+    records = list(load_source(spec, BadRecordPolicy("error"), base_dir=sni_dir))
+    return sorted(records, key=lambda r: r.task)  # file order within a task (stable sort)
+
+
+@pytest.mark.parametrize("k,negatives,explanations,limit,count,digest", TK_ENCODINGS)
+def test_sni_format_with_negatives_and_explanations_equals_tk_instruct_on_every_sample_instance(
+        all_sni_records, opt_bpe_dir, k, negatives, explanations, limit, count, digest):
+    from optiml_plugin.data.tokenizer import OptTokenizer
+
+    encode = OptTokenizer.from_dir(opt_bpe_dir).encode
+
+    def fits(text):  # byte-level BPE: never more tokens than bytes, so short texts need no encoding
+        return len(text.encode("utf-8")) <= limit or len(encode(text)) <= limit
+
+    h = hashlib.sha256()
+    for r in all_sni_records:
+        row = {"src": "", "instruction": r.instruction, "input": r.input}
+        p = build_prompt(row, sni_demos(r.meta["positive_examples"], k), True, "sni", "\n\n", fits,
+                         sni_demos(r.meta["negative_examples"], negatives, "negative"), explanations)
+        h.update(p.text.encode("utf-8") + b"\0")
+    assert len(all_sni_records) == count and h.hexdigest() == digest

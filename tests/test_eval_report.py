@@ -115,3 +115,22 @@ def test_sni_tasks_take_positive_examples_and_the_prompt_format_is_recorded(tmp_
     assert all(p["demo_ids"] == ["positive_example_1"] for p in color if p["shots"] == 1)
     assert {p["prompt_format"] for p in preds if p["benchmark"] == "flan"} == {"paper"}
     assert res["counts"]["prompts_sni"] == 2 * 2 * 2  # 2 niv2 tasks x 2 instances x 2 shot counts
+
+
+def test_sni_negative_examples_and_explanations_are_options_recorded_in_results(tmp_path, model_dir, capsys):
+    bench = S.write_bench(tmp_path / "bench", n=3)
+    manifest = json.loads((bench / "manifest.json").read_text())
+    task = next(t for t in manifest["tasks"] if t["task"] == "task001_color")
+    task["positive_examples"] = [{"input": "what color is grass", "output": "green", "explanation": "Grass is green."}]
+    task["negative_examples"] = [{"input": "what color is snow", "output": "black", "explanation": "Snow is white."}]
+    (bench / "manifest.json").write_text(json.dumps(manifest))
+    # the options belong to the sni format
+    assert _run(model_dir, bench, tmp_path / "run", "--sni-explanations") == 2
+    assert "prompt_format 'sni'" in capsys.readouterr().err
+    assert _run(model_dir, bench, tmp_path / "run", "--prompt-format", "sni", "--sni-negative-examples", "1",
+                "--sni-explanations") == 0
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["config"]["sni_negative_examples"] == 1 and res["config"]["sni_explanations"] is True
+    preds = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    color = {p["shots"]: p["demo_ids"] for p in preds if p["task"] == "task001_color"}
+    assert color == {0: [], 1: ["positive_example_1", "negative_example_1"]}

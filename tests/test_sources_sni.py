@@ -48,8 +48,9 @@ def test_real_sni_fields(sni_dir):
     assert first.id == doc["Instances"][0]["id"]
     assert first.sources == tuple(doc["Source"])
     assert any(len(r.outputs) > 1 for r in records)  # multi-reference task
-    assert first.meta["positive_examples"] == [{"input": e["input"], "output": e["output"]}
-                                               for e in doc["Positive Examples"]]
+    fields = ("input", "output", "explanation")  # Tk-Instruct's prompts can show the explanations
+    assert first.meta["positive_examples"] == [{k: e[k] for k in fields} for e in doc["Positive Examples"]]
+    assert first.meta["negative_examples"] == [{k: e[k] for k in fields} for e in doc["Negative Examples"]]
 
 
 def test_real_sni_nan_url_and_languages(sni_dir):

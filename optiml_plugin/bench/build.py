@@ -131,7 +131,7 @@ def _collect(records: Iterable[Incoming], policy: BadRecordPolicy, spill: SpillW
     facts: Dict[TaskKey, TaskFacts] = {}
     owners: List[TaskKey] = []
     ids = IdIndex()
-    for key, category, rid, sources, path, where, source, positives, data in tqdm(
+    for key, category, rid, sources, path, where, source, task_meta, data in tqdm(
             records, desc="reading", unit=" records", disable=bar, mininterval=0.5):
         if not category.strip():
             policy.handle(BadRecordError(path, where, "category", "unknown_category",
@@ -156,7 +156,7 @@ def _collect(records: Iterable[Incoming], policy: BadRecordPolicy, spill: SpillW
         if source is not None:
             task.source_indices.add(source)
         if task.size == 1:
-            task.positive_examples = positives  # the same on every row of a task: kept once
+            task.task_meta = task_meta  # the same on every row of a task: kept once
         spill.add(key, data)
     return facts
 

@@ -52,7 +52,7 @@ class TaskFacts:
     size: int = 0
     sources: Set[str] = field(default_factory=set)
     source_indices: Set[int] = field(default_factory=set)
-    positive_examples: Any = None  # the first record's (SNI's k-shot demonstrations)
+    task_meta: Dict[str, Any] = field(default_factory=dict)  # the first record's (spill.TASK_META)
 
     def info(self) -> TaskInfo:
         return TaskInfo(self.key, self.category, tuple(sorted(self.sources)), self.size)
@@ -418,8 +418,7 @@ class Phases:
                      "example_counts": w.example_counts}
             if w.instruction:  # rows with this instruction leave it out (`_row`)
                 entry["instruction"] = w.instruction
-            if f.positive_examples:  # SNI's k-shot demonstrations (eval/prompts.py)
-                entry["positive_examples"] = f.positive_examples
+            entry.update(f.task_meta)  # SNI's positive/negative examples (eval/prompts.py)
             entries.append(entry)
         skipped = dict(sorted(policy.skipped.items()))
         removed_d = {k: v for k, v in sorted(removed.items()) if v}

@@ -25,8 +25,10 @@ Row = Tuple[Any, ...]
 
 #: a record on its way to the spill: (benchmark, task), category, id, sources, the path and where
 #: (line or instance) for messages, its `sources:` entry (None for records given in memory), its
-#: positive examples (kept once per task, not spilled) and the encoded row
-Incoming = Tuple[TaskKey, str, str, Tuple[str, ...], Any, Any, Optional[int], Any, bytes]
+#: task-level meta (`TASK_META`: kept once per task, not spilled) and the encoded row
+Incoming = Tuple[TaskKey, str, str, Tuple[str, ...], Any, Any, Optional[int], Dict[str, Any], bytes]
+#: meta fields that are the same on every row of a task (SNI's examples): the manifest holds them once
+TASK_META = ("positive_examples", "negative_examples")
 
 
 def incoming(r: Record, source: Optional[int] = None) -> Incoming:
@@ -34,10 +36,10 @@ def incoming(r: Record, source: Optional[int] = None) -> Incoming:
     meta = r.meta
     if source is not None:
         meta["source_index"] = source
-    positives = meta.get("positive_examples")
-    spilled = meta if positives is None else {k: v for k, v in meta.items() if k != "positive_examples"}
+    task_meta = {k: meta[k] for k in TASK_META if meta.get(k)}
+    spilled = {k: v for k, v in meta.items() if k not in TASK_META}
     return ((r.benchmark, r.task), r.category, r.id, r.sources, meta.get("path", f"<{r.benchmark}/{r.task}>"),
-            meta.get("where", r.id), source, positives,
+            meta.get("where", r.id), source, task_meta,
             marshal.dumps((r.id, r.sources, r.instruction, r.input, r.outputs, r.candidates, r.language,
                            r.template, r.options_block, spilled)))
 

@@ -52,6 +52,12 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="between demonstrations; escapes \\n and \\t allowed (default: '\\n\\n')")
     p.add_argument("--prompt-format", choices=("paper", "sni"), default="paper",
                    help="paper: the bench's prompts; sni: Tk-Instruct's rendering for SNI tasks")
+    p.add_argument("--sni-negative-examples", type=int, default=0, metavar="N",
+                   help="with --prompt-format sni: SNI's first N negative examples after the positive ones "
+                        "(k >= 1 shots; Tk-Instruct's num_neg_examples; default: 0)")
+    p.add_argument("--sni-explanations", action="store_true",
+                   help="with --prompt-format sni: each example with its explanation (Tk-Instruct's "
+                        "add_explanation; --shots 2 --sni-negative-examples 2 is its pos_2_neg_2_expl)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="generation length cap per instance")
     p.add_argument("--stop", action="append", default=[],
                    help="stop string (repeatable; escapes allowed; default: none)")
@@ -119,7 +125,8 @@ def _eval(args: argparse.Namespace) -> int:
                         shots=args.shots, levels=args.levels, max_per_task=args.max_per_task,
                         batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
                         seed=args.seed, separator=_unescape(args.separator),
-                        prompt_format=args.prompt_format,
+                        prompt_format=args.prompt_format, sni_negative_examples=args.sni_negative_examples,
+                        sni_explanations=args.sni_explanations,
                         max_new_tokens=args.max_new_tokens,
                         stop_strings=tuple(_unescape(s) for s in args.stop), task_groups=groups,
                         task_settings=settings,

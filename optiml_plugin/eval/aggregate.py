@@ -12,10 +12,15 @@ Two averagings are reported side by side, each labeled in `averaging`: the paper
 (task -> category -> level) and the official SNI script's instance means (its per-category and
 overall numbers average instances, so a category with many instances weighs more). On the same
 instance scores they differ whenever tasks have different sizes.
+
+The official script never mixes its two Rouge-L tracks (`default`, `xlingual`): it reports an overall
+and per-category numbers for each track, over every test task whatever its generalization level. So
+the instance means are per track too, and `official` holds the script's numbers per (shots,
+benchmark, track) over all levels; it is the per-level track means weighted by their instance counts.
 """
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 Record = Mapping[str, Any]
@@ -35,6 +40,12 @@ def _primary(kinds: Iterable[str]) -> str:
     return "mixed"
 
 
+def _track(recs: Iterable[Record]) -> Optional[str]:
+    """The Rouge-L track shared by `recs` (None for ranked tasks, `mixed` if they differ)."""
+    tracks = {r.get("track") for r in recs}
+    return tracks.pop() if len(tracks) == 1 else "mixed"
+
+
 def task_table(records: Iterable[Record],
                extra: Optional[Mapping[Tuple[int, str, str, str], Dict[str, float]]] = None
                ) -> List[Dict[str, Any]]:
@@ -52,7 +63,7 @@ def task_table(records: Iterable[Record],
         metrics.update((extra or {}).get(key, {}))
         rows.append({"shots": key[0], "level": key[1], "benchmark": key[2], "task": key[3],
                      "category": recs[0]["category"], "n": len(recs),
-                     "metric": _primary(r["kind"] for r in recs),
+                     "metric": _primary(r["kind"] for r in recs), "track": _track(recs),
                      "score": _mean(r["score"] for r in recs), "metrics": metrics})
     return rows
 
@@ -72,7 +83,7 @@ def merge_subtasks(tasks: Iterable[Mapping[str, Any]],
         out.append({"shots": shots, "level": level, "benchmark": bench, "category": cat,
                     "task": name, "n": sum(p["n"] for p in parts),
                     "subtasks": sorted(p["task"] for p in parts) if len(parts) > 1 else [],
-                    "metric": kinds.pop() if len(kinds) == 1 else "mixed",
+                    "metric": kinds.pop() if len(kinds) == 1 else "mixed", "track": _track(parts),
                     "score": _mean(p["score"] for p in parts), "metrics": metrics})
     return out
 
@@ -83,8 +94,10 @@ AVERAGING = {
     "categories": "mean over the category's tasks (paper, recipe 4.2)",
     "levels": "mean over the level's categories (paper)",
     "model_selection": "mean over categories of every level and shot count (paper)",
-    "instance_means": "mean over instances, as the official SNI evaluation.py reports its overall, "
-                      "per-track and per-category numbers",
+    "instance_means": "mean over instances, as the official SNI evaluation.py averages: per level, per "
+                      "level and Rouge-L track, per level, track and category",
+    "official": "the official SNI evaluation.py's overall and per-category numbers: mean over the "
+                "instances of one benchmark and Rouge-L track, all levels together",
 }
 
 
@@ -94,19 +107,37 @@ def _instance_group(key: Dict[str, Any], recs: List[Record]) -> Dict[str, Any]:
                 metrics={m: _mean(r["metrics"][m] for r in recs if m in r["metrics"]) for m in names})
 
 
+def _grouped(records: List[Record], keys: Tuple[str, ...], tracked: bool) -> List[Dict[str, Any]]:
+    """Instance means per value of `keys` (only records with a Rouge-L track when `tracked`)."""
+    groups: Dict[Tuple, List[Record]] = defaultdict(list)
+    for r in records:
+        if not tracked or r.get("track"):
+            groups[tuple(r.get(k) for k in keys)].append(r)
+    order = sorted(groups, key=lambda k: tuple("" if v is None else v for v in k))
+    return [_instance_group(dict(zip(keys, k)), groups[k]) for k in order]
+
+
 def instance_means(records: Iterable[Record]) -> Dict[str, List[Dict[str, Any]]]:
-    """Instance means per (shots, level), per official track, and per category (official SNI)."""
+    """Instance means per (shots, level), per track, and per track and category (official SNI);
+    ranked instances have no track (`track: null`)."""
     records = list(records)
-    fields = {"overall": ("shots", "level"), "tracks": ("shots", "level", "track"),
-              "categories": ("shots", "level", "category")}
-    out: Dict[str, List[Dict[str, Any]]] = {}
-    for name, keys in fields.items():
-        groups: Dict[Tuple, List[Record]] = defaultdict(list)
-        for r in records:
-            if name != "tracks" or r.get("track"):
-                groups[tuple(r[k] for k in keys)].append(r)
-        out[name] = [_instance_group(dict(zip(keys, k)), v) for k, v in sorted(groups.items())]
-    return out
+    return {"overall": _grouped(records, ("shots", "level"), False),
+            "tracks": _grouped(records, ("shots", "level", "track"), True),
+            "categories": _grouped(records, ("shots", "level", "track", "category"), False)}
+
+
+def official(records: Iterable[Record]) -> Dict[str, List[Dict[str, Any]]]:
+    """The official SNI script's overall and per-category numbers: per (shots, benchmark, track) over
+    every level, with the instance count each level gave (`levels`)."""
+    records = [r for r in records if r.get("track")]
+    keys = ("shots", "benchmark", "track")
+    levels: Dict[Tuple, Counter] = defaultdict(Counter)
+    for r in records:
+        levels[tuple(r[k] for k in keys)][r["level"]] += 1
+    overall = _grouped(records, keys, True)
+    for row in overall:
+        row["levels"] = dict(sorted(levels[tuple(row[k] for k in keys)].items()))
+    return {"overall": overall, "categories": _grouped(records, keys + ("category",), True)}
 
 
 def aggregate(records: Iterable[Record], task_groups: Optional[Mapping[str, str]] = None,
@@ -139,4 +170,4 @@ def aggregate(records: Iterable[Record], task_groups: Optional[Mapping[str, str]
                  "per_level": {lv: _mean(v) for lv, v in sorted(by_level.items())}}
     return {"averaging": dict(AVERAGING), "benchmark_tasks": per_bench, "tasks": tasks,
             "categories": categories, "levels": levels, "model_selection": selection,
-            "instance_means": instance_means(records)}
+            "instance_means": instance_means(records), "official": official(records)}

@@ -25,7 +25,9 @@ class EvalConfig:
     `task_groups` maps a task name to the task it is a sub-task of (e.g. the 57 MMLU subjects).
     `max_length` caps prompt + continuation tokens (default: the model's position limit).
     `prompt_format`: `paper` (the bench's rendering, OPT-IML's placement of demonstrations) or
-    `sni` (Tk-Instruct's rendering for SNI tasks; docs/evaluation.md).
+    `sni` (Tk-Instruct's rendering for SNI tasks; docs/evaluation.md), with Tk-Instruct's options
+    `sni_negative_examples` (its `num_neg_examples`, shown with k >= 1 shots) and `sni_explanations`
+    (its `add_explanation`): 2 shots, 2 negatives and explanations are its `pos_2_neg_2_expl`.
     `task_settings` maps a task name to {"metric": "accuracy" | "rougeL", "shots": [k, ...]}; a task
     not listed gets the paper's choice (`task_metric`, `task_shots`).
     `xlingual_bpe` is a directory with GPT-2/OPT byte-level BPE files for Rouge-L of non-English
@@ -44,6 +46,8 @@ class EvalConfig:
     seed: int = 0
     separator: str = "\n\n"
     prompt_format: str = "paper"
+    sni_negative_examples: int = 0
+    sni_explanations: bool = False
     max_new_tokens: int = 256
     stop_strings: Tuple[str, ...] = ()
     task_groups: Dict[str, str] = field(default_factory=dict)
@@ -76,6 +80,11 @@ class EvalConfig:
             raise ConfigError(f"scoring must be one of {SCORING_MODES}, got {self.scoring!r}")
         if self.prompt_format not in PROMPT_FORMATS:
             raise ConfigError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
+        if self.sni_negative_examples < 0:
+            raise ConfigError(f"sni_negative_examples must be >= 0, got {self.sni_negative_examples}")
+        if (self.sni_negative_examples or self.sni_explanations) and self.prompt_format != "sni":
+            raise ConfigError("sni_negative_examples and sni_explanations are options of prompt_format "
+                              f"'sni' (Tk-Instruct's prompts), not of {self.prompt_format!r}")
         if self.on_bad_record not in ("error", "skip"):
             raise ConfigError(f"on_bad_record must be 'error' or 'skip', got {self.on_bad_record!r}")
         for task, setting in self.task_settings.items():

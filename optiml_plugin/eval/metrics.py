@@ -7,18 +7,24 @@ script has two tracks:
 
 - `default` (English): rouge-score's own tokenizer with the Porter stemmer (lower-cases and keeps
   only `[a-z0-9]` runs, so it deletes every non-ASCII character);
-- `xlingual` (every other language): GPT-2 byte-level BPE pieces with the leading `Ġ` (space)
-  stripped, no lower-casing, no stemming. The OPT vocabulary has GPT-2's tokens and merges, so the
-  model's own OPT BPE files give the same pieces.
+- `xlingual` (the xlingual list's tasks, and non-English output): GPT-2 byte-level BPE pieces with
+  the leading `Ġ` (space) stripped, no lower-casing, no stemming. The OPT vocabulary has GPT-2's
+  tokens and merges, so the model's own OPT BPE files give the same pieces.
 
-The track follows the language of the OUTPUT (an English->German task is scored on `xlingual`).
+The official script takes the track of a task from the split list it is on (its reference file is
+built from `splits/default/test_tasks.txt` and `splits/xlingual/test_tasks.txt`), not from the output
+language: task534_farstail_entailment answers in English (E/C/N) yet is on the xlingual list, so 'E.'
+scores 66.67 against 'E' and 'e' scores 0. Both lists ship with the package (`eval/sni_splits/`,
+allenai/natural-instructions `splits/`); a task on neither list takes the track of its OUTPUT
+language (an English->German task is scored on `xlingual`). `task_track` says which rule applied.
 BLEU goes through sacrebleu (corpus BLEU per task) with a tokenizer chosen for the target language.
 """
 from __future__ import annotations
 
 import string
 from functools import lru_cache
-from typing import Callable, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from optiml_plugin.errors import ConfigError
 
@@ -46,8 +52,35 @@ def is_english(language: Optional[str]) -> bool:
 
 
 def track(output_language: Optional[str]) -> str:
-    """The official track of an instance: `default` for English output, else `xlingual`."""
+    """The track of an output language: `default` for English, else `xlingual`."""
     return DEFAULT_TRACK if is_english(output_language) else XLINGUAL_TRACK
+
+
+#: SNI's official test lists, one per track (allenai/natural-instructions `splits/<track>/test_tasks.txt`)
+SPLIT_LISTS = {DEFAULT_TRACK: "sni_splits/default_test_tasks.txt",
+               XLINGUAL_TRACK: "sni_splits/xlingual_test_tasks.txt"}
+OUTPUT_LANGUAGE_RULE = "output_language"
+
+
+@lru_cache(maxsize=1)
+def official_tracks() -> Dict[str, str]:
+    """Task name -> track of every task on SNI's official test lists (shipped in the package)."""
+    here = Path(__file__).parent
+    out: Dict[str, str] = {}
+    for name, rel in SPLIT_LISTS.items():
+        for line in (here / rel).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                out[line.strip()] = name
+    return out
+
+
+def task_track(task: str, output_language: Optional[str]) -> Tuple[str, str]:
+    """(track, rule) of a task as the official scorer picks it: the split list the task is on
+    (rule `splits/<track>/test_tasks.txt`), else its output language (rule `output_language`)."""
+    listed = official_tracks().get(task)
+    if listed is not None:
+        return listed, f"splits/{listed}/test_tasks.txt"
+    return track(output_language), OUTPUT_LANGUAGE_RULE
 
 
 class XlingualTokenizer:
@@ -71,20 +104,22 @@ def _default_scorer():
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
-def rouge_l(prediction: str, references: Sequence[str], language: Optional[str] = "en",
+def rouge_l(prediction: str, references: Sequence[str], track: str = DEFAULT_TRACK,
             xlingual: Optional[XlingualTokenizer] = None) -> float:
-    """Max over references of Rouge-L F-measure x100, on the track of `language` (the output's).
+    """Max over references of Rouge-L F-measure x100 on `track` (`task_track` picks it).
 
-    Non-English text needs `xlingual` (the BPE tokenizer); without it this raises rather than
-    score with a tokenizer that deletes the text.
+    The xlingual track needs `xlingual` (the BPE tokenizer); without it this raises rather than
+    score with a tokenizer that deletes non-ASCII text.
     """
-    if track(language) == DEFAULT_TRACK:
+    if track == DEFAULT_TRACK:
         scorer = _default_scorer()
-    else:
+    elif track == XLINGUAL_TRACK:
         if xlingual is None:
-            raise ConfigError(f"Rouge-L of {language!r} output needs the xlingual track's GPT-2 "
-                              f"byte-level BPE (OPT's BPE files): pass them to the evaluator")
+            raise ConfigError("Rouge-L on the xlingual track needs its GPT-2 byte-level BPE "
+                              "(OPT's BPE files): pass them to the evaluator")
         scorer = _xlingual_scorer(xlingual)
+    else:
+        raise ConfigError(f"unknown SNI Rouge-L track {track!r}: {DEFAULT_TRACK} or {XLINGUAL_TRACK}")
     return 100.0 * max(scorer.score(target=r, prediction=prediction)["rougeL"].fmeasure
                        for r in references)
 

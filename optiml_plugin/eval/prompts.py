@@ -10,12 +10,16 @@ were measured with.
   delimiter), so a prompt has one delimiter.
 - `sni` (Tk-Instruct's `src/ni_collator.py`, the format of published SNI numbers): `Definition: ...`,
   k ` Positive Example i -` blocks and `Now complete the following example -\\nInput: ...\\nOutput: `.
+  Two options of Tk-Instruct go with it: negative examples (` Negative Example i -` blocks after the
+  positive ones, `num_neg_examples`) and explanations (an ` Explanation: ...` line in every example
+  block, `add_explanation`); Tk-Instruct's `pos_2_neg_2_expl` is 2 shots, 2 negatives, explanations.
   It applies to task-level benchmarks; other rows keep the `paper` format.
 
 Demonstrations come from SNI's Positive Examples for SNI tasks (the first k, in file order, as
 Tk-Instruct takes them) and from the task's training pool elsewhere (a deterministic draw), never
 from evaluated instances. Demonstrations that do not fit are dropped (`paper`: oldest first; `sni`:
-the examples after the first that does not fit, as Tk-Instruct does).
+the examples after the first that does not fit, positive and negative lists each, as Tk-Instruct
+does).
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ class Demo:
     output: str
     candidates: Optional[Tuple[str, ...]] = None
     src: Optional[str] = None
+    explanation: Optional[str] = None  # SNI's examples: why the output is (or is not) right
 
     @classmethod
     def from_row(cls, row: Row) -> "Demo":
@@ -60,10 +65,10 @@ class Demo:
                    candidates=None if cands is None else tuple(cands), src=row.get("src"))
 
 
-def positive_demos(examples: Sequence[Dict[str, str]], k: int) -> List[Demo]:
-    """The first k of SNI's Positive Examples (Tk-Instruct's `[:num_pos_examples]`)."""
-    return [Demo(id=f"positive_example_{i + 1}", instruction="", input=ex["input"], output=ex["output"])
-            for i, ex in enumerate(examples[:k])]
+def sni_demos(examples: Sequence[Dict[str, str]], k: int, kind: str = "positive") -> List[Demo]:
+    """The first k of SNI's Positive (or Negative) Examples (Tk-Instruct's `[:num_pos_examples]`)."""
+    return [Demo(id=f"{kind}_example_{i + 1}", instruction="", input=ex["input"], output=ex["output"],
+                 explanation=ex.get("explanation")) for i, ex in enumerate(examples[:k])]
 
 
 @dataclass(frozen=True)
@@ -158,24 +163,46 @@ def paper_prompt(row: Row, demos: Sequence[Demo], task_level: bool, separator: s
         dropped += 1
 
 
-def sni_prompt(row: Row, demos: Sequence[Demo], fits: Callable[[str], bool]) -> Prompt:
-    """Tk-Instruct's rendering: definition, positive examples while they fit, the target example."""
+def sni_block(kind: str, number: int, demo: Demo, explanation: bool) -> str:
+    """One Tk-Instruct example block: ` Positive Example 1 -`, its input, output and (with
+    `explanation`, when the example has one) explanation, each closed by a period if needed."""
+    block = (sni_period(f" {kind} Example {number} -\nInput: {demo.input.strip()}") + "\n"
+             + sni_period(f" Output: {demo.output.strip()}") + "\n")
+    if explanation and demo.explanation is not None:
+        block += sni_period(f" Explanation: {demo.explanation.strip()}") + "\n"
+    return block + "\n"
+
+
+def sni_prompt(row: Row, demos: Sequence[Demo], fits: Callable[[str], bool],
+               negatives: Sequence[Demo] = (), explanations: bool = False) -> Prompt:
+    """Tk-Instruct's rendering: definition, positive then negative examples while they fit, the target.
+
+    Each list ends at its first example that does not fit; the fit is checked on the text Tk-Instruct
+    checks (the examples kept so far joined by a space), so the same examples are kept.
+    """
     definition, target = sni_definition(row.get("instruction") or ""), sni_target(row.get("input") or "")
     shown: List[str] = []
     for i, d in enumerate(demos):
-        block = (sni_period(f" Positive Example {i + 1} -\nInput: {d.input.strip()}") + "\n"
-                 + sni_period(f" Output: {d.output.strip()}") + "\n\n")
-        if not fits(definition + "".join(shown) + block + target):
+        block = sni_block("Positive", i + 1, d, explanations)
+        if not fits(definition + " ".join(shown) + block + target):
             break
         shown.append(block)
-    return Prompt(text=definition + "".join(shown) + target,
-                  demo_ids=tuple(d.id for d in demos[:len(shown)]),
-                  dropped=len(demos) - len(shown), format="sni")
+    wrong: List[str] = []
+    for i, d in enumerate(negatives):
+        block = sni_block("Negative", i + 1, d, explanations)
+        if not fits(definition + " ".join(shown) + " ".join(wrong) + block + target):
+            break
+        wrong.append(block)
+    return Prompt(text=definition + "".join(shown) + "".join(wrong) + target,
+                  demo_ids=tuple(d.id for d in demos[:len(shown)]) + tuple(d.id for d in negatives[:len(wrong)]),
+                  dropped=len(demos) - len(shown) + len(negatives) - len(wrong), format="sni")
 
 
 def build_prompt(row: Row, demos: Sequence[Demo], task_level: bool, prompt_format: str,
-                 separator: str, fits: Callable[[str], bool]) -> Prompt:
-    """The prompt of `row` in `prompt_format` (`sni` applies to task-level benchmarks only)."""
+                 separator: str, fits: Callable[[str], bool], negatives: Sequence[Demo] = (),
+                 explanations: bool = False) -> Prompt:
+    """The prompt of `row` in `prompt_format` (`sni`, with its negative examples and explanations,
+    applies to task-level benchmarks only)."""
     if prompt_format == "sni" and task_level:
-        return sni_prompt(row, demos, fits)
+        return sni_prompt(row, demos, fits, negatives, explanations)
     return paper_prompt(row, demos, task_level, separator, fits)

@@ -81,6 +81,24 @@ def _interval_table(rows: List[Mapping[str, Any]]) -> List[str]:
     return lines
 
 
+def _official_table(official: Optional[Mapping[str, Any]]) -> List[str]:
+    """The official SNI script's numbers: per benchmark and Rouge-L track over all levels, then per
+    category within each track (the script never averages the two tracks together)."""
+    if not official or not official["overall"]:
+        return []
+    lines = ["## Per Rouge-L track (official SNI averaging: instances of all levels)", "",
+             "| benchmark | track | shots | n | Rouge-L | EM | instances per level |", "|---|---|---|---|---|---|---|"]
+    for r in official["overall"]:
+        levels = ", ".join(f"{lv} {n}" for lv, n in r["levels"].items())
+        lines.append(f"| {r['benchmark']} | {r['track']} | {r['shots']} | {r['n']} | {_fmt(r['score'])} | "
+                     f"{_fmt(r['metrics'].get('exact_match'))} | {levels} |")
+    lines += ["", "| benchmark | track | shots | category | n | Rouge-L | EM |", "|---|---|---|---|---|---|---|"]
+    for r in official["categories"]:
+        lines.append(f"| {r['benchmark']} | {r['track']} | {r['shots']} | {r['category']} | {r['n']} | "
+                     f"{_fmt(r['score'])} | {_fmt(r['metrics'].get('exact_match'))} |")
+    return lines + [""]
+
+
 def markdown(results: Mapping[str, Any]) -> str:
     """Level x shots table, then categories per level, then tasks; then the lm-eval suites."""
     from optiml_plugin.eval import suite_report
@@ -105,6 +123,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         for level in _levels({"level": lv} for lv, _ in inst):
             lines.append(f"| {level} | " + " | ".join(_fmt(inst.get((level, k))) for k in shots) + " |")
         lines.append("")
+    lines += _official_table(agg.get("official"))
     cat = {(r["level"], r["category"], r["shots"]): r["score"] for r in agg["categories"]}
     for level in _levels(agg["categories"]):
         lines += [f"## {level}: categories", "", head.rstrip()]

@@ -22,7 +22,7 @@ from optiml_plugin.eval.aggregate import aggregate
 from optiml_plugin.eval.backend import Backend
 from optiml_plugin.eval.config import EvalConfig
 from optiml_plugin.bench.templates import is_task_level
-from optiml_plugin.eval.prompts import Demo, Pool, build_prompt, demo_indices, positive_demos
+from optiml_plugin.eval.prompts import Demo, Pool, build_prompt, demo_indices, sni_demos
 from optiml_plugin.eval.report import default_run_dir, write_run
 from optiml_plugin.eval.scoring import (CandidateScores, Tree, cut_at_stops, generate_all, score_separately,
                                         score_trees)
@@ -119,15 +119,16 @@ class _Prompter:
     def __init__(self, bench: Bench, backend: Backend, config: EvalConfig, max_len: int) -> None:
         self.bench, self.backend, self.config, self.max_len = bench, backend, config, max_len
         self.train = {(t.benchmark, t.category, t.task): t for t in bench.task_files("train")}
-        self.positives = {(t["benchmark"], t["category"], t["task"]): t["positive_examples"]
-                          for t in bench.manifest["tasks"] if t.get("positive_examples")}
+        self.examples = {(t["benchmark"], t["category"], t["task"], kind): t[f"{kind}_examples"]
+                         for t in bench.manifest["tasks"] for kind in ("positive", "negative")
+                         if t.get(f"{kind}_examples")}
         self.counts: Counter = Counter()
 
     def demos(self, inst: Instance, shots: int, task_level: bool) -> List[Demo]:
         """SNI's Positive Examples for task-level tasks that have them, else the training pool."""
         key = (inst.file.benchmark, inst.file.category, inst.file.task)
-        if task_level and key in self.positives:
-            return positive_demos(self.positives[key], shots)
+        if task_level and key + ("positive",) in self.examples:
+            return sni_demos(self.examples[key + ("positive",)], shots)
         train = self.train.get(key)
         if train is None or train.count == 0:
             self.counts["no_demo_pool"] += 1
@@ -151,6 +152,9 @@ class _Prompter:
         demos = self.demos(inst, shots, task_level) if shots else []
         if len(demos) < shots:
             self.counts["short_demo_pool"] += 1
+        # SNI's negative examples go with k >= 1 shots (a 0-shot prompt shows no example)
+        key = (inst.file.benchmark, inst.file.category, inst.file.task, "negative")
+        negatives = sni_demos(self.examples.get(key, []), cfg.sni_negative_examples, "negative") if shots else []
         cache: Dict[str, List[int]] = {}
 
         def encode(text: str) -> List[int]:
@@ -159,7 +163,7 @@ class _Prompter:
             return cache[text]
 
         prompt = build_prompt(row, demos, task_level, cfg.prompt_format, cfg.separator,
-                              lambda t: len(encode(t)) <= budget)
+                              lambda t: len(encode(t)) <= budget, negatives, cfg.sni_explanations)
         ids = encode(prompt.text)
         truncated = len(ids) > budget
         if truncated:  # left truncation, as the paper trained with
@@ -232,13 +236,13 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
         for (lv, p), ids in zip(generated, outs):
             text = cut_at_stops(backend.decode(ids), config.stop_strings)
             lang = output_language(p.inst.row)
-            track = M.track(lang)
+            track, rule = M.task_track(p.inst.file.task, lang)
             xl = xlingual() if track == M.XLINGUAL_TRACK else None
-            m = {"rougeL": M.rouge_l(text, p.inst.references, lang, xl),
+            m = {"rougeL": M.rouge_l(text, p.inst.references, track, xl),
                  "exact_match": M.exact_match(text, p.inst.references)}
             rec = _record(lv, shots, p, config.split)
             rec.update(kind="generate", prediction=text, new_tokens=len(ids), output_language=lang,
-                       track=track, score=m["rougeL"], metrics=m)
+                       track=track, track_rule=rule, score=m["rougeL"], metrics=m)
             records.append(rec)
     bar.close()
     extra, bleu_tokenize = _bleu(records)
@@ -253,6 +257,8 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
         # the bench's own rendering of `src` (build config `prompt_format`), beside this eval's (config)
         "bench_prompt_format": bench.manifest.get("prompt_format", "paper"),
         "scoring": {"rouge_tracks": dict(Counter(r["track"] for r in records if r.get("track"))),
+                    "task_tracks": {f"{r['benchmark']}/{r['task']}": {"track": r["track"], "rule": r["track_rule"]}
+                                    for r in records if r.get("track")},
                     "xlingual_bpe": xlingual.origin, "bleu_tokenize": bleu_tokenize,
                     "rank_metrics": dict(M.RANK_METRICS)},
         "aggregate": aggregate(records, config.task_groups, extra),

@@ -2,8 +2,9 @@
 
 Why: SNI is the primary benchmark and its categories the primary taxonomy. One task file becomes one
 Record per instance: instruction = Definition[0], outputs = the instance's reference list (scored
-with Rouge-L, so no candidates), sources = `Source`, category = `Categories[0]`. The positive
-examples are kept in `meta["positive_examples"]` for few-shot evaluation, and `Output_language` in
+with Rouge-L, so no candidates), sources = `Source`, category = `Categories[0]`. The positive and
+negative examples (input, output and explanation) are kept in `meta["positive_examples"]` and
+`meta["negative_examples"]` for few-shot evaluation (Tk-Instruct's prompts), and `Output_language` in
 `meta["output_language"]` (it picks the SNI scorer's track). The real files contain a
 bare `NaN` in `URL`, which Python's json accepts; that field is not used.
 """
@@ -42,7 +43,8 @@ def _load_task(path: Path, task: str, spec: SourceSpec, gate: RecordGate) -> Ite
         return
     doc, instruction, sources, category, language = header
     benchmark = spec.benchmark or DEFAULT_BENCHMARK
-    positives = _positive_examples(doc.get("Positive Examples"))
+    positives = _examples(doc.get("Positive Examples"))
+    negatives = _examples(doc.get("Negative Examples"))
     outputs = as_str_tuple(doc.get("Output_language") or []) or ()
     # the official scorer's track follows the output language (English->German is xlingual)
     output_language = language_code(outputs[0]) if outputs else language
@@ -75,7 +77,8 @@ def _load_task(path: Path, task: str, spec: SourceSpec, gate: RecordGate) -> Ite
             benchmark=benchmark, task=task, category=category, sources=sources,
             instruction=instruction, input=inst["input"], outputs=outputs_value(inst["output"]),
             id=inst["id"], candidates=None,
-            language=language, meta={"positive_examples": positives, "output_language": output_language})
+            language=language, meta={"positive_examples": positives, "negative_examples": negatives,
+                  "output_language": output_language})
         kept = gate.admit(record, path, where)
         if kept is not None:
             yield kept
@@ -150,13 +153,17 @@ def _read_header(path: Path, gate: RecordGate
     return doc, definition, sources, category, language
 
 
-def _positive_examples(value: Any) -> List[Dict[str, str]]:
-    """(input, output) pairs of the task's positive examples; malformed entries are not demos."""
-    if not isinstance(value, list):
-        return []
-    return [{"input": ex["input"], "output": ex["output"]} for ex in value
-            if isinstance(ex, dict) and isinstance(ex.get("input"), str)
-            and isinstance(ex.get("output"), str)]
+def _examples(value: Any) -> List[Dict[str, str]]:
+    """Input, output and (when it is a string) explanation of each of the task's positive or negative
+    examples; malformed entries are not demos."""
+    out = []
+    for ex in value if isinstance(value, list) else []:
+        if isinstance(ex, dict) and isinstance(ex.get("input"), str) and isinstance(ex.get("output"), str):
+            kept = {"input": ex["input"], "output": ex["output"]}
+            if isinstance(ex.get("explanation"), str):
+                kept["explanation"] = ex["explanation"]
+            out.append(kept)
+    return out
 
 
 def _read_list(path: Path) -> List[Tuple[int, str]]:
