@@ -134,3 +134,20 @@ def test_per_task_metric_and_shots_default_to_the_papers(tmp_path, be):
         run("test", task_settings={"task001_color": {"metric": "accuracy"}})
     with pytest.raises(ConfigError, match="metric"):
         run("test", task_settings={"rte": {"metric": "bleu"}})
+
+
+def test_a_task_settings_file_goes_through_the_schema(tmp_path):
+    """`--task-settings` is a file the user writes: the recipe's schema rules check it, and an error names
+    the file, the line and the key (it was a hand-written check naming neither)."""
+    from optiml_plugin.commands.eval import _task_file
+
+    path = tmp_path / "settings.json"
+    path.write_text('{\n  "rte": {"metric": "rougeL"},\n  "sst2": {"shots": [0, -2]}\n}\n')
+    with pytest.raises(ConfigError, match=r"settings\.json:3: sst2\.shots\.1: Input should be greater than or equal"):
+        _task_file(str(path), "--task-settings", "settings")
+    path.write_text('{"rte": {"metric": "rougeL"}, "sst2": {"shots": [2]}}')
+    assert _task_file(str(path), "--task-settings", "settings") == {"rte": {"metric": "rougeL"},
+                                                                    "sst2": {"shots": [2]}}
+    path.write_text('{"rte": {"metrics": "rougeL"}}')
+    with pytest.raises(ConfigError, match=r"rte\.metrics: unknown key"):
+        _task_file(str(path), "--task-settings", "settings")

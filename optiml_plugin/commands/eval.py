@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any, Dict, List, Optional, Tuple
 
 from optiml_plugin.commands import add_common
@@ -119,8 +118,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     if not args.model or not args.bench:
         raise ConfigError("optiml eval needs --model DIR and --bench DIR")
-    groups = _json_object(args.task_groups, "--task-groups", str, "strings")
-    settings = _json_object(args.task_settings, "--task-settings", dict, "objects")
+    groups = _task_file(args.task_groups, "--task-groups", "groups")
+    settings = _task_file(args.task_settings, "--task-settings", "settings")
     config = EvalConfig(model=args.model, bench=args.bench, out_dir=args.out, split=args.split,
                         shots=args.shots, levels=args.levels, max_per_task=args.max_per_task,
                         batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
@@ -139,18 +138,16 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_object(path: Optional[str], flag: str, value_type: type, what: str) -> Dict[str, Any]:
-    """A JSON file holding one object whose values are all `value_type` ({} when no path)."""
+def _task_file(path: Optional[str], flag: str, kind: str) -> Dict[str, Any]:
+    """A `--task-groups` / `--task-settings` file (JSON, or YAML: JSON is YAML), checked by the eval
+    config's schema; errors name the file, the line and the key. {} when no path."""
+    from optiml_plugin.eval.config import task_groups, task_settings
+    from optiml_plugin.yamlio import read_yaml_mapping_lines
+
     if not path:
         return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{flag} {path}: {err}") from None
-    if not isinstance(obj, dict) or not all(isinstance(v, value_type) for v in obj.values()):
-        raise ConfigError(f"{flag} {path}: expected a JSON object of {what}")
-    return obj
+    values, lines = read_yaml_mapping_lines(path, f"{flag} file")
+    return task_settings(values, path, lines) if kind == "settings" else task_groups(values, path)
 
 
 def _summary(results: Dict) -> str:

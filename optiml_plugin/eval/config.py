@@ -2,17 +2,42 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from optiml_plugin.conventions import LEVELS
 from optiml_plugin.errors import ConfigError
+from optiml_plugin.recipe import NonNegInt, Section, choice, setting, validate
+from optiml_plugin.yamlio import KeyPath
 from optiml_plugin.eval.backend import Backend
 from optiml_plugin.bench.templates import PROMPT_FORMATS, TASK_LEVEL_BENCHMARKS
 
 SPLIT_KINDS = ("valid", "test")
 TASK_METRICS = ("accuracy", "rougeL")  # rank classification, or generation scored by Rouge-L (and EM)
-_TASK_KEYS = ("metric", "shots")
 SCORING_MODES = ("packed", "separate")
+
+
+class TaskSetting(Section):
+    """One task's entry of `--task-settings` (the recipe's schema rules: errors name file, line and key)."""
+
+    metric: Optional[choice(TASK_METRICS)] = setting(  # type: ignore[valid-type]
+        None, "accuracy (rank classification) or rougeL (generation); default: the paper's")
+    shots: Optional[List[NonNegInt]] = setting(None, "shot counts of this task; default: --shots")
+
+
+def task_settings(values: Any, where: str, lines: Optional[Dict[KeyPath, int]] = None) -> Dict[str, Dict[str, Any]]:
+    """{task: TaskSetting} of a `--task-settings` mapping, checked entry by entry; unset keys left out."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: task settings must be a mapping {{task: {{metric, shots}}}}, "
+                          f"got {type(values).__name__}")
+    return {str(task): validate(TaskSetting, entry, where, lines, prefix=(task,)).model_dump(exclude_none=True)
+            for task, entry in values.items()}
+
+
+def task_groups(values: Any, where: str) -> Dict[str, str]:
+    """A `--task-groups` mapping {sub-task: task}."""
+    if not isinstance(values, dict) or not all(isinstance(v, str) and v for v in values.values()):
+        raise ConfigError(f"{where}: task groups must be a mapping {{sub-task: task}} of names")
+    return {str(k): v for k, v in values.items()}
 
 
 @dataclass
@@ -87,17 +112,7 @@ class EvalConfig:
                               f"'sni' (Tk-Instruct's prompts), not of {self.prompt_format!r}")
         if self.on_bad_record not in ("error", "skip"):
             raise ConfigError(f"on_bad_record must be 'error' or 'skip', got {self.on_bad_record!r}")
-        for task, setting in self.task_settings.items():
-            if not isinstance(setting, dict) or set(setting) - set(_TASK_KEYS):
-                raise ConfigError(f"task_settings[{task!r}] must be a mapping with keys {_TASK_KEYS}, "
-                                  f"got {setting!r}")
-            if "metric" in setting and setting["metric"] not in TASK_METRICS:
-                raise ConfigError(f"task_settings[{task!r}].metric must be one of {TASK_METRICS}, "
-                                  f"got {setting['metric']!r}")
-            shots = setting.get("shots", [0])
-            if not isinstance(shots, list) or not all(isinstance(k, int) and k >= 0 for k in shots):
-                raise ConfigError(f"task_settings[{task!r}].shots must be a list of integers >= 0, "
-                                  f"got {shots!r}")
+        self.task_settings = task_settings(self.task_settings, "task_settings")
         self.shots = tuple(sorted({int(k) for k in self.shots}))
         self.levels = tuple(self.levels)
         return self
