@@ -12,12 +12,23 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from pydantic import Field
 
 from optiml_plugin.errors import ConfigError
+from optiml_plugin.recipe import Float, NonNegInt, Section, choice, setting, validate
+from optiml_plugin.yamlio import read_yaml_mapping_lines
 
 KIND = "ablation"
 PREFIX = "ablation_"
+
+
+class MixtureChange(Section):
+    """A row's change of the model preset's mixture."""
+
+    eps: Optional[NonNegInt] = setting(None, "EPS cap per task (0: no cap)")
+    proportions: Optional[Dict[str, Float]] = setting(None, "benchmark shares (summing to 1)")
 
 
 @dataclass(frozen=True)
@@ -44,46 +55,42 @@ def ablation_names(directory: Path) -> List[str]:
     return sorted(p.stem[len(PREFIX):] for p in directory.glob(f"{PREFIX}*.yaml"))
 
 
+class RowFile(Section):
+    name: Annotated[str, Field(min_length=1)] = setting(..., "the row's name (it goes into the run names)")
+    set: Dict[str, Any] = setting({}, "recipe settings of the row, as `--grid` takes them")
+    mixture: MixtureChange = Field(default_factory=lambda: MixtureChange())
+    paper: Optional[Union[str, float]] = setting(None, "the paper's figure for the row (e.g. 44.7/56.0)")
+
+
+class AblationFile(Section):
+    """An ablation preset's keys and types, checked by the recipe's schema rules (errors name the file,
+    the line and the key)."""
+
+    kind: choice((KIND,)) = setting(..., "ablation")  # type: ignore[valid-type]
+    name: str = setting(..., "the ablation's name (ablation_NAME.yaml)")
+    table: str = setting(..., "the paper's table it reproduces")
+    column: str = setting(..., "what the paper's figures are")
+    preset: str = setting(..., "the model preset the paper ran it at")
+    train: Dict[str, Any] = setting({}, "settings every row shares (the table's schedule)")
+    rows: Annotated[List[RowFile], Field(min_length=1)] = setting(..., "the table's rows")
+    note: str = setting("", "what the reader should know (UNVERIFIED choices)")
+
+
 def load_ablation(name_or_path: Union[str, Path], directory: Path) -> Ablation:
     """An ablation preset by name (`metaicl` -> `ablation_metaicl.yaml` in the preset directory) or path."""
-    from optiml_plugin.yamlio import read_yaml_mapping_lines
-
     text = str(name_or_path)
     path = Path(text) if text.endswith((".yaml", ".yml")) or "/" in text else directory / f"{PREFIX}{text}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown ablation {text!r}; {directory} has {ablation_names(directory)}")
-    data, _ = read_yaml_mapping_lines(path, "ablation preset")
-    if data.get("kind") != KIND:
-        raise ConfigError(f"{path}: field 'kind' must be {KIND!r}, got {data.get('kind')!r}")
-    allowed = {"kind", "name", "table", "column", "preset", "train", "rows", "note"}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; known: {sorted(allowed)}")
-    rows = data.get("rows")
-    if not isinstance(rows, list) or not rows:
-        raise ConfigError(f"{path}: 'rows' must be a non-empty list")
-    out, seen = [], set()
-    for i, row in enumerate(rows):
-        where = f"{path}: rows[{i}]"
-        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
-            raise ConfigError(f"{where}: each row is a mapping with a 'name'")
-        extra = sorted(set(row) - {"name", "set", "mixture", "paper"})
-        if extra:
-            raise ConfigError(f"{where}: unknown key(s) {extra}; known: name, set, mixture, paper")
-        if row["name"] in seen:
-            raise ConfigError(f"{where}: row name {row['name']!r} is used twice")
-        seen.add(row["name"])
-        mixture = row.get("mixture") or {}
-        if not isinstance(mixture, dict) or set(mixture) - {"eps", "proportions"}:
-            raise ConfigError(f"{where}: 'mixture' may set eps and proportions only, got {mixture!r}")
-        paper = row.get("paper")
-        out.append(AblationRow(row["name"], dict(row.get("set") or {}), dict(mixture),
-                               None if paper is None else str(paper)))
-    for key in ("name", "table", "column", "preset"):
-        if not isinstance(data.get(key), str):
-            raise ConfigError(f"{path}: field {key!r} must be a string")
-    return Ablation(data["name"], data["table"], data["column"], data["preset"], dict(data.get("train") or {}),
-                    tuple(out), str(data.get("note", "")), path)
+    data, lines = read_yaml_mapping_lines(path, "ablation preset")
+    cfg: AblationFile = validate(AblationFile, data, str(path), lines)
+    names = [row.name for row in cfg.rows]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"{path}: row name(s) {twice} used twice")
+    rows = tuple(AblationRow(r.name, dict(r.set), r.mixture.model_dump(exclude_none=True),
+                             None if r.paper is None else str(r.paper)) for r in cfg.rows)
+    return Ablation(cfg.name, cfg.table, cfg.column, cfg.preset, dict(cfg.train), rows, cfg.note, path)
 
 
 def row_runs(ablation: Ablation, preset: Any, prefix: str = "optiml") -> List[Tuple[AblationRow, Any, Any]]:

@@ -97,7 +97,7 @@ def test_sweep_cli_renders_an_ablation(capsys):
 def test_a_bad_ablation_file_is_named(tmp_path):
     bad = tmp_path / "ablation_x.yaml"
     bad.write_text("kind: ablation\nname: x\ntable: t\ncolumn: c\npreset: 30b\nrows:\n  - {name: a, sett: {}}\n")
-    with pytest.raises(ConfigError, match=r"ablation_x.yaml: rows\[0\]: unknown key"):
+    with pytest.raises(ConfigError, match=r"ablation_x\.yaml:7: rows\.0\.sett: unknown key"):
         load_ablation(bad, tmp_path)
     with pytest.raises(ConfigError, match="unknown ablation 'nope'"):
         load_ablation("nope", PRESETS)
