@@ -41,6 +41,7 @@ from optiml_plugin.data.validation import ValidationSet, validation_set
 from optiml_plugin.recipe import DataFields
 
 BITS_PER_NAT = 1 / math.log(2)
+LOSS_UNIT = "bits / target token"   # the unit of every logged loss (charts and reports name it)
 VALIDATION_STRATEGY = "sequential"
 
 
