@@ -41,9 +41,9 @@ class DemoSize:
     max_new_tokens: int
 
 
-# Tuned for learning within the demo's budget on 2 busy CPU cores (docs/local_training.md has the
+# Tuned for 3 seeds within the demo's budget on 2 CPU cores (docs/local_training.md has the
 # measurements). No dropout: the run is short, there is nothing to regularize yet.
-FULL = DemoSize("tiny", {}, 0.0, 256, 8, 1000, 3e-3, 30, 40, (0, 2), 16)
+FULL = DemoSize("tiny", {}, 0.0, 128, 8, 1000, 3e-3, 30, 40, (0, 2), 16)
 QUICK = DemoSize("micro", {}, 0.1, 128, 4, 30, 5e-3, 5, 2, (0,), 6)
 
 
