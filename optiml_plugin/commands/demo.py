@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3,
                    help="training seeds (--seed, --seed + 1, ...); the verdict needs the gain on most of them")
     p.add_argument("--jobs", type=int, default=0,
-                   help="seeds trained at once (default 0: one per CPU core, at most --seeds)")
+                   help="seeds trained at once (default 0: all of them, one process each)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads per seed (default 1: the tiny model gains little from more, and on a "
                         "busy machine extra threads spin; 0 keeps torch's default)")
