@@ -56,11 +56,28 @@ def build_parser() -> argparse.ArgumentParser:
 SMALL_MACHINE_CPUS = 4
 
 
+def quiet_progress_bars() -> None:
+    """`--no-progress` silences the libraries' bars too (transformers' "Loading weights" and "Writing model
+    shards", huggingface_hub's downloads): through the environment for what imports them later (and the
+    demo's worker processes), directly for what is already imported."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     # tokenizers' own thread pool competes with torch on a few cores; the user's setting wins
     if (os.cpu_count() or 1) <= SMALL_MACHINE_CPUS:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if getattr(args, "no_progress", False):
+        quiet_progress_bars()
     try:
         return int(args.func(args) or 0)
     except OptimlError as e:

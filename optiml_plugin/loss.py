@@ -20,6 +20,7 @@ from optiml_plugin.errors import ConfigError
 
 # the one unit conversion: losses are reported in bits (metaseq's unit), computed in nats
 BITS_PER_NAT = 1 / math.log(2)
+LOSS_UNIT = "bits / target token"   # the unit of every logged loss (charts and reports name it)
 
 
 @dataclass

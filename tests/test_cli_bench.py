@@ -14,7 +14,7 @@ def test_build_builtin_then_stats_with_png(tmp_path, capsys):
     png = tmp_path / "c.png"
     assert main(["bench", "stats", str(out), "--png", str(png)]) == 0
     text = capsys.readouterr().out
-    assert "heldout_categories" in text and "Word Classification" in text and "balanced=True" in text
+    assert "heldout_categories" in text and "Two Steps" in text and "balanced=True" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["bench", "build", "--builtin", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err

@@ -151,3 +151,38 @@ def test_a_task_settings_file_goes_through_the_schema(tmp_path):
     path.write_text('{"rte": {"metrics": "rougeL"}}')
     with pytest.raises(ConfigError, match=r"rte\.metrics: unknown key"):
         _task_file(str(path), "--task-settings", "settings")
+
+
+def test_generation_ends_at_a_stop_string_not_at_the_cap():
+    be = S.backend(seed=4)
+    tok = next(t for t in range(4, 300) if be.decode([t]).strip())
+    text = be.decode([tok]).strip()
+    _force(be, {tok})   # the model writes `text` forever, and never `</s>`
+    assert be.generate([[2, 10, 11], [2, 12]], 12) == [[tok] * 12] * 2
+    assert be.generate([[2, 10, 11], [2, 12]], 12, ("zzz", text)) == [[tok]] * 2
+    assert be.generate([[2, 10, 11]], 12, (text + text,)) == [[tok] * 2]
+    assert generate_all(be, [[2, 10, 11], [2, 12]], 12, 2, stop_strings=(text,)) == [[tok]] * 2
+
+
+def test_each_task_gets_a_cap_from_its_references_outside_the_evaluated_split(tmp_path):
+    """An untrained model rarely ends its answer: each generated task's cap is twice its longest reference
+    (from its training rows, else its other evaluation split), within max_new_tokens, recorded with the
+    stops and how every generation ended."""
+    be = S.backend(seed=4)
+    _force(be, {next(t for t in range(4, 300) if be.decode([t]).strip())})
+    bench = S.write_bench(tmp_path / "bench", n=3)
+    cfg = EvalConfig(model=be, bench=str(bench), out_dir=str(tmp_path / "o"), split="test", shots=(0,),
+                     max_per_task=2, max_new_tokens=256, progress=False, charts=False)
+    res = evaluate(cfg)
+    gen = res["generation"]
+    task = gen["tasks"]["niv2/task001_color"]
+    assert task["references_from"] == "valid_heldout_tasks" and 2 <= task["longest_reference"] < 40
+    assert task["max_new_tokens"] == 2 * task["longest_reference"] + 1 < 256
+    assert task["stops"] == ["\n\n"]
+    preds = [json.loads(line) for line in (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()]
+    ran = [p for p in preds if p["kind"] == "generate"]
+    assert ran and all(p["new_tokens"] <= p["max_new_tokens"] < 256 and p["stopped"] == "cap" for p in ran)
+    assert gen["stopped"] == {"cap": len(ran)}
+    off = evaluate(EvalConfig(model=be, bench=str(bench), out_dir=str(tmp_path / "p"), split="test", shots=(0,),
+                              max_per_task=1, max_new_tokens=20, cap_multiple=0, progress=False, charts=False))
+    assert {t["max_new_tokens"] for t in off["generation"]["tasks"].values()} == {20}

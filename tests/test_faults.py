@@ -435,16 +435,16 @@ def test_converter_refuses_a_non_empty_out(tmp_path):
 
 
 def test_demo_refuses_to_replace_a_train_folder_it_did_not_write(tmp_path):
-    from optiml_plugin.local.demo import run_demo
+    from optiml_plugin.demo import run_demo
 
     (tmp_path / "bench").mkdir()
     make_bench(tmp_path / "bench", [dict(benchmark="b1", category="c1", task="t1", n=4)])
-    (tmp_path / "train").mkdir()
-    (tmp_path / "train" / "data.csv").write_text("mine")
-    before = snapshot(tmp_path / "train")
+    (tmp_path / "seed_2" / "train").mkdir(parents=True)
+    (tmp_path / "seed_2" / "train" / "data.csv").write_text("mine")
+    before = snapshot(tmp_path / "seed_2" / "train")
     with pytest.raises(ConfigError, match=r"train exists and is not a training run"):
-        run_demo(tmp_path, quick=True, progress=False)
-    assert snapshot(tmp_path / "train") == before
+        run_demo(tmp_path, quick=True, progress=False, seed=1, seeds=2)
+    assert snapshot(tmp_path / "seed_2" / "train") == before and not (tmp_path / "seed_1").exists()
 
 
 def test_default_eval_dirs_never_collide_and_old_charts_go(tmp_path):

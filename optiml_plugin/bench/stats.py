@@ -65,7 +65,7 @@ def format_stats(bench: Bench) -> str:
     lines.insert(1, "-" * len(lines[0]))
     m = bench.manifest
     lines.append("")
-    lines.append("splits: " + ", ".join(f"{s}={v['examples']} ({v['tasks']} tasks)"
+    lines.append("splits: " + ", ".join(f"{s}={v['examples']} ({v['tasks']} task{'s' if v['tasks'] != 1 else ''})"
                                         for s, v in m["splits"].items() if v["tasks"]))
     acc = m.get("accounting", {})
     lines.append(f"accounting: read={acc.get('read')} kept={acc.get('kept')} skipped={acc.get('skipped')} "
@@ -98,8 +98,17 @@ def plot_composition(bench: Bench, png: Union[str, Path]) -> Path:
     ax.set_title(f"bench composition: {bench.root.name}")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    png = Path(png)
+    png = chart_path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return png
+
+
+def chart_path(png: Union[str, Path]) -> Path:
+    """The file the chart goes to: `png` itself, `png`/composition.png for a folder, and with `.png` added to a
+    name without a suffix (matplotlib would add it, and the caller would name a file it did not write)."""
+    png = Path(png)
+    if png.is_dir():
+        return png / "composition.png"
+    return png if png.suffix else png.with_name(png.name + ".png")

@@ -78,7 +78,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--no-charts", action="store_true", help="write no PNG charts")
     p.set_defaults(func=_eval)
 
-    esub = p.add_subparsers(dest="eval_command", metavar="ACTION", title="optional ACTION")
+    esub = p.add_subparsers(dest="eval_command", metavar="ACTION", title="optional ACTION",
+                            prog="optiml eval")   # not eval's three-line usage before each action's
     conv = esub.add_parser("convert-metaseq", help="metaseq checkpoint(s) -> transformers OPT directory")
     conv.add_argument("checkpoints", nargs="+", help="singleton checkpoint, or every model-parallel part")
     conv.add_argument("--out", required=True, help="output model directory")

@@ -14,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="YAML training config")
     p.add_argument("--resume", action="store_true",
                    help="continue exactly from the newest checkpoint in run.out_dir (from step 0 if none)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the config and the bench, print the resolved recipe and the first batch's "
+                        "stats, and stop (no model, nothing written)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (YAML-parsed), e.g. --set optim.max_update=50")
     add_common(p, out_help="run directory: checkpoints, log, final model (default: the config's run.out_dir)",
@@ -35,9 +38,15 @@ def _flag_overrides(args: argparse.Namespace) -> list:
 
 def run(args: argparse.Namespace) -> int:
     from optiml_plugin.recipe import load_config
-    from optiml_plugin.local.trainer import Trainer
 
     config = load_config(args.config, list(args.overrides) + _flag_overrides(args))
+    if args.dry_run:
+        from optiml_plugin.local.dry_run import dry_run
+
+        print(dry_run(config))
+        return 0
+    from optiml_plugin.local.trainer import Trainer
+
     trainer = Trainer(config, resume=args.resume)
     final = trainer.train()
     if trainer.dist.is_main:

@@ -6,7 +6,7 @@ backend never has to return [B, L, vocab] tensors.
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 
@@ -46,6 +46,9 @@ class Backend:
         """
         raise NotImplementedError
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> List[List[int]]:
-        """Greedy continuation of each prompt (one batch), stopping at `</s>`; eos not returned."""
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                 stop_strings: Tuple[str, ...] = ()) -> List[List[int]]:
+        """Greedy continuation of each prompt (one batch), stopping at `</s>` (not returned) or once the
+        decoded continuation, leading whitespace stripped, holds one of `stop_strings` (its ids returned
+        up to that token: the caller cuts the text at the stop)."""
         raise NotImplementedError

@@ -55,6 +55,10 @@ class EvalConfig:
     (its `add_explanation`): 2 shots, 2 negatives and explanations are its `pos_2_neg_2_expl`.
     `task_settings` maps a task name to {"metric": "accuracy" | "rougeL", "shots": [k, ...]}; a task
     not listed gets the paper's choice (`task_metric`, `task_shots`).
+    Generation: a task's answers get at most `cap_multiple` x its longest reference outside the evaluated
+    split, in tokens (0: no per-task cap), never more than `max_new_tokens` (the paper's 256); they stop at
+    `</s>`, at `stop_strings`, and (`stop_at_separator`) at `separator`, the prompt format's break between
+    examples, unless one of the task's references holds it (eval/runner.py `GenerationCaps`).
     `xlingual_bpe` is a directory with GPT-2/OPT byte-level BPE files for Rouge-L of non-English
     outputs (SNI's xlingual track); default: the model directory.
     """
@@ -74,7 +78,9 @@ class EvalConfig:
     sni_negative_examples: int = 0
     sni_explanations: bool = False
     max_new_tokens: int = 256
+    cap_multiple: float = 2.0
     stop_strings: Tuple[str, ...] = ()
+    stop_at_separator: bool = True
     task_groups: Dict[str, str] = field(default_factory=dict)
     task_settings: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     task_level_benchmarks: Tuple[str, ...] = TASK_LEVEL_BENCHMARKS
@@ -101,6 +107,8 @@ class EvalConfig:
             raise ConfigError("batch_size and max_batch_tokens must be >= 1")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.cap_multiple < 0:
+            raise ConfigError(f"cap_multiple must be >= 0 (0: no per-task cap), got {self.cap_multiple}")
         if self.scoring not in SCORING_MODES:
             raise ConfigError(f"scoring must be one of {SCORING_MODES}, got {self.scoring!r}")
         if self.prompt_format not in PROMPT_FORMATS:

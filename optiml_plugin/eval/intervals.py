@@ -1,10 +1,14 @@
 """Chance scores and seeded bootstrap intervals for the level scores of an evaluation.
 
 Why: a level score from a few hundred instances moves by several points between draws, so a gain
-is only claimed when its 95% interval excludes zero. The bootstrap resamples instances within each
-(benchmark, task) stratum and recombines them with the paper's weights (task -> category -> level,
-recipe §4.2), so its centre is the level score `aggregate` reports. Comparisons with a baseline
-model and with chance are paired: the same resampled instances score both sides.
+is only claimed when its 95% interval excludes zero. And a level is a sample of TASKS: a gain that one
+task carries while the others do not move says little about a new task. So the bootstrap has two
+levels (a cluster bootstrap): each draw resamples the level's tasks with replacement, then the
+instances within each drawn task, and recombines them with the paper's weights (task -> category ->
+level, recipe §4.2, renormalized over the drawn tasks), so its centre is the level score `aggregate`
+reports and its width holds task-to-task variance. `resample_tasks=False` keeps the tasks fixed
+(instances only: the narrower interval of "these tasks, other instances"). Comparisons with a
+baseline model and with chance are paired: the same resampled tasks and instances score both sides.
 
 Chance, per instance: for option ranking, the share of gold answers among the options (the
 accuracy of a uniform random pick); for generation, the mean score of answering with the reference
@@ -71,10 +75,10 @@ def _interval(draws: np.ndarray) -> List[float]:
 
 
 def level_intervals(records: Iterable[Record], baseline: Optional[Iterable[Record]] = None,
-                    n_boot: int = 1000, seed: int = 0) -> List[Dict[str, Any]]:
+                    n_boot: int = 1000, seed: int = 0, resample_tasks: bool = True) -> List[Dict[str, Any]]:
     """Per (shots, level): score and 95% interval; chance and the paired gain over it; with `baseline`
     (records of another model on the same instances, scored at its lowest shot count), its score and the
-    paired gain over it."""
+    paired gain over it. Each row says what was resampled (`resampled`) and over how many `tasks`."""
     records = list(records)
     groups = _strata(records)
     chance = chance_scores(records)
@@ -91,10 +95,14 @@ def level_intervals(records: Iterable[Record], baseline: Optional[Iterable[Recor
     rows = []
     for (shots, level), keys in sorted(by_level.items()):
         weights = _weights(keys)
+        # task draws: how often each task is picked in each bootstrap draw (all once: tasks fixed)
+        picks = (rng.multinomial(len(keys), [1.0 / len(keys)] * len(keys), size=n_boot) if resample_tasks
+                 else np.ones((n_boot, len(keys))))
+        total = picks @ weights
         sums = {name: np.zeros(n_boot) for name in ("score", "chance", "baseline")}
         point = {name: 0.0 for name in sums}
         paired = True
-        for w, key in zip(weights, keys):
+        for k, (w, key) in enumerate(zip(weights, keys)):
             ids = sorted(groups[key])
             cols = {"score": np.array([groups[key][i] for i in ids]),
                     "chance": np.array([chance[(key[4], key[3], i)] for i in ids])}
@@ -104,10 +112,11 @@ def level_intervals(records: Iterable[Record], baseline: Optional[Iterable[Recor
                 cols["baseline"] = np.array([v if v is not None else np.nan for v in found])
             idx = rng.integers(0, len(ids), size=(n_boot, len(ids)))
             for name, col in cols.items():
-                sums[name] += w * col[idx].mean(axis=1)
+                sums[name] += picks[:, k] * w * col[idx].mean(axis=1) / total
                 point[name] += w * float(col.mean())
         row: Dict[str, Any] = {
-            "shots": shots, "level": level, "n": sum(len(groups[k]) for k in keys),
+            "shots": shots, "level": level, "n": sum(len(groups[k]) for k in keys), "tasks": len(keys),
+            "resampled": "tasks, then instances" if resample_tasks else "instances",
             "score": round(point["score"], 3), "ci": _interval(sums["score"]),
             "chance": round(point["chance"], 3),
             "gain_over_chance": round(point["score"] - point["chance"], 3),

@@ -116,8 +116,10 @@ def select_instances(bench: Bench, config: EvalConfig, policy: BadRecordPolicy
 class _Prompter:
     """Builds token ids of k-shot prompts for one backend within its context budget."""
 
-    def __init__(self, bench: Bench, backend: Backend, config: EvalConfig, max_len: int) -> None:
+    def __init__(self, bench: Bench, backend: Backend, config: EvalConfig, max_len: int,
+                 caps: "GenerationCaps") -> None:
         self.bench, self.backend, self.config, self.max_len = bench, backend, config, max_len
+        self.caps = caps
         self.train = {(t.benchmark, t.category, t.task): t for t in bench.task_files("train")}
         self.examples = {(t["benchmark"], t["category"], t["task"], kind): t[f"{kind}_examples"]
                          for t in bench.manifest["tasks"] for kind in ("positive", "negative")
@@ -142,7 +144,7 @@ class _Prompter:
         be, cfg, row = self.backend, self.config, inst.row
         prefix = list(be.prefix_ids)
         cand_ids = [be.encode_target(row["src"], c) + [be.eos_id] for c in inst.candidates or () if inst.rank]
-        reserve = max(len(c) for c in cand_ids) if cand_ids else cfg.max_new_tokens
+        reserve = max(len(c) for c in cand_ids) if cand_ids else self.caps.plan(inst.file).max_new_tokens
         budget = self.max_len - reserve - len(prefix)
         if budget < 1:
             raise ConfigError(f"max_length {self.max_len} leaves no room for a prompt when "
@@ -206,7 +208,8 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
         raise ConfigError(f"{config.bench}: no instances in the {config.split} splits of levels "
                           f"{list(config.levels)}")
     max_len = min(config.max_length or backend.max_positions, backend.max_positions)
-    prompter = _Prompter(bench, backend, config, max_len)
+    caps = GenerationCaps(bench, backend, config)
+    prompter = _Prompter(bench, backend, config, max_len, caps)
     records: List[Dict[str, Any]] = []
     xlingual = XlingualLoader(config)
     plan = {id(inst): config.task_shots(inst.file.task, inst.file.category) for _, inst in chosen}
@@ -231,10 +234,20 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
             bar.update(len(trees))
         for (lv, p), s in zip(ranked, scores):
             records.append(_rank_record(_record(lv, shots, p, config.split), p.inst, s))
-        outs = generate_all(backend, [p.prompt_ids for _, p in generated], config.max_new_tokens,
-                            config.batch_size, on_batch=bar.update)
+        outs: List[List[int]] = [[] for _ in generated]
+        groups: Dict[Tuple[int, Tuple[str, ...]], List[int]] = {}
+        for j, (_, p) in enumerate(generated):
+            plan_j = caps.plan(p.inst.file)
+            groups.setdefault((plan_j.max_new_tokens, plan_j.stops), []).append(j)
+        for (cap, stops), idx in sorted(groups.items()):
+            got = generate_all(backend, [generated[j][1].prompt_ids for j in idx], cap, config.batch_size,
+                               on_batch=bar.update, stop_strings=stops)
+            for j, ids in zip(idx, got):
+                outs[j] = ids
         for (lv, p), ids in zip(generated, outs):
-            text = cut_at_stops(backend.decode(ids), config.stop_strings)
+            plan_p = caps.plan(p.inst.file)
+            raw = backend.decode(ids)
+            text = cut_at_stops(raw, plan_p.stops)
             lang = output_language(p.inst.row)
             track, rule = M.task_track(p.inst.file.task, lang)
             xl = xlingual() if track == M.XLINGUAL_TRACK else None
@@ -242,7 +255,8 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
                  "exact_match": M.exact_match(text, p.inst.references)}
             rec = _record(lv, shots, p, config.split)
             rec.update(kind="generate", prediction=text, new_tokens=len(ids), output_language=lang,
-                       track=track, track_rule=rule, score=m["rougeL"], metrics=m)
+                       track=track, track_rule=rule, score=m["rougeL"], metrics=m,
+                       max_new_tokens=plan_p.max_new_tokens, stopped=plan_p.why_stopped(raw, len(ids)))
             records.append(rec)
     bar.close()
     extra, bleu_tokenize = _bleu(records)
@@ -261,6 +275,7 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
                                     for r in records if r.get("track")},
                     "xlingual_bpe": xlingual.origin, "bleu_tokenize": bleu_tokenize,
                     "rank_metrics": dict(M.RANK_METRICS)},
+        "generation": caps.summary(records),
         "aggregate": aggregate(records, config.task_groups, extra),
         "elapsed_s": round(time.time() - started, 3)}
     out_dir = Path(config.out_dir) if config.out_dir else default_run_dir(
@@ -269,6 +284,81 @@ def evaluate(config: EvalConfig) -> Dict[str, Any]:
     write_run(results, records, out_dir, with_charts=config.charts)
     bench.close()
     return results
+
+
+@dataclass(frozen=True)
+class GenPlan:
+    """How one task's answers are generated: at most `max_new_tokens`, ending at `stops`."""
+
+    max_new_tokens: int
+    stops: Tuple[str, ...]
+    longest_reference: Optional[int]   # tokens; None: no reference outside the evaluated split
+    references_from: str
+
+    def why_stopped(self, raw: str, new_tokens: int) -> str:
+        """'stop' (a stop string), 'eos' (the model ended it) or 'cap' (ran to `max_new_tokens`)."""
+        if cut_at_stops(raw, self.stops) != raw.strip():
+            return "stop"
+        return "cap" if new_tokens >= self.max_new_tokens else "eos"
+
+
+CAP_SAMPLE = 1000   # reference rows read per task to size its cap
+
+
+class GenerationCaps:
+    """Per task: a token cap of `cap_multiple` x its longest reference (never above `max_new_tokens`,
+    the paper's 256), and the stops: the configured ones plus the prompt format's example separator,
+    unless a reference holds it.
+
+    Why: an untrained or weak model rarely emits `</s>`; with one global cap of 256 nearly every
+    generation runs to it (664 of 665 measured) and evaluation takes minutes. The references come from
+    the task's rows OUTSIDE the evaluated split (its training rows, else its rows in the other
+    evaluation split), so the cap never reads the gold answers it is scored against."""
+
+    def __init__(self, bench: Bench, backend: Backend, config: EvalConfig) -> None:
+        self.bench, self.backend, self.config = bench, backend, config
+        self.plans: Dict[Tuple[str, str, str], GenPlan] = {}
+        self._files: Dict[str, Dict[Tuple[str, str, str], TaskFile]] = {}
+
+    def _pool(self, tf: TaskFile) -> Tuple[Optional[TaskFile], str]:
+        """The task's training file, else its file in the other evaluation split (valid <-> test)."""
+        kind, _, level = tf.split.partition("_")
+        for split in ("train", ("valid" if kind == "test" else "test") + "_" + level):
+            if split not in self._files:
+                self._files[split] = {(f.benchmark, f.category, f.task): f for f in self.bench.task_files(split)}
+            found = self._files[split].get((tf.benchmark, tf.category, tf.task))
+            if found is not None and found.count:
+                return found, split
+        return None, "none"
+
+    def plan(self, tf: TaskFile) -> GenPlan:
+        key = (tf.benchmark, tf.category, tf.task)
+        if key not in self.plans:
+            cfg = self.config
+            pool, where = self._pool(tf) if cfg.cap_multiple else (None, "off")
+            refs: List[str] = []
+            srcs: List[str] = []
+            for i in range(min(pool.count, CAP_SAMPLE) if pool else 0):
+                row = self.bench.read(pool, i)
+                got = [row["tgt"]] if isinstance(row.get("tgt"), str) else list(row.get("references") or [])
+                refs += got
+                srcs += [row.get("src", "")] * len(got)
+            longest = max((len(self.backend.encode_target(s, r)) for s, r in zip(srcs, refs)), default=None)
+            cap = cfg.max_new_tokens if longest is None else min(cfg.max_new_tokens,
+                                                                 max(1, int(cfg.cap_multiple * longest) + 1))
+            stops = tuple(cfg.stop_strings)
+            if cfg.stop_at_separator and cfg.separator and not any(cfg.separator in r for r in refs):
+                stops += (cfg.separator,)
+            self.plans[key] = GenPlan(cap, stops, longest, where)
+        return self.plans[key]
+
+    def summary(self, records: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """What results.json records: the rule, each task's cap and stops, and how generations ended."""
+        return {"cap_multiple": self.config.cap_multiple, "max_new_tokens": self.config.max_new_tokens,
+                "tasks": {f"{b}/{t}": {"max_new_tokens": p.max_new_tokens, "stops": list(p.stops),
+                                       "longest_reference": p.longest_reference, "references_from": p.references_from}
+                          for (b, _, t), p in sorted(self.plans.items())},
+                "stopped": dict(Counter(r["stopped"] for r in records if r["kind"] == "generate"))}
 
 
 def _bleu(records: List[Dict[str, Any]]

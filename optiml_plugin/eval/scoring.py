@@ -129,14 +129,17 @@ def score_separately(backend: Backend, trees: Sequence[Tree], **kwargs) -> List[
 
 
 def generate_all(backend: Backend, prompts: Sequence[Sequence[int]], max_new_tokens: int,
-                 batch_size: int,
-                 on_batch: Optional[Callable[[int], None]] = None) -> List[List[int]]:
-    """Greedy continuations, batched by similar prompt length to keep left padding small."""
+                 batch_size: int, on_batch: Optional[Callable[[int], None]] = None,
+                 stop_strings: Tuple[str, ...] = ()) -> List[List[int]]:
+    """Greedy continuations, batched by similar prompt length to keep left padding small; each stops at
+    `</s>`, at a stop string (see `Backend.generate`) or after `max_new_tokens`."""
     out: List[Optional[List[int]]] = [None] * len(prompts)
     lengths = [len(p) for p in prompts]
     budget = batch_size * (max(lengths) if lengths else 1)
     for batch in batches_by_tokens(lengths, budget, batch_size):
-        gen = backend.generate([prompts[i] for i in batch], max_new_tokens)
+        prompts_b = [prompts[i] for i in batch]
+        gen = (backend.generate(prompts_b, max_new_tokens, stop_strings) if stop_strings
+               else backend.generate(prompts_b, max_new_tokens))
         for i, g in zip(batch, gen):
             out[i] = list(g)
         if on_batch is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -106,17 +106,42 @@ class HFBackend(Backend):
         return picked.gather(-1, gather_tok.to(self.device)[..., None])[..., 0].cpu()
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> List[List[int]]:
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                 stop_strings: Tuple[str, ...] = ()) -> List[List[int]]:
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         att = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, p in enumerate(prompts):
             ids[i, width - len(p):] = torch.tensor(list(p))
             att[i, width - len(p):] = 1
+        stops = StopAtStrings(self.decode, width, stop_strings, len(prompts)) if stop_strings else None
+        if stops is not None:
+            from transformers import StoppingCriteriaList
         out = self.model.generate(input_ids=ids.to(self.device), attention_mask=att.to(self.device),
                                   max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                  eos_token_id=self.eos_id, pad_token_id=self.pad_id)
+                                  eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+                                  **({"stopping_criteria": StoppingCriteriaList([stops])} if stops else {}))
         result = []
-        for row in out[:, width:].tolist():
+        for i, row in enumerate(out[:, width:].tolist()):
+            if stops is not None and stops.ends[i] is not None:
+                row = row[:stops.ends[i]]
             result.append(row[:row.index(self.eos_id)] if self.eos_id in row else row)
         return result
+
+
+class StopAtStrings:
+    """Ends each row once its decoded continuation (leading whitespace stripped) holds a stop string, so
+    an answer followed by the prompt format's next-example separator stops there, not at the cap."""
+
+    def __init__(self, decode: Callable[[Sequence[int]], str], start: int, stops: Tuple[str, ...],
+                 rows: int) -> None:
+        self.decode, self.start, self.stops = decode, start, tuple(s for s in stops if s)
+        self.ends: List[Optional[int]] = [None] * rows
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        for i, row in enumerate(input_ids[:, self.start:].tolist()):
+            if self.ends[i] is None:
+                text = self.decode(row).lstrip()
+                if any(s in text for s in self.stops):
+                    self.ends[i] = len(row)
+        return torch.tensor([e is not None for e in self.ends], dtype=torch.bool, device=input_ids.device)
