@@ -22,8 +22,12 @@ def register(sub: "argparse._SubParsersAction") -> None:
 def run(args: argparse.Namespace) -> int:
     from optiml_plugin.eval.compare import compare
 
+    from optiml_plugin.outlock import locked
+
     names = [n.strip() for n in args.names.split(",")] if args.names else None
-    table, chart = compare(args.results, Path(args.out or "compare"), names=names, seed=args.seed)
+    out = Path(args.out or "compare")
+    with locked(out, "optiml compare"):
+        table, chart = compare(args.results, out, names=names, seed=args.seed)
     print(table.read_text(encoding="utf-8"))
     print(f"wrote {table} and {chart}")
     return 0
