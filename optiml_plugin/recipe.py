@@ -110,6 +110,9 @@ class DataConfig(DataFields):
     tokenizer: str = _help("builtin", "builtin (BPE trained on the bench) or a tokenizer directory")
     builtin_vocab_size: PosInt = _help(2048, "vocabulary of the builtin tokenizer")
     batch_size: PosInt = _help(8, "rows per micro-batch per rank")
+    max_record_chars: NonNegInt = _help(
+        0, "characters kept of a row's source (its end) and target (its start) before tokenizing; longer "
+           "rows are clipped and counted (0: 32 x tokens_per_sample)")
 
 
 class ModelConfig(Section):

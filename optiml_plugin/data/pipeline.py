@@ -103,8 +103,14 @@ def collate_blocks(blocks: Sequence[Block], rows: Optional[int] = None,
             "task_ids": as_t(np.ascontiguousarray(task[:, :-1]))}
 
 
-def _source_target(example: Any) -> Sequence[str]:
-    """The (src, tgt) strings of a stream example; a clear error names the example and field."""
+#: a row's source and target are each clipped to this many characters per token of a packed row
+LONG_RECORD_FACTOR = 32
+
+
+def _source_target(example: Any, max_chars: int) -> Sequence[str]:
+    """The (src, tgt) strings of a stream example, each at most `max_chars` long: the source keeps its
+    end and the target its start, the parts left-truncation keeps (a 60 MB row once took the tokenizer
+    5 GB and minutes, all to be cut to one packed row). A clear error names the example and field."""
     row = example.row if isinstance(example.row, dict) else {}
     for field in ("src", "tgt"):
         value = row.get(field)
@@ -112,7 +118,12 @@ def _source_target(example: Any) -> Sequence[str]:
             raise BadRecordError(f"stream index {example.index} (task id {example.task_id})",
                                  row.get("id"), field, "bad_field",
                                  f"expected a string, got {value!r:.60}")
-    return row["src"], row["tgt"]
+    return row["src"][-max_chars:], row["tgt"][:max_chars]
+
+
+def _is_long(example: Any, max_chars: int) -> bool:
+    row = example.row
+    return len(row["src"]) > max_chars or len(row["tgt"]) > max_chars
 
 
 class PackedBatches:
@@ -134,7 +145,7 @@ class PackedBatches:
     def __init__(self, stream: Any, tokenizer: OptTokenizer, packing: PackingConfig, batch_size: int,
                  seed: int, shuffle_buffer: Optional[int] = None, drop_last: bool = True,
                  encode_chunk: int = DEFAULT_ENCODE_CHUNK, prefetch: bool = True,
-                 observer: Optional[Any] = None) -> None:
+                 observer: Optional[Any] = None, max_chars: Optional[int] = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         buffer = 10 * batch_size if shuffle_buffer is None else shuffle_buffer
@@ -152,6 +163,8 @@ class PackedBatches:
         self.encode_chunk = int(encode_chunk)
         self.prefetch = prefetch
         self.observer = observer
+        self.max_chars = int(max_chars or LONG_RECORD_FACTOR * packing.tokens_per_sample)
+        self.long_records = 0  # rows clipped to `max_chars` before tokenizing, over the whole run
         self._executor: Optional[ThreadPoolExecutor] = None
         self._inflight: Optional[_InFlight] = None  # a chunk read, its encoding under way
         self.stats = PackingStats()   # over every block yielded so far
@@ -169,7 +182,7 @@ class PackedBatches:
 
     # ---- tokenization -------------------------------------------------------------------------
     def _encode(self, examples: Sequence[Any]) -> List[Tuple[List[int], List[int]]]:
-        return self.tokenizer.encode_pairs([_source_target(ex) for ex in examples])
+        return self.tokenizer.encode_pairs([_source_target(ex, self.max_chars) for ex in examples])
 
     def _make_items(self, examples: Sequence[Any], pairs: Sequence[Tuple[List[int], List[int]]],
                     record: bool) -> List[PackItem]:
@@ -179,6 +192,8 @@ class PackedBatches:
                              benchmark_id=ex.benchmark_id, eos_id=self.tokenizer.eos_id)
             if record and self.observer is not None:
                 self.observer.observe(ex.benchmark_id, len(item), len(item) - item.n_src)
+            if record and _is_long(ex, self.max_chars):
+                self.long_records += 1
             items.append(item)
         return items
 
@@ -313,7 +328,7 @@ class PackedBatches:
                 "buffer": [b.indices for b in self._buffer],
                 "ready": [b.indices for b in self._ready],
                 "draws": self._draws, "exhausted": self._exhausted, "stats": self.stats.to_dict(),
-                "packer_stats": self._packer.stats.to_dict(),
+                "packer_stats": self._packer.stats.to_dict(), "long_records": self.long_records,
                 "observer": self.observer.to_dict() if self.observer is not None else None}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -345,6 +360,7 @@ class PackedBatches:
         self._draws = int(state["draws"])
         self._exhausted = bool(state["exhausted"])
         self.stats = PackingStats.from_dict(state["stats"])
+        self.long_records = int(state.get("long_records", 0))  # absent from checkpoints before it
         if self.observer is not None and state.get("observer") is not None:
             self.observer.load_dict(state["observer"])
 

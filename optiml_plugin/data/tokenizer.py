@@ -18,6 +18,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from optiml_plugin.conventions import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, SPECIALS, UNK, UNK_ID  # noqa: F401
 from optiml_plugin.errors import ConfigError
+from optiml_plugin.fsio import atomic_write_bytes
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -102,10 +103,10 @@ class OptTokenizer:
 
     def save(self, directory: PathLike) -> Path:
         """Write `tokenizer.json` into `directory` (created); `from_dir` reads it back."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(out / TOKENIZER_JSON))
-        return out / TOKENIZER_JSON
+        out = Path(directory) / TOKENIZER_JSON
+        # atomic: a resumed multi-rank run rewrites it on rank 0 while the other ranks read it
+        atomic_write_bytes(out, self._tok.to_str(pretty=True).encode("utf-8"))
+        return out
 
     # ---- ids ----------------------------------------------------------------------------------
     @property

@@ -132,7 +132,8 @@ def training_data(bench: Bench, tokenizer: OptTokenizer, data: DataFields, batch
     stream = ExampleStream(bench, mixture, seed=seed, rank=rank, world_size=world_size)
     shares = ShareCounters(mixture.benchmarks, mixture.effective_benchmark_probs())
     batches = PackedBatches(stream, tokenizer, packing_config(data), batch_size, seed,
-                            shuffle_buffer=data.shuffle_buffer, observer=shares)
+                            shuffle_buffer=data.shuffle_buffer, observer=shares,
+                            max_chars=getattr(data, "max_record_chars", 0) or None)
     subsets = valid_subsets if valid_subsets is not None else {s: [s] for s in data.valid_splits}
     validation = {}
     for name, splits in subsets.items():
