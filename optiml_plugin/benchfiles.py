@@ -190,7 +190,7 @@ class IndexedJsonl:
 
     def verify(self) -> None:
         """Check every index entry against its row: offsets start at 0 and increase, and each span is one
-        JSON object ending its line. One sequential read of the file (about 1 s per GB), so `bench stats`
+        JSON object ending its line. One sequential read of the file, so `bench stats`
         finds what train and eval would stop at (an index shifted by a few bytes, a garbage row of the
         same length), before a run starts."""
         offsets = np.fromfile(self._idx, dtype="<u8")

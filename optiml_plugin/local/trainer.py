@@ -329,7 +329,8 @@ class Trainer:
 
     def _cut_counts(self) -> Dict[str, int]:
         """Examples (and tokens) the packer truncated so far, over all ranks: left = source cut, right =
-        target cut. Cumulative and checkpointed, so a resumed run continues the counts."""
+        target cut; and rows clipped to `data.max_record_chars` before tokenizing (`long_records`).
+        Cumulative and checkpointed, so a resumed run continues the counts."""
         st = self.batches.stats
         values = [st.cut_left_examples, st.cut_left_tokens, st.cut_right_examples, st.cut_right_tokens,
                   self.batches.long_records]
