@@ -418,6 +418,20 @@ def test_the_saved_model_follows_the_umask(saved_model):
     assert modes["model.safetensors"] == 0o644 and set(modes.values()) == {0o644}
 
 
+def test_a_converted_model_follows_the_umask(tmp_path):
+    pytest.importorskip("transformers")
+    from optiml_plugin.eval.backends.metaseq_convert import convert
+    from test_eval_convert import _save_singleton, metaseq_state_dict
+
+    ckpt = _save_singleton(metaseq_state_dict(seed=3, tied=True), tmp_path / "checkpoint.pt", no_scale_embedding=True)
+    old = os.umask(0o022)
+    try:
+        out = convert([ckpt], tmp_path / "hf")
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}["model.safetensors"] == 0o644
+
+
 # ----------------------------------------------- 9. huge records, a sweep on a source, the demo's out
 
 def test_a_huge_record_is_clipped_before_tokenizing_and_counted(tmp_path):
