@@ -82,9 +82,9 @@ def locked(out: Union[str, Path], verb: str) -> Iterator[Optional[Path]]:
         yield None
         return
     path = lock_path(out)
+    fd = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = None
         while fd is None:
             fd = _try_lock(path, out)
         left = _holder(fd)
@@ -95,6 +95,8 @@ def locked(out: Union[str, Path], verb: str) -> Iterator[Optional[Path]]:
         os.pwrite(fd, (f"pid {os.getpid()} on {socket.gethostname()} ({verb}, since "
                        f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n").encode("utf-8"), 0)
     except OSError as e:
+        if fd is not None:
+            os.close(fd)
         raise write_error(e, path) from None
     try:
         yield path
