@@ -22,11 +22,12 @@ import numpy as np
 import orjson
 
 from optiml_plugin.conventions import EVAL_SPLITS, LEVELS, SPLITS, TRAIN_SPLIT  # noqa: F401
-from optiml_plugin.errors import CorruptFileError, OptimlError
+from optiml_plugin.errors import CorruptFileError, OptimlError, first_line
 from optiml_plugin.fsio import atomic_write_bytes
 
 FORMAT_NAME = "optiml-bench"
 FORMAT_VERSION = 2  # 2: a row leaves out an instruction equal to its task's (manifest `instruction`)
+READ_VERSIONS = (1, 2)  # the format versions `Bench` reads (1: every row holds its instruction)
 MANIFEST = "manifest.json"
 SHARD = "00"
 MIN_OPEN_READERS = 64
@@ -183,6 +184,34 @@ class IndexedJsonl:
         for i in range(len(self)):
             yield self[i]
 
+    def verify(self) -> None:
+        """Check every index entry against its row: offsets start at 0 and increase, and each span is one
+        JSON object ending its line. One sequential read of the file, so `bench stats`
+        finds what train and eval would stop at (an index shifted by a few bytes, a garbage row of the
+        same length), before a run starts."""
+        offsets = np.fromfile(self._idx, dtype="<u8")
+        if len(offsets) == 0 or offsets[0] != 0:
+            raise CorruptFileError(f"{self._idx}: the first offset is not 0; the index is corrupt: rebuild the bench")
+        sizes = np.diff(offsets.astype(np.int64))
+        bad = np.flatnonzero(sizes <= 0)
+        if len(bad):
+            i = int(bad[0])
+            raise CorruptFileError(f"{self._idx}: offsets {i} and {i + 1} do not increase ({offsets[i]}, "
+                                   f"{offsets[i + 1]}); the index is corrupt: rebuild the bench")
+        with open(self.path, "rb") as f:
+            for i, n in enumerate(sizes.tolist()):
+                data = f.read(n)
+                try:
+                    if not data.endswith(b"\n") or b"\n" in data[:-1]:
+                        raise ValueError("the span is not exactly one line")
+                    if not isinstance(orjson.loads(data), dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as e:
+                    raise CorruptFileError(
+                        f"{self.path}: row {i} (bytes {offsets[i]}..{offsets[i + 1]} per {self._idx.name}) is "
+                        f"not one JSON line ({first_line(e)}); the file or its index was changed after the "
+                        f"build: rebuild the bench with `optiml bench build`") from None
+
     def close(self) -> None:
         if self._fds is not None:
             fds, self._fds = self._fds, None
@@ -223,6 +252,48 @@ def with_instruction(row: Dict[str, Any], instruction: str) -> Dict[str, Any]:
     return out
 
 
+_TASK_STRINGS = ("task", "benchmark", "category", "level")
+
+
+def _manifest_error(mpath: Path, where: str, detail: str) -> CorruptFileError:
+    return CorruptFileError(f"{mpath}: field '{where}': {detail}; the manifest was changed after the build: "
+                            f"rebuild the bench with `optiml bench build`")
+
+
+def check_manifest(manifest: Dict[str, Any], mpath: Path) -> None:
+    """Refuse a manifest whose task list has the wrong shape, or whose file paths leave the bench.
+
+    Why here: every reader (stats, train, eval, metaseq) goes through `Bench`, and a hand-edited manifest
+    once gave a TypeError deep in a reader, or a task file `../../../../etc/passwd` that was followed."""
+    tasks = manifest.get("tasks")
+    if not isinstance(tasks, list):
+        raise _manifest_error(mpath, "tasks", f"expected a list of tasks, got {type(tasks).__name__}")
+    root = mpath.parent.resolve()
+    for i, t in enumerate(tasks):
+        if not isinstance(t, dict):
+            raise _manifest_error(mpath, f"tasks[{i}]", f"expected an object, got {type(t).__name__}")
+        for key in _TASK_STRINGS:
+            if not isinstance(t.get(key), str):
+                raise _manifest_error(mpath, f"tasks[{i}].{key}", f"expected a string, got {t.get(key)!r}")
+        files, counts = t.get("files"), t.get("counts")
+        if not isinstance(files, dict) or not isinstance(counts, dict):
+            raise _manifest_error(mpath, f"tasks[{i}].files/counts", "expected two objects keyed by split")
+        for split, rel in files.items():
+            where = f"tasks[{i}].files.{split}"
+            if not isinstance(rel, str) or not rel:
+                raise _manifest_error(mpath, where, f"expected a path inside the bench, got {rel!r}")
+            if root not in (root / rel).resolve().parents:
+                raise _manifest_error(mpath, where, f"{rel!r} is outside the bench {root}; refused")
+            n = counts.get(split)
+            if type(n) is not int or n < 0:
+                raise _manifest_error(mpath, f"tasks[{i}].counts.{split}", f"expected a row count, got {n!r}")
+        if not isinstance(t.get("instruction", ""), str):
+            raise _manifest_error(mpath, f"tasks[{i}].instruction", "expected a string")
+    splits = manifest.get("splits", {})
+    if not isinstance(splits, dict) or not all(isinstance(v, dict) for v in splits.values()):
+        raise _manifest_error(mpath, "splits", "expected an object of per-split objects")
+
+
 def default_max_open_readers() -> int:
     """A quarter of the process's descriptor limit (a reader holds two): at the usual soft limit of
     1024 that is 256 readers, at 65536 a paper-scale bench of ~2,000 task files stays open throughout."""
@@ -255,9 +326,16 @@ class Bench:
             self.manifest: Dict[str, Any] = json.loads(mpath.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise OptimlError(f"{mpath}:{e.lineno}: invalid JSON: {e.msg}") from None
-        if self.manifest.get("format") != FORMAT_NAME:
-            raise OptimlError(f"{mpath}: field 'format' is {self.manifest.get('format')!r}, "
-                              f"expected {FORMAT_NAME!r}")
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT_NAME:
+            found = self.manifest.get("format") if isinstance(self.manifest, dict) else self.manifest
+            raise OptimlError(f"{mpath}: field 'format' is {found!r}, expected {FORMAT_NAME!r}")
+        version = self.manifest.get("version")
+        if type(version) is not int or version not in READ_VERSIONS:
+            raise OptimlError(f"{mpath}: field 'version' is {version!r}; this optiml reads bench format "
+                              f"versions {', '.join(map(str, READ_VERSIONS))}: rebuild the bench with this "
+                              f"optiml, or read it with the optiml that built it "
+                              f"({self.manifest.get('optiml_version', 'unknown')})")
+        check_manifest(self.manifest, mpath)
         self._readers: Dict[Path, IndexedJsonl] = {}
         self._open: "OrderedDict[Path, IndexedJsonl]" = OrderedDict()
 

@@ -7,12 +7,13 @@ files are created 0600), and (3) fail on a full disk with one line naming the fi
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import List, Union
+from typing import Any, List, Union
 
 from optiml_plugin.errors import WriteError
 
@@ -100,18 +101,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale(parent: Union[str, Path], prefix: str) -> List[Path]:
-    """Remove `<parent>/<prefix><pid>` folders/files whose process is dead (a killed run's leftovers).
+def remove_stale(parent: Union[str, Path], pattern: str) -> List[Path]:
+    """Remove the entries of `parent` whose whole name matches `pattern` (a regex whose first group is
+    a pid) and whose process is dead: a killed run's leftovers.
 
-    Returns what was removed, so the caller can say so. Folders of live processes (a concurrent build)
+    Returns what was removed, so the caller can say so. Entries of live processes (a concurrent build)
     and names without a trailing pid are left alone."""
     parent = Path(parent)
     if not parent.is_dir():
         return []
-    pattern = re.compile(re.escape(prefix) + r"(\d+)$")
+    regex = re.compile(pattern)
     removed = []
     for p in sorted(parent.iterdir()):
-        m = pattern.match(p.name)
+        m = regex.fullmatch(p.name)
         if m is None or int(m.group(1)) == os.getpid() or pid_alive(int(m.group(1))):
             continue
         if p.is_dir() and not p.is_symlink():
@@ -120,3 +122,23 @@ def remove_stale(parent: Union[str, Path], prefix: str) -> List[Path]:
             p.unlink()
         removed.append(p)
     return removed
+
+
+def follow_umask(root: Union[str, Path]) -> None:
+    """Give every file under `root` the mode a plain `open(path, "w")` would (0666 minus the umask).
+
+    Why: libraries write some outputs 0600 (safetensors' model file), so a model the user shares
+    through a group-readable folder was unreadable to the group while the bench beside it was not."""
+    mode = 0o666 & ~umask()
+    root = Path(root)
+    for p in [root] if root.is_file() else root.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, mode)
+
+
+def save_figure(fig: Any, path: Union[str, Path], **savefig_kwargs: Any) -> Path:
+    """A matplotlib figure as a PNG at `path`, atomically (a full disk names the file, like every write)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig_kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

@@ -112,6 +112,9 @@ class DataFields(Section):
         None, "Flan-style mixed prompts: per benchmark, the share of examples rendered few-shot "
               "(k uniform on 1..max_demonstrations); unlisted benchmarks stay zero-shot; null: off")
     max_demonstrations: PosInt = setting(5, "most demonstrations before an example (MetaICL's K = 5)")
+    max_record_chars: NonNegInt = setting(
+        0, "characters kept of a row's source (its end) and target (its start) before tokenizing; longer "
+           "rows are clipped and counted (0: 32 x tokens_per_sample)")
 
 
 class DataConfig(DataFields):

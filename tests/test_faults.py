@@ -447,19 +447,24 @@ def test_demo_refuses_to_replace_a_train_folder_it_did_not_write(tmp_path):
     assert snapshot(tmp_path / "seed_2" / "train") == before and not (tmp_path / "seed_1").exists()
 
 
-def test_default_eval_dirs_never_collide_and_old_charts_go(tmp_path):
+def test_default_eval_dirs_never_collide_and_only_our_old_charts_go(tmp_path):
+    """An earlier run's charts (listed in its results.json) go; a chart the user put there stays."""
     from optiml_plugin.eval.report import default_run_dir, write_run
 
     model = tmp_path / "run1" / "final"
     first, second = (default_run_dir(model, "test", tmp_path / "eval_runs") for _ in range(2))
     assert first != second and first.name.startswith("run1_final_test_")
     (second / "chart_heldout_tasks.png").write_bytes(b"old chart")
+    (second / "chart_mine.png").write_bytes(b"the user's own chart")
+    (second / "results.json").write_text(json.dumps({"model_id": "m", "config": {"bench": "b"},
+                                                     "files": {"charts": "chart_heldout_tasks.png"}}))
     results = {"model_id": "m", "config": {"bench": "b", "split": "test"}, "counts": {"instances": 0},
                "aggregate": {"levels": [], "categories": [], "tasks": [], "benchmark_tasks": [],
                              "model_selection": {"overall": None}}}
     write_run(results, [], second, with_charts=False)
     assert (second / "results.json").is_file()
     assert not (second / "chart_heldout_tasks.png").exists()
+    assert (second / "chart_mine.png").read_bytes() == b"the user's own chart"
 
 
 def test_cli_reports_an_os_error_in_one_line(bench, tmp_path, capsys):

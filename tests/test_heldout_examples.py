@@ -210,15 +210,17 @@ def anli_rows(folder, template_column):
 def test_anli_rounds_are_separate_tasks_multiplexed_over_their_templates(tmp_path, template_column):
     """Measured: hub-style names merged the rounds into one `anli` (N from the largest round); with a
     template column ANLI became one task per template."""
-    anli_rows(tmp_path, template_column)
-    records = list(load_source({"type": "p3", "path": str(tmp_path)}, BadRecordPolicy("error")))
+    src = tmp_path / "p3"
+    src.mkdir()
+    anli_rows(src, template_column)
+    records = list(load_source({"type": "p3", "path": str(src)}, BadRecordPolicy("error")))
     by_task = defaultdict(set)
     for r in records:
         by_task[r.task].add(r.template)
     assert dict(by_task) == {f"anli_{r}": {"GPT_3_style" if not template_column else "GPT-3 style",
                                            "can_we_infer" if not template_column else "can we infer"}
                              for r in ("r1", "r2", "r3")}
-    m = build_bench(load_build_config({"sources": [{"type": "p3", "path": ".", "category": "NLI"}], "seed": 1,
+    m = build_bench(load_build_config({"sources": [{"type": "p3", "path": "p3", "category": "NLI"}], "seed": 1,
                                        "split": {"heldout_valid": 0, "heldout_test": 0}}, tmp_path),
                     tmp_path / "bench", progress=False)
     drawn = {t["task"]: (t["templates"], t["instantiations"], t["drawn"]) for t in m["multiplexing"]["tasks"]}

@@ -30,6 +30,7 @@ from optiml_plugin.bench.splits import TaskKey
 from optiml_plugin.bench.workers import default_workers
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy
 from optiml_plugin.fsio import replace_dir, write_error
+from optiml_plugin.outlock import locked
 
 __all__ = ["BuildConfig", "build_bench", "load_build_config"]
 
@@ -49,9 +50,16 @@ def build_bench(config: BuildConfig, out: Union[str, Path], records: Optional[It
     `SMALL_SOURCE_BYTES` and writes builds under `SMALL_BUILD` records, where starting a pool costs
     more than it saves: a fork of a process holding torch takes tens of ms); the bench does not
     depend on it.
-    Memory stays bounded: records wait in a spill file (bench/spill.py) inside the temporary build folder."""
+    Memory stays bounded: records wait in a spill file (bench/spill.py) inside the temporary build folder.
+    A second build into the same `out` while this one runs is refused (outlock.py)."""
     out = Path(out)
-    outdir.prepare_out(out, _input_paths(config) if records is None else (), overwrite)
+    with locked(out, "optiml bench build"):
+        outdir.prepare_out(out, _input_paths(config) if records is None else (), overwrite)
+        return _build(config, out, records, progress, workers)
+
+
+def _build(config: BuildConfig, out: Path, records: Optional[Iterable[Record]], progress: Optional[bool],
+           workers: Optional[int]) -> Dict[str, Any]:
     policy = BadRecordPolicy(config.on_bad_record)
     problems = BadRecordPolicy(config.on_bad_record)
     bar = None if progress is None else not progress
@@ -88,14 +96,18 @@ def build_bench(config: BuildConfig, out: Union[str, Path], records: Optional[It
         if reading and not str(e.filename or "").startswith(str(tmp)):
             raise
         raise write_error(e, e.filename or tmp) from None
-    finally:
+    finally:  # each step on its own: a full disk must not keep the temp folder (spill included) behind
         if spill is not None:
-            spill.close()
+            try:
+                spill.close()
+            except OSError:
+                pass
             close_readers(spill.path)
         if collecting:
             gc.enable()
+        shutil.rmtree(tmp, ignore_errors=True)
         if tmp.exists():
-            shutil.rmtree(tmp)
+            print(f"optiml: could not remove {tmp}; remove it yourself", file=sys.stderr)
     return manifest
 
 

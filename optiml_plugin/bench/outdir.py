@@ -2,19 +2,20 @@
 
 Why: `--overwrite` is destructive, so it only ever replaces an optiml bench (a directory with an optiml
 manifest); an `--out` that is, or contains, one of the build's own inputs is refused outright (it once
-replaced the source data with the bench). A killed build leaves `.<name>.building-<pid>` folders that
-no later build would reuse; the next build of the same `--out` removes those of dead processes.
+replaced the source data with the bench), and so is one inside a source folder (the next build read its
+own bench back as input). A killed build leaves a `.<name>.building-<pid>` folder (often large); the next
+build into any folder beside it, or `optiml bench clean PARENT`, removes those of dead processes.
 """
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Iterable, List
+from typing import Iterable, List, Union
 
 from optiml_plugin.benchfiles import FORMAT_NAME, MANIFEST
 from optiml_plugin.errors import ConfigError, OptimlError
-from optiml_plugin.fsio import aside_prefix, remove_stale
+from optiml_plugin.fsio import remove_stale
 
 _GLOB = "*?["
 
@@ -22,6 +23,21 @@ _GLOB = "*?["
 def building_prefix(out: Path) -> str:
     """The temp sibling a build writes into is `<prefix><pid>`."""
     return f".{out.name}.building-"
+
+
+#: what a build leaves beside its `--out` while it runs: its temp folder and the replaced bench, each
+#: named with the pid of the build (`fsio.replace_dir` names the latter)
+STALE_PATTERNS = (r"\..+\.building-(\d+)", r"\..+\.old-(\d+)")
+
+
+def remove_stale_builds(parent: Union[str, Path]) -> List[Path]:
+    """Remove the temp folders of killed builds in `parent` (of any `--out`), saying each."""
+    removed = []
+    for pattern in STALE_PATTERNS:
+        for stale in remove_stale(parent, pattern):
+            print(f"optiml: removed {stale}, left by a killed build", file=sys.stderr)
+            removed.append(stale)
+    return removed
 
 
 def is_bench(path: Path) -> bool:
@@ -50,6 +66,9 @@ def prepare_out(out: Path, inputs: Iterable[Path], overwrite: bool) -> None:
         if src == target or target in src.parents:
             raise ConfigError(f"--out {out} is or contains the build input {p}: the bench would replace "
                               f"its own source data; choose another --out")
+        if src in target.parents and src.is_dir():
+            raise ConfigError(f"--out {out} is inside the build input {p}: the next build would read this "
+                              f"bench back as source data; choose an --out outside it")
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ConfigError(f"--out {out} exists and is not a directory; refusing to replace it")
     if out.is_dir() and any(out.iterdir()):
@@ -59,6 +78,4 @@ def prepare_out(out: Path, inputs: Iterable[Path], overwrite: bool) -> None:
             raise ConfigError(f"--overwrite refused: {out} is not an optiml bench (no {MANIFEST} with format "
                               f"'{FORMAT_NAME}'), so it holds other data; remove it yourself or choose "
                               f"another --out")
-    for prefix in (building_prefix(out), aside_prefix(out)):
-        for stale in remove_stale(out.parent, prefix):
-            print(f"optiml: removed {stale}, left by a killed build", file=sys.stderr)
+    remove_stale_builds(out.parent)

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from optiml_plugin.bench.records import Record
-from optiml_plugin.bench.sources.base import RecordGate, SourceSpec, has_suffix, missing_tasks
+from optiml_plugin.bench.sources.base import (RecordGate, SourceSpec, has_suffix, missing_tasks,
+                                              report_unreadable)
 from optiml_plugin.bench.spill import Incoming, incoming
 from optiml_plugin.bench.workers import ordered_map
 from optiml_plugin.errors import BadRecordError, BadRecordPolicy, ConfigError
@@ -72,7 +73,7 @@ def read_sources(sources: Tuple[Dict[str, Any], ...], base_dir: Path, seed: int,
     gates: Dict[int, RecordGate] = {}
     seen: Dict[int, Set[str]] = {}
     read = functools.partial(_read_part, seed=seed, taxonomy=taxonomy)
-    parts = ordered_map(read, _parts(sources, base_dir), workers, window=4 * workers)  # ~8 MB of events each
+    parts = ordered_map(read, _parts(sources, base_dir, policy), workers, window=4 * workers)  # ~8 MB of events each
     for part, (count, events, tasks_seen) in parts:
         policy.count_read(count)
         gate = None
@@ -106,7 +107,7 @@ def source_bytes(sources: Tuple[Dict[str, Any], ...], base_dir: Path) -> int:
     return total
 
 
-def _parts(sources: Tuple[Dict[str, Any], ...], base_dir: Path) -> Iterator[Part]:
+def _parts(sources: Tuple[Dict[str, Any], ...], base_dir: Path, policy: BadRecordPolicy) -> Iterator[Part]:
     from optiml_plugin.bench.sources import LOADERS, source_spec
     from optiml_plugin.bench.sources.tabular import JSONL_SUFFIXES
 
@@ -118,6 +119,7 @@ def _parts(sources: Tuple[Dict[str, Any], ...], base_dir: Path) -> Iterator[Part
             yield Part(index, None)
             continue
         spec = source_spec(raw, base_dir)
+        report_unreadable(spec, policy)
         how = getattr(LOADERS[spec.type], "PARTS", None)
         if how is None:
             yield Part(index, spec)

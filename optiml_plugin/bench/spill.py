@@ -88,8 +88,10 @@ class SpillWriter:
     def close(self) -> None:
         """Write what is buffered and close the file (again: nothing); readers open it themselves."""
         if not self._file.closed:
-            self.flush()
-            self._file.close()
+            try:
+                self.flush()
+            finally:  # closed even when the disk is full, so the build can remove the spill
+                self._file.close()
 
     def chunks(self, key: TaskKey) -> List[Tuple[int, int]]:
         """(offset, length) of each chunk of `key`'s rows, in order."""

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Tuple, Union
 from optiml_plugin.conventions import LEVEL_CATEGORIES, LEVEL_TASKS, LEVEL_TRAIN, SPLITS
 from optiml_plugin.benchfiles import Bench
 from optiml_plugin.errors import OptimlError
+from optiml_plugin.fsio import save_figure
 
 LEVEL_ORDER = (LEVEL_TRAIN, LEVEL_TASKS, LEVEL_CATEGORIES)
 
@@ -36,15 +37,18 @@ def composition(bench: Bench) -> List[Dict[str, Any]]:
     return out
 
 
-def check_files(bench: Bench) -> List[str]:
-    """One message per damaged task file (missing, truncated, index mismatch, row count changed)."""
+def check_files(bench: Bench, verify: bool = True) -> List[str]:
+    """One message per damaged task file (missing, truncated, index mismatch, row count changed; with
+    `verify`, every index entry against its row, else only the last row, where a truncation shows)."""
     problems = []
     for split in bench.splits():
         for tf in bench.task_files(split):
             try:
                 reader = bench.reader(tf)
-                if len(reader):
-                    reader[len(reader) - 1]  # the last row is where a truncation shows
+                if verify:
+                    reader.verify()
+                elif len(reader):
+                    reader[len(reader) - 1]
             except OptimlError as e:
                 problems.append(str(e))
     bench.close()
@@ -98,9 +102,7 @@ def plot_composition(bench: Bench, png: Union[str, Path]) -> Path:
     ax.set_title(f"bench composition: {bench.root.name}")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    png = chart_path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=100)
+    png = save_figure(fig, chart_path(png), dpi=100)
     plt.close(fig)
     return png
 

@@ -1,9 +1,10 @@
-"""`optiml bench build|stats`: thin wrapper over `data.build` and `data.stats`."""
+"""`optiml bench build|stats|clean`: thin wrapper over `bench.build`, `bench.stats` and `bench.outdir`."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from optiml_plugin.commands import add_common
 from optiml_plugin.errors import ON_BAD_CHOICES, ConfigError
@@ -30,7 +31,16 @@ def register(sub: "argparse._SubParsersAction") -> None:
     stats = bsub.add_parser("stats", help="print a bench's composition; optionally plot it")
     stats.add_argument("bench", help="bench directory")
     stats.add_argument("--png", default=None, help="write a composition chart to this PNG file")
+    stats.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                       help="check every index entry against its row (one read of the bench); "
+                            "--no-verify checks sizes and the last row only")
     stats.set_defaults(func=_stats)
+
+    clean = bsub.add_parser("clean", help="remove what killed builds left in a folder",
+                            description="Remove the temporary `.NAME.building-PID` (and `.NAME.old-PID`) "
+                                        "folders of builds whose process is gone; running builds' are kept.")
+    clean.add_argument("folder", help="the folder holding the bench(es): the parent of their --out")
+    clean.set_defaults(func=_clean)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -61,14 +71,30 @@ def _stats(args: argparse.Namespace) -> int:
     from optiml_plugin.benchfiles import Bench
     from optiml_plugin.bench.stats import check_files, format_stats, plot_composition
 
+    if args.png and Path(args.png).suffix and not args.png.lower().endswith(".png"):
+        raise ConfigError(f"--png {args.png}: the chart is a PNG image; give a file name ending in .png "
+                          f"(or none: .png is added; or a folder: composition.png goes into it)")
     bench = Bench(args.bench)
     print(format_stats(bench))
     if args.png:
         print(f"wrote {plot_composition(bench, args.png)}")
-    problems = check_files(bench)
+    problems = check_files(bench, verify=args.verify)
     for line in problems:
         print(f"optiml: damaged bench file: {line}", file=sys.stderr)
     if problems:
         print(f"optiml: error: {len(problems)} damaged file(s) in {args.bench}: rebuild the bench",
               file=sys.stderr)
     return 1 if problems else 0
+
+
+def _clean(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from optiml_plugin.bench.outdir import remove_stale_builds
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: not a folder")
+    removed = remove_stale_builds(folder)
+    print(f"removed {len(removed)} folder(s) left by killed builds in {folder}")
+    return 0

@@ -27,6 +27,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
 def run(args: argparse.Namespace) -> int:
     from optiml_plugin.eval.compare import compare
 
+    from optiml_plugin.outlock import locked
+
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     reference = None
     if args.reference:
@@ -34,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
         from optiml_plugin.metaseq.sweep import preset_dir
 
         reference = load_ablation(args.reference, preset_dir(args.preset_dir))
-    table, chart = compare(args.results, Path(args.out or "compare"), names=names, seed=args.seed,
-                           reference=reference)
+    out = Path(args.out or "compare")
+    with locked(out, "optiml compare"):
+        table, chart = compare(args.results, out, names=names, seed=args.seed, reference=reference)
     print(table.read_text(encoding="utf-8"))
     print(f"wrote {table} and {chart}")
     return 0

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
 
 from optiml_plugin.commands import add_common
 
@@ -29,16 +31,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_out(out: Path) -> None:
+    """Refuse, before anything is written, an `--out` that holds something other than an earlier demo:
+    every demo run starts with its bench in `OUT/bench`, and its training run is `OUT/train`."""
+    from optiml_plugin.bench.outdir import is_bench
+    from optiml_plugin.errors import ConfigError
+
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ConfigError(f"--out {out} exists and is not a folder; choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not is_bench(out / "bench"):
+        raise ConfigError(f"--out {out} is not empty and is not an earlier demo run (no optiml bench in "
+                          f"{out / 'bench'}); the demo writes only into an empty folder or its own run: "
+                          f"choose another --out")
+    train = out / "train"
+    if train.exists() and not (train / "train_config.yaml").is_file():
+        raise ConfigError(f"{train} exists and is not a training run; the demo replaces only its own "
+                          f"output: choose another --out")
+
+
 def run(args: argparse.Namespace) -> int:
     from optiml_plugin.errors import ConfigError
     from optiml_plugin.demo import run_demo
+    from optiml_plugin.outlock import locked
 
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     if args.jobs < 0:
         raise ConfigError(f"--jobs must be >= 0, got {args.jobs}")
-    out = run_demo(args.out, steps=args.steps, quick=args.quick, seed=args.seed, progress=not args.no_progress,
-                   threads=args.threads, seeds=args.seeds, jobs=args.jobs or None)
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+    check_out(out)
+    with locked(out, "optiml demo"):
+        out = run_demo(out, steps=args.steps, quick=args.quick, seed=args.seed, progress=not args.no_progress,
+                       threads=args.threads, seeds=args.seeds, jobs=args.jobs or None)
     import json
 
     from optiml_plugin.demo import summary_table, verdicts

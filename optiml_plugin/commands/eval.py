@@ -76,6 +76,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--on-bad-record", choices=("error", "skip"), default="error",
                    help="stop at a malformed bench row, or skip and count it")
     p.add_argument("--no-charts", action="store_true", help="write no PNG charts")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --out an earlier eval run of the same bench: replace its results (default: "
+                        "write a new subfolder of it)")
     p.set_defaults(func=_eval)
 
     esub = p.add_subparsers(dest="eval_command", metavar="ACTION", title="optional ACTION",
@@ -119,9 +122,16 @@ def _eval(args: argparse.Namespace) -> int:
 
     if not args.model or not args.bench:
         raise ConfigError("optiml eval needs --model DIR and --bench DIR")
+    check_device(args.device)
     groups = _task_file(args.task_groups, "--task-groups", "groups")
     settings = _task_file(args.task_settings, "--task-settings", "settings")
-    config = EvalConfig(model=args.model, bench=args.bench, out_dir=args.out, split=args.split,
+    from optiml_plugin.benchfiles import Bench
+    from optiml_plugin.eval.outdir import choose_out
+    from optiml_plugin.outlock import locked
+
+    Bench(args.bench)  # a bad bench is refused before any folder is made
+    out = choose_out(args.out, args.model, args.bench, args.split, args.overwrite)
+    config = EvalConfig(model=args.model, bench=args.bench, out_dir=str(out), split=args.split,
                         shots=args.shots, levels=args.levels, max_per_task=args.max_per_task,
                         batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
                         seed=args.seed, separator=_unescape(args.separator),
@@ -134,9 +144,27 @@ def _eval(args: argparse.Namespace) -> int:
                         xlingual_bpe=args.xlingual_bpe, device=args.device,
                         dtype=args.dtype, on_bad_record=args.on_bad_record,
                         progress=not args.no_progress, charts=not args.no_charts)
-    results = evaluate(config)
+    with locked(out, "optiml eval"):
+        results = evaluate(config)
     print(_summary(results))
     return 0
+
+
+def check_device(device: Optional[str]) -> None:
+    """Refuse a `--device` torch cannot parse or does not have, in one line (torch raises a RuntimeError)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"--device {device!r}: not a device torch knows ({e}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index is not None and dev.index >= torch.cuda.device_count())):
+        raise ConfigError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ConfigError(f"--device {device}: not supported by the evaluator; use cpu, cuda or cuda:N")
 
 
 def _task_file(path: Optional[str], flag: str, kind: str) -> Dict[str, Any]:
@@ -172,6 +200,7 @@ def _suite(args: argparse.Namespace) -> int:
 
     if bool(args.model) == bool(args.metaseq_checkpoint):
         raise ConfigError("optiml eval suite needs --model DIR or --metaseq-checkpoint CKPT [CKPT ...]")
+    check_device(args.device)
     suites = [load_suite(s) for s in args.suites]
     require()  # before a long conversion
     model = args.model

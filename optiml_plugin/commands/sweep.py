@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from optiml_plugin.conventions import MODEL_PRESETS, PRESET_DIR_ENV
-from optiml_plugin.errors import OptimlError
+from optiml_plugin.errors import ConfigError, OptimlError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,9 +56,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_data(data: str, submit: bool) -> None:
+    """`--data` must be a bench (a raw source folder once got an sbatch file that failed on the cluster);
+    a path absent here is let through only when nothing is submitted from here (--dry-run, --no-submit
+    render scripts for another machine)."""
+    from optiml_plugin.bench.outdir import is_bench
+    from optiml_plugin.benchfiles import MANIFEST
+
+    path = Path(data)
+    if path.exists() and not is_bench(path):
+        raise ConfigError(f"--data {data} is not an optiml bench ({MANIFEST} missing or not a bench's); "
+                          f"build one with `optiml bench build CONFIG --out DIR` and pass DIR")
+    if not path.exists() and submit:
+        raise ConfigError(f"--data {data} does not exist here; pass the bench directory built by "
+                          f"`optiml bench build` (or --no-submit to write scripts for another machine)")
+
+
 def run(args: argparse.Namespace) -> int:
     from optiml_plugin.metaseq import sweep as core
 
+    if args.data:
+        check_data(args.data, submit=not (args.dry_run or args.no_submit))
     ablation = None
     if args.ablation:
         from optiml_plugin.ablations import load_ablation, row_runs

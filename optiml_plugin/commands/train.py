@@ -1,8 +1,13 @@
-"""`optiml train CONFIG`: the single-machine (or torchrun) trainer on transformers' OPT."""
+"""`optiml train CONFIG`: the single-machine (or torchrun) trainer on transformers' OPT.
+
+Rank 0 holds the run folder's lock (outlock.py) for the whole run, so a second job into the same
+`run.out_dir` stops at once; the other ranks read only files rank 0 wrote atomically (tokenizer, checkpoints).
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from optiml_plugin.commands import add_common
 
@@ -45,9 +50,18 @@ def run(args: argparse.Namespace) -> int:
 
         print(dry_run(config))
         return 0
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun's other ranks: rank 0 holds the lock for them
+        return _train(config, args.resume)
+    from optiml_plugin.outlock import locked
+
+    with locked(config.run.out_dir, "optiml train"):
+        return _train(config, args.resume)
+
+
+def _train(config, resume: bool) -> int:
     from optiml_plugin.local.trainer import Trainer
 
-    trainer = Trainer(config, resume=args.resume)
+    trainer = Trainer(config, resume=resume)
     final = trainer.train()
     if trainer.dist.is_main:
         print(f"optiml train: final model and tokenizer in {final}; log in {trainer.log_path}")

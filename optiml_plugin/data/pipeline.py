@@ -120,8 +120,15 @@ def segment_values(blocks: Sequence[Block], name: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.stack([_per_token(b, getattr(b, name)) for b in blocks])[:, :-1]))
 
 
-def _source_target(example: Any) -> Sequence[str]:
-    """The (src, tgt) strings of a stream example; a clear error names the example and field."""
+
+#: a row's source and target are each clipped to this many characters per token of a packed row
+LONG_RECORD_FACTOR = 32
+
+
+def _source_target(example: Any, max_chars: int) -> Sequence[str]:
+    """The (src, tgt) strings of a stream example, each at most `max_chars` long: the source keeps its
+    end and the target its start, the parts left-truncation keeps (a 60 MB row once took the tokenizer
+    5 GB and minutes, all to be cut to one packed row). A clear error names the example and field."""
     row = example.row if isinstance(example.row, dict) else {}
     for field in ("src", "tgt"):
         value = row.get(field)
@@ -129,7 +136,12 @@ def _source_target(example: Any) -> Sequence[str]:
             raise BadRecordError(f"stream index {example.index} (task id {example.task_id})",
                                  row.get("id"), field, "bad_field",
                                  f"expected a string, got {value!r:.60}")
-    return row["src"], row["tgt"]
+    return row["src"][-max_chars:], row["tgt"][:max_chars]
+
+
+def _is_long(example: Any, max_chars: int) -> bool:
+    row = example.row
+    return len(row["src"]) > max_chars or len(row["tgt"]) > max_chars
 
 
 class PackedBatches:
@@ -151,7 +163,7 @@ class PackedBatches:
     def __init__(self, stream: Any, tokenizer: OptTokenizer, packing: PackingConfig, batch_size: int,
                  seed: int, shuffle_buffer: Optional[int] = None, drop_last: bool = True,
                  encode_chunk: int = DEFAULT_ENCODE_CHUNK, prefetch: bool = True,
-                 demonstrations: Optional[Demonstrations] = None) -> None:
+                 demonstrations: Optional[Demonstrations] = None, max_chars: Optional[int] = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         buffer = 10 * batch_size if shuffle_buffer is None else shuffle_buffer
@@ -170,6 +182,8 @@ class PackedBatches:
         self.prefetch = prefetch
         self.demonstrations = demonstrations
         self._separator = tokenizer.encode(demonstrations.config.separator) if demonstrations else []
+        self.max_chars = int(max_chars or LONG_RECORD_FACTOR * packing.tokens_per_sample)
+        self.long_records = 0  # rows clipped to `max_chars` before tokenizing, over the whole run
         self._executor: Optional[ThreadPoolExecutor] = None
         self._inflight: Optional[_InFlight] = None  # a chunk read, its encoding under way
         self.stats = PackingStats()   # over every block yielded so far
@@ -187,12 +201,15 @@ class PackedBatches:
 
     # ---- tokenization -------------------------------------------------------------------------
     def _texts(self, examples: Sequence[Any]) -> List[List[Tuple[str, str]]]:
-        """Per example, the (src, tgt) texts to encode: its demonstrations (read here, on the calling
-        thread) and itself."""
-        pairs = [_source_target(ex) for ex in examples]
+        """Per example, the (src, tgt) texts to encode, each clipped to `max_chars` (clipped rows are
+        counted): its demonstrations (read here, on the calling thread) and itself."""
+        pairs = [_source_target(ex, self.max_chars) for ex in examples]
+        self.long_records += sum(_is_long(ex, self.max_chars) for ex in examples)
         if self.demonstrations is None:
             return [[pair] for pair in pairs]
-        return [self.demonstrations.texts(ex) for ex in examples]
+        m = self.max_chars
+        return [[(s[-m:], t[:m]) for s, t in self.demonstrations.texts(ex)[:-1]] + [pair]
+                for ex, pair in zip(examples, pairs)]
 
     def _encode_texts(self, groups: Sequence[Sequence[Tuple[str, str]]]) -> List[Encoded]:
         """(src_ids, tgt_ids, k demonstrations kept) per example; one `encode_batch` call."""
@@ -354,7 +371,7 @@ class PackedBatches:
                 "buffer": [b.indices for b in self._buffer],
                 "ready": [b.indices for b in self._ready],
                 "draws": self._draws, "exhausted": self._exhausted, "stats": self.stats.to_dict(),
-                "packer_stats": self._packer.stats.to_dict()}
+                "packer_stats": self._packer.stats.to_dict(), "long_records": self.long_records}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -385,6 +402,7 @@ class PackedBatches:
         self._draws = int(state["draws"])
         self._exhausted = bool(state["exhausted"])
         self.stats = PackingStats.from_dict(state["stats"])
+        self.long_records = int(state.get("long_records", 0))  # absent from checkpoints before it
 
     @property
     def held_examples(self) -> int:

@@ -26,6 +26,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from optiml_plugin.conventions import BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, SPECIALS, UNK, UNK_ID  # noqa: F401
 from optiml_plugin.errors import ConfigError
+from optiml_plugin.fsio import atomic_write_bytes
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -237,14 +238,14 @@ class OptTokenizer:
 
     def save(self, directory: PathLike) -> Path:
         """Write `tokenizer.json` (and, for non-OPT rules, the tokenizer_config.json they came from) into
-        `directory` (created); `from_dir` reads it back with the same rules."""
+        `directory` (created), atomically: a resumed multi-rank run rewrites them on rank 0 while the other
+        ranks read them; `from_dir` reads it back with the same rules."""
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(out / TOKENIZER_JSON))
+        atomic_write_bytes(out / TOKENIZER_JSON, self._tok.to_str(pretty=True).encode("utf-8"))
         if self.specials.family != OPT:
             config = dict(self._config)
             config.setdefault("model_type", self.specials.family)
-            (out / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+            atomic_write_bytes(out / TOKENIZER_CONFIG, (json.dumps(config, indent=1) + "\n").encode("utf-8"))
         return out / TOKENIZER_JSON
 
     # ---- ids ----------------------------------------------------------------------------------

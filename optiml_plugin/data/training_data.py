@@ -158,7 +158,7 @@ def open_run(bench: Bench, tokenizer: OptTokenizer, data: DataFields, batch_size
     mixture = Mixture.from_bench(bench, mixture_config(data), split="train")
     stream = ExampleStream(bench, mixture, seed=seed, rank=rank, world_size=world_size)
     batches = PackedBatches(stream, tokenizer, packing_config(data), batch_size, seed,
-                            shuffle_buffer=data.shuffle_buffer,
+                            shuffle_buffer=data.shuffle_buffer, max_chars=data.max_record_chars or None,
                             demonstrations=demonstrations(bench, stream, data, seed))
     subsets = valid_subsets if valid_subsets is not None else {s: [s] for s in data.valid_splits}
     validation = {}

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from optiml_plugin.conventions import LEVELS
 from optiml_plugin.benchfiles import atomic_write_bytes, dumps_line, normalize_name
+from optiml_plugin.fsio import save_figure
 
 RESULTS = "results.json"
 PREDICTIONS = "predictions.jsonl"
@@ -162,7 +163,7 @@ def bar_chart(path: Path, title: str, ylabel: str, labels: List[str], shots: Lis
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path.name
 
@@ -224,7 +225,7 @@ def interval_chart(path: Path, groups: Sequence[str], series: Sequence[Tuple[str
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08 - 0.06 * lines - 0.1 * tilt),
               ncol=min(4, len(series) + 1), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path.name
 
@@ -238,9 +239,20 @@ def write_run(results: Dict[str, Any], predictions: Iterable[Mapping[str, Any]],
     predictions = list(predictions)
     results["intervals"] = level_intervals(predictions, seed=int(results.get("config", {}).get("seed", 0)))
     atomic_write_bytes(out_dir / PREDICTIONS, b"".join(dumps_line(_finite(dict(p))) for p in predictions))
-    for stale in out_dir.glob("chart_*.png"):  # an earlier run's charts must not pass for this run's
+    for stale in written_charts(out_dir):  # an earlier run's charts must not pass for this run's
         stale.unlink()
     return write_summary(results, out_dir, with_charts)
+
+
+def written_charts(out_dir: Path) -> List[Path]:
+    """The charts an earlier run wrote into `out_dir`, as its results.json lists them (a chart the user
+    put there is never in that list, so it is never deleted)."""
+    try:
+        listed = json.loads((out_dir / RESULTS).read_text(encoding="utf-8")).get("files", {}).get("charts", "")
+    except (OSError, ValueError, AttributeError):
+        return []
+    names = [n.strip() for n in str(listed).split(",") if n.strip()]
+    return [out_dir / n for n in names if n.startswith("chart_") and "/" not in n and (out_dir / n).is_file()]
 
 
 def write_summary(results: Dict[str, Any], out_dir: Path, with_charts: bool = True) -> Dict[str, str]:

@@ -29,7 +29,7 @@ import yaml
 from optiml_plugin.benchfiles import Bench
 from optiml_plugin.data.training_data import open_run
 from optiml_plugin.errors import ConfigError, CorruptFileError, WriteError, first_line
-from optiml_plugin.fsio import replace_dir
+from optiml_plugin.fsio import atomic_write_bytes, follow_umask, replace_dir
 from optiml_plugin.local import checkpoint as ckpt
 from optiml_plugin.local.attention_backends import DocumentAttention
 from optiml_plugin.recipe import OptimConfig, TrainConfig
@@ -146,19 +146,21 @@ class Trainer:
         self.bench = Bench(config.data.bench)
         self.tokenizer = load_tokenizer(config.data, self.bench, self.out / "tokenizer" if resume else None,
                                         checkpoint=config.model.checkpoint)
-        if self.dist.is_main:
+        if self.dist.is_main:  # atomic: on resume the other ranks read tokenizer.json while rank 0 rewrites it
             self.tokenizer.save(self.out / "tokenizer")
-            (self.out / "train_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            atomic_write_bytes(self.out / "train_config.yaml",
+                               yaml.safe_dump(config.to_dict(), sort_keys=False).encode("utf-8"))
         self.data = open_run(self.bench, self.tokenizer, config.data, config.data.batch_size, run.seed,
                              rank=self.dist.rank, world_size=self.dist.world_size)
         self.batches = self.data.batches
         self.telemetry = self.data.telemetry
         if self.dist.is_main:  # the mixture trained on (tasks, shares, tasks left out by task scaling)
-            (self.out / "mixture.json").write_text(json.dumps(self.data.mixture.to_dict(), indent=1) + "\n")
+            atomic_write_bytes(self.out / "mixture.json",
+                               (json.dumps(self.data.mixture.to_dict(), indent=1) + "\n").encode("utf-8"))
         if self.dist.is_main:  # what the per-task cap used and left out, per task
-            (self.out / "validation_sets.json").write_text(json.dumps(
+            atomic_write_bytes(self.out / "validation_sets.json", (json.dumps(
                 [vset.counts() for subset in self.data.validation.values() for vset in subset.sets],
-                indent=1) + "\n")
+                indent=1) + "\n").encode("utf-8"))
 
     def _setup_model(self) -> None:
         """The model (a preset of any family, a config or a checkpoint), its attention backend, CPU threads,
@@ -326,18 +328,23 @@ class Trainer:
         cut = self._cut_counts()
         self._say(f"step {self.step}: the packer cut {cut['cut_left_examples']} examples on the left (source, "
                   f"{cut['cut_left_tokens']} tokens) and {cut['cut_right_examples']} on the right (target, "
-                  f"{cut['cut_right_tokens']} tokens) to fit data.tokens_per_sample")
+                  f"{cut['cut_right_tokens']} tokens) to fit data.tokens_per_sample"
+                  + (f"; {cut['long_records']} rows longer than {self.batches.max_chars} characters were "
+                     f"clipped before tokenizing (data.max_record_chars)" if cut["long_records"] else ""))
         return self.save_final() if self.step >= o.max_update else None
 
     # ---- logs ----
 
     def _cut_counts(self) -> Dict[str, int]:
         """Examples (and tokens) the packer truncated so far, over all ranks: left = source cut, right =
-        target cut. Cumulative and checkpointed, so a resumed run continues the counts."""
+        target cut; and rows clipped to `data.max_record_chars` before tokenizing (`long_records`).
+        Cumulative and checkpointed, so a resumed run continues the counts."""
         st = self.batches.stats
-        values = [st.cut_left_examples, st.cut_left_tokens, st.cut_right_examples, st.cut_right_tokens]
+        values = [st.cut_left_examples, st.cut_left_tokens, st.cut_right_examples, st.cut_right_tokens,
+                  self.batches.long_records]
         total = self.dist.all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device))
-        names = ("cut_left_examples", "cut_left_tokens", "cut_right_examples", "cut_right_tokens")
+        names = ("cut_left_examples", "cut_left_tokens", "cut_right_examples", "cut_right_tokens",
+                 "long_records")
         return {k: int(v) for k, v in zip(names, total.tolist())}
 
     def _train_record(self, window: Counters, stats: Dict[str, Any], seconds: float) -> Dict[str, Any]:
@@ -459,6 +466,7 @@ class Trainer:
             try:
                 self.lm.save_pretrained(str(tmp), state_dict=state)
                 self.tokenizer.save(tmp)
+                follow_umask(tmp)  # safetensors writes 0600; a model is shared like the bench it came from
                 replace_dir(tmp, final)
             except Exception as e:  # OSError, or safetensors'/torch's own error types for a full disk
                 shutil.rmtree(tmp, ignore_errors=True)

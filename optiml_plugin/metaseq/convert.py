@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from optiml_plugin.errors import ConfigError
+from optiml_plugin.fsio import follow_umask
 
 PathLike = Union[str, Path]
 _IGNORED = re.compile(r"(^|\.)(version|_float_tensor)$")
@@ -225,4 +226,5 @@ def convert(checkpoints: Sequence[PathLike], out_dir: PathLike, num_heads: Optio
             raise ConfigError(f"{tokenizer_dir}: none of {TOKENIZER_FILES} found")
         for f in found:
             shutil.copyfile(Path(tokenizer_dir) / f, out / f)
+    follow_umask(out)  # safetensors writes 0600: a converted model is shared like a trained one
     return out

@@ -72,6 +72,8 @@ class TaskOptions:
     fewshot_share: Optional[str] = _opt("", "Flan-style mixed prompts: per benchmark, the share of examples trained "
                                             "few-shot, as a JSON object")
     max_demonstrations: int = _opt(5, "most demonstrations before an example (MetaICL's K = 5)")
+    max_record_chars: int = _opt(0, "characters kept of a row's source (its end) and target (its start) before "
+                                    "tokenizing; longer rows are clipped and counted (0: 32 x tokens_per_sample)")
 
 
 def _get(cfg: Any, name: str, default: Any = None) -> Any:

@@ -138,6 +138,7 @@ HPARAMS: Tuple[HParam, ...] = (
     HParam("fewshot_share", "--fewshot-share", lambda v, cfg: "fewshot_" + "_".join(
         f"{k}{_fmt(x)}" for k, x in sorted(v.items())), optional=True),
     HParam("max_demonstrations", "--max-demonstrations", _k("maxk{}"), optional=True),
+    HParam("max_record_chars", "--max-record-chars", _k("maxchars{}"), optional=True),
     HParam("save_every", "--save-interval-updates", _k("si{}")),
     HParam("valid_every", "--validate-interval-updates", _k("vi{}")),
     HParam("max_valid_examples_per_task", "--max-valid-examples-per-task", _k("mve{}")),

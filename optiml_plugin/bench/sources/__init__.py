@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, Mapping
 
 from optiml_plugin.bench.records import Record
 from optiml_plugin.bench.sources import dialogue, flan, generic, hf_datasets, p3, sni, text
-from optiml_plugin.bench.sources.base import SourceSpec, parse_spec
+from optiml_plugin.bench.sources.base import SourceSpec, parse_spec, report_unreadable
 from optiml_plugin.errors import BadRecordPolicy, ConfigError
 
 LOADERS = {"sni": sni, "p3": p3, "flan": flan, "generic": generic, "text": text, "dialogue": dialogue,
@@ -38,6 +38,7 @@ def load_source(spec: Mapping[str, Any], policy: BadRecordPolicy,
                 base_dir: Path = Path(".")) -> Iterator[Record]:
     """Stream the records of one `sources:` entry (see the module docstring)."""
     parsed = source_spec(spec, base_dir)
+    report_unreadable(parsed, policy)
     return LOADERS[parsed.type].load(parsed, policy)
 
 

@@ -7,7 +7,9 @@ read = kept + skipped accounting identical across formats.
 from __future__ import annotations
 
 import glob
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Set, Tuple, Union
@@ -40,6 +42,9 @@ class SourceSpec:
     #: (start byte, end byte, line number at start) of the one JSONL file in `files` to read, set
     #: where bench/reading.py splits a large file between processes; None reads whole files
     byte_range: Optional[Tuple[int, int, int]] = None
+    #: entries under `path` with the loader's suffix that cannot be read, and why (dangling link, FIFO,
+    #: no permission): each is reported through the policy (`report_unreadable`), never passed over
+    unreadable: Tuple[Tuple[Path, str], ...] = ()
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
@@ -76,12 +81,20 @@ def parse_spec(spec: Mapping[str, Any], base_dir: Path, extra_keys: Sequence[str
             raise ConfigError(f"source '{path}': 'tasks' must be a non-empty list of task names, got {tasks!r}")
         tasks = frozenset(t.strip() for t in tasks)
     benchmark, category, language = (_str_option(spec, k) for k in ("benchmark", "category", "language"))
+    unreadable: Tuple[Tuple[Path, str], ...] = ()
     if locate is not None:
         path, files = locate(spec, base_dir)
     else:
-        files = resolve_paths(path, base_dir, suffixes)
+        unreadable = unreadable_entries(path, base_dir, suffixes)
+        skip = {f for f, _ in unreadable}
+        try:
+            files = tuple(f for f in resolve_paths(path, base_dir, suffixes) if f not in skip)
+        except ConfigError:  # nothing readable: the unreadable entries are what to report
+            if not unreadable:
+                raise
+            files = ()
     return SourceSpec(
-        type=str(spec.get("type")), path=path, files=files,
+        type=str(spec.get("type")), path=path, files=files, unreadable=unreadable,
         benchmark=benchmark, tasks=tasks, category=category, language=language,
         options={k: v for k, v in spec.items() if k in extra_keys})
 
@@ -105,6 +118,61 @@ def resolve_paths(path: str, base_dir: Path, suffixes: Sequence[str]) -> Tuple[P
     if not found:
         raise ConfigError(f"source path '{path}' matches no {'/'.join(suffixes)} files (resolved to {p})")
     return tuple(sorted(found))
+
+
+def _why_unreadable(path: Path) -> Optional[str]:
+    """Why an entry found under a source path cannot be read as a file (None: it can)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "dangling symbolic link" if path.is_symlink() else "vanished while listed"
+    except OSError as e:
+        return e.strerror or str(e)
+    if stat.S_ISDIR(st.st_mode):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+        return f"not a regular file ({kind})"
+    if not os.access(path, os.R_OK):
+        return "permission denied"
+    return None
+
+
+def unreadable_entries(path: str, base_dir: Path, suffixes: Sequence[str]) -> Tuple[Tuple[Path, str], ...]:
+    """Entries a source path names (or holds, with one of `suffixes`) that `resolve_paths` cannot use:
+    dangling links, FIFOs and other non-files, files and folders without read permission. Sorted."""
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = Path(base_dir) / p
+    out: List[Tuple[Path, str]] = []
+    if _GLOB_CHARS & set(str(p)):
+        candidates = [Path(f) for f in glob.glob(str(p), recursive=True)]
+    elif p.is_dir():
+        candidates = []
+
+        def unlistable(err: OSError) -> None:
+            out.append((Path(err.filename), f"folder not readable ({err.strerror})"))
+
+        for folder, dirs, names in os.walk(p, onerror=unlistable):
+            candidates += [Path(folder) / n for n in names + dirs if has_suffix(Path(n), suffixes)]
+    elif p.exists() or p.is_symlink():  # one named entry (a FIFO, a dangling link)
+        candidates = [p]
+    else:
+        candidates = []
+    for f in candidates:
+        why = _why_unreadable(f)
+        if why is not None:
+            out.append((f, why))
+    return tuple(sorted(out))
+
+
+def report_unreadable(spec: SourceSpec, policy: BadRecordPolicy) -> None:
+    """Each unreadable entry of `spec` through `policy`: an error naming it, or (skip) one unit read and
+    skipped as `unreadable_file`, since how many records it held cannot be known."""
+    for path, why in spec.unreadable:
+        policy.count_read()
+        policy.handle(BadRecordError(str(path), None, None, "unreadable_file",
+                                     f"cannot be read ({why}); fix or remove it, or pass --on-bad-record skip"))
 
 
 def has_suffix(path: Path, suffixes: Sequence[str]) -> bool:

@@ -63,6 +63,7 @@ class HFBackend(Backend):
     @classmethod
     def from_dir(cls, path: Union[str, Path], device: Optional[str] = None,
                  dtype: Optional[str] = None) -> "HFBackend":
+        from safetensors import SafetensorError  # a dependency of transformers
         from transformers import AutoModelForCausalLM
 
         root = Path(path)
@@ -72,7 +73,7 @@ class HFBackend(Backend):
         tok = resolve_tokenizer(root, what=f"{root}: the tokenizer")
         try:
             model = AutoModelForCausalLM.from_pretrained(str(root), dtype=DTYPES.get(dtype or "float32"))
-        except (OSError, ValueError, RuntimeError) as e:  # a truncated or foreign weights file
+        except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # a truncated or foreign weights file
             raise CorruptFileError(f"{root}: cannot load the model weights ({first_line(e)})") from None
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(model, tok, model_id=root.resolve().name, device=dev)
