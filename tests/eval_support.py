@@ -76,3 +76,11 @@ def write_bench(root: Path, n: int = 6) -> Path:
                                 f"what color is the {word} {i}", refs, cands))
             parts.append((bench, cat, task, level, split, rows))
     return bench_factory.write_bench(root, parts)
+
+
+def saved_model(directory, seed: int = 6):
+    """A tiny OPT and its tokenizer saved in `directory`, as `optiml train` leaves final/."""
+    tok = tokenizer()
+    tiny_opt(tok.vocab_size, seed=seed).save_pretrained(str(directory))
+    tok.save(directory)
+    return directory

@@ -72,11 +72,7 @@ def test_runs_lists_train_eval_and_demo_runs_with_settings_and_results(tmp_path,
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("model")
-    tok = S.tokenizer()
-    S.tiny_opt(tok.vocab_size, seed=6).save_pretrained(str(d))
-    tok.save(d)
-    return d
+    return S.saved_model(tmp_path_factory.mktemp("model"))
 
 
 def test_generate_answers_each_prompt_as_the_evaluator_would(model_dir, capsys):

@@ -12,11 +12,7 @@ from optiml_plugin.benchfiles import write_jsonl_with_index
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("model")
-    tok = S.tokenizer()
-    S.tiny_opt(tok.vocab_size, seed=6).save_pretrained(str(d))
-    tok.save(d)
-    return d
+    return S.saved_model(tmp_path_factory.mktemp("model"))
 
 
 def _run(model_dir, bench, out, *extra):
