@@ -117,8 +117,8 @@ class Demonstrations:
         return 0
 
     def texts(self, example: Any) -> List[Tuple[str, str]]:
-        """(src, tgt) of the example's demonstrations, then of the example itself: a pure function of
-        (seed, stream index), drawn from the example's own training task file."""
+        """(src, tgt) of the example's demonstrations: a pure function of (seed, stream index), drawn from
+        the example's own training task file."""
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, example.index, _TAG])))
         k = self.draw_k(rng, example.benchmark_id)
         task_id, own = self.locate(example.index)
@@ -128,8 +128,7 @@ class Demonstrations:
         if k > 0:
             picks = rng.choice(n - 1, size=k, replace=False)
             rows = [int(p) + (p >= own) for p in picks]   # every row but the example's own
-        demos = self.read(task_id, rows)
-        return [(d["src"], d["tgt"]) for d in demos] + [(example.row["src"], example.row["tgt"])]
+        return [(d["src"], d["tgt"]) for d in self.read(task_id, rows)]
 
     def assemble(self, pairs: Sequence[Tuple[List[int], List[int]]], separator: List[int],
                  block_size: int) -> Assembled:
@@ -139,9 +138,10 @@ class Demonstrations:
         demonstration's target and every token after it. Demonstrations farthest from the example
         are dropped while the whole (with the opening and closing token) exceeds `block_size`."""
         demos, (q_src, q_tgt) = list(pairs[:-1]), pairs[-1]
-        while demos and 2 + sum(len(s) + len(t) + len(separator) for s, t in demos) \
-                + len(q_src) + len(q_tgt) > block_size:
-            demos.pop(0)
+        size = 2 + len(q_src) + len(q_tgt) + sum(len(s) + len(t) + len(separator) for s, t in demos)
+        while demos and size > block_size:
+            s, t = demos.pop(0)
+            size -= len(s) + len(t) + len(separator)
         k = len(demos)
         if not demos:
             return Assembled(list(q_src), list(q_tgt), 0)

@@ -129,7 +129,8 @@ class Mixture:
 
     def __init__(self, tasks: List[TaskFile], benchmarks: List[str], benchmark_of_task: np.ndarray,
                  task_weights: np.ndarray, benchmark_probs: np.ndarray, requested: Dict[str, float],
-                 config: MixtureConfig, empty_tasks: List[str], split: str) -> None:
+                 config: MixtureConfig, empty_tasks: List[str], split: str,
+                 left_out_tasks: Sequence[str] = (), dropped_shares: Optional[Dict[str, float]] = None) -> None:
         self.tasks = tasks
         self.benchmarks = benchmarks
         self.benchmark_of_task = benchmark_of_task
@@ -148,8 +149,8 @@ class Mixture:
                 probs[sel] = benchmark_probs[b] * task_weights[sel] / mass[b]
         self.probs = probs / probs.sum()
         self.sizes = np.array([t.count for t in tasks], dtype=np.int64)
-        self.left_out_tasks: List[str] = []          # task scaling: training tasks not in the mixture
-        self.dropped_shares: Dict[str, float] = {}   # task scaling: shares of benchmarks left without tasks
+        self.left_out_tasks = list(left_out_tasks)         # task scaling: training tasks not in the mixture
+        self.dropped_shares = dict(dropped_shares or {})   # task scaling: shares of benchmarks left without tasks
 
     @classmethod
     def from_bench(cls, bench: Bench, config: MixtureConfig, split: str = "train") -> "Mixture":
@@ -211,9 +212,8 @@ class Mixture:
         if bprobs.sum() <= 0:
             raise ConfigError(f"benchmark proportions give every benchmark with examples in split "
                               f"{split!r} a zero share")
-        mixture = cls(tasks, benchmarks, benchmark_of_task, weights, bprobs, requested, config, empty, split)
-        mixture.left_out_tasks, mixture.dropped_shares = left_out, dropped
-        return mixture
+        return cls(tasks, benchmarks, benchmark_of_task, weights, bprobs, requested, config, empty, split,
+                   left_out, dropped)
 
     def fingerprint(self) -> str:
         """Hash of tasks, sizes and probabilities: a stream state only resumes on the same mixture."""

@@ -208,7 +208,7 @@ class PackedBatches:
         if self.demonstrations is None:
             return [[pair] for pair in pairs]
         m = self.max_chars
-        return [[(s[-m:], t[:m]) for s, t in self.demonstrations.texts(ex)[:-1]] + [pair]
+        return [[(s[-m:], t[:m]) for s, t in self.demonstrations.texts(ex)] + [pair]
                 for ex, pair in zip(examples, pairs)]
 
     def _encode_texts(self, groups: Sequence[Sequence[Tuple[str, str]]]) -> List[Encoded]:
